@@ -1,0 +1,72 @@
+-- The lot ledger on SQLite. Instants are INTEGER unix microseconds (UTC). Money and rates are
+-- TEXT decimal strings: SQLite has no decimal type and NUMERIC affinity would turn them into floats.
+
+CREATE TABLE members (
+    member_id   TEXT PRIMARY KEY,
+    -- points left in all of the member's lots (expired or not) and points owed: kept by the
+    -- writer, checked against lots and debts by the audit
+    points      INTEGER NOT NULL,
+    debt        INTEGER NOT NULL,
+    first_seen  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE transactions (
+    id                INTEGER PRIMARY KEY,
+    partner_id        TEXT NOT NULL,
+    partner_txn_id    TEXT NOT NULL,
+    kind              TEXT NOT NULL CHECK (kind IN ('earn', 'burn', 'reverse_earn', 'reverse_burn')),
+    member_id         TEXT NOT NULL,
+    points            INTEGER NOT NULL CHECK (points > 0),
+    reversed_points   INTEGER NOT NULL DEFAULT 0 CHECK (reversed_points >= 0 AND reversed_points <= points),
+    original_id       INTEGER,
+    purchase_amount   TEXT,
+    purchase_currency TEXT,
+    request_hash      BLOB NOT NULL,
+    receipt           TEXT NOT NULL,
+    accepted_at       INTEGER NOT NULL,
+    UNIQUE (partner_id, partner_txn_id)
+);
+CREATE INDEX transactions_activity ON transactions (partner_id, member_id, accepted_at, id);
+CREATE INDEX transactions_accepted ON transactions (accepted_at, id);
+
+CREATE TABLE lots (
+    id          INTEGER PRIMARY KEY,
+    member_id   TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    earn_txn    INTEGER NOT NULL,
+    points      INTEGER NOT NULL CHECK (points > 0),
+    points_left INTEGER NOT NULL CHECK (points_left >= 0),
+    reversed    INTEGER NOT NULL DEFAULT 0 CHECK (reversed >= 0),
+    earned_at   INTEGER NOT NULL,
+    expires_at  INTEGER
+);
+CREATE INDEX lots_member_open ON lots (member_id) WHERE points_left > 0;
+CREATE INDEX lots_earn ON lots (earn_txn);
+
+CREATE TABLE allocations (
+    id          INTEGER PRIMARY KEY,
+    txn_id      INTEGER NOT NULL,
+    lot_id      INTEGER NOT NULL,
+    member_id   TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    redeemer    TEXT NOT NULL,
+    points      INTEGER NOT NULL CHECK (points <> 0),
+    rate        TEXT NOT NULL,
+    reverses    INTEGER,
+    accepted_at INTEGER NOT NULL
+);
+CREATE INDEX allocations_txn ON allocations (txn_id);
+CREATE INDEX allocations_reverses ON allocations (reverses) WHERE reverses IS NOT NULL;
+CREATE INDEX allocations_accepted ON allocations (accepted_at);
+
+CREATE TABLE debts (
+    id          INTEGER PRIMARY KEY,
+    member_id   TEXT NOT NULL,
+    owed_to     TEXT NOT NULL,
+    points      INTEGER NOT NULL CHECK (points > 0),
+    points_left INTEGER NOT NULL CHECK (points_left >= 0),
+    rate        TEXT NOT NULL,
+    txn_id      INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX debts_member_open ON debts (member_id) WHERE points_left > 0;

@@ -1,0 +1,95 @@
+//! The one place where the daemon's errors become gRPC statuses (AIP-193): a code, a message a
+//! person can act on, and `google.rpc.ErrorInfo` with an UPPER_SNAKE reason a program can match.
+
+use crate::ledger::Refusal;
+use crate::store::{Rejection, StoreError};
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The ErrorInfo domain of every status the daemon sends.
+pub const DOMAIN: &str = "coalition.v1";
+
+/// Everything a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the request is malformed.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The field, as named in the proto.
+        field: &'static str,
+        /// UPPER_SNAKE reason.
+        reason: &'static str,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// The ledger or the batch refused the request.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Storage failed: nothing was applied; retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something asked for does not exist.
+    #[error("{message}")]
+    NotFound {
+        /// UPPER_SNAKE reason.
+        reason: &'static str,
+        /// What was not found.
+        message: String,
+    },
+    /// The caller could not be identified.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+impl ApiError {
+    /// A malformed field.
+    pub fn field(field: &'static str, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidField { field, reason, message: message.into() }
+    }
+
+    fn code_and_reason(&self) -> (Code, &'static str) {
+        match self {
+            ApiError::InvalidField { reason, .. } => (Code::InvalidArgument, reason),
+            ApiError::NotFound { reason, .. } => (Code::NotFound, reason),
+            ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            ApiError::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
+            ApiError::Store(StoreError::ShuttingDown) => (Code::Unavailable, "SHUTTING_DOWN"),
+            ApiError::Rejected(r) => match r {
+                Rejection::Ledger(Refusal::NonPositive(_)) => (Code::InvalidArgument, "POINTS_NOT_POSITIVE"),
+                Rejection::Ledger(Refusal::Overflow(_)) => (Code::InvalidArgument, "POINTS_OVERFLOW"),
+                Rejection::Ledger(Refusal::InsufficientPoints { .. }) => {
+                    (Code::FailedPrecondition, "INSUFFICIENT_POINTS")
+                }
+                Rejection::Ledger(Refusal::BeyondRemaining { .. }) => {
+                    (Code::FailedPrecondition, "REVERSAL_EXCEEDS_REMAINING")
+                }
+                Rejection::UnknownMember(_) => (Code::NotFound, "UNKNOWN_MEMBER"),
+                Rejection::UnknownTransaction(_) => (Code::NotFound, "UNKNOWN_TRANSACTION"),
+                Rejection::WrongKind { .. } => (Code::FailedPrecondition, "WRONG_TRANSACTION_KIND"),
+                Rejection::FullyReversed(_) => (Code::FailedPrecondition, "ALREADY_FULLY_REVERSED"),
+                Rejection::IdReused(_) => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
+            },
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let (code, reason) = e.code_and_reason();
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, DOMAIN, HashMap::new());
+        if let ApiError::InvalidField { field, message, .. } = &e {
+            details.add_bad_request_violation(*field, message.clone());
+        }
+        if code == Code::Unavailable {
+            // Nothing was applied: the same request may be sent again with the same id.
+            details.set_retry_info(Some(std::time::Duration::from_millis(100)));
+        }
+        Status::with_error_details(code, e.to_string(), details)
+    }
+}

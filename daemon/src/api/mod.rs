@@ -1,0 +1,30 @@
+//! The gRPC services: wire types in, domain types to the ledger and store, wire types out.
+//! Prost types stay in this module; errors become statuses only in [`error`].
+
+pub mod error;
+pub mod partner;
+pub mod validate;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::writer::Writer;
+use std::sync::Arc;
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Reads.
+    pub store: Arc<dyn Store>,
+    /// The group-commit queue for mutations.
+    pub writer: Writer,
+    /// The daemon's clock.
+    pub clock: Clock,
+}
+
+/// The authenticated partner of a call, put in the request extensions by the identity layer.
+/// Handlers take the caller only from here, never from a request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerPartner(pub String);

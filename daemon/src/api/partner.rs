@@ -1,0 +1,233 @@
+//! The partner service: Earn, Burn, the two reversals, and the reads.
+
+use super::error::ApiError;
+use super::{validate, CallerPartner, Shared};
+use crate::clock::rfc3339;
+use crate::config::Partner;
+use crate::ledger::{Kind, Receipt};
+use crate::store::{Op, Request as LedgerRequest, TxnRecord};
+use coalition_proto::v1 as pb;
+use coalition_proto::v1::partner_service_server::PartnerService;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+/// Implements `coalition.v1.PartnerService`.
+pub struct PartnerApi {
+    shared: Shared,
+}
+
+impl PartnerApi {
+    /// A service over the shared state.
+    pub fn new(shared: Shared) -> PartnerApi {
+        PartnerApi { shared }
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<&Partner, ApiError> {
+        let id = req
+            .extensions()
+            .get::<CallerPartner>()
+            .ok_or_else(|| ApiError::Unauthenticated("no partner identity on this call".into()))?;
+        self.shared
+            .config
+            .partners
+            .get(&id.0)
+            .ok_or_else(|| ApiError::Unauthenticated(format!("partner {:?} is not configured", id.0)))
+    }
+
+    async fn submit(&self, partner: &Partner, transaction_id: &str, op: Op, canonical: String) -> Result<Receipt, ApiError> {
+        let hash: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
+        let request = LedgerRequest { partner: partner.id.clone(), transaction_id: transaction_id.to_string(), hash, op };
+        Ok(self.shared.writer.submit(request).await??)
+    }
+}
+
+fn kind_to_pb(k: Kind) -> pb::TransactionKind {
+    match k {
+        Kind::Earn => pb::TransactionKind::Earn,
+        Kind::Burn => pb::TransactionKind::Burn,
+        Kind::ReverseEarn => pb::TransactionKind::ReverseEarn,
+        Kind::ReverseBurn => pb::TransactionKind::ReverseBurn,
+    }
+}
+
+/// A receipt on the wire.
+pub fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
+    pb::Receipt {
+        transaction_id: r.transaction_id.clone(),
+        ledger_id: r.ledger_id,
+        kind: kind_to_pb(r.kind) as i32,
+        member_id: r.member_id.clone(),
+        points: r.points,
+        balance_after: r.balance_after,
+        accepted_at: rfc3339(r.accepted_at),
+        slices: r.slices.iter().map(|(issuer, points)| pb::IssuerSlice { issuer: issuer.clone(), points: *points }).collect(),
+        debt_created: r.debt_created,
+        debt_repaid: r.debt_repaid,
+        original_transaction_id: r.original_transaction_id.clone().unwrap_or_default(),
+    }
+}
+
+fn transaction_to_pb(t: &TxnRecord) -> pb::Transaction {
+    pb::Transaction {
+        receipt: Some(receipt_to_pb(&t.receipt)),
+        reversed_points: t.reversed_points,
+        purchase: t.purchase.as_ref().map(|(amount, currency)| pb::Money { amount: amount.clone(), currency: currency.clone() }),
+    }
+}
+
+const DEFAULT_PAGE: i32 = 50;
+const MAX_PAGE: i32 = 500;
+
+fn page_token(member: &str, at: i64, id: i64) -> String {
+    hex::encode(format!("v1:{at}:{id}:{member}"))
+}
+
+fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || ApiError::field("page_token", "INVALID_PAGE_TOKEN", "is not a token from a previous page of this member's activity");
+    let raw = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = raw.splitn(4, ':');
+    let (v, at, id, m) = (parts.next(), parts.next(), parts.next(), parts.next());
+    if v != Some("v1") || m != Some(member) {
+        return Err(bad());
+    }
+    let at = at.and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let id = id.and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    Ok(Some((at, id)))
+}
+
+#[tonic::async_trait]
+impl PartnerService for PartnerApi {
+    async fn earn(&self, req: Request<pb::EarnRequest>) -> Result<Response<pb::EarnResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("member_id", &r.member_id)?;
+        let (points, purchase, grant) = match &r.grant {
+            Some(pb::earn_request::Grant::Purchase(m)) => {
+                let amount = validate::money("purchase.amount", &m.amount, &m.currency, self.shared.config.currency)?;
+                let points = validate::purchase_points(amount, partner)?;
+                (points, Some((amount, m.currency.clone())), format!("purchase:{}:{}", amount.normalize(), m.currency))
+            }
+            Some(pb::earn_request::Grant::BonusPoints(p)) => (validate::bonus(*p, partner)?, None, format!("bonus:{p}")),
+            None => return Err(ApiError::field("grant", "MISSING_GRANT", "set either purchase or bonus_points").into()),
+        };
+        let canonical = format!("earn\n{}\n{grant}", r.member_id);
+        let op = Op::Earn { member: r.member_id.clone(), points, purchase };
+        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
+        Ok(Response::new(pb::EarnResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+    }
+
+    async fn burn(&self, req: Request<pb::BurnRequest>) -> Result<Response<pb::BurnResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("member_id", &r.member_id)?;
+        let points = validate::burn_points(r.points)?;
+        let canonical = format!("burn\n{}\n{points}", r.member_id);
+        let op = Op::Burn { member: r.member_id.clone(), points, rate: partner.redemption_rate };
+        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
+        Ok(Response::new(pb::BurnResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+    }
+
+    async fn reverse_earn(&self, req: Request<pb::ReverseEarnRequest>) -> Result<Response<pb::ReverseResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("original_transaction_id", &r.original_transaction_id)?;
+        let points = validate::reversal_points(r.points)?;
+        let canonical = format!("reverse_earn\n{}\n{points}", r.original_transaction_id);
+        let op = Op::ReverseEarn { original: r.original_transaction_id.clone(), points, rate: partner.redemption_rate };
+        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
+        Ok(Response::new(pb::ReverseResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+    }
+
+    async fn reverse_burn(&self, req: Request<pb::ReverseBurnRequest>) -> Result<Response<pb::ReverseResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("original_transaction_id", &r.original_transaction_id)?;
+        let points = validate::reversal_points(r.points)?;
+        let canonical = format!("reverse_burn\n{}\n{points}", r.original_transaction_id);
+        let op = Op::ReverseBurn { original: r.original_transaction_id.clone(), points };
+        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
+        Ok(Response::new(pb::ReverseResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+    }
+
+    async fn get_balance(&self, req: Request<pb::GetBalanceRequest>) -> Result<Response<pb::Balance>, Status> {
+        self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("member_id", &r.member_id)?;
+        let m = self.shared.store.member(&r.member_id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound {
+            reason: "UNKNOWN_MEMBER",
+            message: format!("member {:?} is unknown: it has never earned points", r.member_id),
+        })?;
+        let now = self.shared.clock.now();
+        let live: Vec<_> = m.lots.iter().filter(|l| l.live(now) && l.points_left > 0).collect();
+        let mut by_issuer: Vec<pb::IssuerSlice> = Vec::new();
+        for l in &live {
+            match by_issuer.iter_mut().find(|s| s.issuer == l.issuer) {
+                Some(s) => s.points += l.points_left,
+                None => by_issuer.push(pb::IssuerSlice { issuer: l.issuer.clone(), points: l.points_left }),
+            }
+        }
+        by_issuer.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+        let next = live.iter().filter_map(|l| l.expires_at).min();
+        let next_points = next.map_or(0, |e| live.iter().filter(|l| l.expires_at == Some(e)).map(|l| l.points_left).sum());
+        Ok(Response::new(pb::Balance {
+            member_id: m.member.clone(),
+            points: m.balance(now),
+            debt: m.debt(),
+            by_issuer,
+            next_expiry: next.map(rfc3339).unwrap_or_default(),
+            next_expiry_points: next_points,
+            lots: live.len() as i64,
+        }))
+    }
+
+    async fn get_transaction(&self, req: Request<pb::GetTransactionRequest>) -> Result<Response<pb::Transaction>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        let t = self.shared.store.transaction(&partner.id, &r.transaction_id).await.map_err(ApiError::from)?;
+        let t = t.ok_or_else(|| ApiError::NotFound {
+            reason: "UNKNOWN_TRANSACTION",
+            message: format!("no transaction {:?} of partner {}", r.transaction_id, partner.id),
+        })?;
+        Ok(Response::new(transaction_to_pb(&t)))
+    }
+
+    async fn list_member_activity(
+        &self,
+        req: Request<pb::ListMemberActivityRequest>,
+    ) -> Result<Response<pb::ListMemberActivityResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("member_id", &r.member_id)?;
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if n < 0 => return Err(ApiError::field("page_size", "INVALID_PAGE_SIZE", "must not be negative").into()),
+            n => n.min(MAX_PAGE),
+        };
+        let before = parse_page_token(&r.page_token, &r.member_id)?;
+        // One extra row tells whether another page follows.
+        let mut rows = self
+            .shared
+            .store
+            .activity(&partner.id, &r.member_id, before, size as i64 + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let more = rows.len() > size as usize;
+        rows.truncate(size as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => page_token(&r.member_id, last.accepted_at, last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListMemberActivityResponse {
+            transactions: rows.iter().map(transaction_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,198 @@
+//! The `coalitiond` command line: one binary, one subcommand per job.
+
+use crate::clock::Clock;
+use crate::config::Config;
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use coalition_certs::{Authority, Identity, Role};
+use std::path::{Path, PathBuf};
+
+/// The coalition clearing daemon.
+#[derive(Debug, Parser)]
+#[command(name = "coalitiond", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve {
+        /// The config file.
+        #[arg(long, default_value = "coalition.toml")]
+        config: PathBuf,
+    },
+    /// Make dev certificates and a fresh database, start a daemon, and play a day at three partners.
+    Demo {
+        /// Folder for the demo's certificates and database (default: ./data/demo-<time>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Issue development certificates.
+    Certs {
+        /// What to issue.
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Check the ledger invariants of a database.
+    Audit {
+        /// The config file (its database is audited).
+        #[arg(long, default_value = "coalition.toml")]
+        config: PathBuf,
+    },
+    /// Drive a mixed earn/burn load over mTLS and print throughput and latency.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// `coalitiond certs …`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a dev CA, a server certificate, one certificate per configured partner, and one
+    /// finance and one operator identity, in the folder of the config's `tls.ca_cert`.
+    Init {
+        /// The config file.
+        #[arg(long, default_value = "coalition.toml")]
+        config: PathBuf,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue one more client certificate with the existing CA.
+    Issue {
+        /// The config file.
+        #[arg(long, default_value = "coalition.toml")]
+        config: PathBuf,
+        /// partner, finance or operator.
+        #[arg(long)]
+        role: String,
+        /// The partner id or identity name.
+        #[arg(long)]
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+}
+
+/// File stem of a client identity's certificate and key.
+pub fn cert_stem(id: &Identity) -> String {
+    match id.role {
+        Role::Partner => format!("partner-{}", id.name),
+        Role::Finance | Role::Operator => id.role.as_str().to_string(),
+    }
+}
+
+fn write_pair(dir: &Path, stem: &str, cert: &str, key: &str) -> anyhow::Result<()> {
+    std::fs::write(dir.join(format!("{stem}.pem")), cert)?;
+    write_private(&dir.join(format!("{stem}.key")), key)
+}
+
+fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Writes a dev CA, server certificate and all client identities for `config` into `dir`.
+pub fn certs_init(config: &Config, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = Authority::generate(&format!("{} development CA", config.coalition))?;
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
+    write_private(&dir.join("ca.key"), &ca.key_pem)?;
+    let server = ca.issue_server(&["localhost", "127.0.0.1", "::1"])?;
+    std::fs::write(&config.server_cert, &server.cert_pem)
+        .with_context(|| format!("writing {}", config.server_cert.display()))?;
+    write_private(&config.server_key, &server.key_pem)?;
+    let mut written = vec![dir.join("ca.pem"), config.server_cert.clone()];
+    let mut ids: Vec<Identity> =
+        config.partners.keys().map(|p| Identity { role: Role::Partner, name: p.clone() }).collect();
+    ids.push(Identity { role: Role::Finance, name: "finance".into() });
+    ids.push(Identity { role: Role::Operator, name: "oncall".into() });
+    for id in ids {
+        let issued = ca.issue_client(&config.coalition, &id, 365)?;
+        let stem = cert_stem(&id);
+        write_pair(dir, &stem, &issued.cert_pem, &issued.key_pem)?;
+        written.push(dir.join(format!("{stem}.pem")));
+    }
+    Ok(written)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::client::install_crypto();
+    match cli.command {
+        Command::Serve { config } => {
+            init_logs(cli.log_format);
+            let config = Config::load(&config)?;
+            let daemon = crate::daemon::Daemon::start(config, Clock::default()).await?;
+            daemon.run_until_signal().await
+        }
+        Command::Demo { dir } => crate::demo::run(dir).await,
+        Command::Certs { command: CertsCommand::Init { config, force } } => {
+            let config = Config::load(&config)?;
+            let dir = config.ca_cert.parent().map(Path::to_path_buf).unwrap_or_default();
+            if config.ca_cert.exists() && !force {
+                anyhow::bail!("{} exists; pass --force to replace the CA and every certificate", config.ca_cert.display());
+            }
+            for path in certs_init(&config, &dir)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Certs { command: CertsCommand::Issue { config, role, name, days } } => {
+            let config = Config::load(&config)?;
+            let role = Role::parse(&role).context("--role must be partner, finance or operator")?;
+            let dir = config.ca_cert.parent().map(Path::to_path_buf).unwrap_or_default();
+            let ca = Authority::load(
+                &std::fs::read_to_string(&config.ca_cert)?,
+                &std::fs::read_to_string(dir.join("ca.key")).context("reading ca.key beside tls.ca_cert")?,
+            )?;
+            let id = Identity { role, name };
+            let issued = ca.issue_client(&config.coalition, &id, days)?;
+            let stem = cert_stem(&id);
+            write_pair(&dir, &stem, &issued.cert_pem, &issued.key_pem)?;
+            println!("wrote {}", dir.join(format!("{stem}.pem")).display());
+            Ok(())
+        }
+        Command::Audit { config } => {
+            let config = Config::load(&config)?;
+            let (store, _backend) = crate::store::open(&config.database_url).await?;
+            let report = store.audit(Clock::default().now()).await?;
+            println!("{report}");
+            if !report.ok() {
+                anyhow::bail!("ledger invariants violated");
+            }
+            Ok(())
+        }
+        Command::Bench(args) => crate::bench::run(args).await,
+    }
+}

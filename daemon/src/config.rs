@@ -1,0 +1,362 @@
+//! The daemon's configuration: one TOML file. Every problem found is reported with the key it
+//! concerns, so that a wrong config stops start-up with a message a person can act on.
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type.
+    #[error("config file {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (names the key and line).
+        message: String,
+    },
+    /// A key holds a value that is not allowed.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The key, dotted (`partners[1].redemption_rate`).
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The file as written. Strings that need checking stay strings until [`Config::from_raw`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    coalition: String,
+    listen: String,
+    currency: String,
+    time_zone: String,
+    cutoff: String,
+    #[serde(default)]
+    points_expire_after_days: Option<i64>,
+    tls: RawTls,
+    database: RawDatabase,
+    #[serde(default)]
+    limits: RawLimits,
+    partners: Vec<RawPartner>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_batch: Option<usize>,
+    queue_depth: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    id: String,
+    name: String,
+    kind: String,
+    earn_rate: String,
+    redemption_rate: String,
+    #[serde(default)]
+    issuance_fee: Option<String>,
+    #[serde(default)]
+    max_bonus_points: Option<i64>,
+    rate_limit: RawRateLimit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_second: u32,
+    burst: u32,
+}
+
+/// A partner business as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partner {
+    /// Stable id, as in its certificate's SAN (`[a-z0-9-]`, 1..=32).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// airline, supermarket, restaurant, …
+    pub kind: String,
+    /// Points granted per one unit of money spent (before tier multipliers).
+    pub earn_rate: Decimal,
+    /// Money per point paid to this partner for each point burned here.
+    pub redemption_rate: Decimal,
+    /// Money per point this partner pays the operator when it issues points.
+    pub issuance_fee: Decimal,
+    /// Largest explicit bonus grant.
+    pub max_bonus_points: i64,
+    /// Requests per second allowed.
+    pub rate_per_second: u32,
+    /// Burst allowed above the rate.
+    pub burst: u32,
+}
+
+/// A settlement currency: its ISO 4217 code and minor-unit exponent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Currency {
+    /// ISO 4217 alphabetic code.
+    pub code: &'static str,
+    /// Digits after the decimal point (0 for JPY, 2 for EUR, 3 for BHD).
+    pub minor_units: u32,
+}
+
+/// ISO 4217 codes the daemon knows, with their minor units. Kept explicit: the exponent decides
+/// how settlements round, so it must never be guessed.
+const CURRENCIES: &[(&str, u32)] = &[
+    ("EUR", 2), ("USD", 2), ("GBP", 2), ("CHF", 2), ("SEK", 2), ("NOK", 2), ("DKK", 2),
+    ("PLN", 2), ("CZK", 2), ("HUF", 2), ("CAD", 2), ("AUD", 2), ("NZD", 2), ("SGD", 2),
+    ("HKD", 2), ("CNY", 2), ("INR", 2), ("BRL", 2), ("MXN", 2), ("ZAR", 2), ("AED", 2),
+    ("JPY", 0), ("KRW", 0), ("ISK", 0), ("CLP", 0), ("VND", 0),
+    ("BHD", 3), ("KWD", 3), ("OMR", 3), ("JOD", 3), ("TND", 3),
+];
+
+impl Currency {
+    /// Looks an ISO 4217 code up.
+    pub fn from_code(code: &str) -> Option<Currency> {
+        CURRENCIES.iter().find(|(c, _)| *c == code).map(|&(code, minor_units)| Currency { code, minor_units })
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The coalition's name; the trust domain of identity URIs (`spiffe://<coalition>/…`).
+    pub coalition: String,
+    /// Where the gRPC server listens.
+    pub listen: SocketAddr,
+    /// The settlement currency.
+    pub currency: Currency,
+    /// The coalition's time zone (IANA name), for cycles.
+    pub time_zone: chrono_tz::Tz,
+    /// The daily cut-off, minutes after local midnight.
+    pub cutoff_minutes: u32,
+    /// Days after which earned points expire; `None` never.
+    pub points_expire_after_days: Option<i64>,
+    /// CA that signs client certificates.
+    pub ca_cert: PathBuf,
+    /// Server certificate chain.
+    pub server_cert: PathBuf,
+    /// Server private key.
+    pub server_key: PathBuf,
+    /// Database URL: `sqlite://path` (or a bare path) or `postgres://…`.
+    pub database_url: String,
+    /// Largest number of calls applied in one commit.
+    pub max_batch: usize,
+    /// Calls queued for the writer before callers wait.
+    pub queue_depth: usize,
+    /// Time a client has to finish the TLS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Partners by id.
+    pub partners: BTreeMap<String, Partner>,
+}
+
+/// Whether `id` is a well-formed partner or member-facing id.
+pub fn valid_partner_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
+    let d = Decimal::from_str(s).map_err(|_| invalid(&key, format!("{s:?} is not a decimal number")))?;
+    if d.is_sign_negative() {
+        return Err(invalid(key, format!("{s} must not be negative")));
+    }
+    Ok(d)
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    /// Parses config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: PathBuf::new(), message: e.to_string() })?;
+        Config::from_raw(raw, base)
+    }
+
+    fn from_raw(raw: Raw, base: &Path) -> Result<Config, ConfigError> {
+        if !valid_partner_id(&raw.coalition) {
+            return Err(invalid("coalition", "use 1..=32 lowercase letters, digits or '-'"));
+        }
+        let listen = raw.listen.parse().map_err(|_| {
+            invalid("listen", format!("{:?} is not an address like 127.0.0.1:7443", raw.listen))
+        })?;
+        let currency = Currency::from_code(&raw.currency).ok_or_else(|| {
+            invalid("currency", format!("{:?} is not an ISO 4217 code this daemon knows (e.g. EUR, JPY, BHD)", raw.currency))
+        })?;
+        let time_zone: chrono_tz::Tz = raw.time_zone.parse().map_err(|_| {
+            invalid("time_zone", format!("{:?} is not an IANA time zone like Europe/Amsterdam", raw.time_zone))
+        })?;
+        let cutoff_minutes = parse_hhmm(&raw.cutoff)
+            .ok_or_else(|| invalid("cutoff", format!("{:?} is not a time of day HH:MM", raw.cutoff)))?;
+        if let Some(d) = raw.points_expire_after_days {
+            if !(1..=36_500).contains(&d) {
+                return Err(invalid("points_expire_after_days", "use 1..=36500 days, or leave it out for never"));
+            }
+        }
+        if raw.database.url.trim().is_empty() {
+            return Err(invalid("database.url", "must not be empty"));
+        }
+        let database_url = resolve_db_url(&raw.database.url, base);
+        let max_batch = raw.limits.max_batch.unwrap_or(1024);
+        if !(1..=8192).contains(&max_batch) {
+            return Err(invalid("limits.max_batch", "use 1..=8192"));
+        }
+        let queue_depth = raw.limits.queue_depth.unwrap_or(16_384);
+        if !(1..=1_000_000).contains(&queue_depth) {
+            return Err(invalid("limits.queue_depth", "use 1..=1000000"));
+        }
+        let handshake_timeout_ms = raw.limits.handshake_timeout_ms.unwrap_or(10_000);
+        if raw.partners.is_empty() {
+            return Err(invalid("partners", "configure at least one partner"));
+        }
+        let mut partners = BTreeMap::new();
+        for (i, p) in raw.partners.into_iter().enumerate() {
+            let key = |k: &str| format!("partners[{i}].{k}");
+            if !valid_partner_id(&p.id) {
+                return Err(invalid(key("id"), format!("{:?}: use 1..=32 lowercase letters, digits or '-'", p.id)));
+            }
+            if p.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            let earn_rate = decimal(key("earn_rate"), &p.earn_rate)?;
+            let redemption_rate = decimal(key("redemption_rate"), &p.redemption_rate)?;
+            let issuance_fee = match &p.issuance_fee {
+                Some(s) => decimal(key("issuance_fee"), s)?,
+                None => Decimal::ZERO,
+            };
+            let max_bonus_points = p.max_bonus_points.unwrap_or(100_000);
+            if max_bonus_points < 0 {
+                return Err(invalid(key("max_bonus_points"), "must not be negative"));
+            }
+            if p.rate_limit.per_second == 0 {
+                return Err(invalid(key("rate_limit.per_second"), "must be at least 1"));
+            }
+            if p.rate_limit.burst == 0 {
+                return Err(invalid(key("rate_limit.burst"), "must be at least 1"));
+            }
+            let partner = Partner {
+                id: p.id.clone(),
+                name: p.name,
+                kind: p.kind,
+                earn_rate,
+                redemption_rate,
+                issuance_fee,
+                max_bonus_points,
+                rate_per_second: p.rate_limit.per_second,
+                burst: p.rate_limit.burst,
+            };
+            if partners.insert(p.id.clone(), partner).is_some() {
+                return Err(invalid(key("id"), format!("partner {:?} is configured twice", p.id)));
+            }
+        }
+        Ok(Config {
+            coalition: raw.coalition,
+            listen,
+            currency,
+            time_zone,
+            cutoff_minutes,
+            points_expire_after_days: raw.points_expire_after_days,
+            ca_cert: base.join(raw.tls.ca_cert),
+            server_cert: base.join(raw.tls.server_cert),
+            server_key: base.join(raw.tls.server_key),
+            database_url,
+            max_batch,
+            queue_depth,
+            handshake_timeout_ms,
+            partners,
+        })
+    }
+}
+
+fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
+/// SQLite paths in the URL are taken relative to the config file's folder; PostgreSQL URLs pass.
+fn resolve_db_url(url: &str, base: &Path) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return url.to_string();
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let p = Path::new(path);
+    let full = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    format!("sqlite://{}", full.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = include_str!("../../coalition.example.toml");
+
+    #[test]
+    fn example_config_is_valid() {
+        let c = Config::parse(GOOD, Path::new("/etc/coalition")).unwrap();
+        assert_eq!(c.currency.code, "EUR");
+        assert_eq!(c.partners.len(), 3);
+        assert!(c.database_url.starts_with("sqlite:///etc/coalition/"));
+    }
+
+    #[test]
+    fn wrong_values_name_their_key() {
+        let cases = [
+            ("currency = \"EUR\"", "currency = \"XXX\"", "`currency`"),
+            ("time_zone = \"Europe/Amsterdam\"", "time_zone = \"Mars/Olympus\"", "`time_zone`"),
+            ("redemption_rate = \"0.010\"", "redemption_rate = \"ten\"", "`partners[0].redemption_rate`"),
+            ("cutoff = \"00:00\"", "cutoff = \"25:00\"", "`cutoff`"),
+        ];
+        for (from, to, key) in cases {
+            assert!(GOOD.contains(from), "example lacks {from}");
+            let err = Config::parse(&GOOD.replacen(from, to, 1), Path::new(".")).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+        let err = Config::parse(&GOOD.replacen("listen", "lisen", 1), Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+}

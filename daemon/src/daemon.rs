@@ -1,0 +1,98 @@
+//! One running daemon: storage opened, writer started, server listening. `coalitiond serve`, the
+//! demo and the tests all start it the same way.
+
+use crate::api::Shared;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::writer::{Writer, WriterConfig};
+use crate::store::{self, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// A running daemon.
+pub struct Daemon {
+    /// Where it listens (the real port when the config asked for port 0).
+    pub addr: SocketAddr,
+    /// Reads and audits over the same database.
+    pub store: Arc<dyn Store>,
+    /// The daemon's clock (tests move it).
+    pub clock: Clock,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Opens storage, starts the writer and the server.
+    pub async fn start(config: Config, clock: Clock) -> anyhow::Result<Daemon> {
+        let config = Arc::new(config);
+        let tls = crate::server::tls::server_config(&config.ca_cert, &config.server_cert, &config.server_key)?;
+        let (store, backend) = store::open(&config.database_url).await?;
+        let (writer, writer_task) = Writer::spawn(
+            backend,
+            WriterConfig {
+                max_batch: config.max_batch,
+                queue_depth: config.queue_depth,
+                expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),
+            },
+            clock.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (config key `listen`): {e}", config.listen))?;
+        let addr = crate::server::local_addr(&listener);
+        let shared = Shared { config: config.clone(), store: store.clone(), writer, clock: clock.clone() };
+        let (shutdown, rx) = watch::channel(false);
+        let server = tokio::spawn(crate::server::serve(listener, tls, shared, rx));
+        tracing::info!(%addr, database = %redact(&config.database_url), "coalitiond listening");
+        Ok(Daemon { addr, store, clock, shutdown, server, writer: writer_task })
+    }
+
+    /// Stops accepting, lets calls in flight finish and commit, then returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let served = self.server.await?;
+        // The server dropped the last writer handles: the writer drains its queue and ends.
+        self.writer.await?;
+        served
+    }
+
+    /// Runs until SIGTERM or Ctrl-C (then drains and stops) or until the server fails.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down: draining calls in flight");
+                self.shutdown().await
+            }
+            r = &mut self.server => r?,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A database URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,527 @@
+//! The lot ledger, pure: a member's lots and debts in, a decision out.
+//!
+//! Every rule of DOMAIN.md about points lives here once, for every backend: earn (paying debt off
+//! first), burn (soonest expiry first), burn reversal (back to the very lots, latest slices first),
+//! earn reversal (own lot, then other lots, then debt). Nothing here does I/O; the store loads a
+//! [`MemberLedger`], calls these functions, and writes back what they marked dirty.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+#[cfg(test)]
+mod tests;
+
+/// Unix time in microseconds, UTC. The daemon's one representation of an instant.
+pub type Micros = i64;
+
+/// Ids handed out for new rows. The store decides where they come from (a counter owned by the
+/// single SQLite writer, blocks of a sequence on PostgreSQL); the ledger only consumes them.
+pub trait IdSource {
+    /// A fresh lot id.
+    fn lot(&mut self) -> i64;
+    /// A fresh allocation id.
+    fn allocation(&mut self) -> i64;
+    /// A fresh debt id.
+    fn debt(&mut self) -> i64;
+}
+
+/// The points of one earn, remembering their issuer and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lot {
+    /// Lot id.
+    pub id: i64,
+    /// The member holding the points.
+    pub member: String,
+    /// The partner that issued the points (and owes for them when they are burned elsewhere).
+    pub issuer: String,
+    /// The earn transaction that created the lot.
+    pub earn_txn: i64,
+    /// Points granted by the earn.
+    pub points: i64,
+    /// Points not yet burned, reversed or used to pay debt.
+    pub points_left: i64,
+    /// Points taken back from this lot by reversals of its own earn.
+    pub reversed: i64,
+    /// When the earn was accepted.
+    pub earned_at: Micros,
+    /// The instant the lot stops counting; `None` never expires.
+    pub expires_at: Option<Micros>,
+    /// Changed in memory and not yet written (new or updated).
+    pub dirty: bool,
+}
+
+impl Lot {
+    /// Whether the lot still counts at `now` (a lot stops counting at its expiry instant).
+    pub fn live(&self, now: Micros) -> bool {
+        self.expires_at.is_none_or(|e| now < e)
+    }
+
+    /// The allocation order: soonest expiry first (never-expiring last), then oldest, then id.
+    fn spend_order(&self) -> (bool, Micros, Micros, i64) {
+        (self.expires_at.is_none(), self.expires_at.unwrap_or(i64::MAX), self.earned_at, self.id)
+    }
+}
+
+/// Points a member owes after an earn reversal it could not cover, owed to the reversing partner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debt {
+    /// Debt id.
+    pub id: i64,
+    /// The member who owes.
+    pub member: String,
+    /// The partner the member owes (the one that reversed the earn).
+    pub owed_to: String,
+    /// Points owed when the debt arose.
+    pub points: i64,
+    /// Points still owed.
+    pub points_left: i64,
+    /// Redemption rate of `owed_to` when the debt arose; repayments are priced at it.
+    pub rate: Decimal,
+    /// The reversal that created the debt.
+    pub txn: i64,
+    /// When the debt arose.
+    pub created_at: Micros,
+    /// Changed in memory and not yet written.
+    pub dirty: bool,
+}
+
+/// One slice of points taken from one lot: a liability of the lot's issuer to the redeemer.
+/// Negative points undo an earlier allocation (a burn reversal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// Allocation id.
+    pub id: i64,
+    /// The transaction that made it (burn, reversal, or an earn repaying debt).
+    pub txn: i64,
+    /// The lot the points came from (or went back to).
+    pub lot: i64,
+    /// The member.
+    pub member: String,
+    /// The lot's issuer: who owes.
+    pub issuer: String,
+    /// The partner the points were redeemed at: who is owed.
+    pub redeemer: String,
+    /// Points; negative for a reversal.
+    pub points: i64,
+    /// Money per point owed to the redeemer, the rate in force when the slice was first made.
+    pub rate: Decimal,
+    /// The allocation this one undoes (burn reversals).
+    pub reverses: Option<i64>,
+    /// When the transaction was accepted.
+    pub accepted_at: Micros,
+}
+
+/// A burn allocation and how much of it is not yet reversed.
+#[derive(Debug, Clone)]
+pub struct Reversible {
+    /// The original (positive) allocation.
+    pub allocation: Allocation,
+    /// Its points not yet given back.
+    pub remaining: i64,
+}
+
+/// Why the ledger refuses a request. Nothing is changed when it does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Points must be at least 1.
+    #[error("points must be at least 1, got {0}")]
+    NonPositive(i64),
+    /// The member cannot cover the burn.
+    #[error("member has {balance} points, cannot burn {requested}")]
+    InsufficientPoints {
+        /// Spendable balance now.
+        balance: i64,
+        /// Points asked for.
+        requested: i64,
+    },
+    /// The result would not fit in the ledger's 64-bit point counters.
+    #[error("{0} points would overflow the member's balance")]
+    Overflow(i64),
+    /// A reversal asks for more than is left to reverse.
+    #[error("only {remaining} points are left to reverse, asked for {requested}")]
+    BeyondRemaining {
+        /// Points not yet reversed.
+        remaining: i64,
+        /// Points asked for.
+        requested: i64,
+    },
+}
+
+/// One member's ledger as loaded for a decision: the lots that can still change, and open debts.
+#[derive(Debug, Clone, Default)]
+pub struct MemberLedger {
+    /// The member id.
+    pub member: String,
+    /// Whether the member exists in storage (has ever earned).
+    pub known: bool,
+    /// Lots with points left, plus any lot a reversal in this batch needs.
+    pub lots: Vec<Lot>,
+    /// Debts with points left.
+    pub debts: Vec<Debt>,
+}
+
+/// What an earn did.
+#[derive(Debug, Clone)]
+pub struct EarnEffect {
+    /// The new lot's id.
+    pub lot: i64,
+    /// Allocations repaying debt from the new lot.
+    pub repayments: Vec<Allocation>,
+    /// Points of the earn that went to debt.
+    pub debt_repaid: i64,
+}
+
+/// What an earn reversal did.
+#[derive(Debug, Clone)]
+pub struct ReverseEarnEffect {
+    /// Points taken back from the earn's own lot.
+    pub from_own_lot: i64,
+    /// Shortfall taken from the member's other lots, redeemed at the reversing partner.
+    pub allocations: Vec<Allocation>,
+    /// Points the member could not cover and now owes.
+    pub debt_created: i64,
+}
+
+/// Parameters of a new earn.
+#[derive(Debug, Clone)]
+pub struct NewEarn<'a> {
+    /// The earn transaction id.
+    pub txn: i64,
+    /// The issuing partner.
+    pub issuer: &'a str,
+    /// Points granted.
+    pub points: i64,
+    /// Acceptance instant.
+    pub now: Micros,
+    /// When the lot expires (`None`: never).
+    pub expires_at: Option<Micros>,
+}
+
+impl MemberLedger {
+    /// A ledger for a member not seen before.
+    pub fn new_member(member: &str) -> MemberLedger {
+        MemberLedger { member: member.to_string(), known: false, lots: vec![], debts: vec![] }
+    }
+
+    /// Points left in lots that still count at `now`.
+    pub fn live_points(&self, now: Micros) -> i64 {
+        self.lots.iter().filter(|l| l.live(now)).map(|l| l.points_left).sum()
+    }
+
+    /// Points owed.
+    pub fn debt(&self) -> i64 {
+        self.debts.iter().map(|d| d.points_left).sum()
+    }
+
+    /// The member's balance at `now`: points left in unexpired lots minus debt.
+    pub fn balance(&self, now: Micros) -> i64 {
+        self.live_points(now) - self.debt()
+    }
+
+    fn lot_mut(&mut self, id: i64) -> &mut Lot {
+        self.lots.iter_mut().find(|l| l.id == id).expect("lot of an allocation must be loaded")
+    }
+
+    /// Indices of live lots with points left, in spending order.
+    fn spendable_order(&self, now: Micros) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.lots.len())
+            .filter(|&i| self.lots[i].live(now) && self.lots[i].points_left > 0)
+            .collect();
+        idx.sort_by_key(|&i| self.lots[i].spend_order());
+        idx
+    }
+
+    /// Takes up to `points` from live lots, soonest expiry first, recording each slice as an
+    /// allocation redeemed at `redeemer`. Returns the allocations and the points it could not find.
+    fn take_from_lots(
+        &mut self,
+        ids: &mut dyn IdSource,
+        txn: i64,
+        redeemer: &str,
+        rate: Decimal,
+        mut points: i64,
+        now: Micros,
+        skip_lot: Option<i64>,
+    ) -> (Vec<Allocation>, i64) {
+        let mut out = Vec::new();
+        for i in self.spendable_order(now) {
+            if points == 0 {
+                break;
+            }
+            let lot = &mut self.lots[i];
+            if Some(lot.id) == skip_lot {
+                continue;
+            }
+            let k = lot.points_left.min(points);
+            lot.points_left -= k;
+            lot.dirty = true;
+            points -= k;
+            out.push(Allocation {
+                id: ids.allocation(),
+                txn,
+                lot: lot.id,
+                member: lot.member.clone(),
+                issuer: lot.issuer.clone(),
+                redeemer: redeemer.to_string(),
+                points: k,
+                rate,
+                reverses: None,
+                accepted_at: now,
+            });
+        }
+        (out, points)
+    }
+
+    /// Grants `e.points` in a new lot, and pays open debts off first (oldest debt first), each
+    /// repayment an allocation of the new lot redeemed at the partner owed.
+    pub fn earn(&mut self, ids: &mut dyn IdSource, e: NewEarn<'_>) -> Result<EarnEffect, Refusal> {
+        if e.points < 1 {
+            return Err(Refusal::NonPositive(e.points));
+        }
+        let total: i64 = self.lots.iter().map(|l| l.points_left).sum();
+        total.checked_add(e.points).ok_or(Refusal::Overflow(e.points))?;
+        let mut lot = Lot {
+            id: ids.lot(),
+            member: self.member.clone(),
+            issuer: e.issuer.to_string(),
+            earn_txn: e.txn,
+            points: e.points,
+            points_left: e.points,
+            reversed: 0,
+            earned_at: e.now,
+            expires_at: e.expires_at,
+            dirty: true,
+        };
+        let mut repayments = Vec::new();
+        let mut repaid = 0;
+        self.debts.sort_by_key(|d| (d.created_at, d.id));
+        for debt in self.debts.iter_mut().filter(|d| d.points_left > 0) {
+            if lot.points_left == 0 {
+                break;
+            }
+            let k = debt.points_left.min(lot.points_left);
+            debt.points_left -= k;
+            debt.dirty = true;
+            lot.points_left -= k;
+            repaid += k;
+            repayments.push(Allocation {
+                id: ids.allocation(),
+                txn: e.txn,
+                lot: lot.id,
+                member: self.member.clone(),
+                issuer: lot.issuer.clone(),
+                redeemer: debt.owed_to.clone(),
+                points: k,
+                rate: debt.rate,
+                reverses: None,
+                accepted_at: e.now,
+            });
+        }
+        let id = lot.id;
+        self.lots.push(lot);
+        self.known = true;
+        Ok(EarnEffect { lot: id, repayments, debt_repaid: repaid })
+    }
+
+    /// Spends `points` at `redeemer`, soonest-expiring lots first. Refuses if the balance
+    /// (unexpired points minus debt) cannot cover it.
+    pub fn burn(
+        &mut self,
+        ids: &mut dyn IdSource,
+        txn: i64,
+        redeemer: &str,
+        rate: Decimal,
+        points: i64,
+        now: Micros,
+    ) -> Result<Vec<Allocation>, Refusal> {
+        if points < 1 {
+            return Err(Refusal::NonPositive(points));
+        }
+        let balance = self.balance(now);
+        if balance < points {
+            return Err(Refusal::InsufficientPoints { balance: balance.max(0), requested: points });
+        }
+        let (allocations, short) = self.take_from_lots(ids, txn, redeemer, rate, points, now, None);
+        assert_eq!(short, 0, "balance check guarantees the lots cover the burn");
+        Ok(allocations)
+    }
+
+    /// Gives `points` of a burn back to the lots they came from, latest slices first, each as a
+    /// negative allocation at the rate of the slice it undoes. `slices` are the burn's allocations
+    /// in the order they were made; their `remaining` is updated.
+    pub fn reverse_burn(
+        &mut self,
+        ids: &mut dyn IdSource,
+        txn: i64,
+        slices: &mut [Reversible],
+        points: i64,
+        now: Micros,
+    ) -> Result<Vec<Allocation>, Refusal> {
+        if points < 1 {
+            return Err(Refusal::NonPositive(points));
+        }
+        let remaining: i64 = slices.iter().map(|s| s.remaining).sum();
+        if points > remaining {
+            return Err(Refusal::BeyondRemaining { remaining, requested: points });
+        }
+        let mut left = points;
+        let mut out = Vec::new();
+        for slice in slices.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            let k = slice.remaining.min(left);
+            if k == 0 {
+                continue;
+            }
+            slice.remaining -= k;
+            left -= k;
+            let lot = self.lot_mut(slice.allocation.lot);
+            lot.points_left += k;
+            debug_assert!(lot.points_left + lot.reversed <= lot.points);
+            lot.dirty = true;
+            let a = &slice.allocation;
+            out.push(Allocation {
+                id: ids.allocation(),
+                txn,
+                lot: a.lot,
+                member: a.member.clone(),
+                issuer: a.issuer.clone(),
+                redeemer: a.redeemer.clone(),
+                points: -k,
+                rate: a.rate,
+                reverses: Some(a.id),
+                accepted_at: now,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes `points` of the earn that made lot `lot_id` back: first from that lot (if it still
+    /// counts), then from the member's other lots soonest expiry first (allocations redeemed at
+    /// `reverser`), and whatever is still short becomes debt owed to `reverser`.
+    /// `remaining` is how much of the earn is not yet reversed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reverse_earn(
+        &mut self,
+        ids: &mut dyn IdSource,
+        txn: i64,
+        lot_id: i64,
+        reverser: &str,
+        rate: Decimal,
+        points: i64,
+        remaining: i64,
+        now: Micros,
+    ) -> Result<ReverseEarnEffect, Refusal> {
+        if points < 1 {
+            return Err(Refusal::NonPositive(points));
+        }
+        if points > remaining {
+            return Err(Refusal::BeyondRemaining { remaining, requested: points });
+        }
+        let lot = self.lot_mut(lot_id);
+        let from_own = if lot.live(now) { lot.points_left.min(points) } else { 0 };
+        lot.points_left -= from_own;
+        lot.reversed += from_own;
+        lot.dirty = true;
+        let (allocations, short) = self.take_from_lots(
+            ids,
+            txn,
+            reverser,
+            rate,
+            points - from_own,
+            now,
+            Some(lot_id),
+        );
+        if short > 0 {
+            self.debts.push(Debt {
+                id: ids.debt(),
+                member: self.member.clone(),
+                owed_to: reverser.to_string(),
+                points: short,
+                points_left: short,
+                rate,
+                txn,
+                created_at: now,
+                dirty: true,
+            });
+        }
+        Ok(ReverseEarnEffect { from_own_lot: from_own, allocations, debt_created: short })
+    }
+}
+
+/// Sums allocations by issuer, in first-seen order (what a receipt shows at the till).
+pub fn by_issuer(allocations: &[Allocation]) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for a in allocations {
+        match out.iter_mut().find(|(i, _)| *i == a.issuer) {
+            Some((_, p)) => *p += a.points.abs(),
+            None => out.push((a.issuer.clone(), a.points.abs())),
+        }
+    }
+    out
+}
+
+/// The kind of a ledger transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Points granted.
+    Earn,
+    /// Points spent.
+    Burn,
+    /// An earn taken back.
+    ReverseEarn,
+    /// A burn given back.
+    ReverseBurn,
+}
+
+impl Kind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Earn => "earn",
+            Kind::Burn => "burn",
+            Kind::ReverseEarn => "reverse_earn",
+            Kind::ReverseBurn => "reverse_burn",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "earn" => Kind::Earn,
+            "burn" => Kind::Burn,
+            "reverse_earn" => Kind::ReverseEarn,
+            "reverse_burn" => Kind::ReverseBurn,
+            _ => return None,
+        })
+    }
+}
+
+/// What a transaction did, as first answered; stored with it and returned unchanged on retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The partner's own transaction id.
+    pub transaction_id: String,
+    /// The ledger's id.
+    pub ledger_id: i64,
+    /// What kind of transaction.
+    pub kind: Kind,
+    /// The member.
+    pub member_id: String,
+    /// Points moved (positive).
+    pub points: i64,
+    /// The member's balance right after.
+    pub balance_after: i64,
+    /// Acceptance instant.
+    pub accepted_at: Micros,
+    /// Points by issuer (burns and reversals).
+    pub slices: Vec<(String, i64)>,
+    /// Debt created (earn reversals).
+    pub debt_created: i64,
+    /// Debt repaid (earns).
+    pub debt_repaid: i64,
+    /// The partner's id of the reversed transaction (reversals).
+    pub original_transaction_id: Option<String>,
+}

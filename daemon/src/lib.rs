@@ -1,0 +1,20 @@
+//! `coalitiond`: the coalition's clearing daemon. See ARCHITECTURE.md for the map.
+//!
+//! - [`ledger`]: the pure lot ledger (earn, burn, reversals, debt).
+//! - [`store`]: the storage seam, the shared batch logic, group commit, SQLite.
+//! - [`api`]: the gRPC services and the one error-to-status map.
+//! - [`server`]: TLS acceptor, identity layer, health, reflection.
+//! - [`daemon`]: wiring one running daemon together.
+//! - [`cli`]: the subcommands (`serve`, `demo`, `certs`, `bench`, `audit`).
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod ledger;
+pub mod server;
+pub mod store;

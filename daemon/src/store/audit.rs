@@ -1,0 +1,143 @@
+//! The ledger invariants as SQL, shared by every backend. The tests run the audit after every
+//! scenario; `coalitiond audit` runs it against a database.
+
+use crate::ledger::Micros;
+use std::fmt;
+
+/// Checks that count violations; each must return 0. The SQL is plain enough for SQLite and
+/// PostgreSQL alike.
+pub const CHECKS: &[(&str, &str)] = &[
+    (
+        "lot points_left = points - reversed - its allocations",
+        "SELECT COUNT(*) FROM lots l LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM allocations GROUP BY lot_id) a \
+         ON a.lot_id = l.id WHERE l.points_left <> l.points - l.reversed - COALESCE(a.s, 0)",
+    ),
+    (
+        "member points and debt = sums of its lots and debts",
+        "SELECT COUNT(*) FROM members m \
+         LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM lots GROUP BY member_id) l ON l.member_id = m.member_id \
+         LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM debts GROUP BY member_id) d ON d.member_id = m.member_id \
+         WHERE m.points <> COALESCE(l.s, 0) OR m.debt <> COALESCE(d.s, 0)",
+    ),
+    (
+        "every lot and debt belongs to a known member",
+        "SELECT (SELECT COUNT(*) FROM lots x WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.member_id = x.member_id)) \
+         + (SELECT COUNT(*) FROM debts x WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.member_id = x.member_id))",
+    ),
+    (
+        "every allocation points at a real lot of its issuer and member, and a real transaction",
+        "SELECT COUNT(*) FROM allocations a LEFT JOIN lots l ON l.id = a.lot_id LEFT JOIN transactions t ON t.id = a.txn_id \
+         WHERE l.id IS NULL OR t.id IS NULL OR l.issuer <> a.issuer OR l.member_id <> a.member_id",
+    ),
+    (
+        "every reversing allocation undoes a real allocation of the same lot",
+        "SELECT COUNT(*) FROM allocations a LEFT JOIN allocations o ON o.id = a.reverses \
+         WHERE a.reverses IS NOT NULL AND (o.id IS NULL OR o.lot_id <> a.lot_id OR a.points >= 0)",
+    ),
+    (
+        "a burn's allocations sum to its points, a burn reversal's to minus its points",
+        "SELECT COUNT(*) FROM transactions t LEFT JOIN (SELECT txn_id, SUM(points) AS s FROM allocations GROUP BY txn_id) a \
+         ON a.txn_id = t.id WHERE (t.kind = 'burn' AND COALESCE(a.s, 0) <> t.points) \
+         OR (t.kind = 'reverse_burn' AND COALESCE(a.s, 0) <> -t.points)",
+    ),
+    (
+        "reversed_points of an earn or burn = the points of its reversals",
+        "SELECT COUNT(*) FROM transactions t LEFT JOIN \
+         (SELECT original_id, SUM(points) AS s FROM transactions WHERE original_id IS NOT NULL GROUP BY original_id) r \
+         ON r.original_id = t.id WHERE t.kind IN ('earn', 'burn') AND t.reversed_points <> COALESCE(r.s, 0)",
+    ),
+    (
+        "every reversal points at a transaction of the kind it reverses",
+        "SELECT COUNT(*) FROM transactions t LEFT JOIN transactions o ON o.id = t.original_id \
+         WHERE t.kind IN ('reverse_earn', 'reverse_burn') AND (o.id IS NULL OR o.member_id <> t.member_id \
+         OR (t.kind = 'reverse_earn' AND o.kind <> 'earn') OR (t.kind = 'reverse_burn' AND o.kind <> 'burn'))",
+    ),
+];
+
+/// Points moved by each kind of transaction: `SELECT kind, total`.
+pub const TOTALS_BY_KIND: &str =
+    "SELECT kind, CAST(SUM(points) AS BIGINT) AS total FROM transactions GROUP BY kind";
+/// Points left in lots still counting at $1.
+pub const LIVE_POINTS: &str =
+    "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM lots WHERE expires_at IS NULL OR expires_at > $1";
+/// Points left in lots past their expiry at $1 (swept or not).
+pub const EXPIRED_POINTS: &str =
+    "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM lots WHERE expires_at IS NOT NULL AND expires_at <= $1";
+/// Points owed.
+pub const DEBT: &str = "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM debts";
+/// Row counts, for the report.
+pub const COUNTS: &str = "SELECT (SELECT COUNT(*) FROM members), (SELECT COUNT(*) FROM transactions), \
+    (SELECT COUNT(*) FROM lots), (SELECT COUNT(*) FROM allocations)";
+
+/// The result of an audit.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// When the audit looked (expiry is judged at this instant).
+    pub at: Micros,
+    /// Members.
+    pub members: i64,
+    /// Transactions.
+    pub transactions: i64,
+    /// Lots.
+    pub lots: i64,
+    /// Allocations.
+    pub allocations: i64,
+    /// Points earned.
+    pub earned: i64,
+    /// Points burned.
+    pub burned: i64,
+    /// Points given back by burn reversals.
+    pub burns_reversed: i64,
+    /// Points taken back by earn reversals.
+    pub earns_reversed: i64,
+    /// Points left in lots past expiry.
+    pub expired: i64,
+    /// Σ balances: points left in unexpired lots minus debt.
+    pub balances: i64,
+    /// Points owed.
+    pub debt: i64,
+    /// What does not hold, in words.
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    /// Adds the totals check and returns the finished report.
+    pub fn finish(mut self) -> Report {
+        let lhs = self.earned - self.burned + self.burns_reversed - self.earns_reversed - self.expired;
+        if lhs != self.balances {
+            self.violations.push(format!(
+                "earned {} - burned {} + burns reversed {} - earns reversed {} - expired {} = {} but balances sum to {}",
+                self.earned, self.burned, self.burns_reversed, self.earns_reversed, self.expired, lhs, self.balances
+            ));
+        }
+        self
+    }
+
+    /// Whether every invariant holds.
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "members {}  transactions {}  lots {}  allocations {}",
+            self.members, self.transactions, self.lots, self.allocations
+        )?;
+        writeln!(
+            f,
+            "earned {}  burned {}  burns reversed {}  earns reversed {}  expired {}  debt {}  balances {}",
+            self.earned, self.burned, self.burns_reversed, self.earns_reversed, self.expired, self.debt, self.balances
+        )?;
+        if self.ok() {
+            write!(f, "all invariants hold")
+        } else {
+            for v in &self.violations {
+                writeln!(f, "VIOLATED: {v}")?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The shared batch logic: given a backend's [`LedgerTx`], load what a batch of requests needs in a
+//! few bulk reads, decide each request in order with the pure ledger (so two requests on one member
+//! in one batch see each other), and hand the backend one set of [`Writes`].
+
+use super::{LedgerTx, Op, Rejection, Request, StoreError, TxnRecord, Writes};
+use crate::ledger::{self, Kind, Micros, MemberLedger, NewEarn, Receipt, Refusal, Reversible};
+use std::collections::{HashMap, HashSet};
+
+/// What a batch needs to know besides the requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// The acceptance instant of every transaction in the batch.
+    pub now: Micros,
+    /// Lifetime of new lots; `None`: never expire.
+    pub expire_after: Option<Micros>,
+}
+
+type Key = (String, String);
+
+fn key(partner: &str, id: &str) -> Key {
+    (partner.to_string(), id.to_string())
+}
+
+/// Applies a batch through `tx`. Rejections are per request; an `Err` means the backend failed and
+/// the caller must roll the whole batch back.
+pub async fn apply(
+    tx: &mut dyn LedgerTx,
+    requests: &[Request],
+    ctx: &Context,
+) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
+    // 1. Idempotency records and reversal originals, in one read.
+    let mut keys: Vec<Key> = Vec::with_capacity(requests.len());
+    for r in requests {
+        keys.push(key(&r.partner, &r.transaction_id));
+        if let Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } = &r.op {
+            keys.push(key(&r.partner, original));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    let mut txns: HashMap<Key, TxnRecord> = tx
+        .find_transactions(&keys)
+        .await?
+        .into_iter()
+        .map(|t| (key(&t.partner, &t.partner_txn_id), t))
+        .collect();
+
+    // 2. Members, and for reversals the lots and slices of their originals.
+    let mut members: Vec<String> = Vec::new();
+    let (mut earn_originals, mut burn_originals) = (Vec::new(), Vec::new());
+    for r in requests {
+        match &r.op {
+            Op::Earn { member, .. } | Op::Burn { member, .. } => members.push(member.clone()),
+            Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } => {
+                if let Some(o) = txns.get(&key(&r.partner, original)) {
+                    members.push(o.member.clone());
+                    match o.kind {
+                        Kind::Earn => earn_originals.push(o.id),
+                        Kind::Burn => burn_originals.push(o.id),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    members.sort();
+    members.dedup();
+    let mut ledgers: HashMap<String, MemberLedger> =
+        tx.load_members(&members).await?.into_iter().map(|m| (m.member.clone(), m)).collect();
+    let mut extra_lots = Vec::new();
+    if !earn_originals.is_empty() {
+        extra_lots.extend(tx.load_lots_of_earns(&earn_originals).await?);
+    }
+    let mut slices: HashMap<i64, Vec<Reversible>> = HashMap::new();
+    if !burn_originals.is_empty() {
+        let loaded = tx.load_burn_slices(&burn_originals).await?;
+        let lot_ids: Vec<i64> = loaded.iter().map(|s| s.allocation.lot).collect();
+        extra_lots.extend(tx.load_lots(&lot_ids).await?);
+        for s in loaded {
+            slices.entry(s.allocation.txn).or_default().push(s);
+        }
+    }
+    for lot in extra_lots {
+        if let Some(m) = ledgers.get_mut(&lot.member) {
+            if !m.lots.iter().any(|l| l.id == lot.id) {
+                m.lots.push(lot);
+            }
+        }
+    }
+    let known_before: HashSet<String> = ledgers.keys().cloned().collect();
+
+    // 3. Decide each request in order.
+    let mut writes = Writes::default();
+    let mut reversed: HashMap<i64, i64> = HashMap::new();
+    let mut out = Vec::with_capacity(requests.len());
+    for r in requests {
+        let k = key(&r.partner, &r.transaction_id);
+        if let Some(existing) = txns.get(&k) {
+            out.push(if existing.request_hash == r.hash {
+                Ok(existing.receipt.clone())
+            } else {
+                Err(Rejection::IdReused(r.transaction_id.clone()))
+            });
+            continue;
+        }
+        let decided = decide(tx, r, ctx, &mut ledgers, &mut txns, &mut slices, &mut writes);
+        match decided {
+            Ok(record) => {
+                if let Some(orig) = record.original_id {
+                    let o = txns.values_mut().find(|t| t.id == orig).expect("original is loaded");
+                    o.reversed_points += record.points;
+                    reversed.insert(orig, o.reversed_points);
+                }
+                out.push(Ok(record.receipt.clone()));
+                writes.new_txns.push(record.clone());
+                txns.insert(k, record);
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+
+    // 4. Collect what changed. Reversal counters of transactions new in this batch are already
+    //    in their records.
+    for t in writes.new_txns.iter_mut() {
+        if let Some(r) = reversed.remove(&t.id) {
+            t.reversed_points = r;
+        }
+    }
+    writes.reversed = reversed.into_iter().collect();
+    writes.reversed.sort();
+    let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
+    touched.sort_by(|a, b| a.member.cmp(&b.member));
+    for m in touched {
+        let dirty_lots = m.lots.iter().filter(|l| l.dirty);
+        let dirty_debts = m.debts.iter().filter(|d| d.dirty);
+        let changed = dirty_lots.clone().next().is_some() || dirty_debts.clone().next().is_some();
+        writes.lots.extend(dirty_lots.cloned());
+        writes.debts.extend(dirty_debts.cloned());
+        if changed || !known_before.contains(&m.member) {
+            let points: i64 = m.lots.iter().map(|l| l.points_left).sum();
+            writes.members.push((m.member.clone(), points, m.debt(), ctx.now));
+        }
+    }
+    if !writes.new_txns.is_empty() {
+        tx.write(&writes).await?;
+    }
+    Ok(out)
+}
+
+fn decide(
+    tx: &mut dyn LedgerTx,
+    r: &Request,
+    ctx: &Context,
+    ledgers: &mut HashMap<String, MemberLedger>,
+    txns: &mut HashMap<Key, TxnRecord>,
+    slices: &mut HashMap<i64, Vec<Reversible>>,
+    writes: &mut Writes,
+) -> Result<TxnRecord, Rejection> {
+    let now = ctx.now;
+    match &r.op {
+        Op::Earn { member, points, purchase } => {
+            let m = ledgers.entry(member.clone()).or_insert_with(|| MemberLedger::new_member(member));
+            let id = tx.next_txn_id();
+            let effect = m.earn(
+                tx.ids(),
+                NewEarn {
+                    txn: id,
+                    issuer: &r.partner,
+                    points: *points,
+                    now,
+                    expires_at: ctx.expire_after.map(|d| now + d),
+                },
+            )?;
+            let receipt = Receipt {
+                transaction_id: r.transaction_id.clone(),
+                ledger_id: id,
+                kind: Kind::Earn,
+                member_id: member.clone(),
+                points: *points,
+                balance_after: m.balance(now),
+                accepted_at: now,
+                slices: vec![],
+                debt_created: 0,
+                debt_repaid: effect.debt_repaid,
+                original_transaction_id: None,
+            };
+            writes.allocations.extend(effect.repayments);
+            Ok(record(r, id, Kind::Earn, member, *points, None, purchase.clone(), receipt))
+        }
+        Op::Burn { member, points, rate } => {
+            let m = ledgers.get_mut(member).ok_or_else(|| Rejection::UnknownMember(member.clone()))?;
+            let id = tx.next_txn_id();
+            let allocations = m.burn(tx.ids(), id, &r.partner, *rate, *points, now)?;
+            let receipt = Receipt {
+                transaction_id: r.transaction_id.clone(),
+                ledger_id: id,
+                kind: Kind::Burn,
+                member_id: member.clone(),
+                points: *points,
+                balance_after: m.balance(now),
+                accepted_at: now,
+                slices: ledger::by_issuer(&allocations),
+                debt_created: 0,
+                debt_repaid: 0,
+                original_transaction_id: None,
+            };
+            slices.insert(
+                id,
+                allocations.iter().map(|a| Reversible { allocation: a.clone(), remaining: a.points }).collect(),
+            );
+            writes.allocations.extend(allocations);
+            Ok(record(r, id, Kind::Burn, member, *points, None, None, receipt))
+        }
+        Op::ReverseEarn { original, points, rate } => {
+            let o = original_of(txns, r, original, Kind::Earn)?;
+            let (orig_id, member, remaining) = (o.id, o.member.clone(), o.points - o.reversed_points);
+            let points = whole_if_zero(*points, remaining, original)?;
+            let m = ledgers.get_mut(&member).expect("member of a loaded original is loaded");
+            let lot = m.lots.iter().find(|l| l.earn_txn == orig_id).expect("lot of an earn is loaded").id;
+            let id = tx.next_txn_id();
+            let effect = m.reverse_earn(tx.ids(), id, lot, &r.partner, *rate, points, remaining, now)?;
+            let mut slices_shown = vec![];
+            if effect.from_own_lot > 0 {
+                slices_shown.push((r.partner.clone(), effect.from_own_lot));
+            }
+            slices_shown.extend(ledger::by_issuer(&effect.allocations));
+            let receipt = Receipt {
+                transaction_id: r.transaction_id.clone(),
+                ledger_id: id,
+                kind: Kind::ReverseEarn,
+                member_id: member.clone(),
+                points,
+                balance_after: m.balance(now),
+                accepted_at: now,
+                slices: slices_shown,
+                debt_created: effect.debt_created,
+                debt_repaid: 0,
+                original_transaction_id: Some(original.clone()),
+            };
+            writes.allocations.extend(effect.allocations);
+            Ok(record(r, id, Kind::ReverseEarn, &member, points, Some(orig_id), None, receipt))
+        }
+        Op::ReverseBurn { original, points } => {
+            let o = original_of(txns, r, original, Kind::Burn)?;
+            let (orig_id, member, remaining) = (o.id, o.member.clone(), o.points - o.reversed_points);
+            let points = whole_if_zero(*points, remaining, original)?;
+            let m = ledgers.get_mut(&member).expect("member of a loaded original is loaded");
+            let burn_slices = slices.get_mut(&orig_id).expect("slices of a burn are loaded");
+            let id = tx.next_txn_id();
+            let allocations = m.reverse_burn(tx.ids(), id, burn_slices, points, now)?;
+            let receipt = Receipt {
+                transaction_id: r.transaction_id.clone(),
+                ledger_id: id,
+                kind: Kind::ReverseBurn,
+                member_id: member.clone(),
+                points,
+                balance_after: m.balance(now),
+                accepted_at: now,
+                slices: ledger::by_issuer(&allocations),
+                debt_created: 0,
+                debt_repaid: 0,
+                original_transaction_id: Some(original.clone()),
+            };
+            writes.allocations.extend(allocations);
+            Ok(record(r, id, Kind::ReverseBurn, &member, points, Some(orig_id), None, receipt))
+        }
+    }
+}
+
+fn original_of<'a>(
+    txns: &'a HashMap<Key, TxnRecord>,
+    r: &Request,
+    original: &str,
+    expected: Kind,
+) -> Result<&'a TxnRecord, Rejection> {
+    let o = txns
+        .get(&key(&r.partner, original))
+        .ok_or_else(|| Rejection::UnknownTransaction(original.to_string()))?;
+    if o.kind != expected {
+        return Err(Rejection::WrongKind { id: original.to_string(), expected, found: o.kind });
+    }
+    Ok(o)
+}
+
+/// A reversal of 0 points means "all that is left".
+fn whole_if_zero(points: i64, remaining: i64, original: &str) -> Result<i64, Rejection> {
+    if remaining == 0 {
+        return Err(Rejection::FullyReversed(original.to_string()));
+    }
+    match points {
+        0 => Ok(remaining),
+        p if p < 0 => Err(Refusal::NonPositive(p).into()),
+        p => Ok(p),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    r: &Request,
+    id: i64,
+    kind: Kind,
+    member: &str,
+    points: i64,
+    original_id: Option<i64>,
+    purchase: Option<(rust_decimal::Decimal, String)>,
+    receipt: Receipt,
+) -> TxnRecord {
+    TxnRecord {
+        id,
+        partner: r.partner.clone(),
+        partner_txn_id: r.transaction_id.clone(),
+        kind,
+        member: member.to_string(),
+        points,
+        reversed_points: 0,
+        original_id,
+        purchase: purchase.map(|(a, c)| (a.to_string(), c)),
+        request_hash: r.hash.to_vec(),
+        accepted_at: receipt.accepted_at,
+        receipt,
+    }
+}

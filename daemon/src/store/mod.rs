@@ -1,0 +1,230 @@
+//! The storage seam. The service code sees only [`Store`] (reads and the audit) and
+//! [`writer::Writer`] (the group-commit queue for mutations). A backend fills in [`LedgerTx`]: load
+//! rows for a batch and write back what the pure ledger decided, inside one database transaction.
+//! The decision logic itself ([`batch`]) is shared by every backend.
+
+pub mod audit;
+pub mod batch;
+pub mod sqlite;
+pub mod writer;
+
+use crate::ledger::{IdSource, Kind, Lot, Micros, MemberLedger, Receipt, Refusal, Reversible, Allocation, Debt};
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+
+/// A storage failure: the database could not be reached or refused the work. Nothing of the
+/// batch it hit was applied; the caller may retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The daemon is shutting down and takes no more writes.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Unavailable(format!("migration failed: {e}"))
+    }
+}
+
+/// A mutation a partner asked for, validated and priced by the API layer.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The calling partner (from its certificate).
+    pub partner: String,
+    /// The partner's own transaction id.
+    pub transaction_id: String,
+    /// SHA-256 of the request's content, to tell a retry from a reuse of the id.
+    pub hash: [u8; 32],
+    /// What to do.
+    pub op: Op,
+}
+
+/// The ledger operation of a [`Request`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Grant points.
+    Earn {
+        /// The member.
+        member: String,
+        /// Points to grant (already computed from the purchase or the bonus).
+        points: i64,
+        /// The purchase, if the points came from one: amount and currency.
+        purchase: Option<(Decimal, String)>,
+    },
+    /// Spend points at the caller.
+    Burn {
+        /// The member.
+        member: String,
+        /// Points to spend.
+        points: i64,
+        /// The caller's redemption rate now.
+        rate: Decimal,
+    },
+    /// Take back points of one of the caller's earns.
+    ReverseEarn {
+        /// The partner's id of the earn.
+        original: String,
+        /// Points to take back; 0 for all that is left.
+        points: i64,
+        /// The caller's redemption rate now (prices a shortfall taken from other lots).
+        rate: Decimal,
+    },
+    /// Give back points of one of the caller's burns.
+    ReverseBurn {
+        /// The partner's id of the burn.
+        original: String,
+        /// Points to give back; 0 for all that is left.
+        points: i64,
+    },
+}
+
+/// Why a request was refused. Nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The ledger refused (insufficient points, beyond what is left to reverse, …).
+    #[error(transparent)]
+    Ledger(#[from] Refusal),
+    /// A burn for a member that never earned.
+    #[error("member {0:?} is unknown: it has never earned points")]
+    UnknownMember(String),
+    /// A reversal names a transaction the caller does not have.
+    #[error("no transaction {0:?} of this partner")]
+    UnknownTransaction(String),
+    /// A reversal names a transaction of the wrong kind.
+    #[error("transaction {id:?} is a {found:?}, not a {expected:?}")]
+    WrongKind {
+        /// The partner's id.
+        id: String,
+        /// What the reversal needs.
+        expected: Kind,
+        /// What the transaction is.
+        found: Kind,
+    },
+    /// Nothing is left to reverse.
+    #[error("transaction {0:?} is already fully reversed")]
+    FullyReversed(String),
+    /// The transaction id was already used for a request with other content.
+    #[error("transaction id {0:?} was already used for a different request")]
+    IdReused(String),
+}
+
+/// One stored transaction.
+#[derive(Debug, Clone)]
+pub struct TxnRecord {
+    /// Ledger id.
+    pub id: i64,
+    /// The partner that made it.
+    pub partner: String,
+    /// The partner's own id.
+    pub partner_txn_id: String,
+    /// Kind.
+    pub kind: Kind,
+    /// The member.
+    pub member: String,
+    /// Points moved (positive).
+    pub points: i64,
+    /// Earns and burns: points reversed so far.
+    pub reversed_points: i64,
+    /// Reversals: the ledger id of the reversed transaction.
+    pub original_id: Option<i64>,
+    /// Earns from purchases: the amount (decimal string) and currency.
+    pub purchase: Option<(String, String)>,
+    /// Hash of the request content.
+    pub request_hash: Vec<u8>,
+    /// The first answer.
+    pub receipt: Receipt,
+    /// Acceptance instant.
+    pub accepted_at: Micros,
+}
+
+/// Everything one batch changes, written in one transaction.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// New transactions.
+    pub new_txns: Vec<TxnRecord>,
+    /// Existing transactions whose reversed points changed: (id, reversed_points).
+    pub reversed: Vec<(i64, i64)>,
+    /// New or changed lots.
+    pub lots: Vec<Lot>,
+    /// New allocations.
+    pub allocations: Vec<Allocation>,
+    /// New or changed debts.
+    pub debts: Vec<Debt>,
+    /// Members touched: (member, points left in all lots, debt, first seen).
+    pub members: Vec<(String, i64, i64, Micros)>,
+}
+
+/// What a backend does inside one write transaction for the shared batch logic.
+#[async_trait]
+pub trait LedgerTx: Send {
+    /// Transactions by (partner, partner's id).
+    async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError>;
+    /// Members with their lots that have points left and their open debts; locks them where the
+    /// backend needs locks. Unknown members are absent.
+    async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError>;
+    /// The lots created by these earns.
+    async fn load_lots_of_earns(&mut self, earn_txns: &[i64]) -> Result<Vec<Lot>, StoreError>;
+    /// Lots by id.
+    async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError>;
+    /// The allocations of these burns, in the order made, with what is left to reverse of each.
+    async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError>;
+    /// The id source for this batch.
+    fn ids(&mut self) -> &mut dyn IdSource;
+    /// A fresh transaction id.
+    fn next_txn_id(&mut self) -> i64;
+    /// Writes the batch's changes.
+    async fn write(&mut self, writes: &Writes) -> Result<(), StoreError>;
+}
+
+/// A backend that applies batches (owned by the writer task).
+#[async_trait]
+pub trait BatchBackend: Send {
+    /// Applies `requests` in one durable transaction at `now`: either everything it accepted is
+    /// committed, or it returns an error and nothing is.
+    async fn apply_batch(
+        &mut self,
+        requests: &[Request],
+        ctx: &batch::Context,
+    ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError>;
+}
+
+/// Reads and audits, shared by all calls.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// A member's open lots and debts, or `None` if the member never earned.
+    async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError>;
+    /// One of a partner's transactions by its own id.
+    async fn transaction(&self, partner: &str, partner_txn_id: &str) -> Result<Option<TxnRecord>, StoreError>;
+    /// A partner's transactions with a member, newest first, strictly before `before`
+    /// (accepted_at, id) if given.
+    async fn activity(
+        &self,
+        partner: &str,
+        member: &str,
+        before: Option<(Micros, i64)>,
+        limit: i64,
+    ) -> Result<Vec<TxnRecord>, StoreError>;
+    /// Checks the ledger invariants at `now`.
+    async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError>;
+    /// Transactions in the ledger, all partners (for tests and operators).
+    async fn transaction_count(&self) -> Result<i64, StoreError>;
+}
+
+/// Opens the store a database URL names: the reader shared by calls and the backend the writer owns.
+pub async fn open(url: &str) -> Result<(std::sync::Arc<dyn Store>, Box<dyn BatchBackend>), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Unavailable("the PostgreSQL backend is not built yet".into()));
+    }
+    let (store, backend) = sqlite::open(url).await?;
+    Ok((std::sync::Arc::new(store), Box::new(backend)))
+}

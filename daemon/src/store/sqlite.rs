@@ -1,0 +1,486 @@
+//! The embedded default: one SQLite file in WAL mode with `synchronous=FULL`, so a commit is on
+//! disk before any caller of its batch is answered. One connection writes (owned by the writer
+//! task, so there is never a second writer to wait for); a small pool reads.
+
+use super::{audit, batch, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
+use crate::ledger::{Allocation, Debt, IdSource, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// SQLite allows 32,766 bound parameters per statement; stay under it.
+const MAX_BINDS: usize = 30_000;
+
+/// Reads and audits on a SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// The single writer of a SQLite file.
+pub struct SqliteBackend {
+    conn: SqliteConnection,
+    ids: Counters,
+}
+
+/// Next ids, owned by the one writer.
+#[derive(Debug, Default)]
+struct Counters {
+    txn: i64,
+    lot: i64,
+    allocation: i64,
+    debt: i64,
+}
+
+impl IdSource for Counters {
+    fn lot(&mut self) -> i64 {
+        self.lot += 1;
+        self.lot
+    }
+    fn allocation(&mut self) -> i64 {
+        self.allocation += 1;
+        self.allocation
+    }
+    fn debt(&mut self) -> i64 {
+        self.debt += 1;
+        self.debt
+    }
+}
+
+fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .pragma("cache_size", "-65536"))
+}
+
+/// Opens (creating and migrating if needed) a SQLite ledger: the shared reader and the writer.
+pub async fn open(url: &str) -> Result<(SqliteStore, SqliteBackend), StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            }
+        }
+    }
+    let opts = options(url)?;
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
+    sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts.read_only(true))
+        .await?;
+    let mut backend = SqliteBackend { conn, ids: Counters::default() };
+    backend.reload_counters().await?;
+    Ok((SqliteStore { pool }, backend))
+}
+
+impl SqliteBackend {
+    async fn reload_counters(&mut self) -> Result<(), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM transactions), (SELECT COALESCE(MAX(id), 0) FROM lots), \
+             (SELECT COALESCE(MAX(id), 0) FROM allocations), (SELECT COALESCE(MAX(id), 0) FROM debts)",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        self.ids = Counters { txn: row.get(0), lot: row.get(1), allocation: row.get(2), debt: row.get(3) };
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BatchBackend for SqliteBackend {
+    async fn apply_batch(
+        &mut self,
+        requests: &[Request],
+        ctx: &batch::Context,
+    ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
+        // IMMEDIATE: take the write lock up front, never fail half-way with SQLITE_BUSY.
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
+        let result = {
+            let mut tx = SqliteTx { conn: &mut self.conn, ids: &mut self.ids };
+            batch::apply(&mut tx, requests, ctx).await
+        };
+        let result = match result {
+            Ok(out) => match sqlx::query("COMMIT").execute(&mut self.conn).await {
+                Ok(_) => Ok(out),
+                Err(e) => Err(StoreError::from(e)),
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+            // ids handed out in the failed batch may or may not exist now: ask the file.
+            self.reload_counters().await?;
+        }
+        result
+    }
+}
+
+struct SqliteTx<'c> {
+    conn: &'c mut SqliteConnection,
+    ids: &'c mut Counters,
+}
+
+fn in_list<'a, T>(qb: &mut QueryBuilder<'a, Sqlite>, items: &'a [T])
+where
+    T: 'a + sqlx::Encode<'a, Sqlite> + sqlx::Type<Sqlite> + Send + Sync,
+{
+    qb.push("(");
+    let mut sep = qb.separated(", ");
+    for it in items {
+        sep.push_bind(it);
+    }
+    qb.push(")");
+}
+
+pub(super) fn lot_from(row: &SqliteRow) -> Lot {
+    Lot {
+        id: row.get("id"),
+        member: row.get("member_id"),
+        issuer: row.get("issuer"),
+        earn_txn: row.get("earn_txn"),
+        points: row.get("points"),
+        points_left: row.get("points_left"),
+        reversed: row.get("reversed"),
+        earned_at: row.get("earned_at"),
+        expires_at: row.get("expires_at"),
+        dirty: false,
+    }
+}
+
+fn decimal(row: &SqliteRow, col: &str) -> Decimal {
+    let s: String = row.get(col);
+    Decimal::from_str(&s).expect("stored decimals are written by this daemon")
+}
+
+fn debt_from(row: &SqliteRow) -> Debt {
+    Debt {
+        id: row.get("id"),
+        member: row.get("member_id"),
+        owed_to: row.get("owed_to"),
+        points: row.get("points"),
+        points_left: row.get("points_left"),
+        rate: decimal(row, "rate"),
+        txn: row.get("txn_id"),
+        created_at: row.get("created_at"),
+        dirty: false,
+    }
+}
+
+fn allocation_from(row: &SqliteRow) -> Allocation {
+    Allocation {
+        id: row.get("id"),
+        txn: row.get("txn_id"),
+        lot: row.get("lot_id"),
+        member: row.get("member_id"),
+        issuer: row.get("issuer"),
+        redeemer: row.get("redeemer"),
+        points: row.get("points"),
+        rate: decimal(row, "rate"),
+        reverses: row.get("reverses"),
+        accepted_at: row.get("accepted_at"),
+    }
+}
+
+fn txn_from(row: &SqliteRow) -> Result<TxnRecord, StoreError> {
+    let kind: String = row.get("kind");
+    let receipt: String = row.get("receipt");
+    let amount: Option<String> = row.get("purchase_amount");
+    let currency: Option<String> = row.get("purchase_currency");
+    Ok(TxnRecord {
+        id: row.get("id"),
+        partner: row.get("partner_id"),
+        partner_txn_id: row.get("partner_txn_id"),
+        kind: Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?,
+        member: row.get("member_id"),
+        points: row.get("points"),
+        reversed_points: row.get("reversed_points"),
+        original_id: row.get("original_id"),
+        purchase: amount.zip(currency),
+        request_hash: row.get("request_hash"),
+        receipt: serde_json::from_str(&receipt)
+            .map_err(|e| StoreError::Unavailable(format!("stored receipt unreadable: {e}")))?,
+        accepted_at: row.get("accepted_at"),
+    })
+}
+
+/// Loads members with open lots and debts over any executor (the writer's connection or the pool).
+async fn load_members(conn: &mut SqliteConnection, members: &[String]) -> Result<Vec<MemberLedger>, StoreError> {
+    let mut out: std::collections::HashMap<String, MemberLedger> = Default::default();
+    for chunk in members.chunks(MAX_BINDS) {
+        let mut qb = QueryBuilder::new("SELECT member_id FROM members WHERE member_id IN ");
+        in_list(&mut qb, chunk);
+        for row in qb.build().fetch_all(&mut *conn).await? {
+            let m: String = row.get(0);
+            out.insert(m.clone(), MemberLedger { member: m, known: true, lots: vec![], debts: vec![] });
+        }
+        let mut qb = QueryBuilder::new("SELECT * FROM lots WHERE points_left > 0 AND member_id IN ");
+        in_list(&mut qb, chunk);
+        qb.push(" ORDER BY id");
+        for row in qb.build().fetch_all(&mut *conn).await? {
+            let lot = lot_from(&row);
+            if let Some(m) = out.get_mut(&lot.member) {
+                m.lots.push(lot);
+            }
+        }
+        let mut qb = QueryBuilder::new("SELECT * FROM debts WHERE points_left > 0 AND member_id IN ");
+        in_list(&mut qb, chunk);
+        qb.push(" ORDER BY id");
+        for row in qb.build().fetch_all(&mut *conn).await? {
+            let d = debt_from(&row);
+            if let Some(m) = out.get_mut(&d.member) {
+                m.debts.push(d);
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+#[async_trait]
+impl LedgerTx for SqliteTx<'_> {
+    async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(MAX_BINDS / 2) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "SELECT * FROM transactions WHERE (partner_id, partner_txn_id) IN (VALUES ",
+            );
+            let mut sep = qb.separated(", ");
+            for (p, t) in chunk {
+                sep.push("(");
+                sep.push_bind_unseparated(p);
+                sep.push_unseparated(", ");
+                sep.push_bind_unseparated(t);
+                sep.push_unseparated(")");
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&mut *self.conn).await? {
+                out.push(txn_from(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError> {
+        // The writer is the only writer: no locks needed between read and write.
+        let mut out = Vec::new();
+        for chunk in members.chunks(MAX_BINDS) {
+            out.extend(load_members(&mut *self.conn, chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn load_lots_of_earns(&mut self, earn_txns: &[i64]) -> Result<Vec<Lot>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT * FROM lots WHERE earn_txn IN ");
+        in_list(&mut qb, earn_txns);
+        Ok(qb.build().fetch_all(&mut *self.conn).await?.iter().map(lot_from).collect())
+    }
+
+    async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError> {
+        let mut qb = QueryBuilder::new("SELECT * FROM lots WHERE id IN ");
+        in_list(&mut qb, ids);
+        Ok(qb.build().fetch_all(&mut *self.conn).await?.iter().map(lot_from).collect())
+    }
+
+    async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT a.*, a.points + COALESCE((SELECT SUM(r.points) FROM allocations r WHERE r.reverses = a.id), 0) \
+             AS remaining FROM allocations a WHERE a.reverses IS NULL AND a.txn_id IN ",
+        );
+        in_list(&mut qb, burn_txns);
+        qb.push(" ORDER BY a.id");
+        Ok(qb
+            .build()
+            .fetch_all(&mut *self.conn)
+            .await?
+            .iter()
+            .map(|row| Reversible { allocation: allocation_from(row), remaining: row.get("remaining") })
+            .collect())
+    }
+
+    fn ids(&mut self) -> &mut dyn IdSource {
+        self.ids
+    }
+
+    fn next_txn_id(&mut self) -> i64 {
+        self.ids.txn += 1;
+        self.ids.txn
+    }
+
+    async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
+        let conn = &mut *self.conn;
+        for chunk in w.new_txns.chunks(MAX_BINDS / 13) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
+                 original_id, purchase_amount, purchase_currency, request_hash, receipt, accepted_at) ",
+            );
+            qb.push_values(chunk, |mut b, t| {
+                let (amount, currency) = t.purchase.clone().unzip();
+                b.push_bind(t.id)
+                    .push_bind(&t.partner)
+                    .push_bind(&t.partner_txn_id)
+                    .push_bind(t.kind.as_str())
+                    .push_bind(&t.member)
+                    .push_bind(t.points)
+                    .push_bind(t.reversed_points)
+                    .push_bind(t.original_id)
+                    .push_bind(amount)
+                    .push_bind(currency)
+                    .push_bind(&t.request_hash)
+                    .push_bind(serde_json::to_string(&t.receipt).expect("receipt serialises"))
+                    .push_bind(t.accepted_at);
+            });
+            qb.build().execute(&mut *conn).await?;
+        }
+        for (id, reversed) in &w.reversed {
+            sqlx::query("UPDATE transactions SET reversed_points = ? WHERE id = ?")
+                .bind(reversed)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for chunk in w.lots.chunks(MAX_BINDS / 9) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO lots (id, member_id, issuer, earn_txn, points, points_left, reversed, earned_at, expires_at) ",
+            );
+            qb.push_values(chunk, |mut b, l| {
+                b.push_bind(l.id)
+                    .push_bind(&l.member)
+                    .push_bind(&l.issuer)
+                    .push_bind(l.earn_txn)
+                    .push_bind(l.points)
+                    .push_bind(l.points_left)
+                    .push_bind(l.reversed)
+                    .push_bind(l.earned_at)
+                    .push_bind(l.expires_at);
+            });
+            qb.push(" ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed");
+            qb.build().execute(&mut *conn).await?;
+        }
+        for chunk in w.allocations.chunks(MAX_BINDS / 10) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO allocations (id, txn_id, lot_id, member_id, issuer, redeemer, points, rate, reverses, accepted_at) ",
+            );
+            qb.push_values(chunk, |mut b, a| {
+                b.push_bind(a.id)
+                    .push_bind(a.txn)
+                    .push_bind(a.lot)
+                    .push_bind(&a.member)
+                    .push_bind(&a.issuer)
+                    .push_bind(&a.redeemer)
+                    .push_bind(a.points)
+                    .push_bind(a.rate.to_string())
+                    .push_bind(a.reverses)
+                    .push_bind(a.accepted_at);
+            });
+            qb.build().execute(&mut *conn).await?;
+        }
+        for chunk in w.debts.chunks(MAX_BINDS / 8) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO debts (id, member_id, owed_to, points, points_left, rate, txn_id, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, d| {
+                b.push_bind(d.id)
+                    .push_bind(&d.member)
+                    .push_bind(&d.owed_to)
+                    .push_bind(d.points)
+                    .push_bind(d.points_left)
+                    .push_bind(d.rate.to_string())
+                    .push_bind(d.txn)
+                    .push_bind(d.created_at);
+            });
+            qb.push(" ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left");
+            qb.build().execute(&mut *conn).await?;
+        }
+        for chunk in w.members.chunks(MAX_BINDS / 4) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO members (member_id, points, debt, first_seen) ");
+            qb.push_values(chunk, |mut b, (m, points, debt, seen)| {
+                b.push_bind(m).push_bind(points).push_bind(debt).push_bind(seen);
+            });
+            qb.push(" ON CONFLICT (member_id) DO UPDATE SET points = excluded.points, debt = excluded.debt");
+            qb.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(load_members(&mut conn, &[member.to_string()]).await?.into_iter().next())
+    }
+
+    async fn transaction(&self, partner: &str, partner_txn_id: &str) -> Result<Option<TxnRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM transactions WHERE partner_id = ? AND partner_txn_id = ?")
+            .bind(partner)
+            .bind(partner_txn_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(txn_from).transpose()
+    }
+
+    async fn activity(
+        &self,
+        partner: &str,
+        member: &str,
+        before: Option<(Micros, i64)>,
+        limit: i64,
+    ) -> Result<Vec<TxnRecord>, StoreError> {
+        let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
+        let rows = sqlx::query(
+            "SELECT * FROM transactions WHERE partner_id = ? AND member_id = ? AND (accepted_at, id) < (?, ?) \
+             ORDER BY accepted_at DESC, id DESC LIMIT ?",
+        )
+        .bind(partner)
+        .bind(member)
+        .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(txn_from).collect()
+    }
+
+    async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        // One read transaction: every figure comes from the same snapshot.
+        let mut tx = conn.begin().await?;
+        let mut r = audit::Report { at: now, ..Default::default() };
+        for (name, sql) in audit::CHECKS {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+            if n != 0 {
+                r.violations.push(format!("{name}: {n} violations"));
+            }
+        }
+        for row in sqlx::query(audit::TOTALS_BY_KIND).fetch_all(&mut *tx).await? {
+            let kind: String = row.get(0);
+            let total: i64 = row.get(1);
+            match Kind::parse(&kind) {
+                Some(Kind::Earn) => r.earned = total,
+                Some(Kind::Burn) => r.burned = total,
+                Some(Kind::ReverseEarn) => r.earns_reversed = total,
+                Some(Kind::ReverseBurn) => r.burns_reversed = total,
+                None => r.violations.push(format!("unknown transaction kind {kind}")),
+            }
+        }
+        let live: i64 = sqlx::query_scalar(audit::LIVE_POINTS).bind(now).fetch_one(&mut *tx).await?;
+        r.expired = sqlx::query_scalar(audit::EXPIRED_POINTS).bind(now).fetch_one(&mut *tx).await?;
+        r.debt = sqlx::query_scalar(audit::DEBT).fetch_one(&mut *tx).await?;
+        r.balances = live - r.debt;
+        let row = sqlx::query(audit::COUNTS).fetch_one(&mut *tx).await?;
+        (r.members, r.transactions, r.lots, r.allocations) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        tx.rollback().await?;
+        Ok(r.finish())
+    }
+
+    async fn transaction_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions").fetch_one(&self.pool).await?)
+    }
+}

@@ -1,0 +1,78 @@
+//! Group commit. Every mutation goes through one queue to one writer task, which takes whatever is
+//! queued (up to `max_batch`), applies it in one database transaction, commits once, and only then
+//! answers each caller. Under load many calls share one fsync; when idle a call commits alone.
+
+use super::{batch, BatchBackend, Rejection, Request, StoreError};
+use crate::clock::Clock;
+use crate::ledger::{Micros, Receipt};
+use tokio::sync::{mpsc, oneshot};
+
+/// What a caller gets back: the receipt, a refusal, or a storage failure (nothing applied).
+pub type Answer = Result<Result<Receipt, Rejection>, StoreError>;
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The handle callers submit through. Cloning it is cheap.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+}
+
+/// How the writer batches.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Most requests in one commit.
+    pub max_batch: usize,
+    /// Requests queued before submitters wait.
+    pub queue_depth: usize,
+    /// Lifetime of new lots.
+    pub expire_after: Option<Micros>,
+}
+
+impl Writer {
+    /// Starts the writer task over `backend`. It ends when every [`Writer`] handle is dropped,
+    /// after answering everything queued.
+    pub fn spawn(
+        mut backend: Box<dyn BatchBackend>,
+        config: WriterConfig,
+        clock: Clock,
+    ) -> (Writer, tokio::task::JoinHandle<()>) {
+        assert!(config.max_batch >= 1 && config.queue_depth >= 1);
+        let (queue, mut rx) = mpsc::channel::<Job>(config.queue_depth);
+        let task = tokio::spawn(async move {
+            let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
+            while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
+                let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
+                let ctx = batch::Context { now: clock.now(), expire_after: config.expire_after };
+                let started = std::time::Instant::now();
+                let result = backend.apply_batch(&requests, &ctx).await;
+                tracing::debug!(size = requests.len(), micros = started.elapsed().as_micros() as u64, ok = result.is_ok(), "batch");
+                match result {
+                    Ok(answers) => {
+                        assert_eq!(answers.len(), jobs.len(), "one answer per request");
+                        for (job, answer) in jobs.drain(..).zip(answers) {
+                            let _ = job.reply.send(Ok(answer));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, size = jobs.len(), "batch failed, nothing of it applied");
+                        for job in jobs.drain(..) {
+                            let _ = job.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        (Writer { queue }, task)
+    }
+
+    /// Queues a request and waits until its batch is durable (or failed).
+    pub async fn submit(&self, request: Request) -> Answer {
+        let (reply, rx) = oneshot::channel();
+        self.queue.send(Job { request, reply }).await.map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+}

@@ -1,0 +1,18 @@
+//! Generates the gRPC code and the descriptor set (for reflection) with a vendored protoc,
+//! so a fresh machine needs nothing but cargo.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let protos = ["coalition/v1/partner.proto"];
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("coalition_descriptor.bin"))
+        .compile_with_config(config, &protos, &["."])?;
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    Ok(())
+}
