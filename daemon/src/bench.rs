@@ -1,6 +1,284 @@
+//! `coalitiond bench`: a mixed earn/burn load over mTLS, and in the same run the rate of a no-op
+//! RPC (the health check) on the same server and connections, as the ceiling to compare with.
+//!
+//! Without `--addr` it makes a dev setup in a temp folder and starts `coalitiond serve` as a child
+//! process (so its peak memory can be read from /proc), then drives it.
+
+use crate::client::{connect, ClientPem};
 use clap::Args;
-/// Bench arguments.
-#[derive(Debug, Args)]
-pub struct BenchArgs {}
-/// Runs the bench.
-pub async fn run(_a: BenchArgs) -> anyhow::Result<()> { Ok(()) }
+use coalition_proto::v1 as pb;
+use coalition_proto::v1::partner_service_client::PartnerServiceClient;
+use hdrhistogram::Histogram;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Bench options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// host:port of a running daemon; if absent, a daemon is started for the run.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Folder with ca.pem and partner-<id>.pem/.key (required with --addr).
+    #[arg(long)]
+    pub certs: Option<PathBuf>,
+    /// Database URL for the daemon the bench starts (default: a SQLite file in a temp folder).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Partners to drive (default: skyways,freshmart,bistro).
+    #[arg(long, value_delimiter = ',', default_value = "skyways,freshmart,bistro")]
+    pub partners: Vec<String>,
+    /// Distinct members.
+    #[arg(long, default_value_t = 100_000)]
+    pub members: u64,
+    /// TLS connections (spread over the partners).
+    #[arg(long, default_value_t = 6)]
+    pub connections: usize,
+    /// Calls in flight at once, over all connections.
+    #[arg(long, default_value_t = 512)]
+    pub in_flight: usize,
+    /// Seconds of measured load per phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Share of earns in the mix (the rest are burns).
+    #[arg(long, default_value_t = 0.5)]
+    pub earn_share: f64,
+    /// Seconds of unmeasured warm-up load before the ledger phase (fills members with points).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    refused: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+struct PhaseResult {
+    name: &'static str,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+    tally: Tally,
+}
+
+impl PhaseResult {
+    fn rate(&self) -> f64 {
+        (self.tally.ok + self.tally.refused) as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self) {
+        let us = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{:<22} {:>10.0} ops/s   p50 {:>7.2} ms   p99 {:>7.2} ms   p999 {:>7.2} ms   ok {:>8}  refused {:>6}  errors {:>4}",
+            self.name,
+            self.rate(),
+            us(0.5),
+            us(0.99),
+            us(0.999),
+            self.tally.ok,
+            self.tally.refused,
+            self.tally.errors
+        );
+        if let Some(e) = &self.tally.first_error {
+            println!("    first error: {e}");
+        }
+    }
+}
+
+/// A small, fast PRNG (xorshift64*): the load needs spread, not cryptographic randomness.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Ledger,
+    Health,
+}
+
+async fn drive(
+    phase: Phase,
+    name: &'static str,
+    channels: &[(String, Channel)],
+    args: &BenchArgs,
+    duration: Duration,
+    nonce: u64,
+) -> PhaseResult {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..args.in_flight {
+        let (_partner, channel) = channels[worker % channels.len()].clone();
+        let members = args.members;
+        let earn_share = (args.earn_share * 1000.0) as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut tally = Tally::default();
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((worker as u64 + 1) * 0x1000_0001) ^ nonce);
+            let mut partner_api = PartnerServiceClient::new(channel.clone());
+            let mut health = HealthClient::new(channel);
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                let t0 = Instant::now();
+                let result = match phase {
+                    Phase::Health => health
+                        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                        .await
+                        .map(|_| ()),
+                    Phase::Ledger => {
+                        let member = format!("bench-member-{}", rng.below(members));
+                        let txn = format!("bench-{nonce}-{worker}-{seq}");
+                        if rng.below(1000) < earn_share {
+                            let grant = pb::earn_request::Grant::BonusPoints(10 + rng.below(90) as i64);
+                            partner_api
+                                .earn(pb::EarnRequest { transaction_id: txn, member_id: member, grant: Some(grant) })
+                                .await
+                                .map(|_| ())
+                        } else {
+                            let points = 1 + rng.below(20) as i64;
+                            partner_api
+                                .burn(pb::BurnRequest { transaction_id: txn, member_id: member, points })
+                                .await
+                                .map(|_| ())
+                        }
+                    }
+                };
+                let micros = t0.elapsed().as_micros() as u64;
+                let _ = hist.record(micros.max(1));
+                match result {
+                    Ok(()) => tally.ok += 1,
+                    Err(s) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                        tally.refused += 1
+                    }
+                    Err(s) => {
+                        tally.errors += 1;
+                        if tally.first_error.is_none() {
+                            tally.first_error = Some(format!("{:?}: {}", s.code(), s.message()));
+                        }
+                    }
+                }
+            }
+            (hist, tally)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut tally = Tally::default();
+    for t in tasks {
+        let (h, t) = t.await.expect("bench worker");
+        hist.add(h).expect("same bounds");
+        tally.ok += t.ok;
+        tally.refused += t.refused;
+        tally.errors += t.errors;
+        if tally.first_error.is_none() {
+            tally.first_error = t.first_error;
+        }
+    }
+    PhaseResult { name, elapsed: started.elapsed(), hist, tally }
+}
+
+/// Peak resident memory of a process, from /proc (Linux).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+struct Child {
+    process: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_child(args: &BenchArgs) -> anyhow::Result<(String, PathBuf, Child)> {
+    let dir = tempfile::Builder::new().prefix("coalitiond-bench-").tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let config = crate::demo::write_dev_setup(dir.path(), &addr)?;
+    let config_path = dir.path().join("coalition.toml");
+    if let Some(db) = &args.database {
+        let text = std::fs::read_to_string(&config_path)?.replacen("url = \"sqlite://coalition.db\"", &format!("url = \"{db}\""), 1);
+        std::fs::write(&config_path, text)?;
+    }
+    let bench_limits = std::fs::read_to_string(&config_path)?.replace("per_second = 5000, burst = 10000", "per_second = 1000000, burst = 1000000");
+    std::fs::write(&config_path, bench_limits)?;
+    let log = std::fs::File::create(dir.path().join("daemon.log"))?;
+    let process = std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let certs = config.ca_cert.parent().expect("certs dir").to_path_buf();
+    let child = Child { process, _dir: dir };
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "daemon did not start listening on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((addr, certs, child))
+}
+
+/// Runs the bench and prints its figures.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    crate::client::install_crypto();
+    let (addr, certs, child) = match (&args.addr, &args.certs) {
+        (Some(addr), Some(certs)) => (addr.clone(), certs.clone(), None),
+        (Some(_), None) => anyhow::bail!("--addr needs --certs (a folder with ca.pem and partner-<id>.pem)"),
+        _ => {
+            let (a, c, child) = start_child(&args).await?;
+            (a, c, Some(child))
+        }
+    };
+    let mut channels = Vec::new();
+    for i in 0..args.connections.max(1) {
+        let partner = &args.partners[i % args.partners.len()];
+        let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
+        channels.push((partner.clone(), connect(&addr, &pem).await?));
+    }
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    println!(
+        "bench: {addr}, partners {:?}, {} members, {} connections, {} calls in flight, {} s per phase, {:.0}% earns",
+        args.partners, args.members, channels.len(), args.in_flight, args.seconds, args.earn_share * 100.0
+    );
+    if args.warmup > 0 {
+        let w = drive(Phase::Ledger, "warm-up", &channels, &args, Duration::from_secs(args.warmup), nonce ^ 1).await;
+        w.print();
+    }
+    let duration = Duration::from_secs(args.seconds);
+    let ledger = drive(Phase::Ledger, "earn/burn (durable)", &channels, &args, duration, nonce).await;
+    let health = drive(Phase::Health, "health check (no-op)", &channels, &args, duration, nonce).await;
+    ledger.print();
+    health.print();
+    println!("ratio earn/burn : health = {:.2}", ledger.rate() / health.rate());
+    if let Some(c) = &child {
+        match peak_rss_mib(c.process.id()) {
+            Some(mib) => println!("daemon peak memory (VmHWM): {mib:.1} MiB"),
+            None => println!("daemon peak memory: not available on this system"),
+        }
+    }
+    drop(child);
+    Ok(())
+}

@@ -1,12 +1,9 @@
 -- The lot ledger on SQLite. Instants are INTEGER unix microseconds (UTC). Money and rates are
 -- TEXT decimal strings: SQLite has no decimal type and NUMERIC affinity would turn them into floats.
 
+-- Members are opaque ids: a row says the member exists (has earned), nothing more.
 CREATE TABLE members (
     member_id   TEXT PRIMARY KEY,
-    -- points left in all of the member's lots (expired or not) and points owed: kept by the
-    -- writer, checked against lots and debts by the audit
-    points      INTEGER NOT NULL,
-    debt        INTEGER NOT NULL,
     first_seen  INTEGER NOT NULL
 ) WITHOUT ROWID;
 
@@ -19,21 +16,26 @@ CREATE TABLE transactions (
     points            INTEGER NOT NULL CHECK (points > 0),
     reversed_points   INTEGER NOT NULL DEFAULT 0 CHECK (reversed_points >= 0 AND reversed_points <= points),
     original_id       INTEGER,
+    original_txn_id   TEXT,
     purchase_amount   TEXT,
     purchase_currency TEXT,
     request_hash      BLOB NOT NULL,
-    receipt           TEXT NOT NULL,
+    -- the rest of the first answer, returned unchanged on retries
+    balance_after     INTEGER NOT NULL,
+    slices            TEXT NOT NULL,
+    debt_created      INTEGER NOT NULL,
+    debt_repaid       INTEGER NOT NULL,
     accepted_at       INTEGER NOT NULL,
     UNIQUE (partner_id, partner_txn_id)
 );
 CREATE INDEX transactions_activity ON transactions (partner_id, member_id, accepted_at, id);
 CREATE INDEX transactions_accepted ON transactions (accepted_at, id);
 
+-- A lot's id is the id of the earn transaction that created it.
 CREATE TABLE lots (
     id          INTEGER PRIMARY KEY,
     member_id   TEXT NOT NULL,
     issuer      TEXT NOT NULL,
-    earn_txn    INTEGER NOT NULL,
     points      INTEGER NOT NULL CHECK (points > 0),
     points_left INTEGER NOT NULL CHECK (points_left >= 0),
     reversed    INTEGER NOT NULL DEFAULT 0 CHECK (reversed >= 0),
@@ -41,7 +43,6 @@ CREATE TABLE lots (
     expires_at  INTEGER
 );
 CREATE INDEX lots_member_open ON lots (member_id) WHERE points_left > 0;
-CREATE INDEX lots_earn ON lots (earn_txn);
 
 CREATE TABLE allocations (
     id          INTEGER PRIMARY KEY,

@@ -17,8 +17,6 @@ pub type Micros = i64;
 /// Ids handed out for new rows. The store decides where they come from (a counter owned by the
 /// single SQLite writer, blocks of a sequence on PostgreSQL); the ledger only consumes them.
 pub trait IdSource {
-    /// A fresh lot id.
-    fn lot(&mut self) -> i64;
     /// A fresh allocation id.
     fn allocation(&mut self) -> i64;
     /// A fresh debt id.
@@ -28,14 +26,12 @@ pub trait IdSource {
 /// The points of one earn, remembering their issuer and expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lot {
-    /// Lot id.
+    /// Lot id: the id of the earn transaction that created it (one earn, one lot).
     pub id: i64,
     /// The member holding the points.
     pub member: String,
     /// The partner that issued the points (and owes for them when they are burned elsewhere).
     pub issuer: String,
-    /// The earn transaction that created the lot.
-    pub earn_txn: i64,
     /// Points granted by the earn.
     pub points: i64,
     /// Points not yet burned, reversed or used to pay debt.
@@ -281,10 +277,9 @@ impl MemberLedger {
         let total: i64 = self.lots.iter().map(|l| l.points_left).sum();
         total.checked_add(e.points).ok_or(Refusal::Overflow(e.points))?;
         let mut lot = Lot {
-            id: ids.lot(),
+            id: e.txn,
             member: self.member.clone(),
             issuer: e.issuer.to_string(),
-            earn_txn: e.txn,
             points: e.points,
             points_left: e.points,
             reversed: 0,

@@ -4,10 +4,6 @@ use proptest::prelude::*;
 #[derive(Default)]
 struct Counter(i64);
 impl IdSource for Counter {
-    fn lot(&mut self) -> i64 {
-        self.0 += 1;
-        self.0
-    }
     fn allocation(&mut self) -> i64 {
         self.0 += 1;
         self.0

@@ -13,11 +13,18 @@ pub const CHECKS: &[(&str, &str)] = &[
          ON a.lot_id = l.id WHERE l.points_left <> l.points - l.reversed - COALESCE(a.s, 0)",
     ),
     (
-        "member points and debt = sums of its lots and debts",
-        "SELECT COUNT(*) FROM members m \
-         LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM lots GROUP BY member_id) l ON l.member_id = m.member_id \
-         LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM debts GROUP BY member_id) d ON d.member_id = m.member_id \
-         WHERE m.points <> COALESCE(l.s, 0) OR m.debt <> COALESCE(d.s, 0)",
+        "each member's balance (points left in lots - debt) = what its transactions moved",
+        "SELECT COUNT(*) FROM \
+         (SELECT member_id, SUM(CASE kind WHEN 'earn' THEN points WHEN 'reverse_burn' THEN points ELSE -points END) AS flow \
+          FROM transactions GROUP BY member_id) t \
+         LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM lots GROUP BY member_id) l ON l.member_id = t.member_id \
+         LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM debts GROUP BY member_id) d ON d.member_id = t.member_id \
+         WHERE t.flow <> COALESCE(l.s, 0) - COALESCE(d.s, 0)",
+    ),
+    (
+        "every lot is the lot of an earn of the same member, issuer and points",
+        "SELECT COUNT(*) FROM lots l LEFT JOIN transactions t ON t.id = l.id \
+         WHERE t.id IS NULL OR t.kind <> 'earn' OR t.member_id <> l.member_id OR t.partner_id <> l.issuer OR t.points <> l.points",
     ),
     (
         "every lot and debt belongs to a known member",

@@ -28,6 +28,7 @@ pub async fn apply(
     requests: &[Request],
     ctx: &Context,
 ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
+    let t0 = std::time::Instant::now();
     // 1. Idempotency records and reversal originals, in one read.
     let mut keys: Vec<Key> = Vec::with_capacity(requests.len());
     for r in requests {
@@ -65,11 +66,13 @@ pub async fn apply(
     }
     members.sort();
     members.dedup();
+    let t_find = t0.elapsed();
     let mut ledgers: HashMap<String, MemberLedger> =
         tx.load_members(&members).await?.into_iter().map(|m| (m.member.clone(), m)).collect();
     let mut extra_lots = Vec::new();
     if !earn_originals.is_empty() {
-        extra_lots.extend(tx.load_lots_of_earns(&earn_originals).await?);
+        // A lot's id is the id of the earn that made it.
+        extra_lots.extend(tx.load_lots(&earn_originals).await?);
     }
     let mut slices: HashMap<i64, Vec<Reversible>> = HashMap::new();
     if !burn_originals.is_empty() {
@@ -87,6 +90,7 @@ pub async fn apply(
             }
         }
     }
+    let t_load = t0.elapsed();
     let known_before: HashSet<String> = ledgers.keys().cloned().collect();
 
     // 3. Decide each request in order.
@@ -131,19 +135,17 @@ pub async fn apply(
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
     touched.sort_by(|a, b| a.member.cmp(&b.member));
     for m in touched {
-        let dirty_lots = m.lots.iter().filter(|l| l.dirty);
-        let dirty_debts = m.debts.iter().filter(|d| d.dirty);
-        let changed = dirty_lots.clone().next().is_some() || dirty_debts.clone().next().is_some();
-        writes.lots.extend(dirty_lots.cloned());
-        writes.debts.extend(dirty_debts.cloned());
-        if changed || !known_before.contains(&m.member) {
-            let points: i64 = m.lots.iter().map(|l| l.points_left).sum();
-            writes.members.push((m.member.clone(), points, m.debt(), ctx.now));
+        writes.lots.extend(m.lots.iter().filter(|l| l.dirty).cloned());
+        writes.debts.extend(m.debts.iter().filter(|d| d.dirty).cloned());
+        if !known_before.contains(&m.member) {
+            writes.new_members.push((m.member.clone(), ctx.now));
         }
     }
+    let t_decide = t0.elapsed();
     if !writes.new_txns.is_empty() {
         tx.write(&writes).await?;
     }
+    tracing::trace!(find = t_find.as_micros() as u64, load = t_load.as_micros() as u64, decide = t_decide.as_micros() as u64, write = t0.elapsed().as_micros() as u64, "batch phases");
     Ok(out)
 }
 
@@ -216,9 +218,8 @@ fn decide(
             let (orig_id, member, remaining) = (o.id, o.member.clone(), o.points - o.reversed_points);
             let points = whole_if_zero(*points, remaining, original)?;
             let m = ledgers.get_mut(&member).expect("member of a loaded original is loaded");
-            let lot = m.lots.iter().find(|l| l.earn_txn == orig_id).expect("lot of an earn is loaded").id;
             let id = tx.next_txn_id();
-            let effect = m.reverse_earn(tx.ids(), id, lot, &r.partner, *rate, points, remaining, now)?;
+            let effect = m.reverse_earn(tx.ids(), id, orig_id, &r.partner, *rate, points, remaining, now)?;
             let mut slices_shown = vec![];
             if effect.from_own_lot > 0 {
                 slices_shown.push((r.partner.clone(), effect.from_own_lot));

@@ -160,8 +160,8 @@ pub struct Writes {
     pub allocations: Vec<Allocation>,
     /// New or changed debts.
     pub debts: Vec<Debt>,
-    /// Members touched: (member, points left in all lots, debt, first seen).
-    pub members: Vec<(String, i64, i64, Micros)>,
+    /// Members seen for the first time: (member, first seen).
+    pub new_members: Vec<(String, Micros)>,
 }
 
 /// What a backend does inside one write transaction for the shared batch logic.
@@ -172,9 +172,7 @@ pub trait LedgerTx: Send {
     /// Members with their lots that have points left and their open debts; locks them where the
     /// backend needs locks. Unknown members are absent.
     async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError>;
-    /// The lots created by these earns.
-    async fn load_lots_of_earns(&mut self, earn_txns: &[i64]) -> Result<Vec<Lot>, StoreError>;
-    /// Lots by id.
+    /// Lots by id (a lot's id is its earn's id).
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError>;
     /// The allocations of these burns, in the order made, with what is left to reverse of each.
     async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError>;
@@ -218,6 +216,26 @@ pub trait Store: Send + Sync {
     async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError>;
     /// Transactions in the ledger, all partners (for tests and operators).
     async fn transaction_count(&self) -> Result<i64, StoreError>;
+}
+
+/// Receipt slices as stored: `issuer:points;issuer:points` (partner ids hold neither `:` nor `;`).
+pub fn encode_slices(slices: &[(String, i64)]) -> String {
+    let parts: Vec<String> = slices.iter().map(|(i, p)| format!("{i}:{p}")).collect();
+    parts.join(";")
+}
+
+/// Reads stored receipt slices back.
+pub fn decode_slices(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    if s.is_empty() {
+        return Ok(vec![]);
+    }
+    s.split(';')
+        .map(|part| {
+            let (issuer, points) = part.split_once(':').ok_or_else(|| StoreError::Unavailable(format!("bad slices {s:?}")))?;
+            let points = points.parse().map_err(|_| StoreError::Unavailable(format!("bad slices {s:?}")))?;
+            Ok((issuer.to_string(), points))
+        })
+        .collect()
 }
 
 /// Opens the store a database URL names: the reader shared by calls and the backend the writer owns.

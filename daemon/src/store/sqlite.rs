@@ -30,16 +30,11 @@ pub struct SqliteBackend {
 #[derive(Debug, Default)]
 struct Counters {
     txn: i64,
-    lot: i64,
     allocation: i64,
     debt: i64,
 }
 
 impl IdSource for Counters {
-    fn lot(&mut self) -> i64 {
-        self.lot += 1;
-        self.lot
-    }
     fn allocation(&mut self) -> i64 {
         self.allocation += 1;
         self.allocation
@@ -56,7 +51,7 @@ fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .pragma("cache_size", "-65536"))
+        .pragma("cache_size", "-131072"))
 }
 
 /// Opens (creating and migrating if needed) a SQLite ledger: the shared reader and the writer.
@@ -70,8 +65,12 @@ pub async fn open(url: &str) -> Result<(SqliteStore, SqliteBackend), StoreError>
         }
     }
     let opts = options(url)?;
-    let mut conn = SqliteConnection::connect_with(&opts).await?;
+    // The writer never checkpoints (that would stall every caller of its batch): a background
+    // task does, off the write path.
+    let mut conn = SqliteConnection::connect_with(&opts.clone().pragma("wal_autocheckpoint", "0")).await?;
     sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+    let checkpointer = SqliteConnection::connect_with(&opts).await?;
+    tokio::spawn(checkpoint_loop(checkpointer));
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(opts.read_only(true))
@@ -81,15 +80,36 @@ pub async fn open(url: &str) -> Result<(SqliteStore, SqliteBackend), StoreError>
     Ok((SqliteStore { pool }, backend))
 }
 
+/// Copies committed WAL pages into the main file every second (PASSIVE: never blocks the
+/// writer), and truncates the WAL when it grows large and no reader holds it.
+async fn checkpoint_loop(mut conn: SqliteConnection) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut conn).await {
+            Ok(row) => {
+                let (busy, log, done): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                if busy == 0 && log > 65_536 && log == done {
+                    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint stopped");
+                return;
+            }
+        }
+    }
+}
+
 impl SqliteBackend {
     async fn reload_counters(&mut self) -> Result<(), StoreError> {
         let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM transactions), (SELECT COALESCE(MAX(id), 0) FROM lots), \
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM transactions), \
              (SELECT COALESCE(MAX(id), 0) FROM allocations), (SELECT COALESCE(MAX(id), 0) FROM debts)",
         )
         .fetch_one(&mut self.conn)
         .await?;
-        self.ids = Counters { txn: row.get(0), lot: row.get(1), allocation: row.get(2), debt: row.get(3) };
+        self.ids = Counters { txn: row.get(0), allocation: row.get(1), debt: row.get(2) };
         Ok(())
     }
 }
@@ -107,8 +127,11 @@ impl BatchBackend for SqliteBackend {
             let mut tx = SqliteTx { conn: &mut self.conn, ids: &mut self.ids };
             batch::apply(&mut tx, requests, ctx).await
         };
+        let decided = std::time::Instant::now();
         let result = match result {
-            Ok(out) => match sqlx::query("COMMIT").execute(&mut self.conn).await {
+            Ok(out) => match sqlx::query("COMMIT").execute(&mut self.conn).await.inspect(|_| {
+                tracing::trace!(commit_micros = decided.elapsed().as_micros() as u64, "sqlite commit");
+            }) {
                 Ok(_) => Ok(out),
                 Err(e) => Err(StoreError::from(e)),
             },
@@ -145,7 +168,6 @@ pub(super) fn lot_from(row: &SqliteRow) -> Lot {
         id: row.get("id"),
         member: row.get("member_id"),
         issuer: row.get("issuer"),
-        earn_txn: row.get("earn_txn"),
         points: row.get("points"),
         points_left: row.get("points_left"),
         reversed: row.get("reversed"),
@@ -191,23 +213,36 @@ fn allocation_from(row: &SqliteRow) -> Allocation {
 
 fn txn_from(row: &SqliteRow) -> Result<TxnRecord, StoreError> {
     let kind: String = row.get("kind");
-    let receipt: String = row.get("receipt");
+    let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
     let amount: Option<String> = row.get("purchase_amount");
     let currency: Option<String> = row.get("purchase_currency");
-    Ok(TxnRecord {
-        id: row.get("id"),
-        partner: row.get("partner_id"),
-        partner_txn_id: row.get("partner_txn_id"),
-        kind: Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?,
-        member: row.get("member_id"),
+    let slices: String = row.get("slices");
+    let receipt = Receipt {
+        transaction_id: row.get("partner_txn_id"),
+        ledger_id: row.get("id"),
+        kind,
+        member_id: row.get("member_id"),
         points: row.get("points"),
+        balance_after: row.get("balance_after"),
+        accepted_at: row.get("accepted_at"),
+        slices: super::decode_slices(&slices)?,
+        debt_created: row.get("debt_created"),
+        debt_repaid: row.get("debt_repaid"),
+        original_transaction_id: row.get("original_txn_id"),
+    };
+    Ok(TxnRecord {
+        id: receipt.ledger_id,
+        partner: row.get("partner_id"),
+        partner_txn_id: receipt.transaction_id.clone(),
+        kind,
+        member: receipt.member_id.clone(),
+        points: receipt.points,
         reversed_points: row.get("reversed_points"),
         original_id: row.get("original_id"),
         purchase: amount.zip(currency),
         request_hash: row.get("request_hash"),
-        receipt: serde_json::from_str(&receipt)
-            .map_err(|e| StoreError::Unavailable(format!("stored receipt unreadable: {e}")))?,
-        accepted_at: row.get("accepted_at"),
+        accepted_at: receipt.accepted_at,
+        receipt,
     })
 }
 
@@ -215,19 +250,19 @@ fn txn_from(row: &SqliteRow) -> Result<TxnRecord, StoreError> {
 async fn load_members(conn: &mut SqliteConnection, members: &[String]) -> Result<Vec<MemberLedger>, StoreError> {
     let mut out: std::collections::HashMap<String, MemberLedger> = Default::default();
     for chunk in members.chunks(MAX_BINDS) {
-        let mut qb = QueryBuilder::new("SELECT member_id FROM members WHERE member_id IN ");
+        // Members and their open lots in one query: a member without open lots gives one row of NULLs.
+        let mut qb = QueryBuilder::new(
+            "SELECT m.member_id AS known_member, l.* FROM members m \
+             LEFT JOIN lots l ON l.member_id = m.member_id AND l.points_left > 0 WHERE m.member_id IN ",
+        );
         in_list(&mut qb, chunk);
         for row in qb.build().fetch_all(&mut *conn).await? {
-            let m: String = row.get(0);
-            out.insert(m.clone(), MemberLedger { member: m, known: true, lots: vec![], debts: vec![] });
-        }
-        let mut qb = QueryBuilder::new("SELECT * FROM lots WHERE points_left > 0 AND member_id IN ");
-        in_list(&mut qb, chunk);
-        qb.push(" ORDER BY id");
-        for row in qb.build().fetch_all(&mut *conn).await? {
-            let lot = lot_from(&row);
-            if let Some(m) = out.get_mut(&lot.member) {
-                m.lots.push(lot);
+            let member: String = row.get("known_member");
+            let ledger = out
+                .entry(member.clone())
+                .or_insert_with(|| MemberLedger { member, known: true, lots: vec![], debts: vec![] });
+            if row.get::<Option<i64>, _>("id").is_some() {
+                ledger.lots.push(lot_from(&row));
             }
         }
         let mut qb = QueryBuilder::new("SELECT * FROM debts WHERE points_left > 0 AND member_id IN ");
@@ -248,9 +283,8 @@ impl LedgerTx for SqliteTx<'_> {
     async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError> {
         let mut out = Vec::new();
         for chunk in keys.chunks(MAX_BINDS / 2) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT * FROM transactions WHERE (partner_id, partner_txn_id) IN (VALUES ",
-            );
+            // CROSS JOIN pins the join order: one unique-index probe per key, never a scan.
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT t.* FROM (VALUES ");
             let mut sep = qb.separated(", ");
             for (p, t) in chunk {
                 sep.push("(");
@@ -259,7 +293,9 @@ impl LedgerTx for SqliteTx<'_> {
                 sep.push_bind_unseparated(t);
                 sep.push_unseparated(")");
             }
-            qb.push(")");
+            qb.push(
+                ") AS k CROSS JOIN transactions t ON t.partner_id = k.column1 AND t.partner_txn_id = k.column2",
+            );
             for row in qb.build().fetch_all(&mut *self.conn).await? {
                 out.push(txn_from(&row)?);
             }
@@ -274,12 +310,6 @@ impl LedgerTx for SqliteTx<'_> {
             out.extend(load_members(&mut *self.conn, chunk).await?);
         }
         Ok(out)
-    }
-
-    async fn load_lots_of_earns(&mut self, earn_txns: &[i64]) -> Result<Vec<Lot>, StoreError> {
-        let mut qb = QueryBuilder::new("SELECT * FROM lots WHERE earn_txn IN ");
-        in_list(&mut qb, earn_txns);
-        Ok(qb.build().fetch_all(&mut *self.conn).await?.iter().map(lot_from).collect())
     }
 
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError> {
@@ -315,13 +345,15 @@ impl LedgerTx for SqliteTx<'_> {
 
     async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
         let conn = &mut *self.conn;
-        for chunk in w.new_txns.chunks(MAX_BINDS / 13) {
+        for chunk in w.new_txns.chunks(MAX_BINDS / 17) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
-                 original_id, purchase_amount, purchase_currency, request_hash, receipt, accepted_at) ",
+                 original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
+                 debt_created, debt_repaid, accepted_at) ",
             );
             qb.push_values(chunk, |mut b, t| {
                 let (amount, currency) = t.purchase.clone().unzip();
+                let r = &t.receipt;
                 b.push_bind(t.id)
                     .push_bind(&t.partner)
                     .push_bind(&t.partner_txn_id)
@@ -330,10 +362,14 @@ impl LedgerTx for SqliteTx<'_> {
                     .push_bind(t.points)
                     .push_bind(t.reversed_points)
                     .push_bind(t.original_id)
+                    .push_bind(&r.original_transaction_id)
                     .push_bind(amount)
                     .push_bind(currency)
                     .push_bind(&t.request_hash)
-                    .push_bind(serde_json::to_string(&t.receipt).expect("receipt serialises"))
+                    .push_bind(r.balance_after)
+                    .push_bind(super::encode_slices(&r.slices))
+                    .push_bind(r.debt_created)
+                    .push_bind(r.debt_repaid)
                     .push_bind(t.accepted_at);
             });
             qb.build().execute(&mut *conn).await?;
@@ -345,15 +381,14 @@ impl LedgerTx for SqliteTx<'_> {
                 .execute(&mut *conn)
                 .await?;
         }
-        for chunk in w.lots.chunks(MAX_BINDS / 9) {
+        for chunk in w.lots.chunks(MAX_BINDS / 8) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO lots (id, member_id, issuer, earn_txn, points, points_left, reversed, earned_at, expires_at) ",
+                "INSERT INTO lots (id, member_id, issuer, points, points_left, reversed, earned_at, expires_at) ",
             );
             qb.push_values(chunk, |mut b, l| {
                 b.push_bind(l.id)
                     .push_bind(&l.member)
                     .push_bind(&l.issuer)
-                    .push_bind(l.earn_txn)
                     .push_bind(l.points)
                     .push_bind(l.points_left)
                     .push_bind(l.reversed)
@@ -398,12 +433,11 @@ impl LedgerTx for SqliteTx<'_> {
             qb.push(" ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left");
             qb.build().execute(&mut *conn).await?;
         }
-        for chunk in w.members.chunks(MAX_BINDS / 4) {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO members (member_id, points, debt, first_seen) ");
-            qb.push_values(chunk, |mut b, (m, points, debt, seen)| {
-                b.push_bind(m).push_bind(points).push_bind(debt).push_bind(seen);
+        for chunk in w.new_members.chunks(MAX_BINDS / 2) {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO members (member_id, first_seen) ");
+            qb.push_values(chunk, |mut b, (m, seen)| {
+                b.push_bind(m).push_bind(seen);
             });
-            qb.push(" ON CONFLICT (member_id) DO UPDATE SET points = excluded.points, debt = excluded.debt");
             qb.build().execute(&mut *conn).await?;
         }
         Ok(())

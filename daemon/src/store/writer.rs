@@ -42,7 +42,7 @@ impl Writer {
     ) -> (Writer, tokio::task::JoinHandle<()>) {
         assert!(config.max_batch >= 1 && config.queue_depth >= 1);
         let (queue, mut rx) = mpsc::channel::<Job>(config.queue_depth);
-        let task = tokio::spawn(async move {
+        let task = async move {
             let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
             while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
                 let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
@@ -65,6 +65,20 @@ impl Writer {
                     }
                 }
             }
+        };
+        // The writer runs on a thread of its own: its chain of statements must not wait in the
+        // queue behind hundreds of request tasks on the shared runtime.
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
+                rt.block_on(task);
+                let _ = done_tx.send(());
+            })
+            .expect("spawn writer thread");
+        let task = tokio::spawn(async move {
+            let _ = done_rx.await;
         });
         (Writer { queue }, task)
     }
