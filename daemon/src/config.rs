@@ -79,6 +79,8 @@ struct RawLimits {
     max_batch: Option<usize>,
     queue_depth: Option<usize>,
     handshake_timeout_ms: Option<u64>,
+    /// Test hook (undocumented on purpose): pause between writing a batch and committing it.
+    pause_before_commit_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +183,8 @@ pub struct Config {
     pub queue_depth: usize,
     /// Time a client has to finish the TLS handshake.
     pub handshake_timeout_ms: u64,
+    /// Test hook: pause between writing a batch and committing it (`limits.pause_before_commit_ms`).
+    pub pause_before_commit: Option<std::time::Duration>,
     /// Partners by id.
     pub partners: BTreeMap<String, Partner>,
 }
@@ -307,6 +311,7 @@ impl Config {
             max_batch,
             queue_depth,
             handshake_timeout_ms,
+            pause_before_commit: raw.limits.pause_before_commit_ms.map(std::time::Duration::from_millis),
             partners,
         })
     }

@@ -35,9 +35,11 @@ impl Daemon {
                 max_batch: config.max_batch,
                 queue_depth: config.queue_depth,
                 expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),
+                pause_before_commit: config.pause_before_commit,
             },
             clock.clone(),
-        );
+        )
+        .await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (config key `listen`): {e}", config.listen))?;

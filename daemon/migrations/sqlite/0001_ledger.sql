@@ -44,30 +44,33 @@ CREATE TABLE lots (
 );
 CREATE INDEX lots_member_open ON lots (member_id) WHERE points_left > 0;
 
+-- An allocation is the seq-th slice of transaction txn_id. Ids grow, so (txn_id, seq) appends.
 CREATE TABLE allocations (
-    id          INTEGER PRIMARY KEY,
     txn_id      INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
     lot_id      INTEGER NOT NULL,
     member_id   TEXT NOT NULL,
     issuer      TEXT NOT NULL,
     redeemer    TEXT NOT NULL,
     points      INTEGER NOT NULL CHECK (points <> 0),
     rate        TEXT NOT NULL,
-    reverses    INTEGER,
-    accepted_at INTEGER NOT NULL
-);
-CREATE INDEX allocations_txn ON allocations (txn_id);
-CREATE INDEX allocations_reverses ON allocations (reverses) WHERE reverses IS NOT NULL;
+    -- the allocation a burn reversal undoes
+    reverses_txn INTEGER,
+    reverses_seq INTEGER,
+    accepted_at INTEGER NOT NULL,
+    PRIMARY KEY (txn_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX allocations_reverses ON allocations (reverses_txn, reverses_seq) WHERE reverses_txn IS NOT NULL;
 CREATE INDEX allocations_accepted ON allocations (accepted_at);
 
+-- At most one debt per earn reversal: the reversal's id is the debt's key.
 CREATE TABLE debts (
-    id          INTEGER PRIMARY KEY,
+    txn_id      INTEGER PRIMARY KEY,
     member_id   TEXT NOT NULL,
     owed_to     TEXT NOT NULL,
     points      INTEGER NOT NULL CHECK (points > 0),
     points_left INTEGER NOT NULL CHECK (points_left >= 0),
     rate        TEXT NOT NULL,
-    txn_id      INTEGER NOT NULL,
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX debts_member_open ON debts (member_id) WHERE points_left > 0;

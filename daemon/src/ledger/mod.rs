@@ -14,15 +14,6 @@ mod tests;
 /// Unix time in microseconds, UTC. The daemon's one representation of an instant.
 pub type Micros = i64;
 
-/// Ids handed out for new rows. The store decides where they come from (a counter owned by the
-/// single SQLite writer, blocks of a sequence on PostgreSQL); the ledger only consumes them.
-pub trait IdSource {
-    /// A fresh allocation id.
-    fn allocation(&mut self) -> i64;
-    /// A fresh debt id.
-    fn debt(&mut self) -> i64;
-}
-
 /// The points of one earn, remembering their issuer and expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lot {
@@ -61,8 +52,6 @@ impl Lot {
 /// Points a member owes after an earn reversal it could not cover, owed to the reversing partner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Debt {
-    /// Debt id.
-    pub id: i64,
     /// The member who owes.
     pub member: String,
     /// The partner the member owes (the one that reversed the earn).
@@ -73,7 +62,7 @@ pub struct Debt {
     pub points_left: i64,
     /// Redemption rate of `owed_to` when the debt arose; repayments are priced at it.
     pub rate: Decimal,
-    /// The reversal that created the debt.
+    /// The reversal that created the debt (at most one debt per reversal: the debt's key).
     pub txn: i64,
     /// When the debt arose.
     pub created_at: Micros,
@@ -85,10 +74,10 @@ pub struct Debt {
 /// Negative points undo an earlier allocation (a burn reversal).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    /// Allocation id.
-    pub id: i64,
     /// The transaction that made it (burn, reversal, or an earn repaying debt).
     pub txn: i64,
+    /// Its place among the allocations of `txn` (0, 1, …): (txn, seq) is the allocation's key.
+    pub seq: i32,
     /// The lot the points came from (or went back to).
     pub lot: i64,
     /// The member.
@@ -101,8 +90,8 @@ pub struct Allocation {
     pub points: i64,
     /// Money per point owed to the redeemer, the rate in force when the slice was first made.
     pub rate: Decimal,
-    /// The allocation this one undoes (burn reversals).
-    pub reverses: Option<i64>,
+    /// The allocation (txn, seq) this one undoes (burn reversals).
+    pub reverses: Option<(i64, i32)>,
     /// When the transaction was accepted.
     pub accepted_at: Micros,
 }
@@ -231,7 +220,6 @@ impl MemberLedger {
     /// allocation redeemed at `redeemer`. Returns the allocations and the points it could not find.
     fn take_from_lots(
         &mut self,
-        ids: &mut dyn IdSource,
         txn: i64,
         redeemer: &str,
         rate: Decimal,
@@ -253,8 +241,8 @@ impl MemberLedger {
             lot.dirty = true;
             points -= k;
             out.push(Allocation {
-                id: ids.allocation(),
                 txn,
+                seq: out.len() as i32,
                 lot: lot.id,
                 member: lot.member.clone(),
                 issuer: lot.issuer.clone(),
@@ -270,7 +258,7 @@ impl MemberLedger {
 
     /// Grants `e.points` in a new lot, and pays open debts off first (oldest debt first), each
     /// repayment an allocation of the new lot redeemed at the partner owed.
-    pub fn earn(&mut self, ids: &mut dyn IdSource, e: NewEarn<'_>) -> Result<EarnEffect, Refusal> {
+    pub fn earn(&mut self, e: NewEarn<'_>) -> Result<EarnEffect, Refusal> {
         if e.points < 1 {
             return Err(Refusal::NonPositive(e.points));
         }
@@ -289,7 +277,7 @@ impl MemberLedger {
         };
         let mut repayments = Vec::new();
         let mut repaid = 0;
-        self.debts.sort_by_key(|d| (d.created_at, d.id));
+        self.debts.sort_by_key(|d| (d.created_at, d.txn));
         for debt in self.debts.iter_mut().filter(|d| d.points_left > 0) {
             if lot.points_left == 0 {
                 break;
@@ -300,8 +288,8 @@ impl MemberLedger {
             lot.points_left -= k;
             repaid += k;
             repayments.push(Allocation {
-                id: ids.allocation(),
                 txn: e.txn,
+                seq: repayments.len() as i32,
                 lot: lot.id,
                 member: self.member.clone(),
                 issuer: lot.issuer.clone(),
@@ -322,7 +310,6 @@ impl MemberLedger {
     /// (unexpired points minus debt) cannot cover it.
     pub fn burn(
         &mut self,
-        ids: &mut dyn IdSource,
         txn: i64,
         redeemer: &str,
         rate: Decimal,
@@ -336,7 +323,7 @@ impl MemberLedger {
         if balance < points {
             return Err(Refusal::InsufficientPoints { balance: balance.max(0), requested: points });
         }
-        let (allocations, short) = self.take_from_lots(ids, txn, redeemer, rate, points, now, None);
+        let (allocations, short) = self.take_from_lots(txn, redeemer, rate, points, now, None);
         assert_eq!(short, 0, "balance check guarantees the lots cover the burn");
         Ok(allocations)
     }
@@ -346,7 +333,6 @@ impl MemberLedger {
     /// in the order they were made; their `remaining` is updated.
     pub fn reverse_burn(
         &mut self,
-        ids: &mut dyn IdSource,
         txn: i64,
         slices: &mut [Reversible],
         points: i64,
@@ -377,15 +363,15 @@ impl MemberLedger {
             lot.dirty = true;
             let a = &slice.allocation;
             out.push(Allocation {
-                id: ids.allocation(),
                 txn,
+                seq: out.len() as i32,
                 lot: a.lot,
                 member: a.member.clone(),
                 issuer: a.issuer.clone(),
                 redeemer: a.redeemer.clone(),
                 points: -k,
                 rate: a.rate,
-                reverses: Some(a.id),
+                reverses: Some((a.txn, a.seq)),
                 accepted_at: now,
             });
         }
@@ -399,7 +385,6 @@ impl MemberLedger {
     #[allow(clippy::too_many_arguments)]
     pub fn reverse_earn(
         &mut self,
-        ids: &mut dyn IdSource,
         txn: i64,
         lot_id: i64,
         reverser: &str,
@@ -420,7 +405,6 @@ impl MemberLedger {
         lot.reversed += from_own;
         lot.dirty = true;
         let (allocations, short) = self.take_from_lots(
-            ids,
             txn,
             reverser,
             rate,
@@ -430,7 +414,6 @@ impl MemberLedger {
         );
         if short > 0 {
             self.debts.push(Debt {
-                id: ids.debt(),
                 member: self.member.clone(),
                 owed_to: reverser.to_string(),
                 points: short,

@@ -1,36 +1,23 @@
 use super::*;
 use proptest::prelude::*;
 
-#[derive(Default)]
-struct Counter(i64);
-impl IdSource for Counter {
-    fn allocation(&mut self) -> i64 {
-        self.0 += 1;
-        self.0
-    }
-    fn debt(&mut self) -> i64 {
-        self.0 += 1;
-        self.0
-    }
-}
 
 const DAY: Micros = 86_400_000_000;
 fn rate() -> Decimal {
     Decimal::new(1, 2)
 }
 
-fn earn(m: &mut MemberLedger, ids: &mut Counter, txn: i64, issuer: &str, points: i64, now: Micros, exp: Option<Micros>) -> EarnEffect {
-    m.earn(ids, NewEarn { txn, issuer, points, now, expires_at: exp }).unwrap()
+fn earn(m: &mut MemberLedger, txn: i64, issuer: &str, points: i64, now: Micros, exp: Option<Micros>) -> EarnEffect {
+    m.earn(NewEarn { txn, issuer, points, now, expires_at: exp }).unwrap()
 }
 
 #[test]
 fn burn_takes_soonest_expiry_first_then_oldest() {
-    let mut ids = Counter::default();
     let mut m = MemberLedger::new_member("m");
-    earn(&mut m, &mut ids, 1, "air", 100, 0, Some(300 * DAY));
-    earn(&mut m, &mut ids, 2, "shop", 100, DAY, Some(100 * DAY)); // expires first
-    earn(&mut m, &mut ids, 3, "food", 100, 2 * DAY, None); // never: last
-    let a = m.burn(&mut ids, 4, "food", rate(), 250, 3 * DAY).unwrap();
+    earn(&mut m, 1, "air", 100, 0, Some(300 * DAY));
+    earn(&mut m, 2, "shop", 100, DAY, Some(100 * DAY)); // expires first
+    earn(&mut m, 3, "food", 100, 2 * DAY, None); // never: last
+    let a = m.burn(4, "food", rate(), 250, 3 * DAY).unwrap();
     let got: Vec<(&str, i64)> = a.iter().map(|a| (a.issuer.as_str(), a.points)).collect();
     assert_eq!(got, vec![("shop", 100), ("air", 100), ("food", 50)]);
     assert_eq!(m.balance(3 * DAY), 50);
@@ -38,43 +25,40 @@ fn burn_takes_soonest_expiry_first_then_oldest() {
 
 #[test]
 fn expired_lots_do_not_count() {
-    let mut ids = Counter::default();
     let mut m = MemberLedger::new_member("m");
-    earn(&mut m, &mut ids, 1, "air", 100, 0, Some(10 * DAY));
+    earn(&mut m, 1, "air", 100, 0, Some(10 * DAY));
     assert_eq!(m.balance(10 * DAY - 1), 100);
     assert_eq!(m.balance(10 * DAY), 0, "a lot stops counting at its expiry instant");
-    assert!(matches!(m.burn(&mut ids, 2, "air", rate(), 1, 10 * DAY), Err(Refusal::InsufficientPoints { .. })));
+    assert!(matches!(m.burn(2, "air", rate(), 1, 10 * DAY), Err(Refusal::InsufficientPoints { .. })));
 }
 
 #[test]
 fn partial_burn_reversal_gives_latest_slices_back_first() {
-    let mut ids = Counter::default();
     let mut m = MemberLedger::new_member("m");
-    let l1 = earn(&mut m, &mut ids, 1, "air", 100, 0, Some(10 * DAY)).lot;
-    let l2 = earn(&mut m, &mut ids, 2, "shop", 100, 0, Some(20 * DAY)).lot;
-    let a = m.burn(&mut ids, 3, "food", rate(), 150, DAY).unwrap();
+    let l1 = earn(&mut m, 1, "air", 100, 0, Some(10 * DAY)).lot;
+    let l2 = earn(&mut m, 2, "shop", 100, 0, Some(20 * DAY)).lot;
+    let a = m.burn(3, "food", rate(), 150, DAY).unwrap();
     let mut slices: Vec<Reversible> = a.iter().map(|a| Reversible { allocation: a.clone(), remaining: a.points }).collect();
-    let r = m.reverse_burn(&mut ids, 4, &mut slices, 70, DAY).unwrap();
+    let r = m.reverse_burn(4, &mut slices, 70, DAY).unwrap();
     // the burn took 100 from l1 then 50 from l2; the latest slice (l2) goes back first
     assert_eq!(r.iter().map(|a| (a.lot, a.points)).collect::<Vec<_>>(), vec![(l2, -50), (l1, -20)]);
     assert_eq!(m.balance(DAY), 120);
-    let e = m.reverse_burn(&mut ids, 5, &mut slices, 81, DAY).unwrap_err();
+    let e = m.reverse_burn(5, &mut slices, 81, DAY).unwrap_err();
     assert_eq!(e, Refusal::BeyondRemaining { remaining: 80, requested: 81 });
 }
 
 #[test]
 fn earn_reversal_shortfall_then_debt_repaid_by_next_earn() {
-    let mut ids = Counter::default();
     let mut m = MemberLedger::new_member("m");
-    let own = earn(&mut m, &mut ids, 1, "air", 100, 0, None).lot;
-    earn(&mut m, &mut ids, 2, "shop", 30, 0, None);
-    m.burn(&mut ids, 3, "food", rate(), 90, 0).unwrap(); // own lot 100 -> 10 left (both never expire: oldest first by id)
-    let r = m.reverse_earn(&mut ids, 4, own, "air", rate(), 100, 100, 0).unwrap();
+    let own = earn(&mut m, 1, "air", 100, 0, None).lot;
+    earn(&mut m, 2, "shop", 30, 0, None);
+    m.burn(3, "food", rate(), 90, 0).unwrap(); // own lot 100 -> 10 left (both never expire: oldest first by id)
+    let r = m.reverse_earn(4, own, "air", rate(), 100, 100, 0).unwrap();
     assert_eq!(r.from_own_lot, 10);
     assert_eq!(r.allocations.iter().map(|a| (a.issuer.as_str(), a.redeemer.as_str(), a.points)).collect::<Vec<_>>(), vec![("shop", "air", 30)]);
     assert_eq!(r.debt_created, 60);
     assert_eq!(m.balance(0), -60);
-    let e = earn(&mut m, &mut ids, 5, "food", 100, 0, None);
+    let e = earn(&mut m, 5, "food", 100, 0, None);
     assert_eq!(e.debt_repaid, 60);
     assert_eq!(e.repayments[0].issuer, "food");
     assert_eq!(e.repayments[0].redeemer, "air");
@@ -107,7 +91,6 @@ proptest! {
     #[test]
     fn ledger_totals_always_balance(ops in proptest::collection::vec(op(), 1..60)) {
         let partners = ["air", "shop", "food"];
-        let mut ids = Counter::default();
         let mut m = MemberLedger::new_member("m");
         let mut now: Micros = 0;
         let (mut earned, mut burned, mut br, mut er) = (0i64, 0i64, 0i64, 0i64);
@@ -118,12 +101,12 @@ proptest! {
             txn += 1;
             match op {
                 Op::Earn(p, n, expires) => {
-                    let e = m.earn(&mut ids, NewEarn { txn, issuer: partners[p as usize], points: n, now, expires_at: expires.then_some(now + 30 * DAY) }).unwrap();
+                    let e = m.earn(NewEarn { txn, issuer: partners[p as usize], points: n, now, expires_at: expires.then_some(now + 30 * DAY) }).unwrap();
                     earned += n;
                     earns.push((e.lot, n, 0));
                 }
                 Op::Burn(p, n) => {
-                    if let Ok(a) = m.burn(&mut ids, txn, partners[p as usize], rate(), n, now) {
+                    if let Ok(a) = m.burn(txn, partners[p as usize], rate(), n, now) {
                         prop_assert_eq!(a.iter().map(|a| a.points).sum::<i64>(), n);
                         burned += n;
                         burns.push(a.into_iter().map(|a| Reversible { remaining: a.points, allocation: a }).collect());
@@ -132,7 +115,7 @@ proptest! {
                 Op::ReverseEarn(i, n) => {
                     if let Some(e) = earns.get_mut(i) {
                         let issuer = m.lots.iter().find(|l| l.id == e.0).unwrap().issuer.clone();
-                        if m.reverse_earn(&mut ids, txn, e.0, &issuer, rate(), n, e.1 - e.2, now).is_ok() {
+                        if m.reverse_earn(txn, e.0, &issuer, rate(), n, e.1 - e.2, now).is_ok() {
                             e.2 += n;
                             er += n;
                         }
@@ -140,7 +123,7 @@ proptest! {
                 }
                 Op::ReverseBurn(i, n) => {
                     if let Some(b) = burns.get_mut(i) {
-                        if m.reverse_burn(&mut ids, txn, b, n, now).is_ok() { br += n; }
+                        if m.reverse_burn(txn, b, n, now).is_ok() { br += n; }
                     }
                 }
                 Op::Wait(d) => now += d * DAY,

@@ -38,8 +38,8 @@ pub const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "every reversing allocation undoes a real allocation of the same lot",
-        "SELECT COUNT(*) FROM allocations a LEFT JOIN allocations o ON o.id = a.reverses \
-         WHERE a.reverses IS NOT NULL AND (o.id IS NULL OR o.lot_id <> a.lot_id OR a.points >= 0)",
+        "SELECT COUNT(*) FROM allocations a LEFT JOIN allocations o ON o.txn_id = a.reverses_txn AND o.seq = a.reverses_seq \
+         WHERE a.reverses_txn IS NOT NULL AND (o.txn_id IS NULL OR o.lot_id <> a.lot_id OR a.points >= 0 OR o.rate <> a.rate)",
     ),
     (
         "a burn's allocations sum to its points, a burn reversal's to minus its points",

@@ -4,7 +4,7 @@
 
 use super::{LedgerTx, Op, Rejection, Request, StoreError, TxnRecord, Writes};
 use crate::ledger::{self, Kind, Micros, MemberLedger, NewEarn, Receipt, Refusal, Reversible};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// What a batch needs to know besides the requests.
 #[derive(Debug, Clone, Copy)]
@@ -13,6 +13,8 @@ pub struct Context {
     pub now: Micros,
     /// Lifetime of new lots; `None`: never expire.
     pub expire_after: Option<Micros>,
+    /// Test hook: wait this long between writing and committing (to cut a connection mid-batch).
+    pub pause_before_commit: Option<std::time::Duration>,
 }
 
 type Key = (String, String);
@@ -29,14 +31,27 @@ pub async fn apply(
     ctx: &Context,
 ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
     let t0 = std::time::Instant::now();
-    // 1. Idempotency records and reversal originals, in one read.
-    let mut keys: Vec<Key> = Vec::with_capacity(requests.len());
+    // 1. The members the batch touches. A reversal's member is its original's: look those up.
+    let mut members: Vec<String> = Vec::new();
+    let mut original_keys: Vec<Key> = Vec::new();
     for r in requests {
-        keys.push(key(&r.partner, &r.transaction_id));
-        if let Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } = &r.op {
-            keys.push(key(&r.partner, original));
+        match &r.op {
+            Op::Earn { member, .. } | Op::Burn { member, .. } => members.push(member.clone()),
+            Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } => {
+                original_keys.push(key(&r.partner, original))
+            }
         }
     }
+    if !original_keys.is_empty() {
+        members.extend(tx.find_transactions(&original_keys).await?.into_iter().map(|t| t.member));
+    }
+    members.sort();
+    members.dedup();
+
+    // 2. Lock them, then read everything else: what is read after the lock is current.
+    tx.lock_members(&members).await?;
+    let mut keys: Vec<Key> = requests.iter().map(|r| key(&r.partner, &r.transaction_id)).collect();
+    keys.extend(original_keys);
     keys.sort();
     keys.dedup();
     let mut txns: HashMap<Key, TxnRecord> = tx
@@ -45,27 +60,16 @@ pub async fn apply(
         .into_iter()
         .map(|t| (key(&t.partner, &t.partner_txn_id), t))
         .collect();
-
-    // 2. Members, and for reversals the lots and slices of their originals.
-    let mut members: Vec<String> = Vec::new();
     let (mut earn_originals, mut burn_originals) = (Vec::new(), Vec::new());
     for r in requests {
-        match &r.op {
-            Op::Earn { member, .. } | Op::Burn { member, .. } => members.push(member.clone()),
-            Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } => {
-                if let Some(o) = txns.get(&key(&r.partner, original)) {
-                    members.push(o.member.clone());
-                    match o.kind {
-                        Kind::Earn => earn_originals.push(o.id),
-                        Kind::Burn => burn_originals.push(o.id),
-                        _ => {}
-                    }
-                }
+        if let Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } = &r.op {
+            match txns.get(&key(&r.partner, original)).map(|o| o.kind) {
+                Some(Kind::Earn) => earn_originals.push(txns[&key(&r.partner, original)].id),
+                Some(Kind::Burn) => burn_originals.push(txns[&key(&r.partner, original)].id),
+                _ => {}
             }
         }
     }
-    members.sort();
-    members.dedup();
     let t_find = t0.elapsed();
     let mut ledgers: HashMap<String, MemberLedger> =
         tx.load_members(&members).await?.into_iter().map(|m| (m.member.clone(), m)).collect();
@@ -94,6 +98,7 @@ pub async fn apply(
     let known_before: HashSet<String> = ledgers.keys().cloned().collect();
 
     // 3. Decide each request in order.
+    let mut ids: VecDeque<i64> = tx.reserve_txn_ids(requests.len()).await?.into();
     let mut writes = Writes::default();
     let mut reversed: HashMap<i64, i64> = HashMap::new();
     let mut out = Vec::with_capacity(requests.len());
@@ -107,7 +112,7 @@ pub async fn apply(
             });
             continue;
         }
-        let decided = decide(tx, r, ctx, &mut ledgers, &mut txns, &mut slices, &mut writes);
+        let decided = decide(&mut ids, r, ctx, &mut ledgers, &mut txns, &mut slices, &mut writes);
         match decided {
             Ok(record) => {
                 if let Some(orig) = record.original_id {
@@ -150,7 +155,7 @@ pub async fn apply(
 }
 
 fn decide(
-    tx: &mut dyn LedgerTx,
+    ids: &mut VecDeque<i64>,
     r: &Request,
     ctx: &Context,
     ledgers: &mut HashMap<String, MemberLedger>,
@@ -162,9 +167,8 @@ fn decide(
     match &r.op {
         Op::Earn { member, points, purchase } => {
             let m = ledgers.entry(member.clone()).or_insert_with(|| MemberLedger::new_member(member));
-            let id = tx.next_txn_id();
+            let id = ids.pop_front().expect("one id reserved per request");
             let effect = m.earn(
-                tx.ids(),
                 NewEarn {
                     txn: id,
                     issuer: &r.partner,
@@ -191,8 +195,8 @@ fn decide(
         }
         Op::Burn { member, points, rate } => {
             let m = ledgers.get_mut(member).ok_or_else(|| Rejection::UnknownMember(member.clone()))?;
-            let id = tx.next_txn_id();
-            let allocations = m.burn(tx.ids(), id, &r.partner, *rate, *points, now)?;
+            let id = ids.pop_front().expect("one id reserved per request");
+            let allocations = m.burn(id, &r.partner, *rate, *points, now)?;
             let receipt = Receipt {
                 transaction_id: r.transaction_id.clone(),
                 ledger_id: id,
@@ -218,8 +222,8 @@ fn decide(
             let (orig_id, member, remaining) = (o.id, o.member.clone(), o.points - o.reversed_points);
             let points = whole_if_zero(*points, remaining, original)?;
             let m = ledgers.get_mut(&member).expect("member of a loaded original is loaded");
-            let id = tx.next_txn_id();
-            let effect = m.reverse_earn(tx.ids(), id, orig_id, &r.partner, *rate, points, remaining, now)?;
+            let id = ids.pop_front().expect("one id reserved per request");
+            let effect = m.reverse_earn(id, orig_id, &r.partner, *rate, points, remaining, now)?;
             let mut slices_shown = vec![];
             if effect.from_own_lot > 0 {
                 slices_shown.push((r.partner.clone(), effect.from_own_lot));
@@ -247,8 +251,8 @@ fn decide(
             let points = whole_if_zero(*points, remaining, original)?;
             let m = ledgers.get_mut(&member).expect("member of a loaded original is loaded");
             let burn_slices = slices.get_mut(&orig_id).expect("slices of a burn are loaded");
-            let id = tx.next_txn_id();
-            let allocations = m.reverse_burn(tx.ids(), id, burn_slices, points, now)?;
+            let id = ids.pop_front().expect("one id reserved per request");
+            let allocations = m.reverse_burn(id, burn_slices, points, now)?;
             let receipt = Receipt {
                 transaction_id: r.transaction_id.clone(),
                 ledger_id: id,

@@ -8,7 +8,7 @@ pub mod batch;
 pub mod sqlite;
 pub mod writer;
 
-use crate::ledger::{IdSource, Kind, Lot, Micros, MemberLedger, Receipt, Refusal, Reversible, Allocation, Debt};
+use crate::ledger::{Kind, Lot, Micros, MemberLedger, Receipt, Refusal, Reversible, Allocation, Debt};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 
@@ -167,6 +167,9 @@ pub struct Writes {
 /// What a backend does inside one write transaction for the shared batch logic.
 #[async_trait]
 pub trait LedgerTx: Send {
+    /// Locks these members (sorted, so that batches of several daemons never deadlock) until the
+    /// transaction ends. A backend with a single writer has nothing to lock.
+    async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError>;
     /// Transactions by (partner, partner's id).
     async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError>;
     /// Members with their lots that have points left and their open debts; locks them where the
@@ -176,10 +179,8 @@ pub trait LedgerTx: Send {
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError>;
     /// The allocations of these burns, in the order made, with what is left to reverse of each.
     async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError>;
-    /// The id source for this batch.
-    fn ids(&mut self) -> &mut dyn IdSource;
-    /// A fresh transaction id.
-    fn next_txn_id(&mut self) -> i64;
+    /// `n` fresh transaction ids, increasing.
+    async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
     /// Writes the batch's changes.
     async fn write(&mut self, writes: &Writes) -> Result<(), StoreError>;
 }
@@ -238,11 +239,17 @@ pub fn decode_slices(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
         .collect()
 }
 
-/// Opens the store a database URL names: the reader shared by calls and the backend the writer owns.
-pub async fn open(url: &str) -> Result<(std::sync::Arc<dyn Store>, Box<dyn BatchBackend>), StoreError> {
+/// Opens the writer's backend; awaited on the writer's own thread and runtime, so that its
+/// connections belong there.
+pub type OpenBackend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Box<dyn BatchBackend>, StoreError>> + Send>>;
+
+/// Opens the store a database URL names: the reader shared by calls, and the opener of the backend
+/// the writer owns.
+pub async fn open(url: &str) -> Result<(std::sync::Arc<dyn Store>, OpenBackend), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Err(StoreError::Unavailable("the PostgreSQL backend is not built yet".into()));
     }
-    let (store, backend) = sqlite::open(url).await?;
-    Ok((std::sync::Arc::new(store), Box::new(backend)))
+    let (store, writer) = sqlite::open(url).await?;
+    let writer: OpenBackend = Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
+    Ok((std::sync::Arc::new(store), writer))
 }

@@ -3,7 +3,7 @@
 //! task, so there is never a second writer to wait for); a small pool reads.
 
 use super::{audit, batch, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
-use crate::ledger::{Allocation, Debt, IdSource, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
+use crate::ledger::{Allocation, Debt, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -26,23 +26,10 @@ pub struct SqliteBackend {
     ids: Counters,
 }
 
-/// Next ids, owned by the one writer.
+/// The next transaction id, owned by the one writer.
 #[derive(Debug, Default)]
 struct Counters {
     txn: i64,
-    allocation: i64,
-    debt: i64,
-}
-
-impl IdSource for Counters {
-    fn allocation(&mut self) -> i64 {
-        self.allocation += 1;
-        self.allocation
-    }
-    fn debt(&mut self) -> i64 {
-        self.debt += 1;
-        self.debt
-    }
 }
 
 fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
@@ -55,7 +42,11 @@ fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
 }
 
 /// Opens (creating and migrating if needed) a SQLite ledger: the shared reader and the writer.
-pub async fn open(url: &str) -> Result<(SqliteStore, SqliteBackend), StoreError> {
+/// Opens (creating and migrating if needed) a SQLite ledger: the reader now, and the future that
+/// opens the writer (awaited on the writer's own thread).
+pub async fn open(
+    url: &str,
+) -> Result<(SqliteStore, impl std::future::Future<Output = Result<SqliteBackend, StoreError>> + Send + 'static), StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if let Some(dir) = std::path::Path::new(path).parent() {
             if !dir.as_os_str().is_empty() {
@@ -67,17 +58,22 @@ pub async fn open(url: &str) -> Result<(SqliteStore, SqliteBackend), StoreError>
     let opts = options(url)?;
     // The writer never checkpoints (that would stall every caller of its batch): a background
     // task does, off the write path.
-    let mut conn = SqliteConnection::connect_with(&opts.clone().pragma("wal_autocheckpoint", "0")).await?;
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
     sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
-    let checkpointer = SqliteConnection::connect_with(&opts).await?;
-    tokio::spawn(checkpoint_loop(checkpointer));
+    conn.close().await?;
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
-        .connect_with(opts.read_only(true))
+        .connect_with(opts.clone().read_only(true))
         .await?;
-    let mut backend = SqliteBackend { conn, ids: Counters::default() };
-    backend.reload_counters().await?;
-    Ok((SqliteStore { pool }, backend))
+    let writer = async move {
+        let conn = SqliteConnection::connect_with(&opts.clone().pragma("wal_autocheckpoint", "0")).await?;
+        let checkpointer = SqliteConnection::connect_with(&opts).await?;
+        tokio::spawn(checkpoint_loop(checkpointer));
+        let mut backend = SqliteBackend { conn, ids: Counters::default() };
+        backend.reload_counters().await?;
+        Ok(backend)
+    };
+    Ok((SqliteStore { pool }, writer))
 }
 
 /// Copies committed WAL pages into the main file every second (PASSIVE: never blocks the
@@ -104,12 +100,11 @@ async fn checkpoint_loop(mut conn: SqliteConnection) {
 impl SqliteBackend {
     async fn reload_counters(&mut self) -> Result<(), StoreError> {
         let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM transactions), \
-             (SELECT COALESCE(MAX(id), 0) FROM allocations), (SELECT COALESCE(MAX(id), 0) FROM debts)",
+            "SELECT COALESCE(MAX(id), 0) FROM transactions",
         )
         .fetch_one(&mut self.conn)
         .await?;
-        self.ids = Counters { txn: row.get(0), allocation: row.get(1), debt: row.get(2) };
+        self.ids = Counters { txn: row.get(0) };
         Ok(())
     }
 }
@@ -127,6 +122,9 @@ impl BatchBackend for SqliteBackend {
             let mut tx = SqliteTx { conn: &mut self.conn, ids: &mut self.ids };
             batch::apply(&mut tx, requests, ctx).await
         };
+        if let (Ok(_), Some(pause)) = (&result, ctx.pause_before_commit) {
+            tokio::time::sleep(pause).await;
+        }
         let decided = std::time::Instant::now();
         let result = match result {
             Ok(out) => match sqlx::query("COMMIT").execute(&mut self.conn).await.inspect(|_| {
@@ -184,7 +182,6 @@ fn decimal(row: &SqliteRow, col: &str) -> Decimal {
 
 fn debt_from(row: &SqliteRow) -> Debt {
     Debt {
-        id: row.get("id"),
         member: row.get("member_id"),
         owed_to: row.get("owed_to"),
         points: row.get("points"),
@@ -197,16 +194,18 @@ fn debt_from(row: &SqliteRow) -> Debt {
 }
 
 fn allocation_from(row: &SqliteRow) -> Allocation {
+    let reverses_txn: Option<i64> = row.get("reverses_txn");
+    let reverses_seq: Option<i32> = row.get("reverses_seq");
     Allocation {
-        id: row.get("id"),
         txn: row.get("txn_id"),
+        seq: row.get("seq"),
         lot: row.get("lot_id"),
         member: row.get("member_id"),
         issuer: row.get("issuer"),
         redeemer: row.get("redeemer"),
         points: row.get("points"),
         rate: decimal(row, "rate"),
-        reverses: row.get("reverses"),
+        reverses: reverses_txn.zip(reverses_seq),
         accepted_at: row.get("accepted_at"),
     }
 }
@@ -267,7 +266,7 @@ async fn load_members(conn: &mut SqliteConnection, members: &[String]) -> Result
         }
         let mut qb = QueryBuilder::new("SELECT * FROM debts WHERE points_left > 0 AND member_id IN ");
         in_list(&mut qb, chunk);
-        qb.push(" ORDER BY id");
+        qb.push(" ORDER BY txn_id");
         for row in qb.build().fetch_all(&mut *conn).await? {
             let d = debt_from(&row);
             if let Some(m) = out.get_mut(&d.member) {
@@ -320,11 +319,12 @@ impl LedgerTx for SqliteTx<'_> {
 
     async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError> {
         let mut qb = QueryBuilder::new(
-            "SELECT a.*, a.points + COALESCE((SELECT SUM(r.points) FROM allocations r WHERE r.reverses = a.id), 0) \
-             AS remaining FROM allocations a WHERE a.reverses IS NULL AND a.txn_id IN ",
+            "SELECT a.*, a.points + COALESCE((SELECT SUM(r.points) FROM allocations r \
+             WHERE r.reverses_txn = a.txn_id AND r.reverses_seq = a.seq), 0) AS remaining \
+             FROM allocations a WHERE a.reverses_txn IS NULL AND a.txn_id IN ",
         );
         in_list(&mut qb, burn_txns);
-        qb.push(" ORDER BY a.id");
+        qb.push(" ORDER BY a.txn_id, a.seq");
         Ok(qb
             .build()
             .fetch_all(&mut *self.conn)
@@ -334,13 +334,14 @@ impl LedgerTx for SqliteTx<'_> {
             .collect())
     }
 
-    fn ids(&mut self) -> &mut dyn IdSource {
-        self.ids
+    async fn lock_members(&mut self, _members: &[String]) -> Result<(), StoreError> {
+        Ok(()) // the one writer holds the file's write lock for the whole batch
     }
 
-    fn next_txn_id(&mut self) -> i64 {
-        self.ids.txn += 1;
-        self.ids.txn
+    async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
+        let first = self.ids.txn + 1;
+        self.ids.txn += n as i64;
+        Ok((first..=self.ids.txn).collect())
     }
 
     async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
@@ -398,39 +399,40 @@ impl LedgerTx for SqliteTx<'_> {
             qb.push(" ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed");
             qb.build().execute(&mut *conn).await?;
         }
-        for chunk in w.allocations.chunks(MAX_BINDS / 10) {
+        for chunk in w.allocations.chunks(MAX_BINDS / 11) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO allocations (id, txn_id, lot_id, member_id, issuer, redeemer, points, rate, reverses, accepted_at) ",
+                "INSERT INTO allocations (txn_id, seq, lot_id, member_id, issuer, redeemer, points, rate, \
+                 reverses_txn, reverses_seq, accepted_at) ",
             );
             qb.push_values(chunk, |mut b, a| {
-                b.push_bind(a.id)
-                    .push_bind(a.txn)
+                b.push_bind(a.txn)
+                    .push_bind(a.seq)
                     .push_bind(a.lot)
                     .push_bind(&a.member)
                     .push_bind(&a.issuer)
                     .push_bind(&a.redeemer)
                     .push_bind(a.points)
                     .push_bind(a.rate.to_string())
-                    .push_bind(a.reverses)
+                    .push_bind(a.reverses.map(|r| r.0))
+                    .push_bind(a.reverses.map(|r| r.1))
                     .push_bind(a.accepted_at);
             });
             qb.build().execute(&mut *conn).await?;
         }
         for chunk in w.debts.chunks(MAX_BINDS / 8) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO debts (id, member_id, owed_to, points, points_left, rate, txn_id, created_at) ",
+                "INSERT INTO debts (txn_id, member_id, owed_to, points, points_left, rate, created_at) ",
             );
             qb.push_values(chunk, |mut b, d| {
-                b.push_bind(d.id)
+                b.push_bind(d.txn)
                     .push_bind(&d.member)
                     .push_bind(&d.owed_to)
                     .push_bind(d.points)
                     .push_bind(d.points_left)
                     .push_bind(d.rate.to_string())
-                    .push_bind(d.txn)
                     .push_bind(d.created_at);
             });
-            qb.push(" ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left");
+            qb.push(" ON CONFLICT (txn_id) DO UPDATE SET points_left = excluded.points_left");
             qb.build().execute(&mut *conn).await?;
         }
         for chunk in w.new_members.chunks(MAX_BINDS / 2) {

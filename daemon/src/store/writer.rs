@@ -2,7 +2,7 @@
 //! queued (up to `max_batch`), applies it in one database transaction, commits once, and only then
 //! answers each caller. Under load many calls share one fsync; when idle a call commits alone.
 
-use super::{batch, BatchBackend, Rejection, Request, StoreError};
+use super::{batch, BatchBackend, OpenBackend, Rejection, Request, StoreError};
 use crate::clock::Clock;
 use crate::ledger::{Micros, Receipt};
 use tokio::sync::{mpsc, oneshot};
@@ -30,57 +30,76 @@ pub struct WriterConfig {
     pub queue_depth: usize,
     /// Lifetime of new lots.
     pub expire_after: Option<Micros>,
+    /// Test hook: pause between writing a batch and committing it.
+    pub pause_before_commit: Option<std::time::Duration>,
+}
+
+async fn run(mut backend: Box<dyn BatchBackend>, mut rx: mpsc::Receiver<Job>, config: WriterConfig, clock: Clock) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
+    while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
+        let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
+        let ctx = batch::Context {
+            now: clock.now(),
+            expire_after: config.expire_after,
+            pause_before_commit: config.pause_before_commit,
+        };
+        let started = std::time::Instant::now();
+        let result = backend.apply_batch(&requests, &ctx).await;
+        tracing::debug!(size = requests.len(), micros = started.elapsed().as_micros() as u64, ok = result.is_ok(), "batch");
+        match result {
+            Ok(answers) => {
+                assert_eq!(answers.len(), jobs.len(), "one answer per request");
+                for (job, answer) in jobs.drain(..).zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, size = jobs.len(), "batch failed, nothing of it applied");
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl Writer {
-    /// Starts the writer task over `backend`. It ends when every [`Writer`] handle is dropped,
-    /// after answering everything queued.
-    pub fn spawn(
-        mut backend: Box<dyn BatchBackend>,
+    /// Starts the writer on a thread of its own (its chain of statements must not wait in a queue
+    /// behind hundreds of request tasks), opening its backend there. Returns once the backend is
+    /// open. The writer ends when every [`Writer`] handle is dropped, after answering everything
+    /// queued.
+    pub async fn spawn(
+        open: OpenBackend,
         config: WriterConfig,
         clock: Clock,
-    ) -> (Writer, tokio::task::JoinHandle<()>) {
+    ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
         assert!(config.max_batch >= 1 && config.queue_depth >= 1);
-        let (queue, mut rx) = mpsc::channel::<Job>(config.queue_depth);
-        let task = async move {
-            let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
-            while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
-                let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
-                let ctx = batch::Context { now: clock.now(), expire_after: config.expire_after };
-                let started = std::time::Instant::now();
-                let result = backend.apply_batch(&requests, &ctx).await;
-                tracing::debug!(size = requests.len(), micros = started.elapsed().as_micros() as u64, ok = result.is_ok(), "batch");
-                match result {
-                    Ok(answers) => {
-                        assert_eq!(answers.len(), jobs.len(), "one answer per request");
-                        for (job, answer) in jobs.drain(..).zip(answers) {
-                            let _ = job.reply.send(Ok(answer));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, size = jobs.len(), "batch failed, nothing of it applied");
-                        for job in jobs.drain(..) {
-                            let _ = job.reply.send(Err(e.clone()));
-                        }
-                    }
-                }
-            }
-        };
-        // The writer runs on a thread of its own: its chain of statements must not wait in the
-        // queue behind hundreds of request tasks on the shared runtime.
+        let (queue, rx) = mpsc::channel::<Job>(config.queue_depth);
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
-                rt.block_on(task);
+                rt.block_on(async move {
+                    match open.await {
+                        Ok(backend) => {
+                            let _ = ready_tx.send(Ok(()));
+                            run(backend, rx, config, clock).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
                 let _ = done_tx.send(());
             })
-            .expect("spawn writer thread");
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        ready_rx.await.map_err(|_| StoreError::ShuttingDown)??;
         let task = tokio::spawn(async move {
             let _ = done_rx.await;
         });
-        (Writer { queue }, task)
+        Ok((Writer { queue }, task))
     }
 
     /// Queues a request and waits until its batch is durable (or failed).
