@@ -16,10 +16,15 @@ pub const EXAMPLE_CONFIG: &str = include_str!("../../coalition.example.toml");
 /// Writes a development setup into `dir`: `coalition.toml` (the example, listening on `listen`,
 /// its database in `dir`), and certificates under `dir/certs/dev`. Returns the loaded config.
 pub fn write_dev_setup(dir: &Path, listen: &str) -> anyhow::Result<Config> {
+    write_dev_setup_on(dir, listen, "sqlite://coalition.db")
+}
+
+/// [`write_dev_setup`] with another database URL.
+pub fn write_dev_setup_on(dir: &Path, listen: &str, database_url: &str) -> anyhow::Result<Config> {
     std::fs::create_dir_all(dir.join("certs/dev"))?;
     let text = EXAMPLE_CONFIG
         .replacen("listen = \"127.0.0.1:7443\"", &format!("listen = \"{listen}\""), 1)
-        .replacen("url = \"sqlite://data/coalition.db\"", "url = \"sqlite://coalition.db\"", 1);
+        .replacen("url = \"sqlite://data/coalition.db\"", &format!("url = \"{database_url}\""), 1);
     let path = dir.join("coalition.toml");
     std::fs::write(&path, text)?;
     let config = Config::load(&path)?;

@@ -18,9 +18,13 @@ pub use coalition_proto::v1;
 pub enum Backend {
     /// A SQLite file in the test's temp folder.
     Sqlite,
+    /// A fresh database of its own on the PostgreSQL server.
+    Postgres,
 }
 
-/// Runs an async behaviour test once per backend: `backends!(name);` makes `name::sqlite` …
+/// Runs an async behaviour test once per backend: `backends!(name);` makes `name::sqlite` and
+/// `name::postgres`. Without a reachable PostgreSQL the second says so loudly and passes, unless
+/// `COALITION_REQUIRE_POSTGRES=1` (CI sets it), which turns the skip into a failure.
 #[macro_export]
 macro_rules! backends {
     ($($name:ident),* $(,)?) => {
@@ -30,9 +34,87 @@ macro_rules! backends {
                 async fn sqlite() {
                     super::$name($crate::Backend::Sqlite).await
                 }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::postgres_available(concat!(module_path!(), "::postgres")).await {
+                        super::$name($crate::Backend::Postgres).await
+                    }
+                }
             }
         )*
     };
+}
+
+/// The server the PostgreSQL tests use (`COALITION_TEST_PG`, default the local one, trust auth).
+pub fn pg_admin_url() -> String {
+    std::env::var("COALITION_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Whether PostgreSQL is reachable; if not, prints a loud skip, or panics under
+/// `COALITION_REQUIRE_POSTGRES=1`.
+pub async fn postgres_available(test: &str) -> bool {
+    use sqlx::Connection;
+    match sqlx::PgConnection::connect(&pg_admin_url()).await {
+        Ok(c) => {
+            let _ = c.close().await;
+            true
+        }
+        Err(e) => {
+            if std::env::var("COALITION_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                panic!("PostgreSQL required (COALITION_REQUIRE_POSTGRES=1) but not reachable at {}: {e}", pg_admin_url());
+            }
+            eprintln!("\n*** SKIPPED {test}: PostgreSQL not reachable at {} ({e}) ***\n", pg_admin_url());
+            false
+        }
+    }
+}
+
+/// A database of its own on the PostgreSQL server, dropped when the value is.
+pub struct PgDatabase {
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates a fresh, empty database.
+    pub async fn create() -> PgDatabase {
+        use sqlx::Connection;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!(
+            "coalition_t_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+        let _ = admin.close().await;
+        let base = pg_admin_url();
+        let url = match base.rfind('/') {
+            Some(i) if base[..i].contains("://") && i > base.find("://").unwrap() + 2 => format!("{}/{name}", &base[..i]),
+            _ => format!("{base}/{name}"),
+        };
+        PgDatabase { name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any async context we could block on: use a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                }
+            })
+        })
+        .join();
+    }
 }
 
 /// A partner API client.
@@ -52,6 +134,8 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     /// Shared clock (tests advance it).
     pub clock: Clock,
+    /// The PostgreSQL database, if the test runs on one (dropped after the daemon).
+    pub pg: Option<PgDatabase>,
 }
 
 impl TestDaemon {
@@ -59,8 +143,12 @@ impl TestDaemon {
     pub async fn start(backend: Backend) -> TestDaemon {
         coalitiond::client::install_crypto();
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = coalitiond::demo::write_dev_setup(dir.path(), "127.0.0.1:0").expect("dev setup");
-        let _ = backend;
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(PgDatabase::create().await),
+        };
+        let url = pg.as_ref().map_or("sqlite://coalition.db".to_string(), |p| p.url.clone());
+        let config = coalitiond::demo::write_dev_setup_on(dir.path(), "127.0.0.1:0", &url).expect("dev setup");
         let certs = certs_dir(&config);
         let ca = Authority::load(
             &std::fs::read_to_string(certs.join("ca.pem")).unwrap(),
@@ -70,7 +158,12 @@ impl TestDaemon {
         let clock = Clock::default();
         let daemon = Daemon::start(config.clone(), clock.clone()).await.expect("daemon starts");
         let addr = daemon.addr.to_string();
-        TestDaemon { daemon: Some(daemon), addr, config, ca, dir, clock }
+        TestDaemon { daemon: Some(daemon), addr, config, ca, dir, clock, pg }
+    }
+
+    /// Starts another daemon on the same config and database (another port), sharing the clock.
+    pub async fn start_another(&self) -> Daemon {
+        Daemon::start(self.config.clone(), self.clock.clone()).await.expect("second daemon starts")
     }
 
     fn daemon(&self) -> &Daemon {
@@ -115,11 +208,26 @@ impl TestDaemon {
         self.daemon().store.transaction_count().await.expect("count")
     }
 
+    /// Restarts the daemon on the same config and database.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let daemon = Daemon::start(self.config.clone(), self.clock.clone()).await.expect("daemon restarts");
+        self.addr = daemon.addr.to_string();
+        self.daemon = Some(daemon);
+    }
+
     /// Stops the daemon (drains and commits what is in flight).
     pub async fn stop(&mut self) {
         if let Some(d) = self.daemon.take() {
             d.shutdown().await.expect("clean shutdown");
         }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        // The daemon's connections must be gone before its database is dropped.
+        drop(self.daemon.take());
     }
 }
 

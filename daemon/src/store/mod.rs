@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod postgres;
 pub mod sqlite;
 pub mod writer;
 
@@ -247,7 +248,9 @@ pub type OpenBackend = std::pin::Pin<Box<dyn std::future::Future<Output = Result
 /// the writer owns.
 pub async fn open(url: &str) -> Result<(std::sync::Arc<dyn Store>, OpenBackend), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Unavailable("the PostgreSQL backend is not built yet".into()));
+        let (store, writer) = postgres::open(url).await?;
+        let writer: OpenBackend = Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
+        return Ok((std::sync::Arc::new(store), writer));
     }
     let (store, writer) = sqlite::open(url).await?;
     let writer: OpenBackend = Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });

@@ -1,0 +1,74 @@
+-- The lot ledger on PostgreSQL. Instants are BIGINT unix microseconds (UTC), as on SQLite, so both
+-- backends cut cycles on the same numbers. Money and rates are NUMERIC.
+
+CREATE TABLE members (
+    member_id   TEXT PRIMARY KEY,
+    first_seen  BIGINT NOT NULL
+);
+
+-- Transaction ids come from one sequence shared by every daemon on the database.
+CREATE SEQUENCE transaction_ids;
+
+CREATE TABLE transactions (
+    id                BIGINT PRIMARY KEY,
+    partner_id        TEXT NOT NULL,
+    partner_txn_id    TEXT NOT NULL,
+    kind              TEXT NOT NULL CHECK (kind IN ('earn', 'burn', 'reverse_earn', 'reverse_burn')),
+    member_id         TEXT NOT NULL,
+    points            BIGINT NOT NULL CHECK (points > 0),
+    reversed_points   BIGINT NOT NULL DEFAULT 0 CHECK (reversed_points >= 0 AND reversed_points <= points),
+    original_id       BIGINT,
+    original_txn_id   TEXT,
+    purchase_amount   NUMERIC,
+    purchase_currency TEXT,
+    request_hash      BYTEA NOT NULL,
+    balance_after     BIGINT NOT NULL,
+    slices            TEXT NOT NULL,
+    debt_created      BIGINT NOT NULL,
+    debt_repaid       BIGINT NOT NULL,
+    accepted_at       BIGINT NOT NULL,
+    UNIQUE (partner_id, partner_txn_id)
+);
+CREATE INDEX transactions_activity ON transactions (partner_id, member_id, accepted_at, id);
+CREATE INDEX transactions_accepted ON transactions (accepted_at, id);
+
+-- A lot's id is the id of the earn transaction that created it.
+CREATE TABLE lots (
+    id          BIGINT PRIMARY KEY,
+    member_id   TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    points      BIGINT NOT NULL CHECK (points > 0),
+    points_left BIGINT NOT NULL CHECK (points_left >= 0),
+    reversed    BIGINT NOT NULL DEFAULT 0 CHECK (reversed >= 0),
+    earned_at   BIGINT NOT NULL,
+    expires_at  BIGINT
+);
+CREATE INDEX lots_member_open ON lots (member_id) WHERE points_left > 0;
+
+CREATE TABLE allocations (
+    txn_id       BIGINT NOT NULL,
+    seq          INTEGER NOT NULL,
+    lot_id       BIGINT NOT NULL,
+    member_id    TEXT NOT NULL,
+    issuer       TEXT NOT NULL,
+    redeemer     TEXT NOT NULL,
+    points       BIGINT NOT NULL CHECK (points <> 0),
+    rate         NUMERIC NOT NULL,
+    reverses_txn BIGINT,
+    reverses_seq INTEGER,
+    accepted_at  BIGINT NOT NULL,
+    PRIMARY KEY (txn_id, seq)
+);
+CREATE INDEX allocations_reverses ON allocations (reverses_txn, reverses_seq) WHERE reverses_txn IS NOT NULL;
+CREATE INDEX allocations_accepted ON allocations (accepted_at);
+
+CREATE TABLE debts (
+    txn_id      BIGINT PRIMARY KEY,
+    member_id   TEXT NOT NULL,
+    owed_to     TEXT NOT NULL,
+    points      BIGINT NOT NULL CHECK (points > 0),
+    points_left BIGINT NOT NULL CHECK (points_left >= 0),
+    rate        NUMERIC NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX debts_member_open ON debts (member_id) WHERE points_left > 0;

@@ -1,0 +1,496 @@
+//! PostgreSQL: for production and for several daemons sharing one database. Each daemon has its own
+//! writer (group commit, as on SQLite); between daemons, a batch locks the members it touches
+//! (sorted, so batches never deadlock each other) and reads their lots only after the lock.
+//! Serialization failures, deadlocks and unique-key races (two daemons taking the same new member or
+//! the same retried transaction id) roll the batch back and run it again, inside the daemon.
+
+use super::{audit, batch, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
+use crate::ledger::{Allocation, Debt, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How often a batch that lost a race is run again before its callers get `UNAVAILABLE`.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// Reads and audits on PostgreSQL.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// One daemon's writer on PostgreSQL.
+pub struct PgBackend {
+    pool: PgPool,
+}
+
+fn options(url: &str, application: &str) -> Result<PgConnectOptions, StoreError> {
+    Ok(PgConnectOptions::from_str(url)?.application_name(application))
+}
+
+/// Connects, migrates, and returns the reader and the future that opens the writer.
+pub async fn open(
+    url: &str,
+) -> Result<(PgStore, impl std::future::Future<Output = Result<PgBackend, StoreError>> + Send + 'static), StoreError> {
+    let read = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options(url, "coalitiond-reader")?)
+        .await?;
+    // Several daemons may start at once: the migrator takes an advisory lock of its own.
+    sqlx::migrate!("./migrations/postgres").run(&read).await?;
+    let write_options = options(url, "coalitiond-writer")?;
+    let writer = async move {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(true)
+            .connect_with(write_options)
+            .await?;
+        Ok(PgBackend { pool })
+    };
+    Ok((PgStore { pool: read }, writer))
+}
+
+/// Whether a failed batch lost a race that running it again resolves.
+fn retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("40001" | "40P01" | "23505")),
+        _ => false,
+    }
+}
+
+impl PgBackend {
+    async fn attempt(
+        &self,
+        requests: &[Request],
+        ctx: &batch::Context,
+    ) -> Result<Vec<Result<Receipt, Rejection>>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let out = {
+            let mut ledger_tx = PgTx { conn: &mut tx, error: None };
+            match batch::apply(&mut ledger_tx, requests, ctx).await {
+                Ok(out) => out,
+                Err(_) => return Err(ledger_tx.error.take().unwrap_or(sqlx::Error::PoolClosed)),
+            }
+        };
+        if let Some(pause) = ctx.pause_before_commit {
+            tokio::time::sleep(pause).await;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl BatchBackend for PgBackend {
+    async fn apply_batch(
+        &mut self,
+        requests: &[Request],
+        ctx: &batch::Context,
+    ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(requests, ctx).await {
+                Ok(out) => return Ok(out),
+                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "batch lost a race, running it again");
+                    tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The batch's transaction. The shared logic sees `StoreError`; the original sqlx error is kept
+/// so that the retry decision can read its SQLSTATE.
+struct PgTx<'c> {
+    conn: &'c mut PgConnection,
+    error: Option<sqlx::Error>,
+}
+
+impl PgTx<'_> {
+    fn fail(&mut self, e: sqlx::Error) -> StoreError {
+        let s = StoreError::from(&e);
+        self.error = Some(e);
+        s
+    }
+}
+
+impl From<&sqlx::Error> for StoreError {
+    fn from(e: &sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+fn lot_from(row: &PgRow) -> Lot {
+    Lot {
+        id: row.get("id"),
+        member: row.get("member_id"),
+        issuer: row.get("issuer"),
+        points: row.get("points"),
+        points_left: row.get("points_left"),
+        reversed: row.get("reversed"),
+        earned_at: row.get("earned_at"),
+        expires_at: row.get("expires_at"),
+        dirty: false,
+    }
+}
+
+fn debt_from(row: &PgRow) -> Debt {
+    Debt {
+        member: row.get("member_id"),
+        owed_to: row.get("owed_to"),
+        points: row.get("points"),
+        points_left: row.get("points_left"),
+        rate: row.get("rate"),
+        txn: row.get("txn_id"),
+        created_at: row.get("created_at"),
+        dirty: false,
+    }
+}
+
+fn allocation_from(row: &PgRow) -> Allocation {
+    let reverses_txn: Option<i64> = row.get("reverses_txn");
+    let reverses_seq: Option<i32> = row.get("reverses_seq");
+    Allocation {
+        txn: row.get("txn_id"),
+        seq: row.get("seq"),
+        lot: row.get("lot_id"),
+        member: row.get("member_id"),
+        issuer: row.get("issuer"),
+        redeemer: row.get("redeemer"),
+        points: row.get("points"),
+        rate: row.get("rate"),
+        reverses: reverses_txn.zip(reverses_seq),
+        accepted_at: row.get("accepted_at"),
+    }
+}
+
+fn txn_from(row: &PgRow) -> Result<TxnRecord, StoreError> {
+    let kind: String = row.get("kind");
+    let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
+    let amount: Option<Decimal> = row.get("purchase_amount");
+    let currency: Option<String> = row.get("purchase_currency");
+    let slices: String = row.get("slices");
+    let receipt = Receipt {
+        transaction_id: row.get("partner_txn_id"),
+        ledger_id: row.get("id"),
+        kind,
+        member_id: row.get("member_id"),
+        points: row.get("points"),
+        balance_after: row.get("balance_after"),
+        accepted_at: row.get("accepted_at"),
+        slices: super::decode_slices(&slices)?,
+        debt_created: row.get("debt_created"),
+        debt_repaid: row.get("debt_repaid"),
+        original_transaction_id: row.get("original_txn_id"),
+    };
+    Ok(TxnRecord {
+        id: receipt.ledger_id,
+        partner: row.get("partner_id"),
+        partner_txn_id: receipt.transaction_id.clone(),
+        kind,
+        member: receipt.member_id.clone(),
+        points: receipt.points,
+        reversed_points: row.get("reversed_points"),
+        original_id: row.get("original_id"),
+        purchase: amount.map(|a| a.to_string()).zip(currency),
+        request_hash: row.get("request_hash"),
+        accepted_at: receipt.accepted_at,
+        receipt,
+    })
+}
+
+async fn load_members(conn: &mut PgConnection, members: &[String]) -> Result<Vec<MemberLedger>, sqlx::Error> {
+    let mut out: std::collections::HashMap<String, MemberLedger> = Default::default();
+    for row in sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1)")
+        .bind(members)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let m: String = row.get(0);
+        out.insert(m.clone(), MemberLedger { member: m, known: true, lots: vec![], debts: vec![] });
+    }
+    for row in sqlx::query("SELECT * FROM lots WHERE points_left > 0 AND member_id = ANY($1) ORDER BY id")
+        .bind(members)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let lot = lot_from(&row);
+        if let Some(m) = out.get_mut(&lot.member) {
+            m.lots.push(lot);
+        }
+    }
+    for row in sqlx::query("SELECT * FROM debts WHERE points_left > 0 AND member_id = ANY($1) ORDER BY txn_id")
+        .bind(members)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let d = debt_from(&row);
+        if let Some(m) = out.get_mut(&d.member) {
+            m.debts.push(d);
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+#[async_trait]
+impl LedgerTx for PgTx<'_> {
+    async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError> {
+        // Sorted by the query, so two batches lock shared members in the same order.
+        let r = sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE")
+            .bind(members)
+            .fetch_all(&mut *self.conn)
+            .await;
+        r.map(|_| ()).map_err(|e| self.fail(e))
+    }
+
+    async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError> {
+        let (partners, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+        let r = sqlx::query(
+            "SELECT t.* FROM UNNEST($1::text[], $2::text[]) AS k(partner_id, partner_txn_id) \
+             JOIN transactions t ON t.partner_id = k.partner_id AND t.partner_txn_id = k.partner_txn_id",
+        )
+        .bind(partners)
+        .bind(ids)
+        .fetch_all(&mut *self.conn)
+        .await;
+        r.map_err(|e| self.fail(e))?.iter().map(txn_from).collect()
+    }
+
+    async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError> {
+        let r = load_members(self.conn, members).await;
+        r.map_err(|e| self.fail(e))
+    }
+
+    async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError> {
+        let r = sqlx::query("SELECT * FROM lots WHERE id = ANY($1)").bind(ids).fetch_all(&mut *self.conn).await;
+        Ok(r.map_err(|e| self.fail(e))?.iter().map(lot_from).collect())
+    }
+
+    async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError> {
+        let r = sqlx::query(
+            "SELECT a.*, a.points + COALESCE((SELECT SUM(r.points) FROM allocations r \
+             WHERE r.reverses_txn = a.txn_id AND r.reverses_seq = a.seq), 0)::BIGINT AS remaining \
+             FROM allocations a WHERE a.reverses_txn IS NULL AND a.txn_id = ANY($1) ORDER BY a.txn_id, a.seq",
+        )
+        .bind(burn_txns)
+        .fetch_all(&mut *self.conn)
+        .await;
+        Ok(r.map_err(|e| self.fail(e))?
+            .iter()
+            .map(|row| Reversible { allocation: allocation_from(row), remaining: row.get("remaining") })
+            .collect())
+    }
+
+    async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
+        let r = sqlx::query_scalar("SELECT nextval('transaction_ids') FROM generate_series(1, $1)")
+            .bind(n as i64)
+            .fetch_all(&mut *self.conn)
+            .await;
+        r.map_err(|e| self.fail(e))
+    }
+
+    async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
+        let r = write(self.conn, w).await;
+        r.map_err(|e| self.fail(e))
+    }
+}
+
+/// Writes a batch with one statement per table: arrays bound once, unnested by the server.
+async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
+    if !w.new_members.is_empty() {
+        let (ids, seen): (Vec<String>, Vec<i64>) = w.new_members.iter().cloned().unzip();
+        sqlx::query("INSERT INTO members (member_id, first_seen) SELECT * FROM UNNEST($1::text[], $2::bigint[])")
+            .bind(ids)
+            .bind(seen)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !w.new_txns.is_empty() {
+        let t = &w.new_txns;
+        let amount: Vec<Option<Decimal>> = t
+            .iter()
+            .map(|t| t.purchase.as_ref().map(|(a, _)| Decimal::from_str(a).expect("amount was a Decimal")))
+            .collect();
+        sqlx::query(
+            "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
+             original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
+             debt_created, debt_repaid, accepted_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+             $7::bigint[], $8::bigint[], $9::text[], $10::numeric[], $11::text[], $12::bytea[], $13::bigint[], \
+             $14::text[], $15::bigint[], $16::bigint[], $17::bigint[])",
+        )
+        .bind(t.iter().map(|t| t.id).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.partner.clone()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.partner_txn_id.clone()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.kind.as_str().to_string()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.member.clone()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.points).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.reversed_points).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.original_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.receipt.original_transaction_id.clone()).collect::<Vec<_>>())
+        .bind(amount)
+        .bind(t.iter().map(|t| t.purchase.as_ref().map(|(_, c)| c.clone())).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.request_hash.clone()).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.receipt.balance_after).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| super::encode_slices(&t.receipt.slices)).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.receipt.debt_created).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.receipt.debt_repaid).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.accepted_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !w.reversed.is_empty() {
+        let (ids, reversed): (Vec<i64>, Vec<i64>) = w.reversed.iter().cloned().unzip();
+        sqlx::query(
+            "UPDATE transactions t SET reversed_points = v.reversed FROM UNNEST($1::bigint[], $2::bigint[]) \
+             AS v(id, reversed) WHERE t.id = v.id",
+        )
+        .bind(ids)
+        .bind(reversed)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !w.lots.is_empty() {
+        let l = &w.lots;
+        sqlx::query(
+            "INSERT INTO lots (id, member_id, issuer, points, points_left, reversed, earned_at, expires_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
+             $7::bigint[], $8::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed",
+        )
+        .bind(l.iter().map(|l| l.id).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.member.clone()).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.issuer.clone()).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.points).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.points_left).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.reversed).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.earned_at).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.expires_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !w.allocations.is_empty() {
+        let a = &w.allocations;
+        sqlx::query(
+            "INSERT INTO allocations (txn_id, seq, lot_id, member_id, issuer, redeemer, points, rate, reverses_txn, \
+             reverses_seq, accepted_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+             $7::bigint[], $8::numeric[], $9::bigint[], $10::int[], $11::bigint[])",
+        )
+        .bind(a.iter().map(|a| a.txn).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.seq).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.lot).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.member.clone()).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.issuer.clone()).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.redeemer.clone()).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.points).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.rate).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.reverses.map(|r| r.0)).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.reverses.map(|r| r.1)).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.accepted_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !w.debts.is_empty() {
+        let d = &w.debts;
+        sqlx::query(
+            "INSERT INTO debts (txn_id, member_id, owed_to, points, points_left, rate, created_at) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::numeric[], \
+             $7::bigint[]) ON CONFLICT (txn_id) DO UPDATE SET points_left = excluded.points_left",
+        )
+        .bind(d.iter().map(|d| d.txn).collect::<Vec<_>>())
+        .bind(d.iter().map(|d| d.member.clone()).collect::<Vec<_>>())
+        .bind(d.iter().map(|d| d.owed_to.clone()).collect::<Vec<_>>())
+        .bind(d.iter().map(|d| d.points).collect::<Vec<_>>())
+        .bind(d.iter().map(|d| d.points_left).collect::<Vec<_>>())
+        .bind(d.iter().map(|d| d.rate).collect::<Vec<_>>())
+        .bind(d.iter().map(|d| d.created_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(load_members(&mut conn, &[member.to_string()]).await?.into_iter().next())
+    }
+
+    async fn transaction(&self, partner: &str, partner_txn_id: &str) -> Result<Option<TxnRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM transactions WHERE partner_id = $1 AND partner_txn_id = $2")
+            .bind(partner)
+            .bind(partner_txn_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(txn_from).transpose()
+    }
+
+    async fn activity(
+        &self,
+        partner: &str,
+        member: &str,
+        before: Option<(Micros, i64)>,
+        limit: i64,
+    ) -> Result<Vec<TxnRecord>, StoreError> {
+        let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
+        let rows = sqlx::query(
+            "SELECT * FROM transactions WHERE partner_id = $1 AND member_id = $2 AND (accepted_at, id) < ($3, $4) \
+             ORDER BY accepted_at DESC, id DESC LIMIT $5",
+        )
+        .bind(partner)
+        .bind(member)
+        .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(txn_from).collect()
+    }
+
+    async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One snapshot for every figure.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let mut r = audit::Report { at: now, ..Default::default() };
+        for (name, sql) in audit::CHECKS {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+            if n != 0 {
+                r.violations.push(format!("{name}: {n} violations"));
+            }
+        }
+        for row in sqlx::query(audit::TOTALS_BY_KIND).fetch_all(&mut *tx).await? {
+            let kind: String = row.get(0);
+            let total: i64 = row.get(1);
+            match Kind::parse(&kind) {
+                Some(Kind::Earn) => r.earned = total,
+                Some(Kind::Burn) => r.burned = total,
+                Some(Kind::ReverseEarn) => r.earns_reversed = total,
+                Some(Kind::ReverseBurn) => r.burns_reversed = total,
+                None => r.violations.push(format!("unknown transaction kind {kind}")),
+            }
+        }
+        let live: i64 = sqlx::query_scalar(audit::LIVE_POINTS).bind(now).fetch_one(&mut *tx).await?;
+        r.expired = sqlx::query_scalar(audit::EXPIRED_POINTS).bind(now).fetch_one(&mut *tx).await?;
+        r.debt = sqlx::query_scalar(audit::DEBT).fetch_one(&mut *tx).await?;
+        r.balances = live - r.debt;
+        let row = sqlx::query(audit::COUNTS).fetch_one(&mut *tx).await?;
+        (r.members, r.transactions, r.lots, r.allocations) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        tx.rollback().await?;
+        Ok(r.finish())
+    }
+
+    async fn transaction_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions").fetch_one(&self.pool).await?)
+    }
+}
