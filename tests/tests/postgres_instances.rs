@@ -1,0 +1,138 @@
+//! Several daemons on one PostgreSQL database, and a database connection cut mid-batch.
+
+use coalition_tests::*;
+use coalitiond::client::connect;
+use sqlx::Connection;
+use std::time::Duration;
+use tonic::Code;
+
+async fn client_of(t: &TestDaemon, addr: &str, partner: &str) -> PartnerClient {
+    PartnerClient::new(connect(addr, &t.partner_pem(partner)).await.expect("connect"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_never_overdraw_and_apply_retries_once() {
+    if !postgres_available("two_daemons_never_overdraw_and_apply_retries_once").await {
+        return;
+    }
+    let t = TestDaemon::start(Backend::Postgres).await;
+    let second = t.start_another().await;
+    let (a, b) = (t.addr.clone(), second.addr.to_string());
+    let mut seed = client_of(&t, &a, "skyways").await;
+    for i in 0..5 {
+        seed.earn(earn_bonus(&format!("seed{i}"), "m1", 1_000)).await.unwrap();
+    }
+    let clients = [
+        client_of(&t, &a, "bistro").await,
+        client_of(&t, &b, "bistro").await,
+        client_of(&t, &a, "freshmart").await,
+        client_of(&t, &b, "freshmart").await,
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..1_000i64 {
+        let mut c = clients[(i % 4) as usize].clone();
+        let points = 1 + (i * 7919) % 19;
+        tasks.push(tokio::spawn(async move { (points, c.burn(burn(&format!("b{i}"), "m1", points)).await) }));
+    }
+    let (mut applied, mut ok) = (0i64, 0i64);
+    for task in tasks {
+        let (points, result) = task.await.unwrap();
+        match result {
+            Ok(_) => {
+                applied += points;
+                ok += 1;
+            }
+            Err(e) => assert_eq!(reason(&e), "INSUFFICIENT_POINTS", "{e:?}"),
+        }
+    }
+    let (balance, _) = t.balance("m1").await;
+    assert!(balance >= 0, "overdrawn through two daemons: {balance}");
+    assert_eq!(5_000 - balance, applied);
+    assert!(ok > 0 && balance < 19);
+
+    // 50 retries of one earn, split across both daemons, apply once.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut c = if i % 2 == 0 { client_of(&t, &a, "skyways").await } else { client_of(&t, &b, "skyways").await };
+        tasks.push(tokio::spawn(async move { c.earn(earn_purchase("once", "m2", "50.00")).await }));
+    }
+    let mut receipts = Vec::new();
+    for task in tasks {
+        receipts.push(task.await.unwrap().expect("a retry never fails").into_inner().receipt.unwrap());
+    }
+    assert!(receipts.windows(2).all(|w| w[0] == w[1]), "every retry gets the first answer");
+    assert_eq!(t.balance("m2").await, (50, 0));
+    assert_eq!(t.transactions().await, 5 + ok + 1);
+    second.shutdown().await.unwrap();
+    t.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_mid_batch_applies_nothing_of_it() {
+    if !postgres_available("a_connection_killed_mid_batch_applies_nothing_of_it").await {
+        return;
+    }
+    let mut t = TestDaemon::start(Backend::Postgres).await;
+    // Restart with a pause between writing a batch and committing it, to cut the connection there.
+    let path = t.dir.path().join("coalition.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("queue_depth = 16384", "queue_depth = 16384\npause_before_commit_ms = 400");
+    std::fs::write(&path, text).unwrap();
+    t.config = coalitiond::config::Config::load(&path).unwrap();
+    t.restart().await;
+    let mut air = t.partner("skyways").await;
+    air.earn(earn_bonus("warm", "m1", 10)).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut c = air.clone();
+        tasks.push(tokio::spawn(async move { (i, c.earn(earn_bonus(&format!("e{i}"), "m1", 1 + i)).await) }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let db = t.pg.as_ref().unwrap();
+    let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'coalitiond-writer'",
+    )
+    .bind(&db.name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, vec![true], "one writer connection to cut");
+
+    let (mut failed, mut succeeded) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        match result {
+            Ok(_) => succeeded.push(i),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert_eq!(reason(&e), "STORAGE_UNAVAILABLE");
+                failed.push(i);
+            }
+        }
+    }
+    assert!(!failed.is_empty(), "the cut batch must fail");
+    // Nothing of a failed call reached the ledger; everything of a successful one did.
+    for &i in &failed {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE partner_txn_id = $1")
+            .bind(format!("e{i}"))
+            .fetch_one(&mut sqlx::PgConnection::connect(&db.url).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "failed call e{i} was applied");
+    }
+    assert_eq!(t.transactions().await, 1 + succeeded.len() as i64);
+    // Retrying the failed calls (same ids) applies each exactly once; retrying all changes nothing more.
+    for round in 0..2 {
+        let retries = (0..20).map(|i| {
+            let mut c = air.clone();
+            async move { c.earn(earn_bonus(&format!("e{i}"), "m1", 1 + i)).await.map_err(|e| (i, e)) }
+        });
+        for r in futures::future::join_all(retries).await {
+            r.unwrap_or_else(|(i, e)| panic!("round {round} e{i}: {e:?}"));
+        }
+    }
+    assert_eq!(t.transactions().await, 21);
+    assert_eq!(t.balance("m1").await, (10 + (1..=20).sum::<i64>(), 0));
+    t.assert_invariants().await;
+}
