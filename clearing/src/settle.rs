@@ -1,0 +1,417 @@
+//! The settlement of one cycle: gross matrix, netting, rounding, payments, control totals, digest.
+
+use chrono::NaiveDate;
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The participant id of the coalition operator (who receives issuance fees).
+pub const OPERATOR: &str = "operator";
+
+/// One allocation of the cycle: `points` of a lot of `issuer` redeemed at `redeemer`, at `rate`
+/// money per point. Negative points undo an earlier allocation (a reversal).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slice {
+    /// Who owes (the lot's issuer).
+    pub issuer: String,
+    /// Who is owed (where the points were redeemed).
+    pub redeemer: String,
+    /// Points (negative: a reversal).
+    pub points: i64,
+    /// Money per point, as priced when the allocation was first made.
+    pub rate: Decimal,
+}
+
+/// Points a partner issued in the cycle and its issuance fee per point, owed to the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuance {
+    /// The issuing partner.
+    pub issuer: String,
+    /// Points issued net of earn reversals in the cycle (may be negative).
+    pub points: i64,
+    /// Fee per point.
+    pub fee_rate: Decimal,
+}
+
+/// How net positions are rounded to minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Rounding {
+    /// Half away from zero (the spreadsheets' rounding): the default.
+    #[default]
+    HalfAwayFromZero,
+    /// Half to even (banker's rounding).
+    HalfEven,
+    /// Towards zero.
+    Down,
+}
+
+impl Rounding {
+    fn strategy(self) -> RoundingStrategy {
+        match self {
+            Rounding::HalfAwayFromZero => RoundingStrategy::MidpointAwayFromZero,
+            Rounding::HalfEven => RoundingStrategy::MidpointNearestEven,
+            Rounding::Down => RoundingStrategy::ToZero,
+        }
+    }
+}
+
+/// Counts of the cycle, carried into the settlement as control totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counts {
+    /// Transactions accepted in the cycle.
+    pub transactions: i64,
+    /// Points earned.
+    pub earned: i64,
+    /// Points burned.
+    pub burned: i64,
+    /// Points given back by burn reversals.
+    pub burns_reversed: i64,
+    /// Points taken back by earn reversals.
+    pub earns_reversed: i64,
+    /// Points expired by the sweep in the cycle (breakage).
+    pub expired: i64,
+}
+
+/// Everything a clearing run needs.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The cycle (business date).
+    pub cycle: NaiveDate,
+    /// Settlement currency, ISO 4217.
+    pub currency: String,
+    /// Its minor units (0 JPY, 2 EUR, 3 BHD).
+    pub minor_units: u32,
+    /// Rounding of net positions.
+    pub rounding: Rounding,
+    /// Every partner of the coalition (so that quiet partners appear with zero).
+    pub partners: Vec<String>,
+    /// The cycle's allocations.
+    pub slices: Vec<Slice>,
+    /// The cycle's issuance, for fees.
+    pub issuance: Vec<Issuance>,
+    /// Counts for the control totals.
+    pub counts: Counts,
+    /// Digest of the previous cycle's settlement ("" for the first).
+    pub previous_digest: String,
+}
+
+/// One cell of the gross matrix: what `issuer` owes `redeemer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Owes.
+    pub issuer: String,
+    /// Is owed.
+    pub redeemer: String,
+    /// Net points of the cell's allocations.
+    pub points: i64,
+    /// Allocations in the cell.
+    pub allocations: i64,
+    /// Exact value.
+    pub value: Decimal,
+}
+
+/// A bilateral net: `from` owes `to` `amount` (exact) after offsetting both directions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bilateral {
+    /// Owes.
+    pub from: String,
+    /// Is owed.
+    pub to: String,
+    /// Exact amount, positive.
+    pub amount: Decimal,
+}
+
+/// One participant's multilateral position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Partner id or [`OPERATOR`].
+    pub participant: String,
+    /// Σ over issuers X of G[X][P]: owed to P for points redeemed at P.
+    pub receivable: Decimal,
+    /// Σ over redeemers Y of G[P][Y]: owed by P for its points redeemed elsewhere.
+    pub payable: Decimal,
+    /// Issuance fees (paid by partners, received by the operator).
+    pub fees: Decimal,
+    /// Exact net: receivable − payable − fees (operator: + all fees).
+    pub net_exact: Decimal,
+    /// Net rounded to minor units, residual spread so that the column sums to zero.
+    pub net: Decimal,
+}
+
+/// Direction of a payment instruction relative to the coalition's settlement account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The participant pays the settlement account.
+    PaysIn,
+    /// The settlement account pays the participant.
+    PaidOut,
+}
+
+/// A payment instruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    /// Who pays or is paid.
+    pub participant: String,
+    /// Which way.
+    pub direction: Direction,
+    /// Amount, positive, in minor units' precision.
+    pub amount: Decimal,
+}
+
+/// Control totals of a settlement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// The cycle's counts.
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Allocations cleared.
+    pub allocations: i64,
+    /// Σ value of the cross-partner gross cells.
+    pub gross_value: Decimal,
+    /// Σ value of self-redemptions (reported, no money moves).
+    pub self_redemption_value: Decimal,
+    /// Σ fees.
+    pub fees: Decimal,
+    /// Σ paid in = Σ paid out.
+    pub settled: Decimal,
+}
+
+/// The settlement of one cycle. Everything but `digest` is the canonical content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    /// The cycle.
+    pub cycle: NaiveDate,
+    /// Currency.
+    pub currency: String,
+    /// Minor units.
+    pub minor_units: u32,
+    /// Rounding used.
+    pub rounding: Rounding,
+    /// G[A][B], A ≠ B, sorted by (issuer, redeemer).
+    pub gross: Vec<Cell>,
+    /// Redemptions at the issuing partner itself: reported, move no money.
+    pub self_redemptions: Vec<Cell>,
+    /// Bilateral nets, sorted by (from, to).
+    pub bilateral: Vec<Bilateral>,
+    /// Multilateral positions, sorted by participant.
+    pub positions: Vec<Position>,
+    /// Payment instructions, sorted by participant.
+    pub payments: Vec<Payment>,
+    /// Control totals.
+    pub totals: Totals,
+    /// The previous cycle's digest.
+    pub previous_digest: String,
+    /// SHA-256 of the canonical content (which includes `previous_digest`), hex.
+    pub digest: String,
+}
+
+/// Why a settlement cannot be computed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettleError {
+    /// A money sum left Decimal's range.
+    #[error("amounts overflow the decimal range")]
+    Overflow,
+    /// An input names a participant not in `partners`.
+    #[error("unknown participant {0:?}")]
+    UnknownParticipant(String),
+}
+
+fn add(a: Decimal, b: Decimal) -> Result<Decimal, SettleError> {
+    a.checked_add(b).ok_or(SettleError::Overflow)
+}
+
+fn value(points: i64, rate: Decimal) -> Result<Decimal, SettleError> {
+    Decimal::from(points).checked_mul(rate).ok_or(SettleError::Overflow)
+}
+
+/// Clears one cycle.
+pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
+    let known = |p: &str| p == OPERATOR || input.partners.iter().any(|x| x == p);
+    // Gross matrix: every slice lands in exactly one cell, keyed (issuer, redeemer).
+    let mut cells: BTreeMap<(String, String), Cell> = BTreeMap::new();
+    for s in &input.slices {
+        for p in [&s.issuer, &s.redeemer] {
+            if !known(p) {
+                return Err(SettleError::UnknownParticipant(p.clone()));
+            }
+        }
+        let cell = cells.entry((s.issuer.clone(), s.redeemer.clone())).or_insert_with(|| Cell {
+            issuer: s.issuer.clone(),
+            redeemer: s.redeemer.clone(),
+            points: 0,
+            allocations: 0,
+            value: Decimal::ZERO,
+        });
+        cell.points = cell.points.checked_add(s.points).ok_or(SettleError::Overflow)?;
+        cell.allocations += 1;
+        cell.value = add(cell.value, value(s.points, s.rate)?)?;
+    }
+    let (self_redemptions, gross): (Vec<Cell>, Vec<Cell>) =
+        cells.into_values().partition(|c| c.issuer == c.redeemer);
+
+    // Fees per issuer.
+    let mut fees: BTreeMap<String, Decimal> = BTreeMap::new();
+    for i in &input.issuance {
+        if !known(&i.issuer) {
+            return Err(SettleError::UnknownParticipant(i.issuer.clone()));
+        }
+        let f = fees.entry(i.issuer.clone()).or_default();
+        *f = add(*f, value(i.points, i.fee_rate)?)?;
+    }
+    let total_fees = fees.values().try_fold(Decimal::ZERO, |a, b| add(a, *b))?;
+
+    // Multilateral positions.
+    let mut participants: Vec<String> = input.partners.clone();
+    participants.push(OPERATOR.to_string());
+    participants.sort();
+    participants.dedup();
+    let mut positions = Vec::with_capacity(participants.len());
+    for p in &participants {
+        let mut receivable = Decimal::ZERO;
+        let mut payable = Decimal::ZERO;
+        for c in &gross {
+            if &c.redeemer == p {
+                receivable = add(receivable, c.value)?;
+            }
+            if &c.issuer == p {
+                payable = add(payable, c.value)?;
+            }
+        }
+        let (fee, net_exact) = if p == OPERATOR {
+            (total_fees, add(add(receivable, -payable)?, total_fees)?)
+        } else {
+            let f = fees.get(p).copied().unwrap_or_default();
+            (f, add(add(receivable, -payable)?, -f)?)
+        };
+        positions.push(Position { participant: p.clone(), receivable, payable, fees: fee, net_exact, net: Decimal::ZERO });
+    }
+    let exact_sum = positions.iter().try_fold(Decimal::ZERO, |a, p| add(a, p.net_exact))?;
+    assert!(exact_sum.is_zero(), "multilateral nets must sum to zero exactly, got {exact_sum}");
+    round_positions(&mut positions, input.minor_units, input.rounding);
+
+    // Bilateral nets.
+    let mut bilateral = Vec::new();
+    let g = |a: &str, b: &str| gross.iter().find(|c| c.issuer == a && c.redeemer == b).map_or(Decimal::ZERO, |c| c.value);
+    for (i, a) in participants.iter().enumerate() {
+        for b in &participants[i + 1..] {
+            let net = add(g(a, b), -g(b, a))?;
+            if net > Decimal::ZERO {
+                bilateral.push(Bilateral { from: a.clone(), to: b.clone(), amount: net });
+            } else if net < Decimal::ZERO {
+                bilateral.push(Bilateral { from: b.clone(), to: a.clone(), amount: -net });
+            }
+        }
+    }
+    bilateral.sort_by(|x, y| (&x.from, &x.to).cmp(&(&y.from, &y.to)));
+
+    let payments: Vec<Payment> = positions
+        .iter()
+        .filter(|p| !p.net.is_zero())
+        .map(|p| Payment {
+            participant: p.participant.clone(),
+            direction: if p.net < Decimal::ZERO { Direction::PaysIn } else { Direction::PaidOut },
+            amount: p.net.abs(),
+        })
+        .collect();
+    let settled = payments.iter().filter(|p| p.direction == Direction::PaidOut).map(|p| p.amount).sum();
+    let totals = Totals {
+        counts: input.counts,
+        allocations: input.slices.len() as i64,
+        gross_value: gross.iter().try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
+        self_redemption_value: self_redemptions.iter().try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
+        fees: total_fees,
+        settled,
+    };
+    let mut s = Settlement {
+        cycle: input.cycle,
+        currency: input.currency.clone(),
+        minor_units: input.minor_units,
+        rounding: input.rounding,
+        gross,
+        self_redemptions,
+        bilateral,
+        positions,
+        payments,
+        totals,
+        previous_digest: input.previous_digest.clone(),
+        digest: String::new(),
+    };
+    s.normalize();
+    s.digest = digest_of(&s);
+    Ok(s)
+}
+
+impl Settlement {
+    /// Gives every amount one spelling: exact amounts without trailing zeros, rounded amounts with
+    /// exactly the currency's minor units. Decimal's scale after a sum depends on the order of the
+    /// terms; the canonical form must not.
+    fn normalize(&mut self) {
+        let mu = self.minor_units;
+        let fixed = |d: &mut Decimal| {
+            *d = d.round_dp(mu);
+            d.rescale(mu);
+        };
+        for c in self.gross.iter_mut().chain(self.self_redemptions.iter_mut()) {
+            c.value = c.value.normalize();
+        }
+        for b in &mut self.bilateral {
+            b.amount = b.amount.normalize();
+        }
+        for p in &mut self.positions {
+            p.receivable = p.receivable.normalize();
+            p.payable = p.payable.normalize();
+            p.fees = p.fees.normalize();
+            p.net_exact = p.net_exact.normalize();
+            fixed(&mut p.net);
+        }
+        for p in &mut self.payments {
+            fixed(&mut p.amount);
+        }
+        let t = &mut self.totals;
+        t.gross_value = t.gross_value.normalize();
+        t.self_redemption_value = t.self_redemption_value.normalize();
+        t.fees = t.fees.normalize();
+        fixed(&mut t.settled);
+    }
+}
+
+/// Rounds each exact net to minor units, then spreads the residual one minor unit at a time by
+/// largest remainder (ties by participant id) so that the rounded nets sum to exactly zero.
+fn round_positions(positions: &mut [Position], minor_units: u32, rounding: Rounding) {
+    let unit = Decimal::new(1, minor_units);
+    for p in positions.iter_mut() {
+        p.net = p.net_exact.round_dp_with_strategy(minor_units, rounding.strategy());
+    }
+    let residual: Decimal = positions.iter().map(|p| p.net).sum();
+    let steps = (residual / unit).abs().trunc().to_u64().expect("residual is a few minor units");
+    if steps == 0 {
+        return;
+    }
+    // Residual > 0: rounding gave too much away; take a unit back from those rounded up the most.
+    let mut order: Vec<usize> = (0..positions.len()).collect();
+    let lean = |p: &Position| if residual > Decimal::ZERO { p.net - p.net_exact } else { p.net_exact - p.net };
+    order.sort_by(|&a, &b| {
+        lean(&positions[b]).cmp(&lean(&positions[a])).then_with(|| positions[a].participant.cmp(&positions[b].participant))
+    });
+    let adjust = if residual > Decimal::ZERO { -unit } else { unit };
+    for &i in order.iter().cycle().take(steps as usize) {
+        positions[i].net += adjust;
+    }
+}
+
+/// The canonical content: the settlement as JSON with its fields in declaration order, sorted
+/// collections, decimals as strings, and the digest left empty.
+pub fn canonical(s: &Settlement) -> String {
+    let mut c = s.clone();
+    c.digest = String::new();
+    serde_json::to_string(&c).expect("settlement serialises")
+}
+
+/// SHA-256 over the canonical content (which carries the previous cycle's digest), hex.
+pub fn digest_of(s: &Settlement) -> String {
+    hex::encode(Sha256::digest(canonical(s).as_bytes()))
+}

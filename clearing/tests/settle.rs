@@ -1,0 +1,187 @@
+//! The clearing library: a worked example with hand-computed figures, and properties over random
+//! ledgers.
+
+use chrono::NaiveDate;
+use coalition_clearing::*;
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use std::str::FromStr;
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn slice(issuer: &str, redeemer: &str, points: i64, rate: &str) -> Slice {
+    Slice { issuer: issuer.into(), redeemer: redeemer.into(), points, rate: dec(rate) }
+}
+
+fn input(slices: Vec<Slice>, issuance: Vec<Issuance>) -> Input {
+    Input {
+        cycle: NaiveDate::from_ymd_opt(2026, 11, 21).unwrap(),
+        currency: "EUR".into(),
+        minor_units: 2,
+        rounding: Rounding::HalfAwayFromZero,
+        partners: vec!["air".into(), "food".into(), "shop".into()],
+        slices,
+        issuance,
+        counts: Counts::default(),
+        previous_digest: "ab".repeat(32),
+    }
+}
+
+fn net(s: &Settlement, p: &str) -> (Decimal, Decimal) {
+    let p = s.positions.iter().find(|x| x.participant == p).unwrap();
+    (p.net_exact, p.net)
+}
+
+/// Three partners (air 0.010, food 0.0125, shop 0.0085 per point), a burn at food from air's and
+/// shop's lots, a self-redemption at air, a partial reversal of the burn, an earn-reversal
+/// shortfall redeemed at shop, air's issuance fee of 0.0015 per point, and a rounding residual.
+#[test]
+fn worked_example_to_the_cent() {
+    let slices = vec![
+        slice("air", "food", 420, "0.0125"),  // burn 500 at food: 420 from air's lot
+        slice("shop", "food", 80, "0.0125"),  //                   80 from shop's lot
+        slice("air", "air", 30, "0.010"),     // self-redemption: reported, moves no money
+        slice("shop", "food", -80, "0.0125"), // partial reversal of the burn (200): latest slice first
+        slice("air", "food", -120, "0.0125"), //   then 120 of air's
+        slice("food", "shop", 10, "0.0085"),  // shop reverses an earn; 10 short, taken from food's lot
+    ];
+    let issuance = vec![Issuance { issuer: "air".into(), points: 1003, fee_rate: dec("0.0015") }];
+    let s = settle(&input(slices, issuance)).unwrap();
+
+    // G[air][food] = 300 × 0.0125 = 3.75; G[shop][food] = 0; G[food][shop] = 10 × 0.0085 = 0.085.
+    let g: Vec<(&str, &str, i64, Decimal)> =
+        s.gross.iter().map(|c| (c.issuer.as_str(), c.redeemer.as_str(), c.points, c.value)).collect();
+    assert_eq!(g, vec![("air", "food", 300, dec("3.75")), ("food", "shop", 10, dec("0.085")), ("shop", "food", 0, dec("0"))]);
+    assert_eq!(s.self_redemptions.len(), 1);
+    assert_eq!(s.self_redemptions[0].value, dec("0.30"));
+    // Fees: 1003 × 0.0015 = 1.5045.
+    // Exact nets: air −3.75 − 1.5045 = −5.2545; food 3.75 − 0.085 = 3.665; shop 0.085; operator 1.5045.
+    assert_eq!(net(&s, "air").0, dec("-5.2545"));
+    assert_eq!(net(&s, "food").0, dec("3.665"));
+    assert_eq!(net(&s, "shop").0, dec("0.085"));
+    assert_eq!(net(&s, OPERATOR).0, dec("1.5045"));
+    // Rounded half away from zero: −5.25, 3.67, 0.09, 1.50 = +0.01. The residual goes back from the
+    // largest round-ups, food and shop (0.005 each), tie by id: food → 3.66.
+    assert_eq!(net(&s, "air").1, dec("-5.25"));
+    assert_eq!(net(&s, "food").1, dec("3.66"));
+    assert_eq!(net(&s, "shop").1, dec("0.09"));
+    assert_eq!(net(&s, OPERATOR).1, dec("1.50"));
+    let pays: Vec<(&str, Direction, Decimal)> = s.payments.iter().map(|p| (p.participant.as_str(), p.direction, p.amount)).collect();
+    assert_eq!(
+        pays,
+        vec![
+            ("air", Direction::PaysIn, dec("5.25")),
+            ("food", Direction::PaidOut, dec("3.66")),
+            (OPERATOR, Direction::PaidOut, dec("1.50")),
+            ("shop", Direction::PaidOut, dec("0.09")),
+        ]
+    );
+    let bi: Vec<(&str, &str, Decimal)> = s.bilateral.iter().map(|b| (b.from.as_str(), b.to.as_str(), b.amount)).collect();
+    assert_eq!(bi, vec![("air", "food", dec("3.75")), ("food", "shop", dec("0.085"))]);
+    assert_eq!(s.totals.settled, dec("5.25"));
+    assert_eq!(s.totals.fees, dec("1.5045"));
+    assert_eq!(s.totals.allocations, 6);
+    // The digest covers the content and the previous digest.
+    let mut other = input(vec![], vec![]);
+    other.previous_digest = "cd".repeat(32);
+    assert_ne!(settle(&other).unwrap().digest, settle(&input(vec![], vec![])).unwrap().digest);
+}
+
+#[test]
+fn jpy_and_bhd_round_to_their_own_minor_units() {
+    let mut i = input(vec![slice("air", "food", 3, "0.3333")], vec![]);
+    i.currency = "JPY".into();
+    i.minor_units = 0;
+    let s = settle(&i).unwrap();
+    assert_eq!((net(&s, "air").1, net(&s, "food").1), (dec("-1"), dec("1")));
+    i.currency = "BHD".into();
+    i.minor_units = 3;
+    let s = settle(&i).unwrap();
+    assert_eq!((net(&s, "air").1, net(&s, "food").1), (dec("-1.000"), dec("1.000")));
+}
+
+fn partner() -> impl Strategy<Value = String> {
+    prop_oneof![Just("air".to_string()), Just("food".to_string()), Just("shop".to_string())]
+}
+
+fn rate() -> impl Strategy<Value = Decimal> {
+    (1i64..20_000, 0u32..5).prop_map(|(m, s)| Decimal::new(m, s + 2))
+}
+
+fn ledger() -> impl Strategy<Value = (Vec<Slice>, Vec<Issuance>)> {
+    let slices = proptest::collection::vec(
+        (partner(), partner(), 1i64..10_000, rate(), any::<bool>()).prop_map(|(i, r, p, rate, reversed)| {
+            let s = Slice { issuer: i, redeemer: r, points: p, rate };
+            // A burn, and sometimes its full reversal in the same cycle.
+            if reversed { vec![s.clone(), Slice { points: -s.points, ..s }] } else { vec![s] }
+        }),
+        0..60,
+    )
+    .prop_map(|v| v.into_iter().flatten().collect::<Vec<_>>());
+    let issuance = proptest::collection::vec(
+        (partner(), -500i64..5_000, rate()).prop_map(|(i, p, f)| Issuance { issuer: i, points: p, fee_rate: f }),
+        0..4,
+    );
+    (slices, issuance)
+}
+
+proptest! {
+    #[test]
+    fn nets_sum_to_zero_before_and_after_rounding((slices, issuance) in ledger(), mu in 0u32..4, mode in 0u8..3) {
+        let mut i = input(slices, issuance);
+        i.minor_units = mu;
+        i.rounding = [Rounding::HalfAwayFromZero, Rounding::HalfEven, Rounding::Down][mode as usize];
+        let s = settle(&i).unwrap();
+        prop_assert!(s.positions.iter().map(|p| p.net_exact).sum::<Decimal>().is_zero());
+        prop_assert!(s.positions.iter().map(|p| p.net).sum::<Decimal>().is_zero());
+        let unit = Decimal::new(1, mu);
+        for p in &s.positions {
+            prop_assert!(p.net.scale() <= mu);
+            prop_assert!((p.net - p.net_exact).abs() < unit * Decimal::from(2), "{:?}", p);
+        }
+        let paid_in: Decimal = s.payments.iter().filter(|p| p.direction == Direction::PaysIn).map(|p| p.amount).sum();
+        prop_assert_eq!(paid_in, s.totals.settled);
+    }
+
+    #[test]
+    fn every_allocation_lands_in_exactly_one_cell((slices, issuance) in ledger()) {
+        let s = settle(&input(slices.clone(), issuance)).unwrap();
+        let cells: Vec<&Cell> = s.gross.iter().chain(&s.self_redemptions).collect();
+        prop_assert_eq!(cells.iter().map(|c| c.allocations).sum::<i64>(), slices.len() as i64);
+        for c in &cells {
+            let mine: Vec<&Slice> = slices.iter().filter(|x| x.issuer == c.issuer && x.redeemer == c.redeemer).collect();
+            prop_assert_eq!(mine.len() as i64, c.allocations);
+            prop_assert_eq!(mine.iter().map(|x| x.points).sum::<i64>(), c.points);
+            prop_assert_eq!(mine.iter().map(|x| Decimal::from(x.points) * x.rate).sum::<Decimal>(), c.value);
+        }
+    }
+
+    #[test]
+    fn shuffled_input_gives_the_same_digest((slices, issuance) in ledger(), seed in any::<u64>()) {
+        let a = settle(&input(slices.clone(), issuance.clone())).unwrap();
+        let mut shuffled = slices;
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let mut iss = issuance;
+        iss.reverse();
+        let b = settle(&input(shuffled, iss)).unwrap();
+        prop_assert_eq!(&a.digest, &b.digest);
+        prop_assert_eq!(canonical(&a), canonical(&b));
+    }
+
+    #[test]
+    fn a_burn_and_its_full_reversal_cancel(s in (partner(), partner(), 1i64..100_000, rate())) {
+        let (i, r, p, rate) = s;
+        let out = settle(&input(vec![slice(&i, &r, p, &rate.to_string()), slice(&i, &r, -p, &rate.to_string())], vec![])).unwrap();
+        for pos in &out.positions {
+            prop_assert!(pos.net.is_zero() && pos.net_exact.is_zero());
+        }
+        prop_assert!(out.payments.is_empty());
+    }
+}
+
