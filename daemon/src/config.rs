@@ -203,6 +203,11 @@ fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
 }
 
 impl Config {
+    /// The cycle calendar of this coalition.
+    pub fn cycles(&self) -> coalition_clearing::Cycles {
+        coalition_clearing::Cycles::new(self.time_zone, self.cutoff_minutes).expect("cut-off validated at load")
+    }
+
     /// Reads and validates a config file. Relative paths in it are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)

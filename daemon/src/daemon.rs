@@ -36,6 +36,7 @@ impl Daemon {
                 queue_depth: config.queue_depth,
                 expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),
                 pause_before_commit: config.pause_before_commit,
+                cycles: config.cycles(),
             },
             clock.clone(),
         )

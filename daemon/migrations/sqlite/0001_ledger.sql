@@ -26,10 +26,12 @@ CREATE TABLE transactions (
     debt_created      INTEGER NOT NULL,
     debt_repaid       INTEGER NOT NULL,
     accepted_at       INTEGER NOT NULL,
+    -- the clearing cycle (business date) the transaction belongs to, decided when it commits
+    cycle             TEXT NOT NULL,
     UNIQUE (partner_id, partner_txn_id)
 );
 CREATE INDEX transactions_activity ON transactions (partner_id, member_id, accepted_at, id);
-CREATE INDEX transactions_accepted ON transactions (accepted_at, id);
+CREATE INDEX transactions_cycle ON transactions (cycle, kind);
 
 -- A lot's id is the id of the earn transaction that created it.
 CREATE TABLE lots (
@@ -39,6 +41,9 @@ CREATE TABLE lots (
     points      INTEGER NOT NULL CHECK (points > 0),
     points_left INTEGER NOT NULL CHECK (points_left >= 0),
     reversed    INTEGER NOT NULL DEFAULT 0 CHECK (reversed >= 0),
+    -- points the expiry sweep booked as breakage, and the cycle it booked them in
+    expired     INTEGER NOT NULL DEFAULT 0 CHECK (expired >= 0),
+    expired_cycle TEXT,
     earned_at   INTEGER NOT NULL,
     expires_at  INTEGER
 );
@@ -58,10 +63,11 @@ CREATE TABLE allocations (
     reverses_txn INTEGER,
     reverses_seq INTEGER,
     accepted_at INTEGER NOT NULL,
+    cycle        TEXT NOT NULL,
     PRIMARY KEY (txn_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX allocations_reverses ON allocations (reverses_txn, reverses_seq) WHERE reverses_txn IS NOT NULL;
-CREATE INDEX allocations_accepted ON allocations (accepted_at);
+CREATE INDEX allocations_cycle ON allocations (cycle);
 
 -- At most one debt per earn reversal: the reversal's id is the debt's key.
 CREATE TABLE debts (
@@ -74,3 +80,25 @@ CREATE TABLE debts (
     created_at  INTEGER NOT NULL
 );
 CREATE INDEX debts_member_open ON debts (member_id) WHERE points_left > 0;
+
+CREATE INDEX lots_expiring ON lots (expires_at) WHERE points_left > 0 AND expires_at IS NOT NULL;
+
+-- One row: the latest cycle a clearing run has sealed. Every batch reads it (shared) to decide its
+-- cycle; a clearing run locks it (exclusive) while it sweeps, reads and stores a cycle, so nothing
+-- can land in a cycle once its settlement exists.
+CREATE TABLE clearing_state (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    sealed_through TEXT
+);
+INSERT INTO clearing_state (id, sealed_through) VALUES (1, NULL);
+
+-- Settlements: draft until finance finalizes them; a final one is never rewritten.
+CREATE TABLE settlements (
+    cycle           TEXT PRIMARY KEY,
+    status          TEXT NOT NULL CHECK (status IN ('draft', 'final')),
+    digest          TEXT NOT NULL,
+    previous_digest TEXT NOT NULL,
+    content         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    finalized_at    INTEGER
+);

@@ -8,16 +8,16 @@ use std::fmt;
 /// PostgreSQL alike.
 pub const CHECKS: &[(&str, &str)] = &[
     (
-        "lot points_left = points - reversed - its allocations",
+        "lot points_left = points - reversed - expired - its allocations",
         "SELECT COUNT(*) FROM lots l LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM allocations GROUP BY lot_id) a \
-         ON a.lot_id = l.id WHERE l.points_left <> l.points - l.reversed - COALESCE(a.s, 0)",
+         ON a.lot_id = l.id WHERE l.points_left <> l.points - l.reversed - l.expired - COALESCE(a.s, 0)",
     ),
     (
-        "each member's balance (points left in lots - debt) = what its transactions moved",
+        "each member's points left in lots + swept breakage - debt = what its transactions moved",
         "SELECT COUNT(*) FROM \
          (SELECT member_id, SUM(CASE kind WHEN 'earn' THEN points WHEN 'reverse_burn' THEN points ELSE -points END) AS flow \
           FROM transactions GROUP BY member_id) t \
-         LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM lots GROUP BY member_id) l ON l.member_id = t.member_id \
+         LEFT JOIN (SELECT member_id, SUM(points_left + expired) AS s FROM lots GROUP BY member_id) l ON l.member_id = t.member_id \
          LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM debts GROUP BY member_id) d ON d.member_id = t.member_id \
          WHERE t.flow <> COALESCE(l.s, 0) - COALESCE(d.s, 0)",
     ),
@@ -67,9 +67,9 @@ pub const TOTALS_BY_KIND: &str =
 /// Points left in lots still counting at $1.
 pub const LIVE_POINTS: &str =
     "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM lots WHERE expires_at IS NULL OR expires_at > $1";
-/// Points left in lots past their expiry at $1 (swept or not).
-pub const EXPIRED_POINTS: &str =
-    "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM lots WHERE expires_at IS NOT NULL AND expires_at <= $1";
+/// Points expired at $1: swept as breakage, or left in lots past their expiry and not yet swept.
+pub const EXPIRED_POINTS: &str = "SELECT CAST(COALESCE(SUM(expired), 0) + COALESCE(SUM(CASE WHEN expires_at IS NOT NULL \
+    AND expires_at <= $1 THEN points_left ELSE 0 END), 0) AS BIGINT) FROM lots";
 /// Points owed.
 pub const DEBT: &str = "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM debts";
 /// Row counts, for the report.

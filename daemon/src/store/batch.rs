@@ -15,6 +15,8 @@ pub struct Context {
     pub expire_after: Option<Micros>,
     /// Test hook: wait this long between writing and committing (to cut a connection mid-batch).
     pub pause_before_commit: Option<std::time::Duration>,
+    /// The cycle calendar.
+    pub cycles: coalition_clearing::Cycles,
 }
 
 type Key = (String, String);
@@ -48,7 +50,10 @@ pub async fn apply(
     members.sort();
     members.dedup();
 
-    // 2. Lock them, then read everything else: what is read after the lock is current.
+    // 2. The cycle, decided inside this transaction: the cycle of `now`, or the first one not yet
+    //    sealed by a clearing run. Then lock the members, then read everything else: what is read
+    //    after the lock is current.
+    let cycle = tx.open_cycle(ctx.cycles.cycle_of(ctx.now)).await?;
     tx.lock_members(&members).await?;
     let mut keys: Vec<Key> = requests.iter().map(|r| key(&r.partner, &r.transaction_id)).collect();
     keys.extend(original_keys);
@@ -99,7 +104,7 @@ pub async fn apply(
 
     // 3. Decide each request in order.
     let mut ids: VecDeque<i64> = tx.reserve_txn_ids(requests.len()).await?.into();
-    let mut writes = Writes::default();
+    let mut writes = Writes { cycle, ..Writes::default() };
     let mut reversed: HashMap<i64, i64> = HashMap::new();
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {

@@ -151,6 +151,8 @@ pub struct TxnRecord {
 /// Everything one batch changes, written in one transaction.
 #[derive(Debug, Default)]
 pub struct Writes {
+    /// The cycle every transaction and allocation of the batch belongs to.
+    pub cycle: chrono::NaiveDate,
     /// New transactions.
     pub new_txns: Vec<TxnRecord>,
     /// Existing transactions whose reversed points changed: (id, reversed_points).
@@ -168,6 +170,10 @@ pub struct Writes {
 /// What a backend does inside one write transaction for the shared batch logic.
 #[async_trait]
 pub trait LedgerTx: Send {
+    /// The cycle a transaction committed now belongs to: `now_cycle`, or the first cycle after
+    /// the last one sealed by a clearing run if that is later. Holds off clearing runs (a shared
+    /// lock) until the transaction ends.
+    async fn open_cycle(&mut self, now_cycle: chrono::NaiveDate) -> Result<chrono::NaiveDate, StoreError>;
     /// Locks these members (sorted, so that batches of several daemons never deadlock) until the
     /// transaction ends. A backend with a single writer has nothing to lock.
     async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError>;
@@ -218,6 +224,14 @@ pub trait Store: Send + Sync {
     async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError>;
     /// Transactions in the ledger, all partners (for tests and operators).
     async fn transaction_count(&self) -> Result<i64, StoreError>;
+}
+
+/// The cycle a commit belongs to: the cycle of its instant, or the first one after the last sealed.
+pub fn first_open_cycle(now_cycle: chrono::NaiveDate, sealed_through: Option<&str>) -> chrono::NaiveDate {
+    match sealed_through.and_then(|s| s.parse::<chrono::NaiveDate>().ok()) {
+        Some(sealed) if sealed >= now_cycle => sealed.succ_opt().expect("date in range"),
+        _ => now_cycle,
+    }
 }
 
 /// Receipt slices as stored: `issuer:points;issuer:points` (partner ids hold neither `:` nor `;`).

@@ -243,6 +243,15 @@ async fn load_members(conn: &mut PgConnection, members: &[String]) -> Result<Vec
 
 #[async_trait]
 impl LedgerTx for PgTx<'_> {
+    async fn open_cycle(&mut self, now_cycle: chrono::NaiveDate) -> Result<chrono::NaiveDate, StoreError> {
+        // Shared: batches do not wait for each other, a clearing run (exclusive) waits for them.
+        let r = sqlx::query_scalar::<_, Option<String>>("SELECT sealed_through FROM clearing_state WHERE id = 1 FOR SHARE")
+            .fetch_one(&mut *self.conn)
+            .await;
+        let sealed = r.map_err(|e| self.fail(e))?;
+        Ok(super::first_open_cycle(now_cycle, sealed.as_deref()))
+    }
+
     async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError> {
         // Sorted by the query, so two batches lock shared members in the same order.
         let r = sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE")
@@ -323,8 +332,8 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
              original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
-             debt_created, debt_repaid, accepted_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+             debt_created, debt_repaid, accepted_at, cycle) \
+             SELECT *, $18 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
              $7::bigint[], $8::bigint[], $9::text[], $10::numeric[], $11::text[], $12::bytea[], $13::bigint[], \
              $14::text[], $15::bigint[], $16::bigint[], $17::bigint[])",
         )
@@ -345,6 +354,7 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         .bind(t.iter().map(|t| t.receipt.debt_created).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.receipt.debt_repaid).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.accepted_at).collect::<Vec<_>>())
+        .bind(w.cycle.to_string())
         .execute(&mut *conn)
         .await?;
     }
@@ -382,8 +392,8 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         let a = &w.allocations;
         sqlx::query(
             "INSERT INTO allocations (txn_id, seq, lot_id, member_id, issuer, redeemer, points, rate, reverses_txn, \
-             reverses_seq, accepted_at) \
-             SELECT * FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+             reverses_seq, accepted_at, cycle) \
+             SELECT *, $12 FROM UNNEST($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
              $7::bigint[], $8::numeric[], $9::bigint[], $10::int[], $11::bigint[])",
         )
         .bind(a.iter().map(|a| a.txn).collect::<Vec<_>>())
@@ -397,6 +407,7 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         .bind(a.iter().map(|a| a.reverses.map(|r| r.0)).collect::<Vec<_>>())
         .bind(a.iter().map(|a| a.reverses.map(|r| r.1)).collect::<Vec<_>>())
         .bind(a.iter().map(|a| a.accepted_at).collect::<Vec<_>>())
+        .bind(w.cycle.to_string())
         .execute(&mut *conn)
         .await?;
     }

@@ -334,6 +334,13 @@ impl LedgerTx for SqliteTx<'_> {
             .collect())
     }
 
+    async fn open_cycle(&mut self, now_cycle: chrono::NaiveDate) -> Result<chrono::NaiveDate, StoreError> {
+        let sealed: Option<String> = sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Ok(super::first_open_cycle(now_cycle, sealed.as_deref()))
+    }
+
     async fn lock_members(&mut self, _members: &[String]) -> Result<(), StoreError> {
         Ok(()) // the one writer holds the file's write lock for the whole batch
     }
@@ -346,11 +353,11 @@ impl LedgerTx for SqliteTx<'_> {
 
     async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
         let conn = &mut *self.conn;
-        for chunk in w.new_txns.chunks(MAX_BINDS / 17) {
+        for chunk in w.new_txns.chunks(MAX_BINDS / 18) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
                  original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
-                 debt_created, debt_repaid, accepted_at) ",
+                 debt_created, debt_repaid, accepted_at, cycle) ",
             );
             qb.push_values(chunk, |mut b, t| {
                 let (amount, currency) = t.purchase.clone().unzip();
@@ -371,7 +378,8 @@ impl LedgerTx for SqliteTx<'_> {
                     .push_bind(super::encode_slices(&r.slices))
                     .push_bind(r.debt_created)
                     .push_bind(r.debt_repaid)
-                    .push_bind(t.accepted_at);
+                    .push_bind(t.accepted_at)
+                    .push_bind(w.cycle.to_string());
             });
             qb.build().execute(&mut *conn).await?;
         }
@@ -399,10 +407,10 @@ impl LedgerTx for SqliteTx<'_> {
             qb.push(" ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed");
             qb.build().execute(&mut *conn).await?;
         }
-        for chunk in w.allocations.chunks(MAX_BINDS / 11) {
+        for chunk in w.allocations.chunks(MAX_BINDS / 12) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO allocations (txn_id, seq, lot_id, member_id, issuer, redeemer, points, rate, \
-                 reverses_txn, reverses_seq, accepted_at) ",
+                 reverses_txn, reverses_seq, accepted_at, cycle) ",
             );
             qb.push_values(chunk, |mut b, a| {
                 b.push_bind(a.txn)
@@ -415,7 +423,8 @@ impl LedgerTx for SqliteTx<'_> {
                     .push_bind(a.rate.to_string())
                     .push_bind(a.reverses.map(|r| r.0))
                     .push_bind(a.reverses.map(|r| r.1))
-                    .push_bind(a.accepted_at);
+                    .push_bind(a.accepted_at)
+                    .push_bind(w.cycle.to_string());
             });
             qb.build().execute(&mut *conn).await?;
         }

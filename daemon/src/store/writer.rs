@@ -32,6 +32,8 @@ pub struct WriterConfig {
     pub expire_after: Option<Micros>,
     /// Test hook: pause between writing a batch and committing it.
     pub pause_before_commit: Option<std::time::Duration>,
+    /// The cycle calendar.
+    pub cycles: coalition_clearing::Cycles,
 }
 
 async fn run(mut backend: Box<dyn BatchBackend>, mut rx: mpsc::Receiver<Job>, config: WriterConfig, clock: Clock) {
@@ -42,6 +44,7 @@ async fn run(mut backend: Box<dyn BatchBackend>, mut rx: mpsc::Receiver<Job>, co
             now: clock.now(),
             expire_after: config.expire_after,
             pause_before_commit: config.pause_before_commit,
+            cycles: config.cycles,
         };
         let started = std::time::Instant::now();
         let result = backend.apply_batch(&requests, &ctx).await;
