@@ -56,7 +56,27 @@ struct Raw {
     database: RawDatabase,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    clearing: RawClearing,
     partners: Vec<RawPartner>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClearing {
+    rounding: Option<String>,
+    grace_seconds: Option<u64>,
+    scheduler: Option<bool>,
+    settlement_account: Option<RawAccount>,
+    operator_account: Option<RawAccount>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    name: String,
+    iban: String,
+    bic: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +116,10 @@ struct RawPartner {
     #[serde(default)]
     max_bonus_points: Option<i64>,
     rate_limit: RawRateLimit,
+    #[serde(default)]
+    iban: Option<String>,
+    #[serde(default)]
+    bic: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +150,23 @@ pub struct Partner {
     pub rate_per_second: u32,
     /// Burst allowed above the rate.
     pub burst: u32,
+    /// Where payouts to this partner go.
+    pub account: Option<coalition_clearing::export::Account>,
+}
+
+/// How and when cycles are cleared.
+#[derive(Debug, Clone)]
+pub struct ClearingConfig {
+    /// Rounding of net positions (`half_away_from_zero`, `half_even`, `down`).
+    pub rounding: coalition_clearing::Rounding,
+    /// Time after a cut-off before the scheduler clears the cycle.
+    pub grace: std::time::Duration,
+    /// Whether this daemon clears cycles by itself.
+    pub scheduler: bool,
+    /// The coalition's settlement account (debtor of payouts).
+    pub settlement_account: Option<coalition_clearing::export::Account>,
+    /// The operator's account (receives issuance fees).
+    pub operator_account: Option<coalition_clearing::export::Account>,
 }
 
 /// A settlement currency: its ISO 4217 code and minor-unit exponent.
@@ -185,8 +226,31 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Test hook: pause between writing a batch and committing it (`limits.pause_before_commit_ms`).
     pub pause_before_commit: Option<std::time::Duration>,
+    /// Clearing settings.
+    pub clearing: ClearingConfig,
     /// Partners by id.
     pub partners: BTreeMap<String, Partner>,
+}
+
+fn account(key: &str, name: &str, iban: &str, bic: &str) -> Result<coalition_clearing::export::Account, ConfigError> {
+    let iban_ok = iban.len() >= 5
+        && iban.len() <= 34
+        && iban[..2].bytes().all(|b| b.is_ascii_uppercase())
+        && iban[2..4].bytes().all(|b| b.is_ascii_digit())
+        && iban[4..].bytes().all(|b| b.is_ascii_alphanumeric());
+    if !iban_ok {
+        return Err(invalid(format!("{key}.iban"), format!("{iban:?} is not an IBAN")));
+    }
+    let bic_ok = (bic.len() == 8 || bic.len() == 11)
+        && bic[..6].bytes().all(|b| b.is_ascii_uppercase())
+        && bic[6..].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if !bic_ok {
+        return Err(invalid(format!("{key}.bic"), format!("{bic:?} is not a BIC (8 or 11 characters)")));
+    }
+    if name.trim().is_empty() || name.len() > 140 {
+        return Err(invalid(format!("{key}.name"), "use 1..=140 characters"));
+    }
+    Ok(coalition_clearing::export::Account { name: name.into(), iban: iban.into(), bic: bic.into() })
 }
 
 /// Whether `id` is a well-formed partner or member-facing id.
@@ -287,6 +351,14 @@ impl Config {
             if p.rate_limit.burst == 0 {
                 return Err(invalid(key("rate_limit.burst"), "must be at least 1"));
             }
+            if p.id == coalition_clearing::OPERATOR {
+                return Err(invalid(key("id"), "\"operator\" is reserved for the coalition operator"));
+            }
+            let partner_account = match (&p.iban, &p.bic) {
+                (Some(iban), Some(bic)) => Some(account(&format!("partners[{i}]"), &p.name, iban, bic)?),
+                (None, None) => None,
+                _ => return Err(invalid(key("iban"), "give both iban and bic, or neither")),
+            };
             let partner = Partner {
                 id: p.id.clone(),
                 name: p.name,
@@ -297,6 +369,7 @@ impl Config {
                 max_bonus_points,
                 rate_per_second: p.rate_limit.per_second,
                 burst: p.rate_limit.burst,
+                account: partner_account,
             };
             if partners.insert(p.id.clone(), partner).is_some() {
                 return Err(invalid(key("id"), format!("partner {:?} is configured twice", p.id)));
@@ -317,6 +390,31 @@ impl Config {
             queue_depth,
             handshake_timeout_ms,
             pause_before_commit: raw.limits.pause_before_commit_ms.map(std::time::Duration::from_millis),
+            clearing: ClearingConfig {
+                rounding: match raw.clearing.rounding.as_deref().unwrap_or("half_away_from_zero") {
+                    "half_away_from_zero" => coalition_clearing::Rounding::HalfAwayFromZero,
+                    "half_even" => coalition_clearing::Rounding::HalfEven,
+                    "down" => coalition_clearing::Rounding::Down,
+                    other => {
+                        return Err(invalid(
+                            "clearing.rounding",
+                            format!("{other:?}: use half_away_from_zero, half_even or down"),
+                        ));
+                    }
+                },
+                grace: std::time::Duration::from_secs(raw.clearing.grace_seconds.unwrap_or(300)),
+                scheduler: raw.clearing.scheduler.unwrap_or(true),
+                settlement_account: raw
+                    .clearing
+                    .settlement_account
+                    .map(|a| account("clearing.settlement_account", &a.name, &a.iban, &a.bic))
+                    .transpose()?,
+                operator_account: raw
+                    .clearing
+                    .operator_account
+                    .map(|a| account("clearing.operator_account", &a.name, &a.iban, &a.bic))
+                    .transpose()?,
+            },
             partners,
         })
     }

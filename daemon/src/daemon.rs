@@ -21,6 +21,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     writer: tokio::task::JoinHandle<()>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -47,14 +48,18 @@ impl Daemon {
         let addr = crate::server::local_addr(&listener);
         let shared = Shared { config: config.clone(), store: store.clone(), writer, clock: clock.clone() };
         let (shutdown, rx) = watch::channel(false);
+        let scheduler = config.clearing.scheduler.then(|| tokio::spawn(crate::scheduler::run(shared.clone(), rx.clone())));
         let server = tokio::spawn(crate::server::serve(listener, tls, shared, rx));
         tracing::info!(%addr, database = %redact(&config.database_url), "coalitiond listening");
-        Ok(Daemon { addr, store, clock, shutdown, server, writer: writer_task })
+        Ok(Daemon { addr, store, clock, shutdown, server, writer: writer_task, scheduler })
     }
 
     /// Stops accepting, lets calls in flight finish and commit, then returns.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
+        if let Some(s) = self.scheduler {
+            s.await?;
+        }
         let served = self.server.await?;
         // The server dropped the last writer handles: the writer drains its queue and ends.
         self.writer.await?;

@@ -16,5 +16,6 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod ledger;
+pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -119,6 +119,8 @@ impl Drop for PgDatabase {
 
 /// A partner API client.
 pub type PartnerClient = PartnerServiceClient<Channel>;
+/// A finance API client.
+pub type FinanceClient = coalition_proto::v1::finance_service_client::FinanceServiceClient<Channel>;
 
 /// One daemon under test.
 pub struct TestDaemon {
@@ -141,6 +143,11 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Starts a daemon with the example config's partners on a fresh database.
     pub async fn start(backend: Backend) -> TestDaemon {
+        Self::start_with(backend, |t| t).await
+    }
+
+    /// Starts a daemon whose config file text is first passed through `edit`.
+    pub async fn start_with(backend: Backend, edit: impl FnOnce(String) -> String) -> TestDaemon {
         coalitiond::client::install_crypto();
         let dir = tempfile::tempdir().expect("temp dir");
         let pg = match backend {
@@ -148,7 +155,10 @@ impl TestDaemon {
             Backend::Postgres => Some(PgDatabase::create().await),
         };
         let url = pg.as_ref().map_or("sqlite://coalition.db".to_string(), |p| p.url.clone());
-        let config = coalitiond::demo::write_dev_setup_on(dir.path(), "127.0.0.1:0", &url).expect("dev setup");
+        coalitiond::demo::write_dev_setup_on(dir.path(), "127.0.0.1:0", &url).expect("dev setup");
+        let path = dir.path().join("coalition.toml");
+        std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+        let config = Config::load(&path).expect("edited config loads");
         let certs = certs_dir(&config);
         let ca = Authority::load(
             &std::fs::read_to_string(certs.join("ca.pem")).unwrap(),
@@ -187,6 +197,12 @@ impl TestDaemon {
     /// A client connected as a configured partner.
     pub async fn partner(&self, partner: &str) -> PartnerClient {
         PartnerServiceClient::new(connect(&self.addr, &self.partner_pem(partner)).await.expect("connect"))
+    }
+
+    /// A finance client (the dev finance certificate).
+    pub async fn finance(&self) -> FinanceClient {
+        let pem = ClientPem::from_dir(&certs_dir(&self.config), "finance").expect("finance cert");
+        FinanceClient::new(connect(&self.addr, &pem).await.expect("connect"))
     }
 
     /// Asserts the ledger invariants hold.

@@ -37,6 +37,12 @@ pub enum ApiError {
         /// What was not found.
         message: String,
     },
+    /// A clearing run could not produce a settlement.
+    #[error(transparent)]
+    Clearing(#[from] crate::store::clearing::ClearingError),
+    /// A file cannot be exported.
+    #[error(transparent)]
+    Export(#[from] coalition_clearing::export::ExportError),
     /// The caller could not be identified.
     #[error("{0}")]
     Unauthenticated(String),
@@ -59,6 +65,19 @@ impl ApiError {
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             ApiError::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
             ApiError::Store(StoreError::ShuttingDown) => (Code::Unavailable, "SHUTTING_DOWN"),
+            ApiError::Clearing(c) => {
+                use crate::store::clearing::ClearingError as C;
+                match c {
+                    C::NotClosed { .. } => (Code::FailedPrecondition, "CYCLE_NOT_CLOSED"),
+                    C::OutOfOrder { .. } => (Code::FailedPrecondition, "EARLIER_CYCLE_NOT_CLEARED"),
+                    C::Settle(..) => (Code::FailedPrecondition, "SETTLEMENT_FAILED"),
+                    C::Store(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
+                }
+            }
+            ApiError::Export(e) => match e {
+                coalition_clearing::export::ExportError::NoAccount(_) => (Code::FailedPrecondition, "NO_BANK_ACCOUNT"),
+                coalition_clearing::export::ExportError::NothingToPay(_) => (Code::FailedPrecondition, "NOTHING_TO_PAY"),
+            },
             ApiError::Rejected(r) => match r {
                 Rejection::Ledger(Refusal::NonPositive(_)) => (Code::InvalidArgument, "POINTS_NOT_POSITIVE"),
                 Rejection::Ledger(Refusal::Overflow(_)) => (Code::InvalidArgument, "POINTS_OVERFLOW"),

@@ -2,6 +2,7 @@
 //! Prost types stay in this module; errors become statuses only in [`error`].
 
 pub mod error;
+pub mod finance;
 pub mod partner;
 pub mod validate;
 

@@ -199,6 +199,12 @@ impl PartnerService for PartnerApi {
         Ok(Response::new(transaction_to_pb(&t)))
     }
 
+    async fn get_statement(&self, req: Request<pb::PartnerStatementRequest>) -> Result<Response<pb::Statement>, Status> {
+        let partner = self.caller(&req)?;
+        let cycle = super::finance::parse_cycle("cycle", &req.get_ref().cycle)?;
+        Ok(Response::new(super::finance::statement(&self.shared, cycle, &partner.id).await?))
+    }
+
     async fn list_member_activity(
         &self,
         req: Request<pb::ListMemberActivityRequest>,

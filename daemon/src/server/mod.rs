@@ -6,6 +6,8 @@ pub mod tls;
 
 use crate::api::Shared;
 use crate::api::partner::PartnerApi;
+use crate::api::finance::FinanceApi;
+use coalition_proto::v1::finance_service_server::FinanceServiceServer;
 use coalition_proto::v1::partner_service_server::PartnerServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +57,7 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("coalition.v1.PartnerService", tonic_health::ServingStatus::Serving).await;
+    health.set_service_status("coalition.v1.FinanceService", tonic_health::ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coalition_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -63,7 +66,11 @@ pub async fn serve(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let partner = tonic::service::interceptor::InterceptedService::new(
         partner,
-        identity::PartnerIdentity::new(shared.config.clone()),
+        identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Partner),
+    );
+    let finance = tonic::service::interceptor::InterceptedService::new(
+        FinanceServiceServer::new(FinanceApi::new(shared.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+        identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Finance),
     );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -71,6 +78,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(partner)
+        .add_service(finance)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })

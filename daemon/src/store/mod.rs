@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod clearing;
 pub mod postgres;
 pub mod sqlite;
 pub mod writer;
@@ -224,6 +225,23 @@ pub trait Store: Send + Sync {
     async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError>;
     /// Transactions in the ledger, all partners (for tests and operators).
     async fn transaction_count(&self) -> Result<i64, StoreError>;
+    /// Runs a clearing (see [`clearing::run`]) in one transaction. `Ok(None)`: skipped because
+    /// another daemon is clearing.
+    async fn run_clearing(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError>;
+    /// A stored settlement.
+    async fn settlement(&self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError>;
+    /// Settlements strictly before `before` (all if `None`), newest first.
+    async fn settlements(&self, before: Option<chrono::NaiveDate>, limit: i64) -> Result<Vec<clearing::Stored>, StoreError>;
+    /// Finalizes a draft (a final one is returned as it is); `None` if there is no settlement.
+    async fn finalize(&self, cycle: chrono::NaiveDate, now: Micros) -> Result<Option<clearing::Stored>, StoreError>;
+    /// The allocations behind a partner's amounts in a cycle.
+    async fn statement_lines(
+        &self,
+        cycle: chrono::NaiveDate,
+        partner: &str,
+    ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError>;
+    /// (latest settled cycle, first cycle with any transaction).
+    async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError>;
 }
 
 /// The cycle a commit belongs to: the cycle of its instant, or the first one after the last sealed.

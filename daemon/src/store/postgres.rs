@@ -4,7 +4,7 @@
 //! Serialization failures, deadlocks and unique-key races (two daemons taking the same new member or
 //! the same retried transaction id) roll the batch back and run it again, inside the daemon.
 
-use super::{audit, batch, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
+use super::{audit, batch, clearing, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
 use crate::ledger::{Allocation, Debt, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -503,5 +503,187 @@ impl Store for PgStore {
 
     async fn transaction_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions").fetch_one(&self.pool).await?)
+    }
+
+    async fn run_clearing(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
+        self.clearing_run(plan).await
+    }
+
+    async fn settlement(&self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+        let row = sqlx::query(clearing::sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(stored_row).transpose()
+    }
+
+    async fn settlements(&self, before: Option<chrono::NaiveDate>, limit: i64) -> Result<Vec<clearing::Stored>, StoreError> {
+        let before = before.map_or("9999-12-31".to_string(), |b| b.to_string());
+        let rows = sqlx::query(clearing::sql::LIST).bind(before).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(stored_row).collect()
+    }
+
+    async fn finalize(&self, cycle: chrono::NaiveDate, now: Micros) -> Result<Option<clearing::Stored>, StoreError> {
+        sqlx::query(clearing::sql::FINALIZE).bind(cycle.to_string()).bind(now).execute(&self.pool).await?;
+        self.settlement(cycle).await
+    }
+
+    async fn statement_lines(
+        &self,
+        cycle: chrono::NaiveDate,
+        partner: &str,
+    ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError> {
+        let rows = sqlx::query(clearing::sql::STATEMENT).bind(cycle.to_string()).bind(partner).fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let points: i64 = r.get("points");
+                let rate: Decimal = r.get("rate");
+                coalition_clearing::export::StatementLine {
+                    ledger_id: r.get("txn_id"),
+                    seq: r.get("seq"),
+                    transaction_id: r.get("tid"),
+                    accepted_at: crate::clock::rfc3339(r.get("accepted_at")),
+                    issuer: r.get("issuer"),
+                    redeemer: r.get("redeemer"),
+                    points,
+                    rate,
+                    value: (Decimal::from(points) * rate).normalize(),
+                }
+            })
+            .collect())
+    }
+
+    async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
+        let row = sqlx::query(clearing::sql::FRONTIER).fetch_one(&self.pool).await?;
+        Ok((parse_cycle(row.get(0)), parse_cycle(row.get(1))))
+    }
+}
+
+/// A clearing run's transaction on PostgreSQL.
+struct PgClearing<'c> {
+    conn: &'c mut PgConnection,
+}
+
+/// The advisory lock key of clearing runs ("CLR" + 1).
+const CLEARING_LOCK: i64 = 0x434c_5201;
+
+fn stored_row(row: &PgRow) -> Result<clearing::Stored, StoreError> {
+    let status: String = row.get("status");
+    let content: String = row.get("content");
+    clearing::stored_from(&status, &content, row.get("created_at"), row.get("finalized_at"))
+}
+
+fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
+    s.and_then(|s| s.parse().ok())
+}
+
+#[async_trait]
+impl clearing::ClearingTx for PgClearing<'_> {
+    async fn lock_state(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        // Exclusive: waits for batches in flight (they hold it shared), holds off new ones.
+        let s: Option<String> = sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Ok(parse_cycle(s))
+    }
+
+    async fn try_exclusive(&mut self) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(CLEARING_LOCK).fetch_one(&mut *self.conn).await?)
+    }
+
+    async fn settlement(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+        let row = sqlx::query(clearing::sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&mut *self.conn).await?;
+        row.as_ref().map(stored_row).transpose()
+    }
+
+    async fn latest_before(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+        let row = sqlx::query(clearing::sql::LATEST_BEFORE).bind(cycle.to_string()).fetch_optional(&mut *self.conn).await?;
+        row.as_ref().map(stored_row).transpose()
+    }
+
+    async fn first_activity(
+        &mut self,
+        after: Option<chrono::NaiveDate>,
+        before: chrono::NaiveDate,
+    ) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        let s: Option<String> = sqlx::query_scalar(clearing::sql::FIRST_ACTIVITY)
+            .bind(after.map(|a| a.to_string()).unwrap_or_default())
+            .bind(before.to_string())
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Ok(parse_cycle(s))
+    }
+
+    async fn sweep(&mut self, before: Micros, cycle: chrono::NaiveDate) -> Result<i64, StoreError> {
+        // Lock the members concerned, in order, as batches do: no batch holds one of their lots
+        // half-way through a decision while the sweep empties it.
+        let members: Vec<String> =
+            sqlx::query_scalar(clearing::sql::EXPIRING_MEMBERS).bind(before).fetch_all(&mut *self.conn).await?;
+        if members.is_empty() {
+            return Ok(0);
+        }
+        sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE")
+            .bind(&members)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let r = sqlx::query(clearing::sql::SWEEP).bind(before).bind(cycle.to_string()).execute(&mut *self.conn).await?;
+        Ok(r.rows_affected() as i64)
+    }
+
+    async fn slices(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
+        let rows = sqlx::query(clearing::sql::SLICES).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
+        Ok(rows
+            .iter()
+            .map(|r| coalition_clearing::Slice { issuer: r.get(0), redeemer: r.get(1), points: r.get(2), rate: r.get(3) })
+            .collect())
+    }
+
+    async fn issued(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(clearing::sql::ISSUED).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn counts(&mut self, cycle: chrono::NaiveDate) -> Result<coalition_clearing::Counts, StoreError> {
+        let mut c = coalition_clearing::Counts::default();
+        for r in sqlx::query(clearing::sql::COUNTS).bind(cycle.to_string()).fetch_all(&mut *self.conn).await? {
+            let kind: String = r.get(0);
+            clearing::add_count(&mut c, &kind, r.get(1), r.get(2));
+        }
+        c.expired = sqlx::query_scalar(clearing::sql::EXPIRED_IN).bind(cycle.to_string()).fetch_one(&mut *self.conn).await?;
+        Ok(c)
+    }
+
+    async fn save(&mut self, s: &clearing::Stored) -> Result<(), StoreError> {
+        let st = &s.settlement;
+        sqlx::query(clearing::sql::SAVE)
+            .bind(st.cycle.to_string())
+            .bind(&st.digest)
+            .bind(&st.previous_digest)
+            .bind(serde_json::to_string(st).expect("settlement serialises"))
+            .bind(s.created_at)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn seal(&mut self, cycle: chrono::NaiveDate) -> Result<(), StoreError> {
+        sqlx::query(clearing::sql::SEAL).bind(cycle.to_string()).execute(&mut *self.conn).await?;
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// Clearing runs, finalizations and the rest, on the reader pool (these are rare writes).
+    async fn clearing_run(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
+        let result = clearing::run(&mut PgClearing { conn: &mut tx }, plan).await;
+        match result {
+            Ok(out) => {
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! disk before any caller of its batch is answered. One connection writes (owned by the writer
 //! task, so there is never a second writer to wait for); a small pool reads.
 
-use super::{audit, batch, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
+use super::{audit, batch, clearing, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
 use crate::ledger::{Allocation, Debt, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -18,6 +18,8 @@ const MAX_BINDS: usize = 30_000;
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The connection clearing runs and finalizations write through.
+    clearing: std::sync::Arc<tokio::sync::Mutex<SqliteConnection>>,
 }
 
 /// The single writer of a SQLite file.
@@ -60,7 +62,7 @@ pub async fn open(
     // task does, off the write path.
     let mut conn = SqliteConnection::connect_with(&opts).await?;
     sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
-    conn.close().await?;
+    let clearing = std::sync::Arc::new(tokio::sync::Mutex::new(conn));
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(opts.clone().read_only(true))
@@ -73,7 +75,7 @@ pub async fn open(
         backend.reload_counters().await?;
         Ok(backend)
     };
-    Ok((SqliteStore { pool }, writer))
+    Ok((SqliteStore { pool, clearing }, writer))
 }
 
 /// Copies committed WAL pages into the main file every second (PASSIVE: never blocks the
@@ -527,5 +529,173 @@ impl Store for SqliteStore {
 
     async fn transaction_count(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions").fetch_one(&self.pool).await?)
+    }
+
+    async fn run_clearing(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
+        let mut conn = self.clearing.lock().await;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(StoreError::from)?;
+        let result = clearing::run(&mut SqliteClearing { conn: &mut conn }, plan).await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        match sqlx::query(end).execute(&mut *conn).await {
+            Ok(_) => result,
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(StoreError::from(e).into())
+            }
+        }
+    }
+
+    async fn settlement(&self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+        let row = sqlx::query(clearing::sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(stored_row).transpose()
+    }
+
+    async fn settlements(&self, before: Option<chrono::NaiveDate>, limit: i64) -> Result<Vec<clearing::Stored>, StoreError> {
+        let before = before.map_or("9999-12-31".to_string(), |b| b.to_string());
+        let rows = sqlx::query(clearing::sql::LIST).bind(before).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(stored_row).collect()
+    }
+
+    async fn finalize(&self, cycle: chrono::NaiveDate, now: Micros) -> Result<Option<clearing::Stored>, StoreError> {
+        let mut conn = self.clearing.lock().await;
+        sqlx::query(clearing::sql::FINALIZE).bind(cycle.to_string()).bind(now).execute(&mut *conn).await?;
+        let row = sqlx::query(clearing::sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&mut *conn).await?;
+        row.as_ref().map(stored_row).transpose()
+    }
+
+    async fn statement_lines(
+        &self,
+        cycle: chrono::NaiveDate,
+        partner: &str,
+    ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError> {
+        let rows = sqlx::query(clearing::sql::STATEMENT).bind(cycle.to_string()).bind(partner).fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let points: i64 = r.get("points");
+                let rate = decimal(r, "rate");
+                coalition_clearing::export::StatementLine {
+                    ledger_id: r.get("txn_id"),
+                    seq: r.get("seq"),
+                    transaction_id: r.get("tid"),
+                    accepted_at: crate::clock::rfc3339(r.get("accepted_at")),
+                    issuer: r.get("issuer"),
+                    redeemer: r.get("redeemer"),
+                    points,
+                    rate,
+                    value: (Decimal::from(points) * rate).normalize(),
+                }
+            })
+            .collect())
+    }
+
+    async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
+        let row = sqlx::query(clearing::sql::FRONTIER).fetch_one(&self.pool).await?;
+        Ok((parse_cycle(row.get(0)), parse_cycle(row.get(1))))
+    }
+}
+
+/// A clearing run's transaction on SQLite (on the store's own write connection; SQLite's write
+/// lock serializes it with the batch writer).
+struct SqliteClearing<'c> {
+    conn: &'c mut SqliteConnection,
+}
+
+fn stored_row(row: &SqliteRow) -> Result<clearing::Stored, StoreError> {
+    let status: String = row.get("status");
+    let content: String = row.get("content");
+    clearing::stored_from(&status, &content, row.get("created_at"), row.get("finalized_at"))
+}
+
+fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
+    s.and_then(|s| s.parse().ok())
+}
+
+#[async_trait]
+impl clearing::ClearingTx for SqliteClearing<'_> {
+    async fn lock_state(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        // BEGIN IMMEDIATE already holds the write lock.
+        let s: Option<String> = sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Ok(parse_cycle(s))
+    }
+
+    async fn try_exclusive(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn settlement(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+        let row = sqlx::query(clearing::sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&mut *self.conn).await?;
+        row.as_ref().map(stored_row).transpose()
+    }
+
+    async fn latest_before(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+        let row = sqlx::query(clearing::sql::LATEST_BEFORE).bind(cycle.to_string()).fetch_optional(&mut *self.conn).await?;
+        row.as_ref().map(stored_row).transpose()
+    }
+
+    async fn first_activity(
+        &mut self,
+        after: Option<chrono::NaiveDate>,
+        before: chrono::NaiveDate,
+    ) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        let s: Option<String> = sqlx::query_scalar(clearing::sql::FIRST_ACTIVITY)
+            .bind(after.map(|a| a.to_string()).unwrap_or_default())
+            .bind(before.to_string())
+            .fetch_one(&mut *self.conn)
+            .await?;
+        Ok(parse_cycle(s))
+    }
+
+    async fn sweep(&mut self, before: Micros, cycle: chrono::NaiveDate) -> Result<i64, StoreError> {
+        let r = sqlx::query(clearing::sql::SWEEP).bind(before).bind(cycle.to_string()).execute(&mut *self.conn).await?;
+        Ok(r.rows_affected() as i64)
+    }
+
+    async fn slices(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
+        let rows = sqlx::query(clearing::sql::SLICES).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
+        Ok(rows
+            .iter()
+            .map(|r| coalition_clearing::Slice {
+                issuer: r.get(0),
+                redeemer: r.get(1),
+                points: r.get(2),
+                rate: decimal(r, "rate"),
+            })
+            .collect())
+    }
+
+    async fn issued(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(clearing::sql::ISSUED).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn counts(&mut self, cycle: chrono::NaiveDate) -> Result<coalition_clearing::Counts, StoreError> {
+        let mut c = coalition_clearing::Counts::default();
+        for r in sqlx::query(clearing::sql::COUNTS).bind(cycle.to_string()).fetch_all(&mut *self.conn).await? {
+            let kind: String = r.get(0);
+            clearing::add_count(&mut c, &kind, r.get(1), r.get(2));
+        }
+        c.expired = sqlx::query_scalar(clearing::sql::EXPIRED_IN).bind(cycle.to_string()).fetch_one(&mut *self.conn).await?;
+        Ok(c)
+    }
+
+    async fn save(&mut self, s: &clearing::Stored) -> Result<(), StoreError> {
+        let st = &s.settlement;
+        sqlx::query(clearing::sql::SAVE)
+            .bind(st.cycle.to_string())
+            .bind(&st.digest)
+            .bind(&st.previous_digest)
+            .bind(serde_json::to_string(st).expect("settlement serialises"))
+            .bind(s.created_at)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn seal(&mut self, cycle: chrono::NaiveDate) -> Result<(), StoreError> {
+        sqlx::query(clearing::sql::SEAL).bind(cycle.to_string()).execute(&mut *self.conn).await?;
+        Ok(())
     }
 }

@@ -1,0 +1,260 @@
+//! A clearing run, shared by every backend: inside one database transaction, lock the clearing
+//! state (batches hold it shared, so none is half-way), expire the lots that expired before the
+//! cycle closed, gather the cycle's allocations, issuance and counts, settle them with the pure
+//! `coalition-clearing` library, store the draft and seal the cycle. A crash anywhere leaves nothing:
+//! the transaction rolls back.
+
+use super::StoreError;
+use crate::ledger::Micros;
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use coalition_clearing::{Counts, Cycles, Input, Issuance, Rounding, Settlement, SettleError, Slice};
+use rust_decimal::Decimal;
+
+/// Draft or final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// May be run again (same digest).
+    Draft,
+    /// Never changes.
+    Final,
+}
+
+impl Status {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Final => "final",
+        }
+    }
+
+    /// From storage.
+    pub fn parse(s: &str) -> Status {
+        if s == "final" { Status::Final } else { Status::Draft }
+    }
+}
+
+/// A settlement as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The settlement.
+    pub settlement: Settlement,
+    /// Draft or final.
+    pub status: Status,
+    /// When first stored.
+    pub created_at: Micros,
+    /// When finalized.
+    pub finalized_at: Option<Micros>,
+}
+
+/// What a clearing run needs besides the database.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The cycle to clear.
+    pub cycle: NaiveDate,
+    /// Now (the cycle must have closed).
+    pub now: Micros,
+    /// The calendar.
+    pub cycles: Cycles,
+    /// Settlement currency and its minor units.
+    pub currency: String,
+    /// Minor units of the currency.
+    pub minor_units: u32,
+    /// Rounding of net positions.
+    pub rounding: Rounding,
+    /// Partners and their issuance fee per point.
+    pub partners: Vec<(String, Decimal)>,
+    /// Run only if no other daemon is clearing right now (the scheduler); finance runs wait.
+    pub skip_if_busy: bool,
+}
+
+/// Why a clearing run did not produce a settlement.
+#[derive(Debug, thiserror::Error)]
+pub enum ClearingError {
+    /// The cycle has not closed yet.
+    #[error("cycle {cycle} has not closed yet: it closes at {closes_at}")]
+    NotClosed {
+        /// The cycle.
+        cycle: NaiveDate,
+        /// RFC 3339.
+        closes_at: String,
+    },
+    /// An earlier cycle must be cleared first (settlements form a chain).
+    #[error("cycle {missing} must be cleared before {cycle}")]
+    OutOfOrder {
+        /// The cycle asked for.
+        cycle: NaiveDate,
+        /// The earliest cycle not yet cleared.
+        missing: NaiveDate,
+    },
+    /// The settlement math refused.
+    #[error("settlement of {0} failed: {1}")]
+    Settle(NaiveDate, SettleError),
+    /// Storage failed; nothing was stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a backend does inside a clearing transaction.
+#[async_trait]
+pub trait ClearingTx: Send {
+    /// Takes the clearing state exclusively; returns the last sealed cycle. `Ok(None)` from
+    /// [`ClearingTx::try_exclusive`] means another daemon is clearing.
+    async fn lock_state(&mut self) -> Result<Option<NaiveDate>, StoreError>;
+    /// With several daemons: whether this one may clear now (an advisory lock). Single-writer
+    /// backends always may.
+    async fn try_exclusive(&mut self) -> Result<bool, StoreError>;
+    /// The stored settlement of a cycle.
+    async fn settlement(&mut self, cycle: NaiveDate) -> Result<Option<Stored>, StoreError>;
+    /// The latest settlement before `cycle`.
+    async fn latest_before(&mut self, cycle: NaiveDate) -> Result<Option<Stored>, StoreError>;
+    /// The earliest cycle with transactions after `after` (exclusive, if any) and before `before`.
+    async fn first_activity(&mut self, after: Option<NaiveDate>, before: NaiveDate) -> Result<Option<NaiveDate>, StoreError>;
+    /// Expires every lot whose expiry is before `before` and books its points as breakage in
+    /// `cycle`, locking the members concerned. Returns the points expired.
+    async fn sweep(&mut self, before: Micros, cycle: NaiveDate) -> Result<i64, StoreError>;
+    /// The cycle's allocations.
+    async fn slices(&mut self, cycle: NaiveDate) -> Result<Vec<Slice>, StoreError>;
+    /// Points issued per partner in the cycle, net of earn reversals.
+    async fn issued(&mut self, cycle: NaiveDate) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The cycle's counts.
+    async fn counts(&mut self, cycle: NaiveDate) -> Result<Counts, StoreError>;
+    /// Stores (inserts or replaces a draft).
+    async fn save(&mut self, s: &Stored) -> Result<(), StoreError>;
+    /// Marks `cycle` sealed: later commits go to the cycle after it.
+    async fn seal(&mut self, cycle: NaiveDate) -> Result<(), StoreError>;
+}
+
+/// Runs the clearing of `plan.cycle` through `tx`. `Ok(None)`: skipped, another daemon is clearing.
+pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>, ClearingError> {
+    let close = plan.cycles.close(plan.cycle);
+    if plan.now < close {
+        return Err(ClearingError::NotClosed { cycle: plan.cycle, closes_at: crate::clock::rfc3339(close) });
+    }
+    if plan.skip_if_busy && !tx.try_exclusive().await? {
+        return Ok(None);
+    }
+    let sealed = tx.lock_state().await?;
+    let existing = tx.settlement(plan.cycle).await?;
+    if let Some(s) = &existing {
+        if s.status == Status::Final {
+            return Ok(existing);
+        }
+    }
+    let previous = tx.latest_before(plan.cycle).await?;
+    let after = previous.as_ref().map(|p| p.settlement.cycle);
+    if let Some(missing) = tx.first_activity(after, plan.cycle).await? {
+        return Err(ClearingError::OutOfOrder { cycle: plan.cycle, missing });
+    }
+    if let Some(p) = after {
+        let gap = p.succ_opt().expect("date in range");
+        if gap < plan.cycle {
+            return Err(ClearingError::OutOfOrder { cycle: plan.cycle, missing: gap });
+        }
+    }
+    // Breakage of lots that expired before the cycle closed belongs to it, unless it is already
+    // sealed (a re-run of a draft): then nothing may change it.
+    if sealed.is_none_or(|s| s < plan.cycle) {
+        tx.sweep(close, plan.cycle).await?;
+    }
+    let fee_of = |p: &str| plan.partners.iter().find(|(id, _)| id == p).map_or(Decimal::ZERO, |(_, f)| *f);
+    let issuance = tx
+        .issued(plan.cycle)
+        .await?
+        .into_iter()
+        .filter(|(p, _)| !fee_of(p).is_zero())
+        .map(|(issuer, points)| Issuance { fee_rate: fee_of(&issuer), issuer, points })
+        .collect();
+    let input = Input {
+        cycle: plan.cycle,
+        currency: plan.currency.clone(),
+        minor_units: plan.minor_units,
+        rounding: plan.rounding,
+        partners: plan.partners.iter().map(|(p, _)| p.clone()).collect(),
+        slices: tx.slices(plan.cycle).await?,
+        issuance,
+        counts: tx.counts(plan.cycle).await?,
+        previous_digest: previous.map(|p| p.settlement.digest).unwrap_or_default(),
+    };
+    let settlement = coalition_clearing::settle(&input).map_err(|e| ClearingError::Settle(plan.cycle, e))?;
+    if let Some(old) = &existing {
+        if old.settlement.digest != settlement.digest {
+            tracing::warn!(cycle = %plan.cycle, old = %old.settlement.digest, new = %settlement.digest, "draft settlement changed on re-run");
+        }
+    }
+    let stored = Stored {
+        settlement,
+        status: Status::Draft,
+        created_at: existing.as_ref().map_or(plan.now, |e| e.created_at),
+        finalized_at: None,
+    };
+    tx.save(&stored).await?;
+    if sealed.is_none_or(|s| s < plan.cycle) {
+        tx.seal(plan.cycle).await?;
+    }
+    Ok(Some(stored))
+}
+
+/// SQL shared by the backends (`$n` placeholders work on both).
+pub mod sql {
+    /// Members whose lots expire before $1, sorted (to lock them in a fixed order).
+    pub const EXPIRING_MEMBERS: &str = "SELECT DISTINCT member_id FROM lots \
+        WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1 ORDER BY member_id";
+    /// Books what is left of every lot expiring before $1 as breakage in cycle $2.
+    pub const SWEEP: &str = "UPDATE lots SET expired = expired + points_left, points_left = 0, expired_cycle = $2 \
+        WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1";
+    /// Points expired in the sweep booked in cycle $1.
+    pub const EXPIRED_IN: &str = "SELECT CAST(COALESCE(SUM(expired), 0) AS BIGINT) FROM lots WHERE expired_cycle = $1";
+    /// The cycle's allocations.
+    pub const SLICES: &str = "SELECT issuer, redeemer, points, rate FROM allocations WHERE cycle = $1 ORDER BY txn_id, seq";
+    /// Points issued per partner in cycle $1, net of earn reversals.
+    pub const ISSUED: &str = "SELECT partner_id, CAST(SUM(CASE kind WHEN 'earn' THEN points ELSE -points END) AS BIGINT) \
+        FROM transactions WHERE cycle = $1 AND kind IN ('earn', 'reverse_earn') GROUP BY partner_id ORDER BY partner_id";
+    /// Counts and points per kind in cycle $1.
+    pub const COUNTS: &str = "SELECT kind, COUNT(*), CAST(SUM(points) AS BIGINT) FROM transactions WHERE cycle = $1 GROUP BY kind";
+    /// The earliest cycle with transactions in ($1, $2) — $1 may be '' for "from the beginning".
+    pub const FIRST_ACTIVITY: &str = "SELECT MIN(cycle) FROM transactions WHERE cycle > $1 AND cycle < $2";
+    /// A stored settlement.
+    pub const SETTLEMENT: &str = "SELECT cycle, status, content, created_at, finalized_at FROM settlements WHERE cycle = $1";
+    /// The latest settlement before $1.
+    pub const LATEST_BEFORE: &str = "SELECT cycle, status, content, created_at, finalized_at FROM settlements \
+        WHERE cycle < $1 ORDER BY cycle DESC LIMIT 1";
+    /// Settlements before $1, newest first, at most $2.
+    pub const LIST: &str = "SELECT cycle, status, content, created_at, finalized_at FROM settlements \
+        WHERE cycle < $1 ORDER BY cycle DESC LIMIT $2";
+    /// Insert or replace a draft (a final row is never touched).
+    pub const SAVE: &str = "INSERT INTO settlements (cycle, status, digest, previous_digest, content, created_at, finalized_at) \
+        VALUES ($1, 'draft', $2, $3, $4, $5, NULL) ON CONFLICT (cycle) DO UPDATE SET digest = excluded.digest, \
+        previous_digest = excluded.previous_digest, content = excluded.content WHERE settlements.status = 'draft'";
+    /// Seal a cycle.
+    pub const SEAL: &str = "UPDATE clearing_state SET sealed_through = $1 WHERE id = 1";
+    /// Finalize a draft.
+    pub const FINALIZE: &str = "UPDATE settlements SET status = 'final', finalized_at = $2 WHERE cycle = $1 AND status = 'draft'";
+    /// The latest settled cycle and the first cycle with any transaction.
+    pub const FRONTIER: &str = "SELECT (SELECT MAX(cycle) FROM settlements), (SELECT MIN(cycle) FROM transactions)";
+    /// Allocations of cycle $1 where partner $2 is issuer or redeemer, with the transaction's own id
+    /// when it is the partner's.
+    pub const STATEMENT: &str = "SELECT a.txn_id, a.seq, CASE WHEN t.partner_id = $2 THEN t.partner_txn_id ELSE '' END AS tid, \
+        a.accepted_at, a.issuer, a.redeemer, a.points, a.rate FROM allocations a JOIN transactions t ON t.id = a.txn_id \
+        WHERE a.cycle = $1 AND (a.issuer = $2 OR a.redeemer = $2) ORDER BY a.txn_id, a.seq";
+}
+
+/// Decodes a stored settlement's content.
+pub fn stored_from(status: &str, content: &str, created_at: Micros, finalized_at: Option<Micros>) -> Result<Stored, StoreError> {
+    let settlement: Settlement = serde_json::from_str(content)
+        .map_err(|e| StoreError::Unavailable(format!("stored settlement unreadable: {e}")))?;
+    Ok(Stored { settlement, status: Status::parse(status), created_at, finalized_at })
+}
+
+/// Adds one kind's count and points to the cycle's counts.
+pub fn add_count(c: &mut Counts, kind: &str, n: i64, points: i64) {
+    c.transactions += n;
+    match kind {
+        "earn" => c.earned += points,
+        "burn" => c.burned += points,
+        "reverse_burn" => c.burns_reversed += points,
+        "reverse_earn" => c.earns_reversed += points,
+        _ => {}
+    }
+}

@@ -1,0 +1,153 @@
+//! Clearing end to end over mTLS: a day of traffic, the cut-off passes, the scheduler clears the
+//! cycle; the settlement matches figures worked by hand; late traffic lands in the next cycle;
+//! re-runs give the same digest; a final settlement does not move; partners cannot use finance.
+
+use coalition_tests::*;
+use std::time::Duration;
+use tonic::Code;
+
+backends!(a_day_is_cleared_to_the_cent);
+
+/// Expiry after one day, clearing as soon as a cycle closes.
+fn fast_clearing(toml: String) -> String {
+    toml.replace("points_expire_after_days = 730", "points_expire_after_days = 1").replace("grace_seconds = 300", "grace_seconds = 0")
+}
+
+async fn wait_for_settlement(fin: &mut FinanceClient, cycle: &str) -> v1::Settlement {
+    for _ in 0..100 {
+        if let Ok(s) = fin.get_settlement(v1::CycleRequest { cycle: cycle.into() }).await {
+            return s.into_inner();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the scheduler did not clear {cycle}");
+}
+
+fn position(s: &v1::Settlement, p: &str) -> (String, String) {
+    let p = s.positions.iter().find(|x| x.participant == p).unwrap_or_else(|| panic!("no position {p}"));
+    (p.net_exact.clone(), p.net.clone())
+}
+
+async fn a_day_is_cleared_to_the_cent(b: Backend) {
+    let t = TestDaemon::start_with(b, fast_clearing).await;
+    let cycles = t.config.cycles();
+    let d0 = cycles.cycle_of(t.clock.now());
+    let (mut air, mut shop, mut food) = (t.partner("skyways").await, t.partner("freshmart").await, t.partner("bistro").await);
+    let mut fin = t.finance().await;
+
+    // The day (rates: skyways 0.010 + fee 0.0005, freshmart 0.008, bistro 0.012 per point).
+    air.earn(earn_purchase("a1", "m1", "420.00")).await.unwrap(); // lot A: 420
+    shop.earn(earn_purchase("s1", "m1", "85.40")).await.unwrap(); // lot S: 170
+    food.earn(earn_bonus("f1", "m1", 250)).await.unwrap(); // lot F: 250
+    let r = air.burn(burn("a2", "m1", 30)).await.unwrap().into_inner().receipt.unwrap();
+    assert_eq!(slices(&r), vec![("skyways".into(), 30)], "a self-redemption");
+    let r = food.burn(burn("f2", "m1", 500)).await.unwrap().into_inner().receipt.unwrap();
+    assert_eq!(slices(&r), vec![("skyways".into(), 390), ("freshmart".into(), 110)]);
+    // freshmart takes 100 back: 60 from its lot, 40 short taken from bistro's lot, redeemed at freshmart.
+    let r = shop
+        .reverse_earn(v1::ReverseEarnRequest { transaction_id: "s2".into(), original_transaction_id: "s1".into(), points: 100 })
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(slices(&r), vec![("freshmart".into(), 60), ("bistro".into(), 40)]);
+    // bistro refunds 200 of the dinner: freshmart's 110 first, then 90 of skyways'.
+    food.reverse_burn(v1::ReverseBurnRequest { transaction_id: "f3".into(), original_transaction_id: "f2".into(), points: 200 })
+        .await
+        .unwrap();
+
+    // Not closed yet: finance cannot clear it.
+    let err = fin.run_clearing(v1::CycleRequest { cycle: d0.to_string() }).await.unwrap_err();
+    assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "CYCLE_NOT_CLOSED"));
+
+    // The cut-off passes; a late transaction lands in the next cycle.
+    let close = cycles.close(d0);
+    t.clock.advance(Duration::from_micros((close - t.clock.now() + 1_000_000) as u64));
+    air.earn(earn_bonus("late", "m2", 7)).await.unwrap();
+    let s = wait_for_settlement(&mut fin, &d0.to_string()).await;
+
+    // G[skyways][bistro] = (390 − 90) × 0.012 = 3.60; G[freshmart][bistro] = (110 − 110) × 0.012 = 0;
+    // G[bistro][freshmart] = 40 × 0.008 = 0.32; self-redemption skyways 30 × 0.010 = 0.30 (no money).
+    let g: Vec<(String, String, i64, String)> =
+        s.gross.iter().map(|c| (c.issuer.clone(), c.redeemer.clone(), c.points, c.value.clone())).collect();
+    assert_eq!(
+        g,
+        vec![
+            ("bistro".into(), "freshmart".into(), 40, "0.32".into()),
+            ("freshmart".into(), "bistro".into(), 0, "0".into()),
+            ("skyways".into(), "bistro".into(), 300, "3.6".into()),
+        ]
+    );
+    assert_eq!(s.self_redemptions.len(), 1);
+    assert_eq!((s.self_redemptions[0].points, s.self_redemptions[0].value.as_str()), (30, "0.3"));
+    // Fee: skyways issued 420 × 0.0005 = 0.21. Nets: skyways −3.60 − 0.21 = −3.81; bistro 3.60 − 0.32 = 3.28;
+    // freshmart 0.32; operator 0.21.
+    assert_eq!(position(&s, "skyways"), ("-3.81".into(), "-3.81".into()));
+    assert_eq!(position(&s, "bistro"), ("3.28".into(), "3.28".into()));
+    assert_eq!(position(&s, "freshmart"), ("0.32".into(), "0.32".into()));
+    assert_eq!(position(&s, "operator"), ("0.21".into(), "0.21".into()));
+    let totals = s.totals.clone().unwrap();
+    assert_eq!(
+        (totals.transactions, totals.earned, totals.burned, totals.earns_reversed, totals.burns_reversed, totals.expired),
+        (7, 840, 530, 100, 200, 0)
+    );
+    assert_eq!((totals.settled.as_str(), totals.allocations), ("3.81", 6));
+    assert_eq!(s.status, v1::SettlementStatus::Draft as i32);
+
+    // Re-running gives the same digest; the partner sees its own statement; finance exports.
+    let again = fin.run_clearing(v1::CycleRequest { cycle: d0.to_string() }).await.unwrap().into_inner();
+    assert_eq!(again.digest, s.digest);
+    let st = food.get_statement(v1::PartnerStatementRequest { cycle: d0.to_string() }).await.unwrap().into_inner();
+    assert_eq!(st.position.unwrap().net, "3.28");
+    assert_eq!(st.lines.len(), 5, "bistro is in 5 allocations: 2 of the burn, 2 of the refund, 1 of the shortfall");
+    assert!(st.lines.iter().filter(|l| l.redeemer == "bistro").all(|l| !l.transaction_id.is_empty()));
+    assert!(st.lines.iter().any(|l| l.redeemer == "freshmart" && l.transaction_id.is_empty()), "no other partner's ids");
+    let csv = fin
+        .export_settlement(v1::ExportRequest { cycle: d0.to_string(), format: v1::ExportFormat::Csv as i32 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(String::from_utf8(csv.content).unwrap().starts_with("cycle,participant,"));
+    let pain = fin
+        .export_settlement(v1::ExportRequest { cycle: d0.to_string(), format: v1::ExportFormat::Pain001 as i32 })
+        .await
+        .unwrap()
+        .into_inner();
+    let xml = String::from_utf8(pain.content).unwrap();
+    assert!(xml.contains("<NbOfTxs>3</NbOfTxs>") && xml.contains("<CtrlSum>3.81</CtrlSum>"), "{xml}");
+
+    // A partner certificate cannot use the finance API.
+    let mut as_partner = coalition_proto::v1::finance_service_client::FinanceServiceClient::new(
+        coalitiond::client::connect(&t.addr, &t.partner_pem("skyways")).await.unwrap(),
+    );
+    for err in [
+        as_partner.run_clearing(v1::CycleRequest { cycle: d0.to_string() }).await.unwrap_err(),
+        as_partner.get_settlement(v1::CycleRequest { cycle: d0.to_string() }).await.unwrap_err(),
+        as_partner.get_statement(v1::StatementRequest { cycle: d0.to_string(), partner: "bistro".into() }).await.unwrap_err(),
+    ] {
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+
+    // Finalized, it does not move: later traffic and re-runs leave it as it is.
+    let fin_s = fin.finalize_settlement(v1::CycleRequest { cycle: d0.to_string() }).await.unwrap().into_inner();
+    assert_eq!((fin_s.status, fin_s.digest.clone()), (v1::SettlementStatus::Final as i32, s.digest.clone()));
+    food.burn(burn("f4", "m1", 5)).await.unwrap();
+    food.reverse_burn(v1::ReverseBurnRequest { transaction_id: "f5".into(), original_transaction_id: "f2".into(), points: 10 })
+        .await
+        .unwrap();
+    let after = fin.run_clearing(v1::CycleRequest { cycle: d0.to_string() }).await.unwrap().into_inner();
+    assert_eq!(after, fin_s);
+
+    // The next day: what was left of the day's lots expires as breakage in it, and it chains to d0.
+    let d1 = d0.succ_opt().unwrap();
+    t.clock.advance(Duration::from_micros((cycles.close(d1) - t.clock.now() + 1_000_000) as u64));
+    let s1 = wait_for_settlement(&mut fin, &d1.to_string()).await;
+    assert_eq!(s1.previous_digest, s.digest);
+    let t1 = s1.totals.unwrap();
+    // Lots left: A 420−30−390+90+10 = 100, S 170−110−60+110 = 110, F 250−40−5 = 205; the late lot
+    // expires after d1 closes.
+    assert_eq!(t1.expired, 100 + 110 + 205);
+    assert_eq!(t1.transactions, 3, "late, f4, f5");
+    t.assert_invariants().await;
+}
