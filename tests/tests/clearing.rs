@@ -151,3 +151,57 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
     assert_eq!(t1.transactions, 3, "late, f4, f5");
     t.assert_invariants().await;
 }
+
+backends!(a_restarted_daemon_clears_the_cycles_it_missed_in_order);
+
+async fn a_restarted_daemon_clears_the_cycles_it_missed_in_order(b: Backend) {
+    let mut t = TestDaemon::start_with(b, fast_clearing).await;
+    let cycles = t.config.cycles();
+    let d0 = cycles.cycle_of(t.clock.now());
+    let mut air = t.partner("skyways").await;
+    let mut food = t.partner("bistro").await;
+    air.earn(earn_bonus("a1", "m1", 100)).await.unwrap();
+    food.burn(burn("f1", "m1", 40)).await.unwrap();
+    t.stop().await;
+    // Down for two cut-offs.
+    let d1 = d0.succ_opt().unwrap();
+    t.clock.advance(Duration::from_micros((cycles.close(d1) - t.clock.now() + 1_000_000) as u64));
+    t.restart().await;
+    let mut fin = t.finance().await;
+    let s0 = wait_for_settlement(&mut fin, &d0.to_string()).await;
+    let s1 = wait_for_settlement(&mut fin, &d1.to_string()).await;
+    assert_eq!(s1.previous_digest, s0.digest, "cleared in order, chained");
+    assert_eq!(position(&s0, "bistro").1, "0.48", "40 points × 0.012");
+    assert_eq!(s1.totals.unwrap().expired, 60, "the rest of the lot expired in the next cycle");
+    let list = fin.list_settlements(v1::ListSettlementsRequest { page_size: 0, page_token: String::new() }).await.unwrap().into_inner();
+    let cycles_listed: Vec<String> = list.settlements.iter().map(|s| s.cycle.clone()).collect();
+    assert_eq!(cycles_listed, vec![d1.to_string(), d0.to_string()]);
+    t.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_clear_each_cycle_once() {
+    if !postgres_available("two_daemons_clear_each_cycle_once").await {
+        return;
+    }
+    let t = TestDaemon::start_with(Backend::Postgres, fast_clearing).await;
+    let second = t.start_another().await;
+    let cycles = t.config.cycles();
+    let d0 = cycles.cycle_of(t.clock.now());
+    let mut a = t.partner("skyways").await;
+    let mut b = PartnerClient::new(coalitiond::client::connect(&second.addr.to_string(), &t.partner_pem("bistro")).await.unwrap());
+    a.earn(earn_bonus("a1", "m1", 100)).await.unwrap();
+    b.burn(burn("b1", "m1", 10)).await.unwrap();
+    // Both daemons see the cut-off pass at once (one shared clock) and both schedulers race.
+    t.clock.advance(Duration::from_micros((cycles.close(d0) - t.clock.now() + 1_000_000) as u64));
+    let mut fin = t.finance().await;
+    let s = wait_for_settlement(&mut fin, &d0.to_string()).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // several more scheduler ticks on both
+    let db = t.pg.as_ref().unwrap();
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT cycle, digest FROM settlements").fetch_all(&mut conn).await.unwrap();
+    assert_eq!(rows, vec![(d0.to_string(), s.digest.clone())], "exactly one settlement for the cycle");
+    second.shutdown().await.unwrap();
+    t.assert_invariants().await;
+}
