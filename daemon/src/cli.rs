@@ -57,6 +57,13 @@ pub enum Command {
     },
     /// Drive a mixed earn/burn load over mTLS and print throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Finance: run, show, finalize and export settlements, and partner statements (over mTLS,
+    /// with the finance certificate).
+    Clearing {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::finance_cli::ClearingCommand,
+    },
 }
 
 /// `coalitiond certs …`
@@ -194,5 +201,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Clearing { command } => crate::finance_cli::run(command).await,
     }
 }

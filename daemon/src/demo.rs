@@ -82,6 +82,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!("coalitiond demo in {}", dir.display());
     let config = write_dev_setup(&dir, "127.0.0.1:0")?;
     println!("  made a dev CA and certificates for {} partners, finance and operator", config.partners.len());
+    let config_cycles = config.cycles();
     let daemon = Daemon::start(config, Clock::default()).await?;
     let addr = daemon.addr.to_string();
     println!("  daemon listening on {addr} (mTLS), database {}", dir.join("coalition.db").display());
@@ -137,6 +138,17 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         println!("  {}  {:<12} {:<8} {:>5} pts (reversed {})", r.accepted_at, format!("{:?}", r.kind()), r.transaction_id, r.points, t.reversed_points);
     }
     let _ = air.name;
+
+    // The day ends: move the demo's clock past the cut-off and clear the cycle as finance would.
+    let cycles = config_cycles;
+    let today = cycles.cycle_of(daemon.clock.now());
+    let close = cycles.close(today);
+    daemon.clock.advance(std::time::Duration::from_micros((close - daemon.clock.now() + 1_000_000) as u64));
+    println!("\nThe cut-off passes ({}); finance clears the day:", crate::clock::rfc3339(close));
+    let pem = ClientPem::from_dir(&certs, "finance")?;
+    let mut finance = coalition_proto::v1::finance_service_client::FinanceServiceClient::new(connect(&addr, &pem).await?);
+    let settlement = finance.run_clearing(pb::CycleRequest { cycle: today.to_string() }).await?.into_inner();
+    crate::finance_cli::print_settlement(&settlement);
     let report = daemon.store.audit(daemon.clock.now()).await?;
     println!("\nLedger audit:\n{report}");
     daemon.shutdown().await?;

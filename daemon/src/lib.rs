@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod finance_cli;
 pub mod ledger;
 pub mod scheduler;
 pub mod server;

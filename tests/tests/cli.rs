@@ -33,3 +33,38 @@ async fn audit_command_checks_a_database_file() {
     let err = run(audit()).await.expect_err("a tampered ledger fails the audit");
     assert!(err.to_string().contains("invariants"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finance_cli_runs_shows_finalizes_and_exports() {
+    let t = TestDaemon::start(Backend::Sqlite).await;
+    let mut air = t.partner("skyways").await;
+    let mut food = t.partner("bistro").await;
+    air.earn(earn_bonus("a1", "m1", 100)).await.unwrap();
+    food.burn(burn("f1", "m1", 40)).await.unwrap();
+    let cycles = t.config.cycles();
+    let d0 = cycles.cycle_of(t.clock.now());
+    t.clock.advance(std::time::Duration::from_micros((cycles.close(d0) - t.clock.now() + 1_000_000) as u64));
+    let config = t.dir.path().join("coalition.toml");
+    let out = t.dir.path().join("payouts.xml");
+    let cycle = d0.to_string();
+    let base = ["coalitiond", "clearing"];
+    let conn = ["--config", config.to_str().unwrap(), "--addr", &t.addr];
+    for args in [
+        vec!["run", "--cycle", &cycle],
+        vec!["show"],
+        vec!["statement", "--cycle", &cycle, "--partner", "bistro"],
+        vec!["finalize", "--cycle", &cycle],
+        vec!["export", "--cycle", &cycle, "--format", "pain001", "--out", out.to_str().unwrap()],
+    ] {
+        let argv: Vec<&str> = base.iter().chain(&args[..1]).chain(conn.iter()).chain(&args[1..]).copied().collect();
+        run(Cli::parse_from(&argv)).await.unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
+    }
+    let xml = std::fs::read_to_string(&out).unwrap();
+    // bistro 40 × 0.012 = 0.48 and the operator 100 × 0.0005 = 0.05 are paid out.
+    assert!(xml.contains("<CtrlSum>0.53</CtrlSum>") && xml.contains("<NbOfTxs>2</NbOfTxs>"), "{xml}");
+    // A cycle that has not closed is refused with a message naming it.
+    let tomorrow = d0.succ_opt().unwrap().to_string();
+    let argv = ["coalitiond", "clearing", "run", "--config", config.to_str().unwrap(), "--addr", &t.addr, "--cycle", &tomorrow];
+    let err = run(Cli::parse_from(argv)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("has not closed yet"), "{err:#}");
+}

@@ -1,0 +1,201 @@
+//! `coalitiond clearing …`: finance's command line, a client of the finance API over mTLS with the
+//! finance certificate. Prints readable tables; writes files with `--out`.
+
+use crate::client::{connect, ClientPem};
+use crate::config::Config;
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use coalition_proto::v1 as pb;
+use coalition_proto::v1::finance_service_client::FinanceServiceClient;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+/// Where the daemon is and who we are.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The config file (its `listen` address and certificate folder are used).
+    #[arg(long, default_value = "coalition.toml")]
+    pub config: PathBuf,
+    /// host:port of the daemon, if not the config's `listen`.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Stem of the finance certificate in the certificate folder.
+    #[arg(long, default_value = "finance")]
+    pub identity: String,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// One row per participant and a TOTAL row.
+    Csv,
+    /// The whole settlement.
+    Json,
+    /// ISO 20022 pain.001.001.09 payouts.
+    Pain001,
+}
+
+/// `coalitiond clearing …`
+#[derive(Debug, Subcommand)]
+pub enum ClearingCommand {
+    /// Clear a closed cycle (expire lots, settle) into a draft settlement.
+    Run {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: String,
+    },
+    /// Show a settlement, or list recent ones without --cycle.
+    Show {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: Option<String>,
+    },
+    /// Finalize a draft settlement; a final settlement never changes.
+    Finalize {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: String,
+    },
+    /// Export a settlement as CSV, JSON or pain.001.
+    Export {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: String,
+        /// File format.
+        #[arg(long, value_enum, default_value_t = Format::Csv)]
+        format: Format,
+        /// Write here (default: the server's file name in the current folder; `-` for stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A partner's statement for a cycle (every allocation behind its amounts).
+    Statement {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: String,
+        /// Partner id.
+        #[arg(long)]
+        partner: String,
+        /// Write the CSV here instead of printing a table.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+async fn client(c: &Connection) -> anyhow::Result<FinanceServiceClient<Channel>> {
+    let config = Config::load(&c.config)?;
+    let addr = c.addr.clone().unwrap_or_else(|| config.listen.to_string());
+    let dir = config.ca_cert.parent().map(PathBuf::from).unwrap_or_default();
+    let pem = ClientPem::from_dir(&dir, &c.identity).with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
+    let channel = connect(&addr, &pem).await.with_context(|| format!("connecting to {addr}"))?;
+    Ok(FinanceServiceClient::new(channel))
+}
+
+fn status(s: i32) -> &'static str {
+    match pb::SettlementStatus::try_from(s).unwrap_or_default() {
+        pb::SettlementStatus::Draft => "draft",
+        pb::SettlementStatus::Final => "final",
+        pb::SettlementStatus::Unspecified => "?",
+    }
+}
+
+/// Prints a settlement as a table: who pays, who receives, how much, and the control totals.
+pub fn print_settlement(s: &pb::Settlement) {
+    println!("Settlement of cycle {} ({}), {}", s.cycle, status(s.status), s.currency);
+    println!("  digest {}", s.digest);
+    println!("  previous {}", if s.previous_digest.is_empty() { "(first settlement)" } else { &s.previous_digest });
+    println!("  {:<12} {:>12} {:>12} {:>10} {:>12}  payment", "participant", "receivable", "payable", "fees", "net");
+    for p in &s.positions {
+        let pay = s.payments.iter().find(|x| x.participant == p.participant);
+        let what = match pay {
+            Some(x) if x.direction == "pays_in" => format!("pays {} {}", x.amount, s.currency),
+            Some(x) => format!("receives {} {}", x.amount, s.currency),
+            None => "-".to_string(),
+        };
+        println!("  {:<12} {:>12} {:>12} {:>10} {:>12}  {what}", p.participant, p.receivable, p.payable, p.fees, p.net);
+    }
+    if !s.gross.is_empty() {
+        println!("  gross: {}", s.gross.iter().map(|c| format!("{}→{} {} pts {}", c.issuer, c.redeemer, c.points, c.value)).collect::<Vec<_>>().join("; "));
+    }
+    if let Some(t) = &s.totals {
+        println!(
+            "  control: {} transactions, earned {}, burned {}, burns reversed {}, earns reversed {}, expired {}, {} allocations, gross {}, fees {}, settled {}",
+            t.transactions, t.earned, t.burned, t.burns_reversed, t.earns_reversed, t.expired, t.allocations, t.gross_value, t.fees, t.settled
+        );
+    }
+}
+
+fn write_out(out: &Option<PathBuf>, default: &str, content: &[u8]) -> anyhow::Result<()> {
+    match out {
+        Some(p) if p.as_os_str() == "-" => {
+            use std::io::Write;
+            std::io::stdout().write_all(content)?;
+        }
+        Some(p) => {
+            std::fs::write(p, content).with_context(|| format!("writing {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => {
+            std::fs::write(default, content).with_context(|| format!("writing {default}"))?;
+            eprintln!("wrote {default}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `clearing` subcommand.
+pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClearingCommand::Run { conn, cycle } => {
+            let s = client(&conn).await?.run_clearing(pb::CycleRequest { cycle }).await?.into_inner();
+            print_settlement(&s);
+        }
+        ClearingCommand::Show { conn, cycle: Some(cycle) } => {
+            print_settlement(&client(&conn).await?.get_settlement(pb::CycleRequest { cycle }).await?.into_inner());
+        }
+        ClearingCommand::Show { conn, cycle: None } => {
+            let list = client(&conn).await?.list_settlements(pb::ListSettlementsRequest::default()).await?.into_inner();
+            println!("{:<12} {:<6} {:>12} {:>8}  digest", "cycle", "status", "settled", "txns");
+            for s in list.settlements {
+                let t = s.totals.unwrap_or_default();
+                println!("{:<12} {:<6} {:>12} {:>8}  {}", s.cycle, status(s.status), t.settled, t.transactions, s.digest);
+            }
+        }
+        ClearingCommand::Finalize { conn, cycle } => {
+            let s = client(&conn).await?.finalize_settlement(pb::CycleRequest { cycle }).await?.into_inner();
+            print_settlement(&s);
+        }
+        ClearingCommand::Export { conn, cycle, format, out } => {
+            let format = match format {
+                Format::Csv => pb::ExportFormat::Csv,
+                Format::Json => pb::ExportFormat::Json,
+                Format::Pain001 => pb::ExportFormat::Pain001,
+            };
+            let f = client(&conn).await?.export_settlement(pb::ExportRequest { cycle, format: format as i32 }).await?.into_inner();
+            write_out(&out, &f.filename, &f.content)?;
+        }
+        ClearingCommand::Statement { conn, cycle, partner, out } => {
+            let st = client(&conn).await?.get_statement(pb::StatementRequest { cycle, partner }).await?.into_inner();
+            if out.is_some() {
+                return write_out(&out, "", st.csv.as_bytes());
+            }
+            let p = st.position.unwrap_or_default();
+            println!("Statement of {} for cycle {} ({}): receivable {}, payable {}, fees {}, net {}", st.partner, st.cycle, status(st.status), p.receivable, p.payable, p.fees, p.net);
+            println!("  {:>8} {:>3} {:<16} {:<10} {:<10} {:>7} {:>8} {:>10}", "ledger", "seq", "your txn id", "issuer", "redeemer", "points", "rate", "value");
+            for l in st.lines {
+                println!("  {:>8} {:>3} {:<16} {:<10} {:<10} {:>7} {:>8} {:>10}", l.ledger_id, l.seq, l.transaction_id, l.issuer, l.redeemer, l.points, l.rate, l.value);
+            }
+        }
+    }
+    Ok(())
+}
