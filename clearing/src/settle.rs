@@ -22,6 +22,9 @@ pub struct Slice {
     pub points: i64,
     /// Money per point, as priced when the allocation was first made.
     pub rate: Decimal,
+    /// How many allocations this line stands for: 1, or more when the store has summed the
+    /// points of allocations with the same issuer, redeemer and rate (the value is the same).
+    pub allocations: i64,
 }
 
 /// Points a partner issued in the cycle and its issuance fee per point, owed to the operator.
@@ -247,7 +250,7 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
             value: Decimal::ZERO,
         });
         cell.points = cell.points.checked_add(s.points).ok_or(SettleError::Overflow)?;
-        cell.allocations += 1;
+        cell.allocations += s.allocations;
         cell.value = add(cell.value, value(s.points, s.rate)?)?;
     }
     let (self_redemptions, gross): (Vec<Cell>, Vec<Cell>) =
@@ -320,7 +323,7 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
     let settled = payments.iter().filter(|p| p.direction == Direction::PaidOut).map(|p| p.amount).sum();
     let totals = Totals {
         counts: input.counts,
-        allocations: input.slices.len() as i64,
+        allocations: input.slices.iter().map(|s| s.allocations).sum(),
         gross_value: gross.iter().try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
         self_redemption_value: self_redemptions.iter().try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
         fees: total_fees,

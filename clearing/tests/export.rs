@@ -16,9 +16,9 @@ fn sample() -> Settlement {
         rounding: Rounding::HalfAwayFromZero,
         partners: vec!["air".into(), "food".into(), "shop".into()],
         slices: vec![
-            Slice { issuer: "air".into(), redeemer: "food".into(), points: 420, rate: d("0.0125") },
-            Slice { issuer: "shop".into(), redeemer: "food".into(), points: 80, rate: d("0.0125") },
-            Slice { issuer: "food".into(), redeemer: "shop".into(), points: 10, rate: d("0.0085") },
+            Slice { issuer: "air".into(), redeemer: "food".into(), points: 420, rate: d("0.0125"), allocations: 1 },
+            Slice { issuer: "shop".into(), redeemer: "food".into(), points: 80, rate: d("0.0125"), allocations: 1 },
+            Slice { issuer: "food".into(), redeemer: "shop".into(), points: 10, rate: d("0.0085"), allocations: 1 },
         ],
         issuance: vec![Issuance { issuer: "air".into(), points: 1003, fee_rate: d("0.0015") }],
         counts: Counts::default(),

@@ -12,7 +12,7 @@ fn dec(s: &str) -> Decimal {
 }
 
 fn slice(issuer: &str, redeemer: &str, points: i64, rate: &str) -> Slice {
-    Slice { issuer: issuer.into(), redeemer: redeemer.into(), points, rate: dec(rate) }
+    Slice { issuer: issuer.into(), redeemer: redeemer.into(), points, rate: dec(rate), allocations: 1 }
 }
 
 fn input(slices: Vec<Slice>, issuance: Vec<Issuance>) -> Input {
@@ -113,7 +113,7 @@ fn rate() -> impl Strategy<Value = Decimal> {
 fn ledger() -> impl Strategy<Value = (Vec<Slice>, Vec<Issuance>)> {
     let slices = proptest::collection::vec(
         (partner(), partner(), 1i64..10_000, rate(), any::<bool>()).prop_map(|(i, r, p, rate, reversed)| {
-            let s = Slice { issuer: i, redeemer: r, points: p, rate };
+            let s = Slice { issuer: i, redeemer: r, points: p, rate, allocations: 1 };
             // A burn, and sometimes its full reversal in the same cycle.
             if reversed { vec![s.clone(), Slice { points: -s.points, ..s }] } else { vec![s] }
         }),

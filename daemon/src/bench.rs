@@ -282,3 +282,133 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(child);
     Ok(())
 }
+
+/// `coalitiond bench-clearing`: one cycle of many allocations, cleared, against a bare SQL aggregate
+/// over the same rows in the same run.
+#[derive(Debug, Clone, Args)]
+pub struct ClearingBenchArgs {
+    /// Database URL (default: a SQLite file in a temp folder). It must be empty: rows are generated.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Allocations in the cycle.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub allocations: i64,
+    /// Partners.
+    #[arg(long, default_value_t = 50)]
+    pub partners: i64,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+}
+
+/// Generates `n` burn transactions with one allocation each into cycle `cycle`, spread over
+/// `partners` issuers and redeemers (each redeemer with its own rate).
+const GEN_SQLITE: &str = "
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
+INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, request_hash,
+  balance_after, slices, debt_created, debt_repaid, accepted_at, cycle)
+SELECT i, 'p' || ((i / $2) % $2), 'b' || i, 'burn', 'm' || (i % 100000), 1 + (i % 97), 0, x'00', 0, '', 0, 0, 0, $3 FROM n";
+const GEN_SQLITE_ALLOC: &str = "
+INSERT INTO allocations (txn_id, seq, lot_id, member_id, issuer, redeemer, points, rate, accepted_at, cycle)
+SELECT id, 0, id, member_id, 'p' || (id % $1), partner_id, points,
+  CASE CAST(substr(partner_id, 2) AS INTEGER) % 3 WHEN 0 THEN '0.010' WHEN 1 THEN '0.008' ELSE '0.0125' END, 0, cycle
+FROM transactions";
+const GEN_PG: &str = "
+INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, request_hash,
+  balance_after, slices, debt_created, debt_repaid, accepted_at, cycle)
+SELECT i, 'p' || ((i / $2) % $2), 'b' || i, 'burn', 'm' || (i % 100000), 1 + (i % 97), 0, '\\x00'::bytea, 0, '', 0, 0, 0, $3
+FROM generate_series(1, $1::bigint) AS i";
+const GEN_PG_ALLOC: &str = "
+INSERT INTO allocations (txn_id, seq, lot_id, member_id, issuer, redeemer, points, rate, accepted_at, cycle)
+SELECT id, 0, id, member_id, 'p' || (id % $1), partner_id, points,
+  CASE substr(partner_id, 2)::int % 3 WHEN 0 THEN 0.010 WHEN 1 THEN 0.008 ELSE 0.0125 END, 0, cycle
+FROM transactions";
+/// The cycle totals the writer would have kept for the generated transactions.
+const GEN_TOTALS: &str = "INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points) \
+  SELECT cycle, partner_id, kind, COUNT(*), SUM(points) FROM transactions GROUP BY cycle, partner_id, kind";
+/// The baseline: the bare aggregate of the cycle's allocations per cell.
+const BARE: &str = "SELECT issuer, redeemer, SUM(points) FROM allocations WHERE cycle = $1 GROUP BY issuer, redeemer";
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Runs the clearing bench and prints its figures.
+pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let dir = tempfile::Builder::new().prefix("coalitiond-clearing-bench-").tempdir()?;
+    let url = args.database.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let (store, _writer) = crate::store::open(&url).await?;
+    let cycle = chrono::NaiveDate::from_ymd_opt(2026, 1, 15).expect("date");
+    let c = cycle.to_string();
+    let started = Instant::now();
+    let postgres = url.starts_with("postgres");
+    if postgres {
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        sqlx::query(GEN_PG).bind(args.allocations).bind(args.partners).bind(&c).execute(&mut conn).await?;
+        sqlx::query(GEN_PG_ALLOC).bind(args.partners).execute(&mut conn).await?;
+        sqlx::query(GEN_TOTALS).execute(&mut conn).await?;
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+        sqlx::query(GEN_SQLITE).bind(args.allocations).bind(args.partners).bind(&c).execute(&mut conn).await?;
+        sqlx::query(GEN_SQLITE_ALLOC).bind(args.partners).execute(&mut conn).await?;
+        sqlx::query(GEN_TOTALS).execute(&mut conn).await?;
+        sqlx::query("ANALYZE").execute(&mut conn).await?;
+    }
+    println!(
+        "bench-clearing: {} allocations over {} partners on {}, generated in {:.1} s",
+        args.allocations,
+        args.partners,
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        started.elapsed().as_secs_f64()
+    );
+    let mut bare = Vec::new();
+    for _ in 0..args.repeat {
+        let t0 = Instant::now();
+        let rows = if postgres {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query(BARE).bind(&c).fetch_all(&mut conn).await?.len()
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+            sqlx::query(BARE).bind(&c).fetch_all(&mut conn).await?.len()
+        };
+        bare.push(t0.elapsed());
+        assert!(rows > 0);
+    }
+    let plan = crate::store::clearing::Plan {
+        cycle,
+        now: crate::clock::Clock::default().now(),
+        cycles: coalition_clearing::Cycles::new(chrono_tz::Europe::Amsterdam, 0).expect("cycles"),
+        currency: "EUR".into(),
+        minor_units: 2,
+        rounding: coalition_clearing::Rounding::HalfAwayFromZero,
+        partners: (0..args.partners).map(|i| (format!("p{i}"), rust_decimal::Decimal::new(5, 4))).collect(),
+        skip_if_busy: false,
+    };
+    let mut runs = Vec::new();
+    let mut digest = String::new();
+    for i in 0..args.repeat {
+        let t0 = Instant::now();
+        let s = store.run_clearing(&plan).await?.expect("not skipped");
+        runs.push(t0.elapsed());
+        if i == 0 {
+            digest = s.settlement.digest.clone();
+            println!(
+                "  settlement: {} gross cells, {} allocations, gross value {}, settled {}",
+                s.settlement.gross.len(),
+                s.settlement.totals.allocations,
+                s.settlement.totals.gross_value,
+                s.settlement.totals.settled
+            );
+        } else {
+            anyhow::ensure!(s.settlement.digest == digest, "re-run changed the digest");
+        }
+    }
+    let (b, r) = (median(bare.clone()), median(runs.clone()));
+    println!("  bare aggregate (SUM GROUP BY issuer, redeemer): median {:>8.1} ms  runs {:?}", b.as_secs_f64() * 1e3, bare);
+    println!("  whole clearing run (sweep, gather, settle, store): median {:>8.1} ms  runs {:?}", r.as_secs_f64() * 1e3, runs);
+    println!("  ratio clearing : bare = {:.2}", r.as_secs_f64() / b.as_secs_f64());
+    Ok(())
+}

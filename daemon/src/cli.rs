@@ -57,6 +57,8 @@ pub enum Command {
     },
     /// Drive a mixed earn/burn load over mTLS and print throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Clear one generated cycle of many allocations and time it against a bare SQL aggregate.
+    BenchClearing(crate::bench::ClearingBenchArgs),
     /// Finance: run, show, finalize and export settlements, and partner statements (over mTLS,
     /// with the finance certificate).
     Clearing {
@@ -201,6 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchClearing(args) => crate::bench::clearing(args).await,
         Command::Clearing { command } => crate::finance_cli::run(command).await,
     }
 }

@@ -100,3 +100,15 @@ CREATE TABLE settlements (
     created_at      BIGINT NOT NULL,
     finalized_at    BIGINT
 );
+
+-- Per cycle, partner and kind: transactions and points, kept by the writer with every batch, so
+-- that a clearing run reads its control totals and issuance without scanning the cycle's
+-- transactions. The audit checks them against the transactions.
+CREATE TABLE cycle_totals (
+    cycle        TEXT NOT NULL,
+    partner_id   TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    transactions BIGINT NOT NULL,
+    points       BIGINT NOT NULL,
+    PRIMARY KEY (cycle, partner_id, kind)
+);

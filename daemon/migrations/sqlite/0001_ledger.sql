@@ -102,3 +102,15 @@ CREATE TABLE settlements (
     created_at      INTEGER NOT NULL,
     finalized_at    INTEGER
 );
+
+-- Per cycle, partner and kind: transactions and points, kept by the writer with every batch, so
+-- that a clearing run reads its control totals and issuance without scanning the cycle's
+-- transactions. The audit checks them against the transactions.
+CREATE TABLE cycle_totals (
+    cycle        TEXT NOT NULL,
+    partner_id   TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    transactions INTEGER NOT NULL,
+    points       INTEGER NOT NULL,
+    PRIMARY KEY (cycle, partner_id, kind)
+);

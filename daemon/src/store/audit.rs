@@ -54,6 +54,14 @@ pub const CHECKS: &[(&str, &str)] = &[
          ON r.original_id = t.id WHERE t.kind IN ('earn', 'burn') AND t.reversed_points <> COALESCE(r.s, 0)",
     ),
     (
+        "cycle totals = the counts and points of the cycle's transactions",
+        "SELECT (SELECT COUNT(*) FROM (SELECT cycle, partner_id, kind, COUNT(*) AS n, SUM(points) AS p FROM transactions \
+         GROUP BY cycle, partner_id, kind) t LEFT JOIN cycle_totals c ON c.cycle = t.cycle AND c.partner_id = t.partner_id \
+         AND c.kind = t.kind WHERE c.kind IS NULL OR c.transactions <> t.n OR c.points <> t.p) \
+         + (SELECT COUNT(*) FROM cycle_totals c WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.cycle = c.cycle \
+         AND t.partner_id = c.partner_id AND t.kind = c.kind))",
+    ),
+    (
         "every reversal points at a transaction of the kind it reverses",
         "SELECT COUNT(*) FROM transactions t LEFT JOIN transactions o ON o.id = t.original_id \
          WHERE t.kind IN ('reverse_earn', 'reverse_burn') AND (o.id IS NULL OR o.member_id <> t.member_id \

@@ -140,6 +140,13 @@ pub async fn apply(
             t.reversed_points = r;
         }
     }
+    let mut totals: std::collections::BTreeMap<(String, &'static str), (i64, i64)> = Default::default();
+    for t in &writes.new_txns {
+        let e = totals.entry((t.partner.clone(), t.kind.as_str())).or_default();
+        e.0 += 1;
+        e.1 += t.points;
+    }
+    writes.cycle_totals = totals.into_iter().map(|((p, k), (n, pts))| (p, k, n, pts)).collect();
     writes.reversed = reversed.into_iter().collect();
     writes.reversed.sort();
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();

@@ -166,6 +166,9 @@ pub struct Writes {
     pub debts: Vec<Debt>,
     /// Members seen for the first time: (member, first seen).
     pub new_members: Vec<(String, Micros)>,
+    /// Per (partner, kind) of the new transactions: (partner, kind, transactions, points), added
+    /// to the cycle's totals.
+    pub cycle_totals: Vec<(String, &'static str, i64, i64)>,
 }
 
 /// What a backend does inside one write transaction for the shared batch logic.

@@ -323,6 +323,22 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
             .execute(&mut *conn)
             .await?;
     }
+    if !w.cycle_totals.is_empty() {
+        let c = &w.cycle_totals;
+        sqlx::query(
+            "INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points) \
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+             ON CONFLICT (cycle, partner_id, kind) DO UPDATE SET transactions = cycle_totals.transactions + \
+             excluded.transactions, points = cycle_totals.points + excluded.points",
+        )
+        .bind(w.cycle.to_string())
+        .bind(c.iter().map(|x| x.0.clone()).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.1.to_string()).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.2).collect::<Vec<_>>())
+        .bind(c.iter().map(|x| x.3).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     if !w.new_txns.is_empty() {
         let t = &w.new_txns;
         let amount: Vec<Option<Decimal>> = t
@@ -632,7 +648,13 @@ impl clearing::ClearingTx for PgClearing<'_> {
         let rows = sqlx::query(clearing::sql::SLICES).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
         Ok(rows
             .iter()
-            .map(|r| coalition_clearing::Slice { issuer: r.get(0), redeemer: r.get(1), points: r.get(2), rate: r.get(3) })
+            .map(|r| coalition_clearing::Slice {
+                issuer: r.get(0),
+                redeemer: r.get(1),
+                rate: r.get(2),
+                points: r.get(3),
+                allocations: r.get(4),
+            })
             .collect())
     }
 

@@ -446,6 +446,17 @@ impl LedgerTx for SqliteTx<'_> {
             qb.push(" ON CONFLICT (txn_id) DO UPDATE SET points_left = excluded.points_left");
             qb.build().execute(&mut *conn).await?;
         }
+        if !w.cycle_totals.is_empty() {
+            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points) ");
+            qb.push_values(&w.cycle_totals, |mut b, (p, k, n, pts)| {
+                b.push_bind(w.cycle.to_string()).push_bind(p).push_bind(*k).push_bind(n).push_bind(pts);
+            });
+            qb.push(
+                " ON CONFLICT (cycle, partner_id, kind) DO UPDATE SET transactions = cycle_totals.transactions + \
+                 excluded.transactions, points = cycle_totals.points + excluded.points",
+            );
+            qb.build().execute(&mut *conn).await?;
+        }
         for chunk in w.new_members.chunks(MAX_BINDS / 2) {
             let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO members (member_id, first_seen) ");
             qb.push_values(chunk, |mut b, (m, seen)| {
@@ -660,8 +671,9 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
             .map(|r| coalition_clearing::Slice {
                 issuer: r.get(0),
                 redeemer: r.get(1),
-                points: r.get(2),
                 rate: decimal(r, "rate"),
+                points: r.get(3),
+                allocations: r.get(4),
             })
             .collect())
     }
