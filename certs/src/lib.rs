@@ -218,6 +218,50 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// A CRL, signed by this CA, listing `serials` (big-endian bytes) as revoked; `number` must grow
+    /// with every CRL issued. Valid for `days`.
+    pub fn crl(&self, serials: &[Vec<u8>], number: u64, days: i64) -> Result<String, CertError> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(days),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now - Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>, CertError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(p.contents)
+}
+
+/// The serial number of a PEM certificate, big-endian bytes.
+pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, CertError> {
+    let der = pem_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(cert.tbs_certificate.raw_serial().to_vec())
+}
+
+/// The revoked serial numbers listed in a PEM CRL.
+pub fn crl_serials(crl_pem: &str) -> Result<Vec<Vec<u8>>, CertError> {
+    let der = pem_der(crl_pem)?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(crl.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()).collect())
+}
+
 /// Serial numbers start from the current time in microseconds so that two CA loads never reuse one.
 fn now_serial_base() -> u64 {
     let now = OffsetDateTime::now_utc();
@@ -236,6 +280,16 @@ mod tests {
         let der = pem_to_der(&issued.cert_pem);
         assert_eq!(identity_from_der("acme", &der).unwrap(), id);
         assert!(identity_from_der("other", &der).is_err(), "another coalition's URI must not match");
+    }
+
+    #[test]
+    fn crl_lists_what_was_revoked() {
+        let ca = Authority::generate("test CA").unwrap();
+        let id = Identity { role: Role::Partner, name: "skyways".into() };
+        let issued = ca.issue_client("acme", &id, 30).unwrap();
+        let serial = serial_of(&issued.cert_pem).unwrap();
+        let crl = ca.crl(&[serial.clone()], 1, 30).unwrap();
+        assert_eq!(crl_serials(&crl).unwrap(), vec![serial]);
     }
 
     fn pem_to_der(pem: &str) -> Vec<u8> {

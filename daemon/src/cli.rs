@@ -81,6 +81,16 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke a client certificate: add its serial to the CRL at the config's `tls.crl`. Send the
+    /// daemon SIGHUP (or call ReloadCertificates) to apply it.
+    Revoke {
+        /// The config file.
+        #[arg(long, default_value = "coalition.toml")]
+        config: PathBuf,
+        /// The certificate to revoke (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+    },
     /// Issue one more client certificate with the existing CA.
     Issue {
         /// The config file.
@@ -121,6 +131,28 @@ fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Adds a certificate's serial to the config's CRL (re-signed by the CA beside `tls.ca_cert`).
+/// Returns how many serials the CRL lists.
+pub fn revoke(config: &Config, cert_pem: &str) -> anyhow::Result<usize> {
+    let crl_path = config.crl.as_ref().context("config has no tls.crl: set one to revoke certificates")?;
+    let dir = config.ca_cert.parent().map(Path::to_path_buf).unwrap_or_default();
+    let ca = Authority::load(
+        &std::fs::read_to_string(&config.ca_cert)?,
+        &std::fs::read_to_string(dir.join("ca.key")).context("reading ca.key beside tls.ca_cert")?,
+    )?;
+    let mut serials = match std::fs::read_to_string(crl_path) {
+        Ok(pem) => coalition_certs::crl_serials(&pem)?,
+        Err(_) => vec![],
+    };
+    let serial = coalition_certs::serial_of(cert_pem)?;
+    if !serials.contains(&serial) {
+        serials.push(serial);
+    }
+    let number = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
+    std::fs::write(crl_path, ca.crl(&serials, number, 30)?)?;
+    Ok(serials.len())
+}
+
 /// Writes a dev CA, server certificate and all client identities for `config` into `dir`.
 pub fn certs_init(config: &Config, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -132,6 +164,10 @@ pub fn certs_init(config: &Config, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .with_context(|| format!("writing {}", config.server_cert.display()))?;
     write_private(&config.server_key, &server.key_pem)?;
     let mut written = vec![dir.join("ca.pem"), config.server_cert.clone()];
+    if let Some(crl) = &config.crl {
+        std::fs::write(crl, ca.crl(&[], 1, 30)?)?;
+        written.push(crl.clone());
+    }
     let mut ids: Vec<Identity> =
         config.partners.keys().map(|p| Identity { role: Role::Partner, name: p.clone() }).collect();
     ids.push(Identity { role: Role::Finance, name: "finance".into() });
@@ -175,6 +211,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for path in certs_init(&config, &dir)? {
                 println!("wrote {}", path.display());
             }
+            Ok(())
+        }
+        Command::Certs { command: CertsCommand::Revoke { config, cert } } => {
+            let config = Config::load(&config)?;
+            let crl = revoke(&config, &std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?)?;
+            println!("revoked {}; {} now lists {crl} certificate(s); send SIGHUP to the daemon to apply", cert.display(), config.crl.as_ref().expect("checked").display());
             Ok(())
         }
         Command::Certs { command: CertsCommand::Issue { config, role, name, days } } => {

@@ -51,6 +51,8 @@ struct Raw {
     time_zone: String,
     cutoff: String,
     #[serde(default)]
+    metrics_listen: Option<String>,
+    #[serde(default)]
     points_expire_after_days: Option<i64>,
     tls: RawTls,
     database: RawDatabase,
@@ -85,6 +87,8 @@ struct RawTls {
     ca_cert: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
+    #[serde(default)]
+    crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +220,10 @@ pub struct Config {
     pub server_cert: PathBuf,
     /// Server private key.
     pub server_key: PathBuf,
+    /// CRL of the client CA (reloaded with the certificates on SIGHUP).
+    pub crl: Option<PathBuf>,
+    /// Where `/metrics` (Prometheus text format) is served; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Database URL: `sqlite://path` (or a bare path) or `postgres://…`.
     pub database_url: String,
     /// Largest number of calls applied in one commit.
@@ -297,6 +305,13 @@ impl Config {
         let listen = raw.listen.parse().map_err(|_| {
             invalid("listen", format!("{:?} is not an address like 127.0.0.1:7443", raw.listen))
         })?;
+        let metrics_listen = match raw.metrics_listen.as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            Some("") | Some("off") => None,
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid("metrics_listen", format!("{a:?} is not an address like 127.0.0.1:9464 (or \"off\")"))
+            })?),
+        };
         let currency = Currency::from_code(&raw.currency).ok_or_else(|| {
             invalid("currency", format!("{:?} is not an ISO 4217 code this daemon knows (e.g. EUR, JPY, BHD)", raw.currency))
         })?;
@@ -385,6 +400,8 @@ impl Config {
             ca_cert: base.join(raw.tls.ca_cert),
             server_cert: base.join(raw.tls.server_cert),
             server_key: base.join(raw.tls.server_key),
+            crl: raw.tls.crl.map(|c| base.join(c)),
+            metrics_listen,
             database_url,
             max_batch,
             queue_depth,

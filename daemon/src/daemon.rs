@@ -14,6 +14,8 @@ use tokio::sync::watch;
 pub struct Daemon {
     /// Where it listens (the real port when the config asked for port 0).
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
     /// Reads and audits over the same database.
     pub store: Arc<dyn Store>,
     /// The daemon's clock (tests move it).
@@ -28,8 +30,17 @@ impl Daemon {
     /// Opens storage, starts the writer and the server.
     pub async fn start(config: Config, clock: Clock) -> anyhow::Result<Daemon> {
         let config = Arc::new(config);
-        let tls = crate::server::tls::server_config(&config.ca_cert, &config.server_cert, &config.server_key)?;
+        let tls = Arc::new(crate::server::tls::TlsState::load(crate::server::tls::TlsFiles {
+            ca: config.ca_cert.clone(),
+            cert: config.server_cert.clone(),
+            key: config.server_key.clone(),
+            crl: config.crl.clone(),
+        })?);
         let (store, backend) = store::open(&config.database_url).await?;
+        let limits = Arc::new(crate::ops::limits::Limits::new(
+            config.partners.values().map(|p| (p.id.clone(), p.rate_per_second, p.burst, false)),
+        ));
+        crate::ops::apply_overrides(&*store, &limits).await?;
         let (writer, writer_task) = Writer::spawn(
             backend,
             WriterConfig {
@@ -46,12 +57,25 @@ impl Daemon {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} (config key `listen`): {e}", config.listen))?;
         let addr = crate::server::local_addr(&listener);
-        let shared = Shared { config: config.clone(), store: store.clone(), writer, clock: clock.clone() };
+        let shared = Shared {
+            config: config.clone(),
+            store: store.clone(),
+            writer,
+            clock: clock.clone(),
+            limits,
+            tls: tls.clone(),
+        };
         let (shutdown, rx) = watch::channel(false);
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => Some(crate::metrics::serve(addr, rx.clone()).await?),
+            None => None,
+        };
+        tokio::spawn(crate::ops::refresh_loop(shared.clone(), rx.clone()));
+        tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
         let scheduler = config.clearing.scheduler.then(|| tokio::spawn(crate::scheduler::run(shared.clone(), rx.clone())));
         let server = tokio::spawn(crate::server::serve(listener, tls, shared, rx));
         tracing::info!(%addr, database = %redact(&config.database_url), "coalitiond listening");
-        Ok(Daemon { addr, store, clock, shutdown, server, writer: writer_task, scheduler })
+        Ok(Daemon { addr, metrics_addr, store, clock, shutdown, server, writer: writer_task, scheduler })
     }
 
     /// Stops accepting, lets calls in flight finish and commit, then returns.
@@ -76,6 +100,26 @@ impl Daemon {
             r = &mut self.server => r?,
         }
     }
+}
+
+/// Reloads the TLS configuration (certificate, CA, CRL) on every SIGHUP.
+async fn reload_on_sighup(tls: Arc<crate::server::tls::TlsState>, mut stop: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    if let Err(e) = tls.reload() {
+                        tracing::error!(error = %e, "TLS reload failed; the previous configuration stays in force");
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (tls, stop.wait_for(|s| *s).await);
 }
 
 async fn shutdown_signal() {

@@ -24,7 +24,8 @@ pub fn write_dev_setup_on(dir: &Path, listen: &str, database_url: &str) -> anyho
     std::fs::create_dir_all(dir.join("certs/dev"))?;
     let text = EXAMPLE_CONFIG
         .replacen("listen = \"127.0.0.1:7443\"", &format!("listen = \"{listen}\""), 1)
-        .replacen("url = \"sqlite://data/coalition.db\"", &format!("url = \"{database_url}\""), 1);
+        .replacen("url = \"sqlite://data/coalition.db\"", &format!("url = \"{database_url}\""), 1)
+        .replacen("metrics_listen = \"127.0.0.1:9464\"", "metrics_listen = \"127.0.0.1:0\"", 1);
     let path = dir.join("coalition.toml");
     std::fs::write(&path, text)?;
     let config = Config::load(&path)?;

@@ -17,6 +17,8 @@ pub mod daemon;
 pub mod demo;
 pub mod finance_cli;
 pub mod ledger;
+pub mod metrics;
+pub mod ops;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -112,3 +112,13 @@ CREATE TABLE cycle_totals (
     points       BIGINT NOT NULL,
     PRIMARY KEY (cycle, partner_id, kind)
 );
+
+-- Operators' changes to a partner's limits and status, over what the config says. Every daemon
+-- on the database applies them (and re-reads them every few seconds).
+CREATE TABLE partner_overrides (
+    partner_id  TEXT PRIMARY KEY,
+    per_second  BIGINT NOT NULL,
+    burst       BIGINT NOT NULL,
+    suspended   BOOLEAN NOT NULL,
+    updated_at  BIGINT NOT NULL
+);

@@ -49,6 +49,17 @@ pub enum ApiError {
     /// The caller is known but may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// New certificates could not be loaded; the previous ones stay in force.
+    #[error("certificate reload refused, the previous configuration stays in force: {0}")]
+    ReloadRefused(String),
+    /// Over the partner's rate limit.
+    #[error("partner {partner} is over its rate limit; retry in {} ms", retry_after.as_millis().max(1))]
+    Throttled {
+        /// The partner.
+        partner: String,
+        /// When a call would be let through.
+        retry_after: std::time::Duration,
+    },
 }
 
 impl ApiError {
@@ -63,6 +74,8 @@ impl ApiError {
             ApiError::NotFound { reason, .. } => (Code::NotFound, reason),
             ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            ApiError::Throttled { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
+            ApiError::ReloadRefused(_) => (Code::FailedPrecondition, "TLS_RELOAD_REFUSED"),
             ApiError::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
             ApiError::Store(StoreError::ShuttingDown) => (Code::Unavailable, "SHUTTING_DOWN"),
             ApiError::Clearing(c) => {
@@ -109,6 +122,20 @@ impl From<ApiError> for Status {
             // Nothing was applied: the same request may be sent again with the same id.
             details.set_retry_info(Some(std::time::Duration::from_millis(100)));
         }
-        Status::with_error_details(code, e.to_string(), details)
+        let pushback = match &e {
+            ApiError::Throttled { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
+                Some(retry_after.as_millis().max(1))
+            }
+            _ => None,
+        };
+        let mut status = Status::with_error_details(code, e.to_string(), details);
+        if let Some(ms) = pushback {
+            // gRPC's own retry pushback, for clients that read trailers rather than details.
+            if let Ok(v) = ms.to_string().parse() {
+                status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+            }
+        }
+        status
     }
 }

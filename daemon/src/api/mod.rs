@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod finance;
+pub mod operator;
 pub mod partner;
 pub mod validate;
 
@@ -23,6 +24,10 @@ pub struct Shared {
     pub writer: Writer,
     /// The daemon's clock.
     pub clock: Clock,
+    /// Per-partner rate limits and suspension.
+    pub limits: Arc<crate::ops::limits::Limits>,
+    /// The TLS configuration in force (reloadable).
+    pub tls: Arc<crate::server::tls::TlsState>,
 }
 
 /// The authenticated partner of a call, put in the request extensions by the identity layer.

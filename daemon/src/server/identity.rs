@@ -15,23 +15,26 @@ use tonic::{Request, Status};
 pub struct RequireRole {
     config: Arc<Config>,
     role: Role,
+    limits: Option<Arc<crate::ops::limits::Limits>>,
 }
 
 impl RequireRole {
     /// Admits `role` only.
     pub fn new(config: Arc<Config>, role: Role) -> RequireRole {
-        RequireRole { config, role }
+        RequireRole { config, role, limits: None }
+    }
+
+    /// Also checks each partner's suspension and rate limit, before any handler runs.
+    pub fn with_limits(mut self, limits: Arc<crate::ops::limits::Limits>) -> RequireRole {
+        self.limits = Some(limits);
+        self
     }
 
     fn resolve<T>(&self, req: &Request<T>) -> Result<Identity, ApiError> {
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| ApiError::Unauthenticated("no client certificate on this connection".into()))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| ApiError::Unauthenticated("no client certificate on this connection".into()))?;
-        let id = identity_from_der(&self.config.coalition, leaf)
-            .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))?;
+        let id = match req.extensions().get::<Identity>() {
+            Some(id) => id.clone(), // read once by the observe layer
+            None => self.identity_of(req)?,
+        };
         if id.role != self.role {
             return Err(ApiError::PermissionDenied(format!("{id} may not call the {} API", self.role.as_str())));
         }
@@ -41,7 +44,33 @@ impl RequireRole {
                 id.name
             )));
         }
+        if let Some(limits) = &self.limits {
+            use crate::ops::limits::Denied;
+            match limits.check(&id.name) {
+                Ok(()) => {}
+                Err(Denied::Suspended) => {
+                    return Err(ApiError::PermissionDenied(format!(
+                        "partner {} is suspended by the coalition's operators; nothing it sends is applied",
+                        id.name
+                    )));
+                }
+                Err(Denied::Throttled(wait)) => return Err(ApiError::Throttled { partner: id.name.clone(), retry_after: wait }),
+                Err(Denied::Unknown) => {
+                    return Err(ApiError::Unauthenticated(format!("partner {:?} is not a partner of this coalition", id.name)));
+                }
+            }
+        }
         Ok(id)
+    }
+
+    fn identity_of<T>(&self, req: &Request<T>) -> Result<Identity, ApiError> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| ApiError::Unauthenticated("no client certificate on this connection".into()))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| ApiError::Unauthenticated("no client certificate on this connection".into()))?;
+        identity_from_der(&self.config.coalition, leaf).map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))
     }
 }
 

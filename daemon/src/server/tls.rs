@@ -52,17 +52,74 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The files the TLS configuration is made of.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signs client certificates.
+    pub ca: std::path::PathBuf,
+    /// The server's certificate chain.
+    pub cert: std::path::PathBuf,
+    /// The server's key.
+    pub key: std::path::PathBuf,
+    /// A CRL of that CA, if revocation is checked.
+    pub crl: Option<std::path::PathBuf>,
+}
+
+/// The TLS configuration in force, reloadable from disk (SIGHUP or the operator API). A reload
+/// applies to new connections; established ones keep the configuration they were made with.
+pub struct TlsState {
+    files: TlsFiles,
+    current: std::sync::RwLock<Arc<ServerConfig>>,
+}
+
+impl TlsState {
+    /// Loads the configuration from `files`.
+    pub fn load(files: TlsFiles) -> Result<TlsState, TlsError> {
+        let (config, _) = server_config(&files)?;
+        Ok(TlsState { files, current: std::sync::RwLock::new(config) })
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.read().expect("tls lock").clone()
+    }
+
+    /// Re-reads the files; on any error the configuration in force stays. Returns the number of
+    /// revoked serials on the CRL now in force.
+    pub fn reload(&self) -> Result<usize, TlsError> {
+        let (config, revoked) = server_config(&self.files)?;
+        *self.current.write().expect("tls lock") = config;
+        tracing::info!(revoked, "TLS configuration reloaded");
+        Ok(revoked)
+    }
+}
+
 /// Builds the server's TLS configuration: its certificate, client certificates required and
-/// verified against `ca`, HTTP/2 only.
-pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// verified against the CA (and its CRL, if any), HTTP/2 only. Also returns the CRL's size.
+pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, usize), TlsError> {
+    let (ca, cert, key) = (&files.ca, &files.cert, &files.key);
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for c in certs(ca)? {
         roots.add(c).map_err(|e| TlsError::Rustls(format!("CA certificate {}: {e}", ca.display())))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut crls = Vec::new();
+    let mut revoked = 0;
+    if let Some(path) = &files.crl {
+        let pem = read(path)?;
+        for crl in rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&pem) {
+            let crl = crl.map_err(|e| TlsError::Pem { path: path.display().to_string(), message: e.to_string() })?;
+            revoked += coalition_certs::crl_serials(&String::from_utf8_lossy(&pem))
+                .map_err(|e| TlsError::Pem { path: path.display().to_string(), message: e.to_string() })?
+                .len();
+            crls.push(crl);
+        }
+    }
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = builder.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
     let key_pem = read(key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| TlsError::Pem { path: key.display().to_string(), message: e.to_string() })?;
@@ -73,5 +130,5 @@ pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerCon
         .with_single_cert(certs(cert)?, key)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), revoked))
 }

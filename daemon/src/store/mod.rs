@@ -243,8 +243,37 @@ pub trait Store: Send + Sync {
         cycle: chrono::NaiveDate,
         partner: &str,
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError>;
+    /// Operators' overrides of partners' limits and status.
+    async fn partner_overrides(&self) -> Result<Vec<PartnerOverride>, StoreError>;
+    /// Stores an override (replacing the partner's previous one).
+    async fn save_partner_override(&self, o: &PartnerOverride) -> Result<(), StoreError>;
     /// (latest settled cycle, first cycle with any transaction).
     async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError>;
+}
+
+/// An operator's override of a partner's quota and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerOverride {
+    /// Partner id.
+    pub partner: String,
+    /// Requests per second.
+    pub per_second: u32,
+    /// Burst.
+    pub burst: u32,
+    /// Suspended.
+    pub suspended: bool,
+    /// When it was set.
+    pub updated_at: Micros,
+}
+
+/// SQL of the overrides, shared by the backends.
+pub mod overrides_sql {
+    /// All overrides.
+    pub const LIST: &str = "SELECT partner_id, per_second, burst, suspended, updated_at FROM partner_overrides";
+    /// Insert or replace one.
+    pub const SAVE: &str = "INSERT INTO partner_overrides (partner_id, per_second, burst, suspended, updated_at) \
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (partner_id) DO UPDATE SET per_second = excluded.per_second, \
+        burst = excluded.burst, suspended = excluded.suspended, updated_at = excluded.updated_at";
 }
 
 /// The cycle a commit belongs to: the cycle of its instant, or the first one after the last sealed.

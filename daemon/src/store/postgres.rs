@@ -567,6 +567,32 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
+        let rows = sqlx::query(super::overrides_sql::LIST).fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| super::PartnerOverride {
+                partner: r.get(0),
+                per_second: r.get::<i64, _>(1) as u32,
+                burst: r.get::<i64, _>(2) as u32,
+                suspended: r.get(3),
+                updated_at: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn save_partner_override(&self, o: &super::PartnerOverride) -> Result<(), StoreError> {
+        sqlx::query(super::overrides_sql::SAVE)
+            .bind(&o.partner)
+            .bind(o.per_second as i64)
+            .bind(o.burst as i64)
+            .bind(o.suspended)
+            .bind(o.updated_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
         let row = sqlx::query(clearing::sql::FRONTIER).fetch_one(&self.pool).await?;
         Ok((parse_cycle(row.get(0)), parse_cycle(row.get(1))))

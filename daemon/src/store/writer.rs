@@ -48,6 +48,9 @@ async fn run(mut backend: Box<dyn BatchBackend>, mut rx: mpsc::Receiver<Job>, co
         };
         let started = std::time::Instant::now();
         let result = backend.apply_batch(&requests, &ctx).await;
+        metrics::histogram!("coalition_write_batch_size").record(requests.len() as f64);
+        metrics::histogram!("coalition_commit_seconds", "ok" => if result.is_ok() { "true" } else { "false" })
+            .record(started.elapsed().as_secs_f64());
         tracing::debug!(size = requests.len(), micros = started.elapsed().as_micros() as u64, ok = result.is_ok(), "batch");
         match result {
             Ok(answers) => {

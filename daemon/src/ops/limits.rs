@@ -1,0 +1,220 @@
+//! Per-partner rate limits (governor) and suspension, checked before any database work.
+//!
+//! A governor keyed limiter has one quota for every key, so each partner has a direct limiter of its
+//! own, in a map. Changing a partner's quota swaps its limiter: the new bucket starts full, so a
+//! partner may burst up to its new burst right after a change (documented in README).
+//! Allowed and throttled calls are counted per second over the last hour, for 1 min / 5 min / 1 h
+//! windows.
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Why a call was not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// The partner is suspended by the operators.
+    Suspended,
+    /// Over quota; retry after this long.
+    Throttled(Duration),
+    /// Not a partner of this coalition.
+    Unknown,
+}
+
+/// Seconds of history kept.
+const HISTORY_SECS: u64 = 3600;
+
+#[derive(Default)]
+struct Windows {
+    /// (second since start, allowed, throttled), oldest first.
+    seconds: VecDeque<(u64, u64, u64)>,
+}
+
+impl Windows {
+    fn add(&mut self, now: u64, allowed: bool) {
+        match self.seconds.back_mut() {
+            Some((s, a, t)) if *s == now => {
+                if allowed { *a += 1 } else { *t += 1 }
+            }
+            _ => self.seconds.push_back((now, allowed as u64, (!allowed) as u64)),
+        }
+        while self.seconds.front().is_some_and(|(s, _, _)| now.saturating_sub(*s) >= HISTORY_SECS) {
+            self.seconds.pop_front();
+        }
+    }
+
+    fn sum(&self, now: u64, secs: u64) -> (u64, u64) {
+        self.seconds
+            .iter()
+            .rev()
+            .take_while(|(s, _, _)| now.saturating_sub(*s) < secs)
+            .fold((0, 0), |(a, t), (_, x, y)| (a + x, t + y))
+    }
+}
+
+struct PartnerLimit {
+    per_second: u32,
+    burst: u32,
+    limiter: DefaultDirectRateLimiter,
+    suspended: AtomicBool,
+    windows: Mutex<Windows>,
+}
+
+fn limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let q = Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("≥ 1"))
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("≥ 1"));
+    RateLimiter::direct(q)
+}
+
+/// The live limit state of one partner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitState {
+    /// Partner id.
+    pub partner: String,
+    /// Quota: requests per second.
+    pub per_second: u32,
+    /// Quota: burst.
+    pub burst: u32,
+    /// Suspended by the operators.
+    pub suspended: bool,
+    /// Allowed calls in the last 1 min, 5 min, 1 h.
+    pub allowed: [u64; 3],
+    /// Throttled calls in the last 1 min, 5 min, 1 h.
+    pub throttled: [u64; 3],
+}
+
+/// Every partner's limiter and switches.
+pub struct Limits {
+    started: Instant,
+    partners: RwLock<HashMap<String, Arc<PartnerLimit>>>,
+}
+
+impl Limits {
+    /// Limits for `(partner, per_second, burst, suspended)`.
+    pub fn new(partners: impl IntoIterator<Item = (String, u32, u32, bool)>) -> Limits {
+        let map = partners
+            .into_iter()
+            .map(|(p, r, b, s)| {
+                let l = PartnerLimit {
+                    per_second: r,
+                    burst: b,
+                    limiter: limiter(r, b),
+                    suspended: AtomicBool::new(s),
+                    windows: Mutex::default(),
+                };
+                (p, Arc::new(l))
+            })
+            .collect();
+        Limits { started: Instant::now(), partners: RwLock::new(map) }
+    }
+
+    fn second(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn get(&self, partner: &str) -> Option<Arc<PartnerLimit>> {
+        self.partners.read().expect("limits lock").get(partner).cloned()
+    }
+
+    /// Lets a call of `partner` through, or says why not. Counts it either way.
+    pub fn check(&self, partner: &str) -> Result<(), Denied> {
+        let l = self.get(partner).ok_or(Denied::Unknown)?;
+        if l.suspended.load(Ordering::Relaxed) {
+            return Err(Denied::Suspended);
+        }
+        let result = l.limiter.check().map_err(|not_until| Denied::Throttled(not_until.wait_time_from(DefaultClock::default().now())));
+        l.windows.lock().expect("windows lock").add(self.second(), result.is_ok());
+        if result.is_err() {
+            metrics::counter!("coalition_throttled_calls_total", "partner" => partner.to_string()).increment(1);
+        }
+        result
+    }
+
+    /// Sets a partner's quota (its bucket starts full again). `false` if the partner is unknown.
+    pub fn set_quota(&self, partner: &str, per_second: u32, burst: u32) -> bool {
+        let mut map = self.partners.write().expect("limits lock");
+        let Some(old) = map.get(partner).cloned() else { return false };
+        let windows = std::mem::take(&mut *old.windows.lock().expect("windows lock"));
+        map.insert(
+            partner.to_string(),
+            Arc::new(PartnerLimit {
+                per_second,
+                burst,
+                limiter: limiter(per_second, burst),
+                suspended: AtomicBool::new(old.suspended.load(Ordering::Relaxed)),
+                windows: Mutex::new(windows),
+            }),
+        );
+        true
+    }
+
+    /// Suspends or resumes a partner. `false` if the partner is unknown.
+    pub fn set_suspended(&self, partner: &str, suspended: bool) -> bool {
+        match self.get(partner) {
+            Some(l) => {
+                l.suspended.store(suspended, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live state of every partner, sorted by id.
+    pub fn snapshot(&self) -> Vec<LimitState> {
+        let now = self.second();
+        let map = self.partners.read().expect("limits lock");
+        let mut out: Vec<LimitState> = map
+            .iter()
+            .map(|(p, l)| {
+                let w = l.windows.lock().expect("windows lock");
+                let (a1, t1) = w.sum(now, 60);
+                let (a5, t5) = w.sum(now, 300);
+                let (ah, th) = w.sum(now, HISTORY_SECS);
+                LimitState {
+                    partner: p.clone(),
+                    per_second: l.per_second,
+                    burst: l.burst,
+                    suspended: l.suspended.load(Ordering::Relaxed),
+                    allowed: [a1, a5, ah],
+                    throttled: [t1, t5, th],
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.partner.cmp(&b.partner));
+        out
+    }
+
+    /// One partner's state.
+    pub fn state(&self, partner: &str) -> Option<LimitState> {
+        self.snapshot().into_iter().find(|s| s.partner == partner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_throttle_with_a_hint_and_counts() {
+        let l = Limits::new([("a".to_string(), 10, 3, false), ("b".to_string(), 10, 3, false)]);
+        for _ in 0..3 {
+            assert_eq!(l.check("a"), Ok(()));
+        }
+        match l.check("a") {
+            Err(Denied::Throttled(d)) => assert!(d > Duration::ZERO && d <= Duration::from_millis(100), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.check("b"), Ok(()), "another partner's bucket is its own");
+        let s = l.state("a").unwrap();
+        assert_eq!((s.allowed[0], s.throttled[0]), (3, 1));
+        assert!(l.set_suspended("b", true));
+        assert_eq!(l.check("b"), Err(Denied::Suspended));
+        assert!(l.set_quota("a", 100, 50));
+        assert_eq!(l.check("a"), Ok(()), "a new quota starts with a full bucket");
+        assert_eq!(l.check("nobody"), Err(Denied::Unknown));
+    }
+}
