@@ -119,6 +119,8 @@ impl Drop for PgDatabase {
 
 /// A partner API client.
 pub type PartnerClient = PartnerServiceClient<Channel>;
+/// An operator API client.
+pub type OperatorClient = coalition_proto::v1::operator_service_client::OperatorServiceClient<Channel>;
 /// A finance API client.
 pub type FinanceClient = coalition_proto::v1::finance_service_client::FinanceServiceClient<Channel>;
 
@@ -203,6 +205,17 @@ impl TestDaemon {
     pub async fn finance(&self) -> FinanceClient {
         let pem = ClientPem::from_dir(&certs_dir(&self.config), "finance").expect("finance cert");
         FinanceClient::new(connect(&self.addr, &pem).await.expect("connect"))
+    }
+
+    /// An operator client (the dev operator certificate).
+    pub async fn operator(&self) -> OperatorClient {
+        let pem = ClientPem::from_dir(&certs_dir(&self.config), "operator").expect("operator cert");
+        OperatorClient::new(connect(&self.addr, &pem).await.expect("connect"))
+    }
+
+    /// Where the daemon serves /metrics.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.daemon().metrics_addr.expect("metrics served")
     }
 
     /// Asserts the ledger invariants hold.

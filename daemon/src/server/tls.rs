@@ -114,6 +114,10 @@ pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, usize), Tls
                 .len();
             crls.push(crl);
         }
+        // A configured CRL that holds none would silently un-revoke everything: refuse it.
+        if crls.is_empty() {
+            return Err(TlsError::Pem { path: path.display().to_string(), message: "no X509 CRL in file".into() });
+        }
     }
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if !crls.is_empty() {
