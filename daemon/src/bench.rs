@@ -214,15 +214,20 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 async fn start_child(args: &BenchArgs) -> anyhow::Result<(String, PathBuf, Child)> {
+    start_child_with(args.database.as_deref(), "per_second = 1000000, burst = 1000000").await
+}
+
+/// Starts `coalitiond serve` on a fresh dev setup with every partner's limit set to `limit`.
+async fn start_child_with(database: Option<&str>, limit: &str) -> anyhow::Result<(String, PathBuf, Child)> {
     let dir = tempfile::Builder::new().prefix("coalitiond-bench-").tempdir()?;
     let addr = format!("127.0.0.1:{}", free_port()?);
     let config = crate::demo::write_dev_setup(dir.path(), &addr)?;
     let config_path = dir.path().join("coalition.toml");
-    if let Some(db) = &args.database {
+    if let Some(db) = database {
         let text = std::fs::read_to_string(&config_path)?.replacen("url = \"sqlite://coalition.db\"", &format!("url = \"{db}\""), 1);
         std::fs::write(&config_path, text)?;
     }
-    let bench_limits = std::fs::read_to_string(&config_path)?.replace("per_second = 5000, burst = 10000", "per_second = 1000000, burst = 1000000");
+    let bench_limits = std::fs::read_to_string(&config_path)?.replace("per_second = 5000, burst = 10000", limit);
     std::fs::write(&config_path, bench_limits)?;
     let log = std::fs::File::create(dir.path().join("daemon.log"))?;
     let process = std::process::Command::new(std::env::current_exe()?)
@@ -410,5 +415,87 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
     println!("  bare aggregate (SUM GROUP BY issuer, redeemer): median {:>8.1} ms  runs {:?}", b.as_secs_f64() * 1e3, bare);
     println!("  whole clearing run (sweep, gather, settle, store): median {:>8.1} ms  runs {:?}", r.as_secs_f64() * 1e3, runs);
     println!("  ratio clearing : bare = {:.2}", r.as_secs_f64() / b.as_secs_f64());
+    Ok(())
+}
+
+/// `coalitiond bench-limits`: does one partner's flood slow the others?
+#[derive(Debug, Clone, Args)]
+pub struct LimitsBenchArgs {
+    /// Every partner's quota, requests per second (burst the same).
+    #[arg(long, default_value_t = 200)]
+    pub quota: u32,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+/// Sends `rate` calls per second, open loop (a call every tick whether or not the last one
+/// answered), for `duration`; returns the latency histogram and (ok, throttled, other errors).
+async fn paced(channel: Channel, partner: &'static str, rate: u32, duration: Duration) -> (Histogram<u64>, u64, u64, u64) {
+    let per_tick = (rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    let mut seq = 0u64;
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    while Instant::now() < deadline {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            seq += 1;
+            let mut c = PartnerServiceClient::new(channel.clone());
+            let txn = format!("{partner}-{nonce}-{seq}");
+            tasks.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = c
+                    .earn(pb::EarnRequest {
+                        transaction_id: txn,
+                        member_id: format!("iso-{}", seq % 1000),
+                        grant: Some(pb::earn_request::Grant::BonusPoints(5)),
+                    })
+                    .await;
+                (t0.elapsed(), r.map(|_| ()).map_err(|e| e.code()))
+            }));
+        }
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let (mut ok, mut throttled, mut other) = (0, 0, 0);
+    for t in tasks {
+        let (d, r) = t.await.expect("call task");
+        match r {
+            Ok(()) => {
+                ok += 1;
+                let _ = hist.record((d.as_micros() as u64).max(1));
+            }
+            Err(tonic::Code::ResourceExhausted) => throttled += 1,
+            Err(_) => other += 1,
+        }
+    }
+    (hist, ok, throttled, other)
+}
+
+/// Runs the isolation bench: the quiet partner alone, then beside a flooding one, in one run.
+pub async fn limits(args: LimitsBenchArgs) -> anyhow::Result<()> {
+    crate::client::install_crypto();
+    let limit = format!("per_second = {0}, burst = {0}", args.quota);
+    let (addr, certs, child) = start_child_with(None, &limit).await?;
+    let quiet_pem = ClientPem::from_dir(&certs, "partner-bistro")?;
+    let flood_pem = ClientPem::from_dir(&certs, "partner-skyways")?;
+    let quiet = connect(&addr, &quiet_pem).await?;
+    let flood = connect(&addr, &flood_pem).await?;
+    let d = Duration::from_secs(args.seconds);
+    let (half, tenfold) = (args.quota / 2, args.quota * 10);
+    println!("bench-limits: quota {}/s each; bistro at {half}/s, skyways at {tenfold}/s (10x), {} s per phase", args.quota, args.seconds);
+    let _ = paced(quiet.clone(), "warm", half, Duration::from_secs(1)).await;
+    let (alone, ok_a, thr_a, err_a) = paced(quiet.clone(), "bistro", half, d).await;
+    let (beside, flood_res) = tokio::join!(paced(quiet.clone(), "bistro", half, d), paced(flood, "skyways", tenfold, d));
+    let (beside, ok_b, thr_b, err_b) = beside;
+    let (_, f_ok, f_thr, f_err) = flood_res;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!("bistro alone:           ok {ok_a:>6}  throttled {thr_a}  errors {err_a}  p50 {:>6.2} ms  p99 {:>6.2} ms", ms(&alone, 0.5), ms(&alone, 0.99));
+    println!("bistro beside a flood:  ok {ok_b:>6}  throttled {thr_b}  errors {err_b}  p50 {:>6.2} ms  p99 {:>6.2} ms", ms(&beside, 0.5), ms(&beside, 0.99));
+    println!("skyways flooding:       ok {f_ok:>6}  throttled {f_thr}  errors {f_err}");
+    println!("p99 ratio (beside / alone) = {:.2}", ms(&beside, 0.99) / ms(&alone, 0.99));
+    drop(child);
     Ok(())
 }

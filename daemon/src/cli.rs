@@ -59,12 +59,21 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Clear one generated cycle of many allocations and time it against a bare SQL aggregate.
     BenchClearing(crate::bench::ClearingBenchArgs),
+    /// One partner floods at 10x its quota while another runs at half of its own: compare p99s.
+    BenchLimits(crate::bench::LimitsBenchArgs),
     /// Finance: run, show, finalize and export settlements, and partner statements (over mTLS,
     /// with the finance certificate).
     Clearing {
         /// What to do.
         #[command(subcommand)]
         command: crate::finance_cli::ClearingCommand,
+    },
+    /// Operators: partners, live limits, quota changes, suspension, certificate reload (over
+    /// mTLS, with the operator certificate).
+    Ops {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::ops_cli::OpsCommand,
     },
 }
 
@@ -246,6 +255,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => crate::bench::run(args).await,
         Command::BenchClearing(args) => crate::bench::clearing(args).await,
+        Command::BenchLimits(args) => crate::bench::limits(args).await,
         Command::Clearing { command } => crate::finance_cli::run(command).await,
+        Command::Ops { command } => crate::ops_cli::run(command).await,
     }
 }

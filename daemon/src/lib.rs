@@ -19,6 +19,7 @@ pub mod finance_cli;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;
+pub mod ops_cli;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -68,3 +68,26 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
     let err = run(Cli::parse_from(argv)).await.unwrap_err();
     assert!(format!("{err:#}").contains("has not closed yet"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_cli_lists_changes_and_suspends() {
+    let t = TestDaemon::start(Backend::Sqlite).await;
+    let config = t.dir.path().join("coalition.toml");
+    let conn = ["--config", config.to_str().unwrap(), "--addr", &t.addr];
+    for args in [
+        vec!["partners"],
+        vec!["limits", "--once"],
+        vec!["set-limit", "--partner", "skyways", "--per-second", "7", "--burst", "9"],
+        vec!["suspend", "--partner", "bistro"],
+        vec!["reload-certs"],
+    ] {
+        let argv: Vec<&str> = ["coalitiond", "ops"].iter().chain(&args[..1]).chain(conn.iter()).chain(&args[1..]).copied().collect();
+        run(Cli::parse_from(&argv)).await.unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
+    }
+    let limits = t.operator().await.get_limits(v1::GetLimitsRequest { partner: String::new() }).await.unwrap().into_inner().limits;
+    let sky = limits.iter().find(|l| l.partner == "skyways").unwrap();
+    assert_eq!((sky.per_second, sky.burst), (7, 9));
+    assert!(limits.iter().find(|l| l.partner == "bistro").unwrap().suspended);
+    let table = coalitiond::ops_cli::limits_table(&limits);
+    assert!(table.contains("SUSPENDED") && table.lines().count() == 4, "{table}");
+}

@@ -1,0 +1,163 @@
+//! `coalitiond ops …`: the on-call operator's command line, a client of the operator API over mTLS
+//! with the operator certificate.
+
+use crate::client::{connect, ClientPem};
+use crate::config::Config;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use coalition_proto::v1 as pb;
+use coalition_proto::v1::operator_service_client::OperatorServiceClient;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// Where the daemon is and who we are.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The config file (its `listen` address and certificate folder are used).
+    #[arg(long, default_value = "coalition.toml")]
+    pub config: PathBuf,
+    /// host:port of the daemon, if not the config's `listen`.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Stem of the operator certificate in the certificate folder.
+    #[arg(long, default_value = "operator")]
+    pub identity: String,
+}
+
+/// `coalitiond ops …`
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Partners with their status and limits.
+    Partners {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Live limit state per partner: a refreshing table in a terminal, one table when piped.
+    Limits {
+        #[command(flatten)]
+        conn: Connection,
+        /// Refresh interval in seconds (terminal only).
+        #[arg(long, default_value_t = 2)]
+        every: u64,
+        /// Print once and exit, even in a terminal.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Change a partner's quota (takes effect at once, persists).
+    SetLimit {
+        #[command(flatten)]
+        conn: Connection,
+        /// Partner id.
+        #[arg(long)]
+        partner: String,
+        /// Requests per second.
+        #[arg(long)]
+        per_second: u32,
+        /// Burst.
+        #[arg(long)]
+        burst: u32,
+    },
+    /// Suspend a partner: its calls get PERMISSION_DENIED and nothing it sends is applied.
+    Suspend {
+        #[command(flatten)]
+        conn: Connection,
+        /// Partner id.
+        #[arg(long)]
+        partner: String,
+    },
+    /// Resume a suspended partner.
+    Resume {
+        #[command(flatten)]
+        conn: Connection,
+        /// Partner id.
+        #[arg(long)]
+        partner: String,
+    },
+    /// Re-read the server certificate, CA and CRL (as SIGHUP does).
+    ReloadCerts {
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+async fn client(c: &Connection) -> anyhow::Result<OperatorServiceClient<Channel>> {
+    let config = Config::load(&c.config)?;
+    let addr = c.addr.clone().unwrap_or_else(|| config.listen.to_string());
+    let dir = config.ca_cert.parent().map(PathBuf::from).unwrap_or_default();
+    let pem = ClientPem::from_dir(&dir, &c.identity).with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
+    Ok(OperatorServiceClient::new(connect(&addr, &pem).await.with_context(|| format!("connecting to {addr}"))?))
+}
+
+fn print_partners(ps: &[pb::PartnerInfo]) {
+    println!("{:<12} {:<28} {:<12} {:<10} {:>10} {:>8}", "partner", "name", "kind", "status", "per_second", "burst");
+    for p in ps {
+        println!("{:<12} {:<28} {:<12} {:<10} {:>10} {:>8}", p.id, p.name, p.kind, p.status, p.per_second, p.burst);
+    }
+}
+
+/// The limits table.
+pub fn limits_table(ls: &[pb::LimitState]) -> String {
+    let mut out = format!(
+        "{:<12} {:>9} {:>7} {:<9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "partner", "quota/s", "burst", "status", "rate/s", "allowed1m", "thrott1m", "thrott5m", "thrott1h", "use%"
+    );
+    for l in ls {
+        let usage = if l.per_second == 0 { 0.0 } else { 100.0 * (l.allowed_1m as f64 / 60.0) / l.per_second as f64 };
+        out += &format!(
+            "{:<12} {:>9} {:>7} {:<9} {:>9.1} {:>10} {:>10} {:>10} {:>10} {:>9.1}%\n",
+            l.partner,
+            l.per_second,
+            l.burst,
+            if l.suspended { "SUSPENDED" } else { "active" },
+            l.recent_rate,
+            l.allowed_1m,
+            l.throttled_1m,
+            l.throttled_5m,
+            l.throttled_1h,
+            usage
+        );
+    }
+    out
+}
+
+/// Runs an `ops` subcommand.
+pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
+    match cmd {
+        OpsCommand::Partners { conn } => {
+            print_partners(&client(&conn).await?.list_partners(pb::ListPartnersRequest {}).await?.into_inner().partners);
+        }
+        OpsCommand::Limits { conn, every, once } => {
+            let mut c = client(&conn).await?;
+            let live = std::io::stdout().is_terminal() && !once;
+            loop {
+                let ls = c.get_limits(pb::GetLimitsRequest::default()).await?.into_inner().limits;
+                if live {
+                    // Clear the screen and home the cursor, then redraw.
+                    print!("\x1b[2J\x1b[H{}", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC  (Ctrl-C to stop)\n\n"));
+                }
+                print!("{}", limits_table(&ls));
+                if !live {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(every.max(1))).await;
+            }
+        }
+        OpsCommand::SetLimit { conn, partner, per_second, burst } => {
+            let p = client(&conn).await?.set_limit(pb::SetLimitRequest { partner, per_second, burst }).await?.into_inner();
+            print_partners(&[p]);
+        }
+        OpsCommand::Suspend { conn, partner } => {
+            print_partners(&[client(&conn).await?.suspend_partner(pb::PartnerRequest { partner }).await?.into_inner()]);
+        }
+        OpsCommand::Resume { conn, partner } => {
+            print_partners(&[client(&conn).await?.resume_partner(pb::PartnerRequest { partner }).await?.into_inner()]);
+        }
+        OpsCommand::ReloadCerts { conn } => {
+            let r = client(&conn).await?.reload_certificates(pb::ReloadCertificatesRequest {}).await?.into_inner();
+            println!("certificates reloaded; the CRL lists {} revoked certificate(s)", r.revoked);
+        }
+    }
+    Ok(())
+}
