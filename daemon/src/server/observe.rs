@@ -91,7 +91,13 @@ where
             }
             metrics::histogram!("coalition_call_seconds", "partner" => label.clone(), "method" => method.clone())
                 .record(elapsed.as_secs_f64());
-            tracing::debug!(request_id = id.0, caller = %label, %method, grpc_status = %code, micros = elapsed.as_micros() as u64, "call");
+            let micros = elapsed.as_micros() as u64;
+            // Every call is logged with its id; failures (except throttling, which floods) at info.
+            if code == "0" || code == "8" {
+                tracing::debug!(request_id = id.0, caller = %label, %method, grpc_status = %code, micros, "call");
+            } else {
+                tracing::info!(request_id = id.0, caller = %label, %method, grpc_status = %code, micros, "call failed");
+            }
             response
         })
     }
