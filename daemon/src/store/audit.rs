@@ -156,3 +156,42 @@ impl fmt::Display for Report {
         }
     }
 }
+
+/// Runs every check on `conn` (inside the caller's read transaction, so that all figures come from
+/// one snapshot). Generic over the backend: the SQL is the same on both.
+pub async fn run<DB>(conn: &mut DB::Connection, now: Micros) -> Result<Report, sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    let mut r = Report { at: now, ..Default::default() };
+    for (name, sql) in CHECKS {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await?;
+        if n != 0 {
+            r.violations.push(format!("{name}: {n} violations"));
+        }
+    }
+    for row in sqlx::query(TOTALS_BY_KIND).fetch_all(&mut *conn).await? {
+        let kind: String = row.try_get(0)?;
+        let total: i64 = row.try_get(1)?;
+        match crate::ledger::Kind::parse(&kind) {
+            Some(crate::ledger::Kind::Earn) => r.earned = total,
+            Some(crate::ledger::Kind::Burn) => r.burned = total,
+            Some(crate::ledger::Kind::ReverseEarn) => r.earns_reversed = total,
+            Some(crate::ledger::Kind::ReverseBurn) => r.burns_reversed = total,
+            None => r.violations.push(format!("unknown transaction kind {kind}")),
+        }
+    }
+    let live: i64 = sqlx::query_scalar(LIVE_POINTS).bind(now).fetch_one(&mut *conn).await?;
+    r.expired = sqlx::query_scalar(EXPIRED_POINTS).bind(now).fetch_one(&mut *conn).await?;
+    r.debt = sqlx::query_scalar(DEBT).fetch_one(&mut *conn).await?;
+    r.balances = live - r.debt;
+    let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
+    (r.members, r.transactions, r.lots, r.allocations) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+    Ok(r.finish())
+}

@@ -261,3 +261,145 @@ pub fn add_count(c: &mut Counts, kind: &str, n: i64, points: i64) {
         _ => {}
     }
 }
+
+/// The clearing and override queries whose SQL and types are the same on every backend, written
+/// once, generic over the sqlx database. Each backend's `ClearingTx` and `Store` call these.
+pub struct SharedSql<DB>(std::marker::PhantomData<DB>);
+
+impl<DB> SharedSql<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    bool: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    fn stored(row: &DB::Row) -> Result<Stored, StoreError> {
+        use sqlx::Row;
+        let status: String = row.try_get("status")?;
+        let content: String = row.try_get("content")?;
+        stored_from(&status, &content, row.try_get("created_at")?, row.try_get("finalized_at")?)
+    }
+
+    fn date(s: Option<String>) -> Option<NaiveDate> {
+        s.and_then(|s| s.parse().ok())
+    }
+
+    /// The stored settlement of a cycle.
+    pub async fn settlement(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Option<Stored>, StoreError> {
+        let row = sqlx::query(sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&mut *conn).await?;
+        row.as_ref().map(Self::stored).transpose()
+    }
+
+    /// The latest settlement before `cycle`.
+    pub async fn latest_before(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Option<Stored>, StoreError> {
+        let row = sqlx::query(sql::LATEST_BEFORE).bind(cycle.to_string()).fetch_optional(&mut *conn).await?;
+        row.as_ref().map(Self::stored).transpose()
+    }
+
+    /// Settlements before `before` (all if `None`), newest first.
+    pub async fn settlements(conn: &mut DB::Connection, before: Option<NaiveDate>, limit: i64) -> Result<Vec<Stored>, StoreError> {
+        let before = before.map_or("9999-12-31".to_string(), |b| b.to_string());
+        let rows = sqlx::query(sql::LIST).bind(before).bind(limit).fetch_all(&mut *conn).await?;
+        rows.iter().map(Self::stored).collect()
+    }
+
+    /// The earliest cycle with transactions in (after, before).
+    pub async fn first_activity(
+        conn: &mut DB::Connection,
+        after: Option<NaiveDate>,
+        before: NaiveDate,
+    ) -> Result<Option<NaiveDate>, StoreError> {
+        let s: Option<String> = sqlx::query_scalar(sql::FIRST_ACTIVITY)
+            .bind(after.map(|a| a.to_string()).unwrap_or_default())
+            .bind(before.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(Self::date(s))
+    }
+
+    /// (latest settled cycle, first cycle with any transaction).
+    pub async fn frontier(conn: &mut DB::Connection) -> Result<(Option<NaiveDate>, Option<NaiveDate>), StoreError> {
+        use sqlx::Row;
+        let row = sqlx::query(sql::FRONTIER).fetch_one(&mut *conn).await?;
+        Ok((Self::date(row.try_get(0)?), Self::date(row.try_get(1)?)))
+    }
+
+    /// Points issued per partner in the cycle, net of earn reversals.
+    pub async fn issued(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(sql::ISSUED).bind(cycle.to_string()).fetch_all(&mut *conn).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// The cycle's counts, from `cycle_totals` and the sweep.
+    pub async fn counts(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Counts, StoreError> {
+        use sqlx::Row;
+        let mut c = Counts::default();
+        for r in sqlx::query(sql::COUNTS).bind(cycle.to_string()).fetch_all(&mut *conn).await? {
+            let kind: String = r.try_get(0)?;
+            add_count(&mut c, &kind, r.try_get(1)?, r.try_get(2)?);
+        }
+        c.expired = sqlx::query_scalar(sql::EXPIRED_IN).bind(cycle.to_string()).fetch_one(&mut *conn).await?;
+        Ok(c)
+    }
+
+    /// Stores a draft (a final one is never touched).
+    pub async fn save(conn: &mut DB::Connection, s: &Stored) -> Result<(), StoreError> {
+        let st = &s.settlement;
+        sqlx::query(sql::SAVE)
+            .bind(st.cycle.to_string())
+            .bind(st.digest.clone())
+            .bind(st.previous_digest.clone())
+            .bind(serde_json::to_string(st).expect("settlement serialises"))
+            .bind(s.created_at)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Seals a cycle.
+    pub async fn seal(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<(), StoreError> {
+        sqlx::query(sql::SEAL).bind(cycle.to_string()).execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Finalizes a draft and returns the settlement.
+    pub async fn finalize(conn: &mut DB::Connection, cycle: NaiveDate, now: Micros) -> Result<Option<Stored>, StoreError> {
+        sqlx::query(sql::FINALIZE).bind(cycle.to_string()).bind(now).execute(&mut *conn).await?;
+        Self::settlement(conn, cycle).await
+    }
+
+    /// Operators' overrides.
+    pub async fn overrides(conn: &mut DB::Connection) -> Result<Vec<super::PartnerOverride>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(super::overrides_sql::LIST).fetch_all(&mut *conn).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::PartnerOverride {
+                    partner: r.try_get(0)?,
+                    per_second: r.try_get::<i64, _>(1)? as u32,
+                    burst: r.try_get::<i64, _>(2)? as u32,
+                    suspended: r.try_get(3)?,
+                    updated_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores an operator's override.
+    pub async fn save_override(conn: &mut DB::Connection, o: &super::PartnerOverride) -> Result<(), StoreError> {
+        sqlx::query(super::overrides_sql::SAVE)
+            .bind(o.partner.clone())
+            .bind(o.per_second as i64)
+            .bind(o.burst as i64)
+            .bind(o.suspended)
+            .bind(o.updated_at)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}

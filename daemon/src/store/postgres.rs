@@ -489,32 +489,9 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         // One snapshot for every figure.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-        let mut r = audit::Report { at: now, ..Default::default() };
-        for (name, sql) in audit::CHECKS {
-            let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
-            if n != 0 {
-                r.violations.push(format!("{name}: {n} violations"));
-            }
-        }
-        for row in sqlx::query(audit::TOTALS_BY_KIND).fetch_all(&mut *tx).await? {
-            let kind: String = row.get(0);
-            let total: i64 = row.get(1);
-            match Kind::parse(&kind) {
-                Some(Kind::Earn) => r.earned = total,
-                Some(Kind::Burn) => r.burned = total,
-                Some(Kind::ReverseEarn) => r.earns_reversed = total,
-                Some(Kind::ReverseBurn) => r.burns_reversed = total,
-                None => r.violations.push(format!("unknown transaction kind {kind}")),
-            }
-        }
-        let live: i64 = sqlx::query_scalar(audit::LIVE_POINTS).bind(now).fetch_one(&mut *tx).await?;
-        r.expired = sqlx::query_scalar(audit::EXPIRED_POINTS).bind(now).fetch_one(&mut *tx).await?;
-        r.debt = sqlx::query_scalar(audit::DEBT).fetch_one(&mut *tx).await?;
-        r.balances = live - r.debt;
-        let row = sqlx::query(audit::COUNTS).fetch_one(&mut *tx).await?;
-        (r.members, r.transactions, r.lots, r.allocations) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let report = audit::run::<sqlx::Postgres>(&mut tx, now).await?;
         tx.rollback().await?;
-        Ok(r.finish())
+        Ok(report)
     }
 
     async fn transaction_count(&self) -> Result<i64, StoreError> {
@@ -526,19 +503,18 @@ impl Store for PgStore {
     }
 
     async fn settlement(&self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
-        let row = sqlx::query(clearing::sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&self.pool).await?;
-        row.as_ref().map(stored_row).transpose()
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::settlement(&mut c, cycle).await
     }
 
     async fn settlements(&self, before: Option<chrono::NaiveDate>, limit: i64) -> Result<Vec<clearing::Stored>, StoreError> {
-        let before = before.map_or("9999-12-31".to_string(), |b| b.to_string());
-        let rows = sqlx::query(clearing::sql::LIST).bind(before).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(stored_row).collect()
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::settlements(&mut c, before, limit).await
     }
 
     async fn finalize(&self, cycle: chrono::NaiveDate, now: Micros) -> Result<Option<clearing::Stored>, StoreError> {
-        sqlx::query(clearing::sql::FINALIZE).bind(cycle.to_string()).bind(now).execute(&self.pool).await?;
-        self.settlement(cycle).await
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::finalize(&mut c, cycle, now).await
     }
 
     async fn statement_lines(
@@ -568,34 +544,18 @@ impl Store for PgStore {
     }
 
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
-        let rows = sqlx::query(super::overrides_sql::LIST).fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|r| super::PartnerOverride {
-                partner: r.get(0),
-                per_second: r.get::<i64, _>(1) as u32,
-                burst: r.get::<i64, _>(2) as u32,
-                suspended: r.get(3),
-                updated_at: r.get(4),
-            })
-            .collect())
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::overrides(&mut c).await
     }
 
     async fn save_partner_override(&self, o: &super::PartnerOverride) -> Result<(), StoreError> {
-        sqlx::query(super::overrides_sql::SAVE)
-            .bind(&o.partner)
-            .bind(o.per_second as i64)
-            .bind(o.burst as i64)
-            .bind(o.suspended)
-            .bind(o.updated_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::save_override(&mut c, o).await
     }
 
     async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
-        let row = sqlx::query(clearing::sql::FRONTIER).fetch_one(&self.pool).await?;
-        Ok((parse_cycle(row.get(0)), parse_cycle(row.get(1))))
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::frontier(&mut c).await
     }
 }
 
@@ -607,11 +567,6 @@ struct PgClearing<'c> {
 /// The advisory lock key of clearing runs ("CLR" + 1).
 const CLEARING_LOCK: i64 = 0x434c_5201;
 
-fn stored_row(row: &PgRow) -> Result<clearing::Stored, StoreError> {
-    let status: String = row.get("status");
-    let content: String = row.get("content");
-    clearing::stored_from(&status, &content, row.get("created_at"), row.get("finalized_at"))
-}
 
 fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
     s.and_then(|s| s.parse().ok())
@@ -632,13 +587,11 @@ impl clearing::ClearingTx for PgClearing<'_> {
     }
 
     async fn settlement(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
-        let row = sqlx::query(clearing::sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&mut *self.conn).await?;
-        row.as_ref().map(stored_row).transpose()
+        clearing::SharedSql::<sqlx::Postgres>::settlement(self.conn, cycle).await
     }
 
     async fn latest_before(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
-        let row = sqlx::query(clearing::sql::LATEST_BEFORE).bind(cycle.to_string()).fetch_optional(&mut *self.conn).await?;
-        row.as_ref().map(stored_row).transpose()
+        clearing::SharedSql::<sqlx::Postgres>::latest_before(self.conn, cycle).await
     }
 
     async fn first_activity(
@@ -646,12 +599,7 @@ impl clearing::ClearingTx for PgClearing<'_> {
         after: Option<chrono::NaiveDate>,
         before: chrono::NaiveDate,
     ) -> Result<Option<chrono::NaiveDate>, StoreError> {
-        let s: Option<String> = sqlx::query_scalar(clearing::sql::FIRST_ACTIVITY)
-            .bind(after.map(|a| a.to_string()).unwrap_or_default())
-            .bind(before.to_string())
-            .fetch_one(&mut *self.conn)
-            .await?;
-        Ok(parse_cycle(s))
+        clearing::SharedSql::<sqlx::Postgres>::first_activity(self.conn, after, before).await
     }
 
     async fn sweep(&mut self, before: Micros, cycle: chrono::NaiveDate) -> Result<i64, StoreError> {
@@ -685,36 +633,19 @@ impl clearing::ClearingTx for PgClearing<'_> {
     }
 
     async fn issued(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(clearing::sql::ISSUED).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        clearing::SharedSql::<sqlx::Postgres>::issued(self.conn, cycle).await
     }
 
     async fn counts(&mut self, cycle: chrono::NaiveDate) -> Result<coalition_clearing::Counts, StoreError> {
-        let mut c = coalition_clearing::Counts::default();
-        for r in sqlx::query(clearing::sql::COUNTS).bind(cycle.to_string()).fetch_all(&mut *self.conn).await? {
-            let kind: String = r.get(0);
-            clearing::add_count(&mut c, &kind, r.get(1), r.get(2));
-        }
-        c.expired = sqlx::query_scalar(clearing::sql::EXPIRED_IN).bind(cycle.to_string()).fetch_one(&mut *self.conn).await?;
-        Ok(c)
+        clearing::SharedSql::<sqlx::Postgres>::counts(self.conn, cycle).await
     }
 
     async fn save(&mut self, s: &clearing::Stored) -> Result<(), StoreError> {
-        let st = &s.settlement;
-        sqlx::query(clearing::sql::SAVE)
-            .bind(st.cycle.to_string())
-            .bind(&st.digest)
-            .bind(&st.previous_digest)
-            .bind(serde_json::to_string(st).expect("settlement serialises"))
-            .bind(s.created_at)
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(())
+        clearing::SharedSql::<sqlx::Postgres>::save(self.conn, s).await
     }
 
     async fn seal(&mut self, cycle: chrono::NaiveDate) -> Result<(), StoreError> {
-        sqlx::query(clearing::sql::SEAL).bind(cycle.to_string()).execute(&mut *self.conn).await?;
-        Ok(())
+        clearing::SharedSql::<sqlx::Postgres>::seal(self.conn, cycle).await
     }
 }
 
