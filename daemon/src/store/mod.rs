@@ -7,6 +7,7 @@ pub mod audit;
 pub mod batch;
 pub mod clearing;
 pub mod postgres;
+pub mod rows;
 pub mod sqlite;
 pub mod writer;
 

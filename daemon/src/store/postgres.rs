@@ -5,7 +5,7 @@
 //! the same retried transaction id) roll the batch back and run it again, inside the daemon.
 
 use super::{audit, batch, clearing, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
-use crate::ledger::{Allocation, Debt, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
+use crate::ledger::{Allocation, Debt, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -130,82 +130,19 @@ impl From<&sqlx::Error> for StoreError {
 }
 
 fn lot_from(row: &PgRow) -> Lot {
-    Lot {
-        id: row.get("id"),
-        member: row.get("member_id"),
-        issuer: row.get("issuer"),
-        points: row.get("points"),
-        points_left: row.get("points_left"),
-        reversed: row.get("reversed"),
-        earned_at: row.get("earned_at"),
-        expires_at: row.get("expires_at"),
-        dirty: false,
-    }
+    super::rows::Rows::<sqlx::Postgres>::lot(row).expect("a lots row")
 }
 
 fn debt_from(row: &PgRow) -> Debt {
-    Debt {
-        member: row.get("member_id"),
-        owed_to: row.get("owed_to"),
-        points: row.get("points"),
-        points_left: row.get("points_left"),
-        rate: row.get("rate"),
-        txn: row.get("txn_id"),
-        created_at: row.get("created_at"),
-        dirty: false,
-    }
+    super::rows::Rows::<sqlx::Postgres>::debt(row).expect("a debts row")
 }
 
 fn allocation_from(row: &PgRow) -> Allocation {
-    let reverses_txn: Option<i64> = row.get("reverses_txn");
-    let reverses_seq: Option<i32> = row.get("reverses_seq");
-    Allocation {
-        txn: row.get("txn_id"),
-        seq: row.get("seq"),
-        lot: row.get("lot_id"),
-        member: row.get("member_id"),
-        issuer: row.get("issuer"),
-        redeemer: row.get("redeemer"),
-        points: row.get("points"),
-        rate: row.get("rate"),
-        reverses: reverses_txn.zip(reverses_seq),
-        accepted_at: row.get("accepted_at"),
-    }
+    super::rows::Rows::<sqlx::Postgres>::allocation(row).expect("an allocations row")
 }
 
 fn txn_from(row: &PgRow) -> Result<TxnRecord, StoreError> {
-    let kind: String = row.get("kind");
-    let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
-    let amount: Option<Decimal> = row.get("purchase_amount");
-    let currency: Option<String> = row.get("purchase_currency");
-    let slices: String = row.get("slices");
-    let receipt = Receipt {
-        transaction_id: row.get("partner_txn_id"),
-        ledger_id: row.get("id"),
-        kind,
-        member_id: row.get("member_id"),
-        points: row.get("points"),
-        balance_after: row.get("balance_after"),
-        accepted_at: row.get("accepted_at"),
-        slices: super::decode_slices(&slices)?,
-        debt_created: row.get("debt_created"),
-        debt_repaid: row.get("debt_repaid"),
-        original_transaction_id: row.get("original_txn_id"),
-    };
-    Ok(TxnRecord {
-        id: receipt.ledger_id,
-        partner: row.get("partner_id"),
-        partner_txn_id: receipt.transaction_id.clone(),
-        kind,
-        member: receipt.member_id.clone(),
-        points: receipt.points,
-        reversed_points: row.get("reversed_points"),
-        original_id: row.get("original_id"),
-        purchase: amount.map(|a| a.to_string()).zip(currency),
-        request_hash: row.get("request_hash"),
-        accepted_at: receipt.accepted_at,
-        receipt,
-    })
+    super::rows::Rows::<sqlx::Postgres>::txn(row)
 }
 
 async fn load_members(conn: &mut PgConnection, members: &[String]) -> Result<Vec<MemberLedger>, sqlx::Error> {
@@ -523,24 +460,7 @@ impl Store for PgStore {
         partner: &str,
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError> {
         let rows = sqlx::query(clearing::sql::STATEMENT).bind(cycle.to_string()).bind(partner).fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let points: i64 = r.get("points");
-                let rate: Decimal = r.get("rate");
-                coalition_clearing::export::StatementLine {
-                    ledger_id: r.get("txn_id"),
-                    seq: r.get("seq"),
-                    transaction_id: r.get("tid"),
-                    accepted_at: crate::clock::rfc3339(r.get("accepted_at")),
-                    issuer: r.get("issuer"),
-                    redeemer: r.get("redeemer"),
-                    points,
-                    rate,
-                    value: (Decimal::from(points) * rate).normalize(),
-                }
-            })
-            .collect())
+        Ok(rows.iter().map(super::rows::Rows::<sqlx::Postgres>::statement_line).collect::<Result<_, _>>()?)
     }
 
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {

@@ -3,7 +3,7 @@
 //! task, so there is never a second writer to wait for); a small pool reads.
 
 use super::{audit, batch, clearing, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
-use crate::ledger::{Allocation, Debt, Kind, Lot, MemberLedger, Micros, Receipt, Reversible};
+use crate::ledger::{Allocation, Debt, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -163,88 +163,25 @@ where
     qb.push(")");
 }
 
-pub(super) fn lot_from(row: &SqliteRow) -> Lot {
-    Lot {
-        id: row.get("id"),
-        member: row.get("member_id"),
-        issuer: row.get("issuer"),
-        points: row.get("points"),
-        points_left: row.get("points_left"),
-        reversed: row.get("reversed"),
-        earned_at: row.get("earned_at"),
-        expires_at: row.get("expires_at"),
-        dirty: false,
-    }
+fn lot_from(row: &SqliteRow) -> Lot {
+    super::rows::Rows::<sqlx::Sqlite>::lot(row).expect("a lots row")
 }
 
 fn decimal(row: &SqliteRow, col: &str) -> Decimal {
-    let s: String = row.get(col);
-    Decimal::from_str(&s).expect("stored decimals are written by this daemon")
+    use super::rows::Money;
+    sqlx::Sqlite::decimal(row, col).ok().flatten().expect("stored decimals are written by this daemon")
 }
 
 fn debt_from(row: &SqliteRow) -> Debt {
-    Debt {
-        member: row.get("member_id"),
-        owed_to: row.get("owed_to"),
-        points: row.get("points"),
-        points_left: row.get("points_left"),
-        rate: decimal(row, "rate"),
-        txn: row.get("txn_id"),
-        created_at: row.get("created_at"),
-        dirty: false,
-    }
+    super::rows::Rows::<sqlx::Sqlite>::debt(row).expect("a debts row")
 }
 
 fn allocation_from(row: &SqliteRow) -> Allocation {
-    let reverses_txn: Option<i64> = row.get("reverses_txn");
-    let reverses_seq: Option<i32> = row.get("reverses_seq");
-    Allocation {
-        txn: row.get("txn_id"),
-        seq: row.get("seq"),
-        lot: row.get("lot_id"),
-        member: row.get("member_id"),
-        issuer: row.get("issuer"),
-        redeemer: row.get("redeemer"),
-        points: row.get("points"),
-        rate: decimal(row, "rate"),
-        reverses: reverses_txn.zip(reverses_seq),
-        accepted_at: row.get("accepted_at"),
-    }
+    super::rows::Rows::<sqlx::Sqlite>::allocation(row).expect("an allocations row")
 }
 
 fn txn_from(row: &SqliteRow) -> Result<TxnRecord, StoreError> {
-    let kind: String = row.get("kind");
-    let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
-    let amount: Option<String> = row.get("purchase_amount");
-    let currency: Option<String> = row.get("purchase_currency");
-    let slices: String = row.get("slices");
-    let receipt = Receipt {
-        transaction_id: row.get("partner_txn_id"),
-        ledger_id: row.get("id"),
-        kind,
-        member_id: row.get("member_id"),
-        points: row.get("points"),
-        balance_after: row.get("balance_after"),
-        accepted_at: row.get("accepted_at"),
-        slices: super::decode_slices(&slices)?,
-        debt_created: row.get("debt_created"),
-        debt_repaid: row.get("debt_repaid"),
-        original_transaction_id: row.get("original_txn_id"),
-    };
-    Ok(TxnRecord {
-        id: receipt.ledger_id,
-        partner: row.get("partner_id"),
-        partner_txn_id: receipt.transaction_id.clone(),
-        kind,
-        member: receipt.member_id.clone(),
-        points: receipt.points,
-        reversed_points: row.get("reversed_points"),
-        original_id: row.get("original_id"),
-        purchase: amount.zip(currency),
-        request_hash: row.get("request_hash"),
-        accepted_at: receipt.accepted_at,
-        receipt,
-    })
+    super::rows::Rows::<sqlx::Sqlite>::txn(row)
 }
 
 /// Loads members with open lots and debts over any executor (the writer's connection or the pool).
@@ -554,24 +491,7 @@ impl Store for SqliteStore {
         partner: &str,
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError> {
         let rows = sqlx::query(clearing::sql::STATEMENT).bind(cycle.to_string()).bind(partner).fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let points: i64 = r.get("points");
-                let rate = decimal(r, "rate");
-                coalition_clearing::export::StatementLine {
-                    ledger_id: r.get("txn_id"),
-                    seq: r.get("seq"),
-                    transaction_id: r.get("tid"),
-                    accepted_at: crate::clock::rfc3339(r.get("accepted_at")),
-                    issuer: r.get("issuer"),
-                    redeemer: r.get("redeemer"),
-                    points,
-                    rate,
-                    value: (Decimal::from(points) * rate).normalize(),
-                }
-            })
-            .collect())
+        Ok(rows.iter().map(super::rows::Rows::<sqlx::Sqlite>::statement_line).collect::<Result<_, _>>()?)
     }
 
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {

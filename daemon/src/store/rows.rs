@@ -1,0 +1,144 @@
+//! Rows to domain types, once for both backends. The only difference between them is how money
+//! is stored: TEXT decimal strings on SQLite, NUMERIC on PostgreSQL ([`Money`]).
+
+use super::{decode_slices, StoreError, TxnRecord};
+use crate::ledger::{Allocation, Debt, Kind, Lot, Receipt};
+use rust_decimal::Decimal;
+use sqlx::Row;
+use std::str::FromStr;
+
+/// How a backend stores decimals.
+pub trait Money: sqlx::Database {
+    /// A decimal column (`None` for NULL).
+    fn decimal(row: &Self::Row, col: &str) -> Result<Option<Decimal>, sqlx::Error>;
+}
+
+impl Money for sqlx::Sqlite {
+    fn decimal(row: &Self::Row, col: &str) -> Result<Option<Decimal>, sqlx::Error> {
+        let s: Option<String> = row.try_get(col)?;
+        s.map(|s| Decimal::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
+    }
+}
+
+impl Money for sqlx::Postgres {
+    fn decimal(row: &Self::Row, col: &str) -> Result<Option<Decimal>, sqlx::Error> {
+        row.try_get(col)
+    }
+}
+
+fn rate<DB: Money>(row: &DB::Row) -> Result<Decimal, sqlx::Error> {
+    DB::decimal(row, "rate")?.ok_or_else(|| sqlx::Error::ColumnDecode { index: "rate".into(), source: "NULL rate".into() })
+}
+
+/// Decodes rows of this backend's ledger tables.
+pub struct Rows<DB>(std::marker::PhantomData<DB>);
+
+impl<DB> Rows<DB>
+where
+    DB: Money,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    i32: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    Vec<u8>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
+{
+    /// A `lots` row.
+    pub fn lot(row: &DB::Row) -> Result<Lot, sqlx::Error> {
+        Ok(Lot {
+            id: row.try_get("id")?,
+            member: row.try_get("member_id")?,
+            issuer: row.try_get("issuer")?,
+            points: row.try_get("points")?,
+            points_left: row.try_get("points_left")?,
+            reversed: row.try_get("reversed")?,
+            earned_at: row.try_get("earned_at")?,
+            expires_at: row.try_get("expires_at")?,
+            dirty: false,
+        })
+    }
+
+    /// A `debts` row.
+    pub fn debt(row: &DB::Row) -> Result<Debt, sqlx::Error> {
+        Ok(Debt {
+            member: row.try_get("member_id")?,
+            owed_to: row.try_get("owed_to")?,
+            points: row.try_get("points")?,
+            points_left: row.try_get("points_left")?,
+            rate: rate::<DB>(row)?,
+            txn: row.try_get("txn_id")?,
+            created_at: row.try_get("created_at")?,
+            dirty: false,
+        })
+    }
+
+    /// An `allocations` row.
+    pub fn allocation(row: &DB::Row) -> Result<Allocation, sqlx::Error> {
+        let reverses_txn: Option<i64> = row.try_get("reverses_txn")?;
+        let reverses_seq: Option<i32> = row.try_get("reverses_seq")?;
+        Ok(Allocation {
+            txn: row.try_get("txn_id")?,
+            seq: row.try_get("seq")?,
+            lot: row.try_get("lot_id")?,
+            member: row.try_get("member_id")?,
+            issuer: row.try_get("issuer")?,
+            redeemer: row.try_get("redeemer")?,
+            points: row.try_get("points")?,
+            rate: rate::<DB>(row)?,
+            reverses: reverses_txn.zip(reverses_seq),
+            accepted_at: row.try_get("accepted_at")?,
+        })
+    }
+
+    /// A `transactions` row, with its first answer.
+    pub fn txn(row: &DB::Row) -> Result<TxnRecord, StoreError> {
+        let kind: String = row.try_get("kind")?;
+        let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
+        let amount = DB::decimal(row, "purchase_amount")?;
+        let currency: Option<String> = row.try_get("purchase_currency")?;
+        let slices: String = row.try_get("slices")?;
+        let receipt = Receipt {
+            transaction_id: row.try_get("partner_txn_id")?,
+            ledger_id: row.try_get("id")?,
+            kind,
+            member_id: row.try_get("member_id")?,
+            points: row.try_get("points")?,
+            balance_after: row.try_get("balance_after")?,
+            accepted_at: row.try_get("accepted_at")?,
+            slices: decode_slices(&slices)?,
+            debt_created: row.try_get("debt_created")?,
+            debt_repaid: row.try_get("debt_repaid")?,
+            original_transaction_id: row.try_get("original_txn_id")?,
+        };
+        Ok(TxnRecord {
+            id: receipt.ledger_id,
+            partner: row.try_get("partner_id")?,
+            partner_txn_id: receipt.transaction_id.clone(),
+            kind,
+            member: receipt.member_id.clone(),
+            points: receipt.points,
+            reversed_points: row.try_get("reversed_points")?,
+            original_id: row.try_get("original_id")?,
+            purchase: amount.map(|a| a.to_string()).zip(currency),
+            request_hash: row.try_get("request_hash")?,
+            accepted_at: receipt.accepted_at,
+            receipt,
+        })
+    }
+
+    /// A statement line (the `clearing::sql::STATEMENT` columns).
+    pub fn statement_line(row: &DB::Row) -> Result<coalition_clearing::export::StatementLine, sqlx::Error> {
+        let points: i64 = row.try_get("points")?;
+        let rate = rate::<DB>(row)?;
+        Ok(coalition_clearing::export::StatementLine {
+            ledger_id: row.try_get("txn_id")?,
+            seq: row.try_get("seq")?,
+            transaction_id: row.try_get("tid")?,
+            accepted_at: crate::clock::rfc3339(row.try_get("accepted_at")?),
+            issuer: row.try_get("issuer")?,
+            redeemer: row.try_get("redeemer")?,
+            points,
+            rate,
+            value: (Decimal::from(points) * rate).normalize(),
+        })
+    }
+}
