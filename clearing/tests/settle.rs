@@ -36,7 +36,8 @@ fn net(s: &Settlement, p: &str) -> (Decimal, Decimal) {
 
 /// Three partners (air 0.010, food 0.0125, shop 0.0085 per point), a burn at food from air's and
 /// shop's lots, a self-redemption at air, a partial reversal of the burn, an earn-reversal
-/// shortfall redeemed at shop, air's issuance fee of 0.0015 per point, and a rounding residual.
+/// shortfall redeemed at shop, an expiry, air's issuance fee of 0.0015 per point, and a rounding
+/// residual.
 #[test]
 fn worked_example_to_the_cent() {
     let slices = vec![
@@ -48,7 +49,14 @@ fn worked_example_to_the_cent() {
         slice("food", "shop", 10, "0.0085"),  // shop reverses an earn; 10 short, taken from food's lot
     ];
     let issuance = vec![Issuance { issuer: "air".into(), points: 1003, fee_rate: dec("0.0015") }];
-    let s = settle(&input(slices, issuance)).unwrap();
+    let mut i = input(slices, issuance);
+    // An expiry: 75 points of shop's expired in the cycle. Breakage is counted, no money moves.
+    i.counts = Counts { transactions: 9, earned: 1003, burned: 530, burns_reversed: 200, earns_reversed: 10, expired: 75 };
+    let s = settle(&i).unwrap();
+    let no_expiry = settle(&Input { counts: Counts { expired: 0, ..i.counts }, ..i.clone() }).unwrap();
+    assert_eq!(s.positions, no_expiry.positions, "breakage moves no money");
+    assert_ne!(s.digest, no_expiry.digest, "but it is in the control totals the digest covers");
+    assert_eq!(s.totals.counts.expired, 75);
 
     // G[air][food] = 300 × 0.0125 = 3.75; G[shop][food] = 0; G[food][shop] = 10 × 0.0085 = 0.085.
     let g: Vec<(&str, &str, i64, Decimal)> =
