@@ -91,3 +91,26 @@ async fn ops_cli_lists_changes_and_suspends() {
     let table = coalitiond::ops_cli::limits_table(&limits);
     assert!(table.contains("SUSPENDED") && table.lines().count() == 4, "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served_over_mtls() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    let t = TestDaemon::start(Backend::Sqlite).await;
+    let channel = coalitiond::client::connect(&t.addr, &t.partner_pem("bistro")).await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "coalition.v1.PartnerService", "coalition.v1.FinanceService", "coalition.v1.OperatorService"] {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
+    }
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in ["coalition.v1.PartnerService", "coalition.v1.FinanceService", "coalition.v1.OperatorService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == s), "{s} not listed: {names:?}");
+    }
+}
