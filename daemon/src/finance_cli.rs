@@ -76,6 +76,11 @@ pub enum ClearingCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The points liability (IFRS 15) per issuer and month of issue, as of now.
+    Liability {
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// A partner's statement for a cycle (every allocation behind its amounts).
     Statement {
         #[command(flatten)]
@@ -183,6 +188,14 @@ pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
             };
             let f = client(&conn).await?.export_settlement(pb::ExportRequest { cycle, format: format as i32 }).await?.into_inner();
             write_out(&out, &f.filename, &f.content)?;
+        }
+        ClearingCommand::Liability { conn } => {
+            let r = client(&conn).await?.get_liability_report(pb::LiabilityReportRequest {}).await?.into_inner();
+            println!("Points liability as of {}", r.as_of);
+            println!("{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}", "issuer", "month", "issued", "redeemed", "reversed", "expired", "outstanding");
+            for x in r.rows {
+                println!("{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}", x.issuer, x.month, x.issued, x.redeemed, x.reversed, x.expired, x.outstanding);
+            }
         }
         ClearingCommand::Statement { conn, cycle, partner, out } => {
             let st = client(&conn).await?.get_statement(pb::StatementRequest { cycle, partner }).await?.into_inner();

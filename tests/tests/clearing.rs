@@ -57,6 +57,18 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
         .await
         .unwrap();
 
+    // The points liability per issuer and month of issue.
+    let report = fin.get_liability_report(v1::LiabilityReportRequest {}).await.unwrap().into_inner();
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> =
+        report.rows.iter().map(|r| (r.issuer.clone(), r.issued, r.redeemed, r.reversed, r.expired, r.outstanding)).collect();
+    // skyways: 420 issued, 30 + 390 − 90 = 330 redeemed, 90 left; freshmart: 170, 110 − 110 = 0 redeemed,
+    // 60 taken back, 110 left; bistro: 250, 40 redeemed (the shortfall), 210 left.
+    assert_eq!(
+        rows,
+        vec![("bistro".into(), 250, 40, 0, 0, 210), ("freshmart".into(), 170, 0, 60, 0, 110), ("skyways".into(), 420, 330, 0, 0, 90)]
+    );
+    assert!(report.rows.iter().all(|r| r.month == d0.format("%Y-%m").to_string()));
+
     // Not closed yet: finance cannot clear it.
     let err = fin.run_clearing(v1::CycleRequest { cycle: d0.to_string() }).await.unwrap_err();
     assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "CYCLE_NOT_CLOSED"));

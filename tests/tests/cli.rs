@@ -53,6 +53,7 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
         vec!["run", "--cycle", &cycle],
         vec!["show"],
         vec!["statement", "--cycle", &cycle, "--partner", "bistro"],
+        vec!["liability"],
         vec!["finalize", "--cycle", &cycle],
         vec!["export", "--cycle", &cycle, "--format", "pain001", "--out", out.to_str().unwrap()],
     ] {

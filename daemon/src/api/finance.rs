@@ -160,8 +160,40 @@ pub async fn run(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> 
     Ok(s.expect("a run that may wait is never skipped"))
 }
 
+/// The points liability per issuer and month of issue (in the coalition's time zone), at `now`.
+pub fn liability(lots: &[crate::store::clearing::LotFate], tz: chrono_tz::Tz, now: i64) -> Vec<pb::LiabilityRow> {
+    let mut rows: BTreeMap<(String, String), pb::LiabilityRow> = BTreeMap::new();
+    for l in lots {
+        let month = chrono::DateTime::from_timestamp_micros(l.earned_at)
+            .map(|t| t.with_timezone(&tz).format("%Y-%m").to_string())
+            .unwrap_or_default();
+        let live = l.expires_at.is_none_or(|e| now < e);
+        let r = rows.entry((l.issuer.clone(), month.clone())).or_insert_with(|| pb::LiabilityRow {
+            issuer: l.issuer.clone(),
+            month,
+            ..Default::default()
+        });
+        r.issued += l.points;
+        // points = left + reversed + expired (swept) + net allocations
+        r.redeemed += l.points - l.points_left - l.reversed - l.expired;
+        r.reversed += l.reversed;
+        r.expired += l.expired + if live { 0 } else { l.points_left };
+        r.outstanding += if live { l.points_left } else { 0 };
+    }
+    rows.into_values().collect()
+}
+
 #[tonic::async_trait]
 impl FinanceService for FinanceApi {
+    async fn get_liability_report(
+        &self,
+        _req: Request<pb::LiabilityReportRequest>,
+    ) -> Result<Response<pb::LiabilityReport>, GrpcStatus> {
+        let lots = self.shared.store.lot_fates().await.map_err(ApiError::from)?;
+        let now = self.shared.clock.now();
+        Ok(Response::new(pb::LiabilityReport { as_of: rfc3339(now), rows: liability(&lots, self.shared.config.time_zone, now) }))
+    }
+
     async fn run_clearing(&self, req: Request<pb::CycleRequest>) -> Result<Response<pb::Settlement>, GrpcStatus> {
         let cycle = parse_cycle("cycle", &req.get_ref().cycle)?;
         let s = run(&self.shared, cycle).await?;

@@ -230,6 +230,8 @@ pub mod sql {
     pub const SAVE: &str = "INSERT INTO settlements (cycle, status, digest, previous_digest, content, created_at, finalized_at) \
         VALUES ($1, 'draft', $2, $3, $4, $5, NULL) ON CONFLICT (cycle) DO UPDATE SET digest = excluded.digest, \
         previous_digest = excluded.previous_digest, content = excluded.content WHERE settlements.status = 'draft'";
+    /// Every lot, for the liability report.
+    pub const LOT_FATES: &str = "SELECT issuer, earned_at, points, points_left, reversed, expired, expires_at FROM lots";
     /// Seal a cycle.
     pub const SEAL: &str = "UPDATE clearing_state SET sealed_through = $1 WHERE id = 1";
     /// Finalize a draft.
@@ -241,6 +243,25 @@ pub mod sql {
     pub const STATEMENT: &str = "SELECT a.txn_id, a.seq, CASE WHEN t.partner_id = $2 THEN t.partner_txn_id ELSE '' END AS tid, \
         a.accepted_at, a.issuer, a.redeemer, a.points, a.rate FROM allocations a JOIN transactions t ON t.id = a.txn_id \
         WHERE a.cycle = $1 AND (a.issuer = $2 OR a.redeemer = $2) ORDER BY a.txn_id, a.seq";
+}
+
+/// What became of one lot's points (for the liability report).
+#[derive(Debug, Clone)]
+pub struct LotFate {
+    /// The issuer.
+    pub issuer: String,
+    /// When issued.
+    pub earned_at: Micros,
+    /// Points issued.
+    pub points: i64,
+    /// Points left.
+    pub points_left: i64,
+    /// Points taken back by earn reversals.
+    pub reversed: i64,
+    /// Points swept as breakage.
+    pub expired: i64,
+    /// Expiry instant.
+    pub expires_at: Option<Micros>,
 }
 
 /// Decodes a stored settlement's content.
@@ -371,6 +392,26 @@ where
     pub async fn finalize(conn: &mut DB::Connection, cycle: NaiveDate, now: Micros) -> Result<Option<Stored>, StoreError> {
         sqlx::query(sql::FINALIZE).bind(cycle.to_string()).bind(now).execute(&mut *conn).await?;
         Self::settlement(conn, cycle).await
+    }
+
+    /// Every lot's issue and what became of its points: (issuer, earned_at, points, points_left,
+    /// reversed, expired, expires_at).
+    pub async fn lot_fates(conn: &mut DB::Connection) -> Result<Vec<LotFate>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(sql::LOT_FATES).fetch_all(&mut *conn).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LotFate {
+                    issuer: r.try_get(0)?,
+                    earned_at: r.try_get(1)?,
+                    points: r.try_get(2)?,
+                    points_left: r.try_get(3)?,
+                    reversed: r.try_get(4)?,
+                    expired: r.try_get(5)?,
+                    expires_at: r.try_get(6)?,
+                })
+            })
+            .collect()
     }
 
     /// Operators' overrides.

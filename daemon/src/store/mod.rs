@@ -244,6 +244,8 @@ pub trait Store: Send + Sync {
         cycle: chrono::NaiveDate,
         partner: &str,
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError>;
+    /// Every lot's issue and fate, for the liability report.
+    async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError>;
     /// Operators' overrides of partners' limits and status.
     async fn partner_overrides(&self) -> Result<Vec<PartnerOverride>, StoreError>;
     /// Stores an override (replacing the partner's previous one).

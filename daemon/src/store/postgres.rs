@@ -463,6 +463,11 @@ impl Store for PgStore {
         Ok(rows.iter().map(super::rows::Rows::<sqlx::Postgres>::statement_line).collect::<Result<_, _>>()?)
     }
 
+    async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::lot_fates(&mut c).await
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::overrides(&mut c).await

@@ -494,6 +494,11 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(super::rows::Rows::<sqlx::Sqlite>::statement_line).collect::<Result<_, _>>()?)
     }
 
+    async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Sqlite>::lot_fates(&mut c).await
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::overrides(&mut c).await
