@@ -5,7 +5,11 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["coalition/v1/partner.proto", "coalition/v1/finance.proto", "coalition/v1/operator.proto"];
+    let protos = [
+        "coalition/v1/partner.proto",
+        "coalition/v1/finance.proto",
+        "coalition/v1/operator.proto",
+    ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()

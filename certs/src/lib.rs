@@ -75,7 +75,11 @@ impl fmt::Display for Identity {
 
 /// The URI SAN that names `identity` in `coalition`.
 pub fn spiffe_uri(coalition: &str, identity: &Identity) -> String {
-    format!("spiffe://{coalition}/{}/{}", identity.role.as_str(), identity.name)
+    format!(
+        "spiffe://{coalition}/{}/{}",
+        identity.role.as_str(),
+        identity.name
+    )
 }
 
 /// Reads the identity out of a DER client certificate: the one `spiffe://<coalition>/…` URI SAN.
@@ -89,27 +93,33 @@ pub fn identity_from_der(coalition: &str, der: &[u8]) -> Result<Identity, CertEr
     let prefix = format!("spiffe://{coalition}/");
     let mut found = None;
     for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(uri) = name {
-            if let Some(rest) = uri.strip_prefix(&prefix) {
-                if found.is_some() {
-                    return Err(CertError::NoIdentity("more than one coalition URI SAN".into()));
-                }
-                found = Some(rest.to_string());
+        if let x509_parser::extensions::GeneralName::URI(uri) = name
+            && let Some(rest) = uri.strip_prefix(&prefix)
+        {
+            if found.is_some() {
+                return Err(CertError::NoIdentity(
+                    "more than one coalition URI SAN".into(),
+                ));
             }
+            found = Some(rest.to_string());
         }
     }
-    let rest = found.ok_or_else(|| {
-        CertError::NoIdentity(format!("no URI SAN starting with {prefix}"))
-    })?;
+    let rest =
+        found.ok_or_else(|| CertError::NoIdentity(format!("no URI SAN starting with {prefix}")))?;
     let (role, name) = rest
         .split_once('/')
         .ok_or_else(|| CertError::NoIdentity(format!("malformed identity path {rest:?}")))?;
-    let role = Role::parse(role)
-        .ok_or_else(|| CertError::NoIdentity(format!("unknown role {role:?}")))?;
+    let role =
+        Role::parse(role).ok_or_else(|| CertError::NoIdentity(format!("unknown role {role:?}")))?;
     if name.is_empty() || name.contains('/') {
-        return Err(CertError::NoIdentity(format!("malformed identity name {name:?}")));
+        return Err(CertError::NoIdentity(format!(
+            "malformed identity name {name:?}"
+        )));
     }
-    Ok(Identity { role, name: name.to_string() })
+    Ok(Identity {
+        role,
+        name: name.to_string(),
+    })
 }
 
 /// A certificate and its private key, both PEM.
@@ -147,8 +157,11 @@ impl Authority {
         dn.push(DnType::OrganizationName, "coalition");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         validity(&mut params, 3650);
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
@@ -173,7 +186,8 @@ impl Authority {
     }
 
     fn next_serial(&self) -> u64 {
-        self.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Issues a server certificate for the given DNS names and IP addresses.
@@ -181,13 +195,19 @@ impl Authority {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("coalitiond"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("coalitiond"),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(self.next_serial().into());
         validity(&mut params, 825);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Issues a client certificate naming `identity` in `coalition`, valid `days` days
@@ -200,7 +220,9 @@ impl Authority {
     ) -> Result<Issued, CertError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, identity.to_string());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, identity.to_string());
         let uri = Ia5String::try_from(spiffe_uri(coalition, identity))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -214,7 +236,10 @@ impl Authority {
             params.not_after = now + Duration::days(days);
         }
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -244,22 +269,28 @@ impl Authority {
 }
 
 fn pem_der(pem: &str) -> Result<Vec<u8>, CertError> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CertError::Parse(e.to_string()))?;
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| CertError::Parse(e.to_string()))?;
     Ok(p.contents)
 }
 
 /// The serial number of a PEM certificate, big-endian bytes.
 pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>, CertError> {
     let der = pem_der(cert_pem)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| CertError::Parse(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| CertError::Parse(e.to_string()))?;
     Ok(cert.tbs_certificate.raw_serial().to_vec())
 }
 
 /// The revoked serial numbers listed in a PEM CRL.
 pub fn crl_serials(crl_pem: &str) -> Result<Vec<Vec<u8>>, CertError> {
     let der = pem_der(crl_pem)?;
-    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| CertError::Parse(e.to_string()))?;
-    Ok(crl.iter_revoked_certificates().map(|r| r.raw_serial().to_vec()).collect())
+    let (_, crl) =
+        x509_parser::parse_x509_crl(&der).map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
 }
 
 /// Serial numbers start from the current time in microseconds so that two CA loads never reuse one.
@@ -275,20 +306,29 @@ mod tests {
     #[test]
     fn client_certificate_round_trips_its_identity() {
         let ca = Authority::generate("test CA").unwrap();
-        let id = Identity { role: Role::Partner, name: "skyways".into() };
+        let id = Identity {
+            role: Role::Partner,
+            name: "skyways".into(),
+        };
         let issued = ca.issue_client("acme", &id, 30).unwrap();
         let der = pem_to_der(&issued.cert_pem);
         assert_eq!(identity_from_der("acme", &der).unwrap(), id);
-        assert!(identity_from_der("other", &der).is_err(), "another coalition's URI must not match");
+        assert!(
+            identity_from_der("other", &der).is_err(),
+            "another coalition's URI must not match"
+        );
     }
 
     #[test]
     fn crl_lists_what_was_revoked() {
         let ca = Authority::generate("test CA").unwrap();
-        let id = Identity { role: Role::Partner, name: "skyways".into() };
+        let id = Identity {
+            role: Role::Partner,
+            name: "skyways".into(),
+        };
         let issued = ca.issue_client("acme", &id, 30).unwrap();
         let serial = serial_of(&issued.cert_pem).unwrap();
-        let crl = ca.crl(&[serial.clone()], 1, 30).unwrap();
+        let crl = ca.crl(std::slice::from_ref(&serial), 1, 30).unwrap();
         assert_eq!(crl_serials(&crl).unwrap(), vec![serial]);
     }
 

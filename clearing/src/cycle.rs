@@ -62,10 +62,20 @@ impl Cycles {
 
     /// The cycle an instant belongs to: `open(d) <= at < close(d)`.
     pub fn cycle_of(&self, at: Micros) -> NaiveDate {
-        let local = self.tz.timestamp_micros(at).single().expect("an instant has one local time").date_naive();
-        for d in [local.pred_opt(), Some(local), local.succ_opt(), local.succ_opt().and_then(|d| d.succ_opt())]
-            .into_iter()
-            .flatten()
+        let local = self
+            .tz
+            .timestamp_micros(at)
+            .single()
+            .expect("an instant has one local time")
+            .date_naive();
+        for d in [
+            local.pred_opt(),
+            Some(local),
+            local.succ_opt(),
+            local.succ_opt().and_then(|d| d.succ_opt()),
+        ]
+        .into_iter()
+        .flatten()
         {
             if self.open(d) <= at && at < self.close(d) {
                 return d;
@@ -92,7 +102,12 @@ mod tests {
     fn midnight_cutoff_cycles_are_calendar_days() {
         let c = Cycles::new(chrono_tz::Europe::Amsterdam, 0).unwrap();
         let open = c.open(d("2026-11-22"));
-        assert_eq!(chrono::DateTime::from_timestamp_micros(open).unwrap().to_rfc3339(), "2026-11-21T23:00:00+00:00");
+        assert_eq!(
+            chrono::DateTime::from_timestamp_micros(open)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-21T23:00:00+00:00"
+        );
         assert_eq!(c.cycle_of(open), d("2026-11-22"));
         assert_eq!(c.cycle_of(open - 1), d("2026-11-21"));
         assert_eq!(c.close(d("2026-11-22")) - open, 86_400_000_000);
@@ -121,7 +136,12 @@ mod tests {
         // 02:30 does not exist in Amsterdam on 2026-03-29.
         let c = Cycles::new(chrono_tz::Europe::Amsterdam, 2 * 60 + 30).unwrap();
         let close = c.close(d("2026-03-29"));
-        assert_eq!(chrono::DateTime::from_timestamp_micros(close).unwrap().to_rfc3339(), "2026-03-29T01:00:00+00:00");
+        assert_eq!(
+            chrono::DateTime::from_timestamp_micros(close)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-03-29T01:00:00+00:00"
+        );
         assert_eq!(c.cycle_of(close), d("2026-03-30"));
     }
 }

@@ -8,5 +8,5 @@ pub mod cycle;
 pub mod export;
 pub mod settle;
 
-pub use cycle::{Cycles, CycleError};
+pub use cycle::{CycleError, Cycles};
 pub use settle::*;

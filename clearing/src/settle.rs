@@ -228,7 +228,9 @@ fn add(a: Decimal, b: Decimal) -> Result<Decimal, SettleError> {
 }
 
 fn value(points: i64, rate: Decimal) -> Result<Decimal, SettleError> {
-    Decimal::from(points).checked_mul(rate).ok_or(SettleError::Overflow)
+    Decimal::from(points)
+        .checked_mul(rate)
+        .ok_or(SettleError::Overflow)
 }
 
 /// Clears one cycle.
@@ -242,14 +244,19 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
                 return Err(SettleError::UnknownParticipant(p.clone()));
             }
         }
-        let cell = cells.entry((s.issuer.clone(), s.redeemer.clone())).or_insert_with(|| Cell {
-            issuer: s.issuer.clone(),
-            redeemer: s.redeemer.clone(),
-            points: 0,
-            allocations: 0,
-            value: Decimal::ZERO,
-        });
-        cell.points = cell.points.checked_add(s.points).ok_or(SettleError::Overflow)?;
+        let cell = cells
+            .entry((s.issuer.clone(), s.redeemer.clone()))
+            .or_insert_with(|| Cell {
+                issuer: s.issuer.clone(),
+                redeemer: s.redeemer.clone(),
+                points: 0,
+                allocations: 0,
+                value: Decimal::ZERO,
+            });
+        cell.points = cell
+            .points
+            .checked_add(s.points)
+            .ok_or(SettleError::Overflow)?;
         cell.allocations += s.allocations;
         cell.value = add(cell.value, value(s.points, s.rate)?)?;
     }
@@ -290,22 +297,47 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
             let f = fees.get(p).copied().unwrap_or_default();
             (f, add(add(receivable, -payable)?, -f)?)
         };
-        positions.push(Position { participant: p.clone(), receivable, payable, fees: fee, net_exact, net: Decimal::ZERO });
+        positions.push(Position {
+            participant: p.clone(),
+            receivable,
+            payable,
+            fees: fee,
+            net_exact,
+            net: Decimal::ZERO,
+        });
     }
-    let exact_sum = positions.iter().try_fold(Decimal::ZERO, |a, p| add(a, p.net_exact))?;
-    assert!(exact_sum.is_zero(), "multilateral nets must sum to zero exactly, got {exact_sum}");
+    let exact_sum = positions
+        .iter()
+        .try_fold(Decimal::ZERO, |a, p| add(a, p.net_exact))?;
+    assert!(
+        exact_sum.is_zero(),
+        "multilateral nets must sum to zero exactly, got {exact_sum}"
+    );
     round_positions(&mut positions, input.minor_units, input.rounding);
 
     // Bilateral nets.
     let mut bilateral = Vec::new();
-    let g = |a: &str, b: &str| gross.iter().find(|c| c.issuer == a && c.redeemer == b).map_or(Decimal::ZERO, |c| c.value);
+    let g = |a: &str, b: &str| {
+        gross
+            .iter()
+            .find(|c| c.issuer == a && c.redeemer == b)
+            .map_or(Decimal::ZERO, |c| c.value)
+    };
     for (i, a) in participants.iter().enumerate() {
         for b in &participants[i + 1..] {
             let net = add(g(a, b), -g(b, a))?;
             if net > Decimal::ZERO {
-                bilateral.push(Bilateral { from: a.clone(), to: b.clone(), amount: net });
+                bilateral.push(Bilateral {
+                    from: a.clone(),
+                    to: b.clone(),
+                    amount: net,
+                });
             } else if net < Decimal::ZERO {
-                bilateral.push(Bilateral { from: b.clone(), to: a.clone(), amount: -net });
+                bilateral.push(Bilateral {
+                    from: b.clone(),
+                    to: a.clone(),
+                    amount: -net,
+                });
             }
         }
     }
@@ -316,16 +348,28 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
         .filter(|p| !p.net.is_zero())
         .map(|p| Payment {
             participant: p.participant.clone(),
-            direction: if p.net < Decimal::ZERO { Direction::PaysIn } else { Direction::PaidOut },
+            direction: if p.net < Decimal::ZERO {
+                Direction::PaysIn
+            } else {
+                Direction::PaidOut
+            },
             amount: p.net.abs(),
         })
         .collect();
-    let settled = payments.iter().filter(|p| p.direction == Direction::PaidOut).map(|p| p.amount).sum();
+    let settled = payments
+        .iter()
+        .filter(|p| p.direction == Direction::PaidOut)
+        .map(|p| p.amount)
+        .sum();
     let totals = Totals {
         counts: input.counts,
         allocations: input.slices.iter().map(|s| s.allocations).sum(),
-        gross_value: gross.iter().try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
-        self_redemption_value: self_redemptions.iter().try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
+        gross_value: gross
+            .iter()
+            .try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
+        self_redemption_value: self_redemptions
+            .iter()
+            .try_fold(Decimal::ZERO, |a, c| add(a, c.value))?,
         fees: total_fees,
         settled,
     };
@@ -358,7 +402,11 @@ impl Settlement {
             *d = d.round_dp(mu);
             d.rescale(mu);
         };
-        for c in self.gross.iter_mut().chain(self.self_redemptions.iter_mut()) {
+        for c in self
+            .gross
+            .iter_mut()
+            .chain(self.self_redemptions.iter_mut())
+        {
             c.value = c.value.normalize();
         }
         for b in &mut self.bilateral {
@@ -387,20 +435,38 @@ impl Settlement {
 fn round_positions(positions: &mut [Position], minor_units: u32, rounding: Rounding) {
     let unit = Decimal::new(1, minor_units);
     for p in positions.iter_mut() {
-        p.net = p.net_exact.round_dp_with_strategy(minor_units, rounding.strategy());
+        p.net = p
+            .net_exact
+            .round_dp_with_strategy(minor_units, rounding.strategy());
     }
     let residual: Decimal = positions.iter().map(|p| p.net).sum();
-    let steps = (residual / unit).abs().trunc().to_u64().expect("residual is a few minor units");
+    let steps = (residual / unit)
+        .abs()
+        .trunc()
+        .to_u64()
+        .expect("residual is a few minor units");
     if steps == 0 {
         return;
     }
     // Residual > 0: rounding gave too much away; take a unit back from those rounded up the most.
     let mut order: Vec<usize> = (0..positions.len()).collect();
-    let lean = |p: &Position| if residual > Decimal::ZERO { p.net - p.net_exact } else { p.net_exact - p.net };
+    let lean = |p: &Position| {
+        if residual > Decimal::ZERO {
+            p.net - p.net_exact
+        } else {
+            p.net_exact - p.net
+        }
+    };
     order.sort_by(|&a, &b| {
-        lean(&positions[b]).cmp(&lean(&positions[a])).then_with(|| positions[a].participant.cmp(&positions[b].participant))
+        lean(&positions[b])
+            .cmp(&lean(&positions[a]))
+            .then_with(|| positions[a].participant.cmp(&positions[b].participant))
     });
-    let adjust = if residual > Decimal::ZERO { -unit } else { unit };
+    let adjust = if residual > Decimal::ZERO {
+        -unit
+    } else {
+        unit
+    };
     for &i in order.iter().cycle().take(steps as usize) {
         positions[i].net += adjust;
     }

@@ -12,7 +12,13 @@ fn dec(s: &str) -> Decimal {
 }
 
 fn slice(issuer: &str, redeemer: &str, points: i64, rate: &str) -> Slice {
-    Slice { issuer: issuer.into(), redeemer: redeemer.into(), points, rate: dec(rate), allocations: 1 }
+    Slice {
+        issuer: issuer.into(),
+        redeemer: redeemer.into(),
+        points,
+        rate: dec(rate),
+        allocations: 1,
+    }
 }
 
 fn input(slices: Vec<Slice>, issuance: Vec<Issuance>) -> Input {
@@ -41,27 +47,58 @@ fn net(s: &Settlement, p: &str) -> (Decimal, Decimal) {
 #[test]
 fn worked_example_to_the_cent() {
     let slices = vec![
-        slice("air", "food", 420, "0.0125"),  // burn 500 at food: 420 from air's lot
-        slice("shop", "food", 80, "0.0125"),  //                   80 from shop's lot
-        slice("air", "air", 30, "0.010"),     // self-redemption: reported, moves no money
+        slice("air", "food", 420, "0.0125"), // burn 500 at food: 420 from air's lot
+        slice("shop", "food", 80, "0.0125"), //                   80 from shop's lot
+        slice("air", "air", 30, "0.010"),    // self-redemption: reported, moves no money
         slice("shop", "food", -80, "0.0125"), // partial reversal of the burn (200): latest slice first
         slice("air", "food", -120, "0.0125"), //   then 120 of air's
-        slice("food", "shop", 10, "0.0085"),  // shop reverses an earn; 10 short, taken from food's lot
+        slice("food", "shop", 10, "0.0085"), // shop reverses an earn; 10 short, taken from food's lot
     ];
-    let issuance = vec![Issuance { issuer: "air".into(), points: 1003, fee_rate: dec("0.0015") }];
+    let issuance = vec![Issuance {
+        issuer: "air".into(),
+        points: 1003,
+        fee_rate: dec("0.0015"),
+    }];
     let mut i = input(slices, issuance);
     // An expiry: 75 points of shop's expired in the cycle. Breakage is counted, no money moves.
-    i.counts = Counts { transactions: 9, earned: 1003, burned: 530, burns_reversed: 200, earns_reversed: 10, expired: 75 };
+    i.counts = Counts {
+        transactions: 9,
+        earned: 1003,
+        burned: 530,
+        burns_reversed: 200,
+        earns_reversed: 10,
+        expired: 75,
+    };
     let s = settle(&i).unwrap();
-    let no_expiry = settle(&Input { counts: Counts { expired: 0, ..i.counts }, ..i.clone() }).unwrap();
+    let no_expiry = settle(&Input {
+        counts: Counts {
+            expired: 0,
+            ..i.counts
+        },
+        ..i.clone()
+    })
+    .unwrap();
     assert_eq!(s.positions, no_expiry.positions, "breakage moves no money");
-    assert_ne!(s.digest, no_expiry.digest, "but it is in the control totals the digest covers");
+    assert_ne!(
+        s.digest, no_expiry.digest,
+        "but it is in the control totals the digest covers"
+    );
     assert_eq!(s.totals.counts.expired, 75);
 
     // G[air][food] = 300 × 0.0125 = 3.75; G[shop][food] = 0; G[food][shop] = 10 × 0.0085 = 0.085.
-    let g: Vec<(&str, &str, i64, Decimal)> =
-        s.gross.iter().map(|c| (c.issuer.as_str(), c.redeemer.as_str(), c.points, c.value)).collect();
-    assert_eq!(g, vec![("air", "food", 300, dec("3.75")), ("food", "shop", 10, dec("0.085")), ("shop", "food", 0, dec("0"))]);
+    let g: Vec<(&str, &str, i64, Decimal)> = s
+        .gross
+        .iter()
+        .map(|c| (c.issuer.as_str(), c.redeemer.as_str(), c.points, c.value))
+        .collect();
+    assert_eq!(
+        g,
+        vec![
+            ("air", "food", 300, dec("3.75")),
+            ("food", "shop", 10, dec("0.085")),
+            ("shop", "food", 0, dec("0"))
+        ]
+    );
     assert_eq!(s.self_redemptions.len(), 1);
     assert_eq!(s.self_redemptions[0].value, dec("0.30"));
     // Fees: 1003 × 0.0015 = 1.5045.
@@ -76,7 +113,11 @@ fn worked_example_to_the_cent() {
     assert_eq!(net(&s, "food").1, dec("3.66"));
     assert_eq!(net(&s, "shop").1, dec("0.09"));
     assert_eq!(net(&s, OPERATOR).1, dec("1.50"));
-    let pays: Vec<(&str, Direction, Decimal)> = s.payments.iter().map(|p| (p.participant.as_str(), p.direction, p.amount)).collect();
+    let pays: Vec<(&str, Direction, Decimal)> = s
+        .payments
+        .iter()
+        .map(|p| (p.participant.as_str(), p.direction, p.amount))
+        .collect();
     assert_eq!(
         pays,
         vec![
@@ -86,15 +127,25 @@ fn worked_example_to_the_cent() {
             ("shop", Direction::PaidOut, dec("0.09")),
         ]
     );
-    let bi: Vec<(&str, &str, Decimal)> = s.bilateral.iter().map(|b| (b.from.as_str(), b.to.as_str(), b.amount)).collect();
-    assert_eq!(bi, vec![("air", "food", dec("3.75")), ("food", "shop", dec("0.085"))]);
+    let bi: Vec<(&str, &str, Decimal)> = s
+        .bilateral
+        .iter()
+        .map(|b| (b.from.as_str(), b.to.as_str(), b.amount))
+        .collect();
+    assert_eq!(
+        bi,
+        vec![("air", "food", dec("3.75")), ("food", "shop", dec("0.085"))]
+    );
     assert_eq!(s.totals.settled, dec("5.25"));
     assert_eq!(s.totals.fees, dec("1.5045"));
     assert_eq!(s.totals.allocations, 6);
     // The digest covers the content and the previous digest.
     let mut other = input(vec![], vec![]);
     other.previous_digest = "cd".repeat(32);
-    assert_ne!(settle(&other).unwrap().digest, settle(&input(vec![], vec![])).unwrap().digest);
+    assert_ne!(
+        settle(&other).unwrap().digest,
+        settle(&input(vec![], vec![])).unwrap().digest
+    );
 }
 
 #[test]
@@ -107,11 +158,18 @@ fn jpy_and_bhd_round_to_their_own_minor_units() {
     i.currency = "BHD".into();
     i.minor_units = 3;
     let s = settle(&i).unwrap();
-    assert_eq!((net(&s, "air").1, net(&s, "food").1), (dec("-1.000"), dec("1.000")));
+    assert_eq!(
+        (net(&s, "air").1, net(&s, "food").1),
+        (dec("-1.000"), dec("1.000"))
+    );
 }
 
 fn partner() -> impl Strategy<Value = String> {
-    prop_oneof![Just("air".to_string()), Just("food".to_string()), Just("shop".to_string())]
+    prop_oneof![
+        Just("air".to_string()),
+        Just("food".to_string()),
+        Just("shop".to_string())
+    ]
 }
 
 fn rate() -> impl Strategy<Value = Decimal> {
@@ -120,16 +178,38 @@ fn rate() -> impl Strategy<Value = Decimal> {
 
 fn ledger() -> impl Strategy<Value = (Vec<Slice>, Vec<Issuance>)> {
     let slices = proptest::collection::vec(
-        (partner(), partner(), 1i64..10_000, rate(), any::<bool>()).prop_map(|(i, r, p, rate, reversed)| {
-            let s = Slice { issuer: i, redeemer: r, points: p, rate, allocations: 1 };
-            // A burn, and sometimes its full reversal in the same cycle.
-            if reversed { vec![s.clone(), Slice { points: -s.points, ..s }] } else { vec![s] }
-        }),
+        (partner(), partner(), 1i64..10_000, rate(), any::<bool>()).prop_map(
+            |(i, r, p, rate, reversed)| {
+                let s = Slice {
+                    issuer: i,
+                    redeemer: r,
+                    points: p,
+                    rate,
+                    allocations: 1,
+                };
+                // A burn, and sometimes its full reversal in the same cycle.
+                if reversed {
+                    vec![
+                        s.clone(),
+                        Slice {
+                            points: -s.points,
+                            ..s
+                        },
+                    ]
+                } else {
+                    vec![s]
+                }
+            },
+        ),
         0..60,
     )
     .prop_map(|v| v.into_iter().flatten().collect::<Vec<_>>());
     let issuance = proptest::collection::vec(
-        (partner(), -500i64..5_000, rate()).prop_map(|(i, p, f)| Issuance { issuer: i, points: p, fee_rate: f }),
+        (partner(), -500i64..5_000, rate()).prop_map(|(i, p, f)| Issuance {
+            issuer: i,
+            points: p,
+            fee_rate: f,
+        }),
         0..4,
     );
     (slices, issuance)
@@ -192,4 +272,3 @@ proptest! {
         prop_assert!(out.payments.is_empty());
     }
 }
-

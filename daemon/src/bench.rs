@@ -4,7 +4,7 @@
 //! Without `--addr` it makes a dev setup in a temp folder and starts `coalitiond serve` as a child
 //! process (so its peak memory can be read from /proc), then drives it.
 
-use crate::client::{connect, ClientPem};
+use crate::client::{ClientPem, connect};
 use clap::Args;
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::partner_service_client::PartnerServiceClient;
@@ -27,7 +27,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub database: Option<String>,
     /// Partners to drive (default: skyways,freshmart,bistro).
-    #[arg(long, value_delimiter = ',', default_value = "skyways,freshmart,bistro")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "skyways,freshmart,bistro"
+    )]
     pub partners: Vec<String>,
     /// Distinct members.
     #[arg(long, default_value_t = 100_000)]
@@ -124,7 +128,8 @@ async fn drive(
         let members = args.members;
         let earn_share = (args.earn_share * 1000.0) as u64;
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut tally = Tally::default();
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((worker as u64 + 1) * 0x1000_0001) ^ nonce);
             let mut partner_api = PartnerServiceClient::new(channel.clone());
@@ -135,22 +140,33 @@ async fn drive(
                 let t0 = Instant::now();
                 let result = match phase {
                     Phase::Health => health
-                        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
                         .await
                         .map(|_| ()),
                     Phase::Ledger => {
                         let member = format!("bench-member-{}", rng.below(members));
                         let txn = format!("bench-{nonce}-{worker}-{seq}");
                         if rng.below(1000) < earn_share {
-                            let grant = pb::earn_request::Grant::BonusPoints(10 + rng.below(90) as i64);
+                            let grant =
+                                pb::earn_request::Grant::BonusPoints(10 + rng.below(90) as i64);
                             partner_api
-                                .earn(pb::EarnRequest { transaction_id: txn, member_id: member, grant: Some(grant) })
+                                .earn(pb::EarnRequest {
+                                    transaction_id: txn,
+                                    member_id: member,
+                                    grant: Some(grant),
+                                })
                                 .await
                                 .map(|_| ())
                         } else {
                             let points = 1 + rng.below(20) as i64;
                             partner_api
-                                .burn(pb::BurnRequest { transaction_id: txn, member_id: member, points })
+                                .burn(pb::BurnRequest {
+                                    transaction_id: txn,
+                                    member_id: member,
+                                    points,
+                                })
                                 .await
                                 .map(|_| ())
                         }
@@ -160,7 +176,12 @@ async fn drive(
                 let _ = hist.record(micros.max(1));
                 match result {
                     Ok(()) => tally.ok += 1,
-                    Err(s) if matches!(s.code(), tonic::Code::FailedPrecondition | tonic::Code::NotFound) => {
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                        ) =>
+                    {
                         tally.refused += 1
                     }
                     Err(s) => {
@@ -186,7 +207,12 @@ async fn drive(
             tally.first_error = t.first_error;
         }
     }
-    PhaseResult { name, elapsed: started.elapsed(), hist, tally }
+    PhaseResult {
+        name,
+        elapsed: started.elapsed(),
+        hist,
+        tally,
+    }
 }
 
 /// Peak resident memory of a process, from /proc (Linux).
@@ -210,24 +236,40 @@ impl Drop for Child {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start_child(args: &BenchArgs) -> anyhow::Result<(String, PathBuf, Child)> {
-    start_child_with(args.database.as_deref(), "per_second = 1000000, burst = 1000000").await
+    start_child_with(
+        args.database.as_deref(),
+        "per_second = 1000000, burst = 1000000",
+    )
+    .await
 }
 
 /// Starts `coalitiond serve` on a fresh dev setup with every partner's limit set to `limit`.
-async fn start_child_with(database: Option<&str>, limit: &str) -> anyhow::Result<(String, PathBuf, Child)> {
-    let dir = tempfile::Builder::new().prefix("coalitiond-bench-").tempdir()?;
+async fn start_child_with(
+    database: Option<&str>,
+    limit: &str,
+) -> anyhow::Result<(String, PathBuf, Child)> {
+    let dir = tempfile::Builder::new()
+        .prefix("coalitiond-bench-")
+        .tempdir()?;
     let addr = format!("127.0.0.1:{}", free_port()?);
     let config = crate::demo::write_dev_setup(dir.path(), &addr)?;
     let config_path = dir.path().join("coalition.toml");
     if let Some(db) = database {
-        let text = std::fs::read_to_string(&config_path)?.replacen("url = \"sqlite://coalition.db\"", &format!("url = \"{db}\""), 1);
+        let text = std::fs::read_to_string(&config_path)?.replacen(
+            "url = \"sqlite://coalition.db\"",
+            &format!("url = \"{db}\""),
+            1,
+        );
         std::fs::write(&config_path, text)?;
     }
-    let bench_limits = std::fs::read_to_string(&config_path)?.replace("per_second = 5000, burst = 10000", limit);
+    let bench_limits =
+        std::fs::read_to_string(&config_path)?.replace("per_second = 5000, burst = 10000", limit);
     std::fs::write(&config_path, bench_limits)?;
     let log = std::fs::File::create(dir.path().join("daemon.log"))?;
     let process = std::process::Command::new(std::env::current_exe()?)
@@ -240,7 +282,10 @@ async fn start_child_with(database: Option<&str>, limit: &str) -> anyhow::Result
     let child = Child { process, _dir: dir };
     let started = Instant::now();
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "daemon did not start listening on {addr}");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "daemon did not start listening on {addr}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((addr, certs, child))
@@ -251,7 +296,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
     let (addr, certs, child) = match (&args.addr, &args.certs) {
         (Some(addr), Some(certs)) => (addr.clone(), certs.clone(), None),
-        (Some(_), None) => anyhow::bail!("--addr needs --certs (a folder with ca.pem and partner-<id>.pem)"),
+        (Some(_), None) => {
+            anyhow::bail!("--addr needs --certs (a folder with ca.pem and partner-<id>.pem)")
+        }
         _ => {
             let (a, c, child) = start_child(&args).await?;
             (a, c, Some(child))
@@ -263,21 +310,55 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
         channels.push((partner.clone(), connect(&addr, &pem).await?));
     }
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     println!(
         "bench: {addr}, partners {:?}, {} members, {} connections, {} calls in flight, {} s per phase, {:.0}% earns",
-        args.partners, args.members, channels.len(), args.in_flight, args.seconds, args.earn_share * 100.0
+        args.partners,
+        args.members,
+        channels.len(),
+        args.in_flight,
+        args.seconds,
+        args.earn_share * 100.0
     );
     if args.warmup > 0 {
-        let w = drive(Phase::Ledger, "warm-up", &channels, &args, Duration::from_secs(args.warmup), nonce ^ 1).await;
+        let w = drive(
+            Phase::Ledger,
+            "warm-up",
+            &channels,
+            &args,
+            Duration::from_secs(args.warmup),
+            nonce ^ 1,
+        )
+        .await;
         w.print();
     }
     let duration = Duration::from_secs(args.seconds);
-    let ledger = drive(Phase::Ledger, "earn/burn (durable)", &channels, &args, duration, nonce).await;
-    let health = drive(Phase::Health, "health check (no-op)", &channels, &args, duration, nonce).await;
+    let ledger = drive(
+        Phase::Ledger,
+        "earn/burn (durable)",
+        &channels,
+        &args,
+        duration,
+        nonce,
+    )
+    .await;
+    let health = drive(
+        Phase::Health,
+        "health check (no-op)",
+        &channels,
+        &args,
+        duration,
+        nonce,
+    )
+    .await;
     ledger.print();
     health.print();
-    println!("ratio earn/burn : health = {:.2}", ledger.rate() / health.rate());
+    println!(
+        "ratio earn/burn : health = {:.2}",
+        ledger.rate() / health.rate()
+    );
     if let Some(c) = &child {
         match peak_rss_mib(c.process.id()) {
             Some(mib) => println!("daemon peak memory (VmHWM): {mib:.1} MiB"),
@@ -342,8 +423,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Runs the clearing bench and prints its figures.
 pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
     use sqlx::Connection;
-    let dir = tempfile::Builder::new().prefix("coalitiond-clearing-bench-").tempdir()?;
-    let url = args.database.clone().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let dir = tempfile::Builder::new()
+        .prefix("coalitiond-clearing-bench-")
+        .tempdir()?;
+    let url = args
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
     let (store, _writer) = crate::store::open(&url).await?;
     let cycle = chrono::NaiveDate::from_ymd_opt(2026, 1, 15).expect("date");
     let c = cycle.to_string();
@@ -351,14 +437,30 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
     let postgres = url.starts_with("postgres");
     if postgres {
         let mut conn = sqlx::PgConnection::connect(&url).await?;
-        sqlx::query(GEN_PG).bind(args.allocations).bind(args.partners).bind(&c).execute(&mut conn).await?;
-        sqlx::query(GEN_PG_ALLOC).bind(args.partners).execute(&mut conn).await?;
+        sqlx::query(GEN_PG)
+            .bind(args.allocations)
+            .bind(args.partners)
+            .bind(&c)
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(GEN_PG_ALLOC)
+            .bind(args.partners)
+            .execute(&mut conn)
+            .await?;
         sqlx::query(GEN_TOTALS).execute(&mut conn).await?;
         sqlx::query("ANALYZE").execute(&mut conn).await?;
     } else {
         let mut conn = sqlx::SqliteConnection::connect(&url).await?;
-        sqlx::query(GEN_SQLITE).bind(args.allocations).bind(args.partners).bind(&c).execute(&mut conn).await?;
-        sqlx::query(GEN_SQLITE_ALLOC).bind(args.partners).execute(&mut conn).await?;
+        sqlx::query(GEN_SQLITE)
+            .bind(args.allocations)
+            .bind(args.partners)
+            .bind(&c)
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(GEN_SQLITE_ALLOC)
+            .bind(args.partners)
+            .execute(&mut conn)
+            .await?;
         sqlx::query(GEN_TOTALS).execute(&mut conn).await?;
         sqlx::query("ANALYZE").execute(&mut conn).await?;
     }
@@ -389,7 +491,9 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
         currency: "EUR".into(),
         minor_units: 2,
         rounding: coalition_clearing::Rounding::HalfAwayFromZero,
-        partners: (0..args.partners).map(|i| (format!("p{i}"), rust_decimal::Decimal::new(5, 4))).collect(),
+        partners: (0..args.partners)
+            .map(|i| (format!("p{i}"), rust_decimal::Decimal::new(5, 4)))
+            .collect(),
         skip_if_busy: false,
     };
     let mut runs = Vec::new();
@@ -412,9 +516,20 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
         }
     }
     let (b, r) = (median(bare.clone()), median(runs.clone()));
-    println!("  bare aggregate (SUM GROUP BY issuer, redeemer): median {:>8.1} ms  runs {:?}", b.as_secs_f64() * 1e3, bare);
-    println!("  whole clearing run (sweep, gather, settle, store): median {:>8.1} ms  runs {:?}", r.as_secs_f64() * 1e3, runs);
-    println!("  ratio clearing : bare = {:.2}", r.as_secs_f64() / b.as_secs_f64());
+    println!(
+        "  bare aggregate (SUM GROUP BY issuer, redeemer): median {:>8.1} ms  runs {:?}",
+        b.as_secs_f64() * 1e3,
+        bare
+    );
+    println!(
+        "  whole clearing run (sweep, gather, settle, store): median {:>8.1} ms  runs {:?}",
+        r.as_secs_f64() * 1e3,
+        runs
+    );
+    println!(
+        "  ratio clearing : bare = {:.2}",
+        r.as_secs_f64() / b.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -431,14 +546,22 @@ pub struct LimitsBenchArgs {
 
 /// Sends `rate` calls per second, open loop (a call every tick whether or not the last one
 /// answered), for `duration`; returns the latency histogram and (ok, throttled, other errors).
-async fn paced(channel: Channel, partner: &'static str, rate: u32, duration: Duration) -> (Histogram<u64>, u64, u64, u64) {
+async fn paced(
+    channel: Channel,
+    partner: &'static str,
+    rate: u32,
+    duration: Duration,
+) -> (Histogram<u64>, u64, u64, u64) {
     let per_tick = (rate / 100).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     let mut seq = 0u64;
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     while Instant::now() < deadline {
         tick.tick().await;
         for _ in 0..per_tick {
@@ -485,17 +608,34 @@ pub async fn limits(args: LimitsBenchArgs) -> anyhow::Result<()> {
     let flood = connect(&addr, &flood_pem).await?;
     let d = Duration::from_secs(args.seconds);
     let (half, tenfold) = (args.quota / 2, args.quota * 10);
-    println!("bench-limits: quota {}/s each; bistro at {half}/s, skyways at {tenfold}/s (10x), {} s per phase", args.quota, args.seconds);
+    println!(
+        "bench-limits: quota {}/s each; bistro at {half}/s, skyways at {tenfold}/s (10x), {} s per phase",
+        args.quota, args.seconds
+    );
     let _ = paced(quiet.clone(), "warm", half, Duration::from_secs(1)).await;
     let (alone, ok_a, thr_a, err_a) = paced(quiet.clone(), "bistro", half, d).await;
-    let (beside, flood_res) = tokio::join!(paced(quiet.clone(), "bistro", half, d), paced(flood, "skyways", tenfold, d));
+    let (beside, flood_res) = tokio::join!(
+        paced(quiet.clone(), "bistro", half, d),
+        paced(flood, "skyways", tenfold, d)
+    );
     let (beside, ok_b, thr_b, err_b) = beside;
     let (_, f_ok, f_thr, f_err) = flood_res;
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!("bistro alone:           ok {ok_a:>6}  throttled {thr_a}  errors {err_a}  p50 {:>6.2} ms  p99 {:>6.2} ms", ms(&alone, 0.5), ms(&alone, 0.99));
-    println!("bistro beside a flood:  ok {ok_b:>6}  throttled {thr_b}  errors {err_b}  p50 {:>6.2} ms  p99 {:>6.2} ms", ms(&beside, 0.5), ms(&beside, 0.99));
+    println!(
+        "bistro alone:           ok {ok_a:>6}  throttled {thr_a}  errors {err_a}  p50 {:>6.2} ms  p99 {:>6.2} ms",
+        ms(&alone, 0.5),
+        ms(&alone, 0.99)
+    );
+    println!(
+        "bistro beside a flood:  ok {ok_b:>6}  throttled {thr_b}  errors {err_b}  p50 {:>6.2} ms  p99 {:>6.2} ms",
+        ms(&beside, 0.5),
+        ms(&beside, 0.99)
+    );
     println!("skyways flooding:       ok {f_ok:>6}  throttled {f_thr}  errors {f_err}");
-    println!("p99 ratio (beside / alone) = {:.2}", ms(&beside, 0.99) / ms(&alone, 0.99));
+    println!(
+        "p99 ratio (beside / alone) = {:.2}",
+        ms(&beside, 0.99) / ms(&alone, 0.99)
+    );
     drop(child);
     Ok(())
 }

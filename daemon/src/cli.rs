@@ -143,11 +143,19 @@ fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
 /// Adds a certificate's serial to the config's CRL (re-signed by the CA beside `tls.ca_cert`).
 /// Returns how many serials the CRL lists.
 pub fn revoke(config: &Config, cert_pem: &str) -> anyhow::Result<usize> {
-    let crl_path = config.crl.as_ref().context("config has no tls.crl: set one to revoke certificates")?;
-    let dir = config.ca_cert.parent().map(Path::to_path_buf).unwrap_or_default();
+    let crl_path = config
+        .crl
+        .as_ref()
+        .context("config has no tls.crl: set one to revoke certificates")?;
+    let dir = config
+        .ca_cert
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let ca = Authority::load(
         &std::fs::read_to_string(&config.ca_cert)?,
-        &std::fs::read_to_string(dir.join("ca.key")).context("reading ca.key beside tls.ca_cert")?,
+        &std::fs::read_to_string(dir.join("ca.key"))
+            .context("reading ca.key beside tls.ca_cert")?,
     )?;
     let mut serials = match std::fs::read_to_string(crl_path) {
         Ok(pem) => coalition_certs::crl_serials(&pem)?,
@@ -157,7 +165,9 @@ pub fn revoke(config: &Config, cert_pem: &str) -> anyhow::Result<usize> {
     if !serials.contains(&serial) {
         serials.push(serial);
     }
-    let number = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros() as u64;
+    let number = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as u64;
     std::fs::write(crl_path, ca.crl(&serials, number, 30)?)?;
     Ok(serials.len())
 }
@@ -177,10 +187,22 @@ pub fn certs_init(config: &Config, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::write(crl, ca.crl(&[], 1, 30)?)?;
         written.push(crl.clone());
     }
-    let mut ids: Vec<Identity> =
-        config.partners.keys().map(|p| Identity { role: Role::Partner, name: p.clone() }).collect();
-    ids.push(Identity { role: Role::Finance, name: "finance".into() });
-    ids.push(Identity { role: Role::Operator, name: "oncall".into() });
+    let mut ids: Vec<Identity> = config
+        .partners
+        .keys()
+        .map(|p| Identity {
+            role: Role::Partner,
+            name: p.clone(),
+        })
+        .collect();
+    ids.push(Identity {
+        role: Role::Finance,
+        name: "finance".into(),
+    });
+    ids.push(Identity {
+        role: Role::Operator,
+        name: "oncall".into(),
+    });
     for id in ids {
         let issued = ca.issue_client(&config.coalition, &id, 365)?;
         let stem = cert_stem(&id);
@@ -193,7 +215,9 @@ pub fn certs_init(config: &Config, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -211,30 +235,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon.run_until_signal().await
         }
         Command::Demo { dir } => crate::demo::run(dir).await,
-        Command::Certs { command: CertsCommand::Init { config, force } } => {
+        Command::Certs {
+            command: CertsCommand::Init { config, force },
+        } => {
             let config = Config::load(&config)?;
-            let dir = config.ca_cert.parent().map(Path::to_path_buf).unwrap_or_default();
+            let dir = config
+                .ca_cert
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             if config.ca_cert.exists() && !force {
-                anyhow::bail!("{} exists; pass --force to replace the CA and every certificate", config.ca_cert.display());
+                anyhow::bail!(
+                    "{} exists; pass --force to replace the CA and every certificate",
+                    config.ca_cert.display()
+                );
             }
             for path in certs_init(&config, &dir)? {
                 println!("wrote {}", path.display());
             }
             Ok(())
         }
-        Command::Certs { command: CertsCommand::Revoke { config, cert } } => {
+        Command::Certs {
+            command: CertsCommand::Revoke { config, cert },
+        } => {
             let config = Config::load(&config)?;
-            let crl = revoke(&config, &std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?)?;
-            println!("revoked {}; {} now lists {crl} certificate(s); send SIGHUP to the daemon to apply", cert.display(), config.crl.as_ref().expect("checked").display());
+            let crl = revoke(
+                &config,
+                &std::fs::read_to_string(&cert)
+                    .with_context(|| format!("reading {}", cert.display()))?,
+            )?;
+            println!(
+                "revoked {}; {} now lists {crl} certificate(s); send SIGHUP to the daemon to apply",
+                cert.display(),
+                config.crl.as_ref().expect("checked").display()
+            );
             Ok(())
         }
-        Command::Certs { command: CertsCommand::Issue { config, role, name, days } } => {
+        Command::Certs {
+            command:
+                CertsCommand::Issue {
+                    config,
+                    role,
+                    name,
+                    days,
+                },
+        } => {
             let config = Config::load(&config)?;
             let role = Role::parse(&role).context("--role must be partner, finance or operator")?;
-            let dir = config.ca_cert.parent().map(Path::to_path_buf).unwrap_or_default();
+            let dir = config
+                .ca_cert
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             let ca = Authority::load(
                 &std::fs::read_to_string(&config.ca_cert)?,
-                &std::fs::read_to_string(dir.join("ca.key")).context("reading ca.key beside tls.ca_cert")?,
+                &std::fs::read_to_string(dir.join("ca.key"))
+                    .context("reading ca.key beside tls.ca_cert")?,
             )?;
             let id = Identity { role, name };
             let issued = ca.issue_client(&config.coalition, &id, days)?;

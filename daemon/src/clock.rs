@@ -23,7 +23,8 @@ impl Clock {
 
     /// Moves this clock forward (tests only have a reason to).
     pub fn advance(&self, by: std::time::Duration) {
-        self.offset.fetch_add(by.as_micros() as i64, Ordering::Relaxed);
+        self.offset
+            .fetch_add(by.as_micros() as i64, Ordering::Relaxed);
     }
 }
 

@@ -38,7 +38,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The file as written. Strings that need checking stay strings until [`Config::from_raw`].
@@ -185,17 +188,46 @@ pub struct Currency {
 /// ISO 4217 codes the daemon knows, with their minor units. Kept explicit: the exponent decides
 /// how settlements round, so it must never be guessed.
 const CURRENCIES: &[(&str, u32)] = &[
-    ("EUR", 2), ("USD", 2), ("GBP", 2), ("CHF", 2), ("SEK", 2), ("NOK", 2), ("DKK", 2),
-    ("PLN", 2), ("CZK", 2), ("HUF", 2), ("CAD", 2), ("AUD", 2), ("NZD", 2), ("SGD", 2),
-    ("HKD", 2), ("CNY", 2), ("INR", 2), ("BRL", 2), ("MXN", 2), ("ZAR", 2), ("AED", 2),
-    ("JPY", 0), ("KRW", 0), ("ISK", 0), ("CLP", 0), ("VND", 0),
-    ("BHD", 3), ("KWD", 3), ("OMR", 3), ("JOD", 3), ("TND", 3),
+    ("EUR", 2),
+    ("USD", 2),
+    ("GBP", 2),
+    ("CHF", 2),
+    ("SEK", 2),
+    ("NOK", 2),
+    ("DKK", 2),
+    ("PLN", 2),
+    ("CZK", 2),
+    ("HUF", 2),
+    ("CAD", 2),
+    ("AUD", 2),
+    ("NZD", 2),
+    ("SGD", 2),
+    ("HKD", 2),
+    ("CNY", 2),
+    ("INR", 2),
+    ("BRL", 2),
+    ("MXN", 2),
+    ("ZAR", 2),
+    ("AED", 2),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("ISK", 0),
+    ("CLP", 0),
+    ("VND", 0),
+    ("BHD", 3),
+    ("KWD", 3),
+    ("OMR", 3),
+    ("JOD", 3),
+    ("TND", 3),
 ];
 
 impl Currency {
     /// Looks an ISO 4217 code up.
     pub fn from_code(code: &str) -> Option<Currency> {
-        CURRENCIES.iter().find(|(c, _)| *c == code).map(|&(code, minor_units)| Currency { code, minor_units })
+        CURRENCIES
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|&(code, minor_units)| Currency { code, minor_units })
     }
 }
 
@@ -240,34 +272,56 @@ pub struct Config {
     pub partners: BTreeMap<String, Partner>,
 }
 
-fn account(key: &str, name: &str, iban: &str, bic: &str) -> Result<coalition_clearing::export::Account, ConfigError> {
+fn account(
+    key: &str,
+    name: &str,
+    iban: &str,
+    bic: &str,
+) -> Result<coalition_clearing::export::Account, ConfigError> {
     let iban_ok = iban.len() >= 5
         && iban.len() <= 34
         && iban[..2].bytes().all(|b| b.is_ascii_uppercase())
         && iban[2..4].bytes().all(|b| b.is_ascii_digit())
         && iban[4..].bytes().all(|b| b.is_ascii_alphanumeric());
     if !iban_ok {
-        return Err(invalid(format!("{key}.iban"), format!("{iban:?} is not an IBAN")));
+        return Err(invalid(
+            format!("{key}.iban"),
+            format!("{iban:?} is not an IBAN"),
+        ));
     }
     let bic_ok = (bic.len() == 8 || bic.len() == 11)
         && bic[..6].bytes().all(|b| b.is_ascii_uppercase())
-        && bic[6..].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        && bic[6..]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
     if !bic_ok {
-        return Err(invalid(format!("{key}.bic"), format!("{bic:?} is not a BIC (8 or 11 characters)")));
+        return Err(invalid(
+            format!("{key}.bic"),
+            format!("{bic:?} is not a BIC (8 or 11 characters)"),
+        ));
     }
     if name.trim().is_empty() || name.len() > 140 {
         return Err(invalid(format!("{key}.name"), "use 1..=140 characters"));
     }
-    Ok(coalition_clearing::export::Account { name: name.into(), iban: iban.into(), bic: bic.into() })
+    Ok(coalition_clearing::export::Account {
+        name: name.into(),
+        iban: iban.into(),
+        bic: bic.into(),
+    })
 }
 
 /// Whether `id` is a well-formed partner or member-facing id.
 pub fn valid_partner_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
-    let d = Decimal::from_str(s).map_err(|_| invalid(&key, format!("{s:?} is not a decimal number")))?;
+    let d = Decimal::from_str(s)
+        .map_err(|_| invalid(&key, format!("{s:?} is not a decimal number")))?;
     if d.is_sign_negative() {
         return Err(invalid(key, format!("{s} must not be negative")));
     }
@@ -277,53 +331,89 @@ fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
 impl Config {
     /// The cycle calendar of this coalition.
     pub fn cycles(&self) -> coalition_clearing::Cycles {
-        coalition_clearing::Cycles::new(self.time_zone, self.cutoff_minutes).expect("cut-off validated at load")
+        coalition_clearing::Cycles::new(self.time_zone, self.cutoff_minutes)
+            .expect("cut-off validated at load")
     }
 
     /// Reads and validates a config file. Relative paths in it are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax { path: path.to_path_buf(), message },
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parses config text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: Raw = toml::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: PathBuf::new(), message: e.to_string() })?;
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
         Config::from_raw(raw, base)
     }
 
     fn from_raw(raw: Raw, base: &Path) -> Result<Config, ConfigError> {
         if !valid_partner_id(&raw.coalition) {
-            return Err(invalid("coalition", "use 1..=32 lowercase letters, digits or '-'"));
+            return Err(invalid(
+                "coalition",
+                "use 1..=32 lowercase letters, digits or '-'",
+            ));
         }
         let listen = raw.listen.parse().map_err(|_| {
-            invalid("listen", format!("{:?} is not an address like 127.0.0.1:7443", raw.listen))
+            invalid(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:7443", raw.listen),
+            )
         })?;
         let metrics_listen = match raw.metrics_listen.as_deref() {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             Some("") | Some("off") => None,
             Some(a) => Some(a.parse().map_err(|_| {
-                invalid("metrics_listen", format!("{a:?} is not an address like 127.0.0.1:9464 (or \"off\")"))
+                invalid(
+                    "metrics_listen",
+                    format!("{a:?} is not an address like 127.0.0.1:9464 (or \"off\")"),
+                )
             })?),
         };
         let currency = Currency::from_code(&raw.currency).ok_or_else(|| {
-            invalid("currency", format!("{:?} is not an ISO 4217 code this daemon knows (e.g. EUR, JPY, BHD)", raw.currency))
+            invalid(
+                "currency",
+                format!(
+                    "{:?} is not an ISO 4217 code this daemon knows (e.g. EUR, JPY, BHD)",
+                    raw.currency
+                ),
+            )
         })?;
         let time_zone: chrono_tz::Tz = raw.time_zone.parse().map_err(|_| {
-            invalid("time_zone", format!("{:?} is not an IANA time zone like Europe/Amsterdam", raw.time_zone))
+            invalid(
+                "time_zone",
+                format!(
+                    "{:?} is not an IANA time zone like Europe/Amsterdam",
+                    raw.time_zone
+                ),
+            )
         })?;
-        let cutoff_minutes = parse_hhmm(&raw.cutoff)
-            .ok_or_else(|| invalid("cutoff", format!("{:?} is not a time of day HH:MM", raw.cutoff)))?;
-        if let Some(d) = raw.points_expire_after_days {
-            if !(1..=36_500).contains(&d) {
-                return Err(invalid("points_expire_after_days", "use 1..=36500 days, or leave it out for never"));
-            }
+        let cutoff_minutes = parse_hhmm(&raw.cutoff).ok_or_else(|| {
+            invalid(
+                "cutoff",
+                format!("{:?} is not a time of day HH:MM", raw.cutoff),
+            )
+        })?;
+        if let Some(d) = raw.points_expire_after_days
+            && !(1..=36_500).contains(&d)
+        {
+            return Err(invalid(
+                "points_expire_after_days",
+                "use 1..=36500 days, or leave it out for never",
+            ));
         }
         if raw.database.url.trim().is_empty() {
             return Err(invalid("database.url", "must not be empty"));
@@ -345,7 +435,10 @@ impl Config {
         for (i, p) in raw.partners.into_iter().enumerate() {
             let key = |k: &str| format!("partners[{i}].{k}");
             if !valid_partner_id(&p.id) {
-                return Err(invalid(key("id"), format!("{:?}: use 1..=32 lowercase letters, digits or '-'", p.id)));
+                return Err(invalid(
+                    key("id"),
+                    format!("{:?}: use 1..=32 lowercase letters, digits or '-'", p.id),
+                ));
             }
             if p.name.trim().is_empty() {
                 return Err(invalid(key("name"), "must not be empty"));
@@ -367,10 +460,15 @@ impl Config {
                 return Err(invalid(key("rate_limit.burst"), "must be at least 1"));
             }
             if p.id == coalition_clearing::OPERATOR {
-                return Err(invalid(key("id"), "\"operator\" is reserved for the coalition operator"));
+                return Err(invalid(
+                    key("id"),
+                    "\"operator\" is reserved for the coalition operator",
+                ));
             }
             let partner_account = match (&p.iban, &p.bic) {
-                (Some(iban), Some(bic)) => Some(account(&format!("partners[{i}]"), &p.name, iban, bic)?),
+                (Some(iban), Some(bic)) => {
+                    Some(account(&format!("partners[{i}]"), &p.name, iban, bic)?)
+                }
                 (None, None) => None,
                 _ => return Err(invalid(key("iban"), "give both iban and bic, or neither")),
             };
@@ -387,7 +485,10 @@ impl Config {
                 account: partner_account,
             };
             if partners.insert(p.id.clone(), partner).is_some() {
-                return Err(invalid(key("id"), format!("partner {:?} is configured twice", p.id)));
+                return Err(invalid(
+                    key("id"),
+                    format!("partner {:?} is configured twice", p.id),
+                ));
             }
         }
         Ok(Config {
@@ -406,9 +507,17 @@ impl Config {
             max_batch,
             queue_depth,
             handshake_timeout_ms,
-            pause_before_commit: raw.limits.pause_before_commit_ms.map(std::time::Duration::from_millis),
+            pause_before_commit: raw
+                .limits
+                .pause_before_commit_ms
+                .map(std::time::Duration::from_millis),
             clearing: ClearingConfig {
-                rounding: match raw.clearing.rounding.as_deref().unwrap_or("half_away_from_zero") {
+                rounding: match raw
+                    .clearing
+                    .rounding
+                    .as_deref()
+                    .unwrap_or("half_away_from_zero")
+                {
                     "half_away_from_zero" => coalition_clearing::Rounding::HalfAwayFromZero,
                     "half_even" => coalition_clearing::Rounding::HalfEven,
                     "down" => coalition_clearing::Rounding::Down,
@@ -448,9 +557,16 @@ fn resolve_db_url(url: &str, base: &Path) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return url.to_string();
     }
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
     let p = Path::new(path);
-    let full = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
     format!("sqlite://{}", full.display())
 }
 
@@ -472,16 +588,28 @@ mod tests {
     fn wrong_values_name_their_key() {
         let cases = [
             ("currency = \"EUR\"", "currency = \"XXX\"", "`currency`"),
-            ("time_zone = \"Europe/Amsterdam\"", "time_zone = \"Mars/Olympus\"", "`time_zone`"),
-            ("redemption_rate = \"0.010\"", "redemption_rate = \"ten\"", "`partners[0].redemption_rate`"),
+            (
+                "time_zone = \"Europe/Amsterdam\"",
+                "time_zone = \"Mars/Olympus\"",
+                "`time_zone`",
+            ),
+            (
+                "redemption_rate = \"0.010\"",
+                "redemption_rate = \"ten\"",
+                "`partners[0].redemption_rate`",
+            ),
             ("cutoff = \"00:00\"", "cutoff = \"25:00\"", "`cutoff`"),
         ];
         for (from, to, key) in cases {
             assert!(GOOD.contains(from), "example lacks {from}");
-            let err = Config::parse(&GOOD.replacen(from, to, 1), Path::new(".")).unwrap_err().to_string();
+            let err = Config::parse(&GOOD.replacen(from, to, 1), Path::new("."))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
-        let err = Config::parse(&GOOD.replacen("listen", "lisen", 1), Path::new(".")).unwrap_err().to_string();
+        let err = Config::parse(&GOOD.replacen("listen", "lisen", 1), Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 }

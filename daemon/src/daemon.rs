@@ -30,15 +30,20 @@ impl Daemon {
     /// Opens storage, starts the writer and the server.
     pub async fn start(config: Config, clock: Clock) -> anyhow::Result<Daemon> {
         let config = Arc::new(config);
-        let tls = Arc::new(crate::server::tls::TlsState::load(crate::server::tls::TlsFiles {
-            ca: config.ca_cert.clone(),
-            cert: config.server_cert.clone(),
-            key: config.server_key.clone(),
-            crl: config.crl.clone(),
-        })?);
+        let tls = Arc::new(crate::server::tls::TlsState::load(
+            crate::server::tls::TlsFiles {
+                ca: config.ca_cert.clone(),
+                cert: config.server_cert.clone(),
+                key: config.server_key.clone(),
+                crl: config.crl.clone(),
+            },
+        )?);
         let (store, backend) = store::open(&config.database_url).await?;
         let limits = Arc::new(crate::ops::limits::Limits::new(
-            config.partners.values().map(|p| (p.id.clone(), p.rate_per_second, p.burst, false)),
+            config
+                .partners
+                .values()
+                .map(|p| (p.id.clone(), p.rate_per_second, p.burst, false)),
         ));
         crate::ops::apply_overrides(&*store, &limits).await?;
         let (writer, writer_task) = Writer::spawn(
@@ -55,7 +60,12 @@ impl Daemon {
         .await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (config key `listen`): {e}", config.listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (config key `listen`): {e}",
+                    config.listen
+                )
+            })?;
         let addr = crate::server::local_addr(&listener);
         let shared = Shared {
             config: config.clone(),
@@ -72,10 +82,22 @@ impl Daemon {
         };
         tokio::spawn(crate::ops::refresh_loop(shared.clone(), rx.clone()));
         tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
-        let scheduler = config.clearing.scheduler.then(|| tokio::spawn(crate::scheduler::run(shared.clone(), rx.clone())));
+        let scheduler = config
+            .clearing
+            .scheduler
+            .then(|| tokio::spawn(crate::scheduler::run(shared.clone(), rx.clone())));
         let server = tokio::spawn(crate::server::serve(listener, tls, shared, rx));
         tracing::info!(%addr, database = %redact(&config.database_url), "coalitiond listening");
-        Ok(Daemon { addr, metrics_addr, store, clock, shutdown, server, writer: writer_task, scheduler })
+        Ok(Daemon {
+            addr,
+            metrics_addr,
+            store,
+            clock,
+            shutdown,
+            server,
+            writer: writer_task,
+            scheduler,
+        })
     }
 
     /// Stops accepting, lets calls in flight finish and commit, then returns.
@@ -106,7 +128,10 @@ impl Daemon {
 async fn reload_on_sighup(tls: Arc<crate::server::tls::TlsState>, mut stop: watch::Receiver<bool>) {
     #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -125,7 +150,8 @@ async fn reload_on_sighup(tls: Arc<crate::server::tls::TlsState>, mut stop: watc
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -1,6 +1,6 @@
 //! `coalitiond demo`: a whole day at three partners, over real mTLS, against a fresh SQLite file.
 
-use crate::client::{connect, ClientPem};
+use crate::client::{ClientPem, connect};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::daemon::Daemon;
@@ -23,9 +23,21 @@ pub fn write_dev_setup(dir: &Path, listen: &str) -> anyhow::Result<Config> {
 pub fn write_dev_setup_on(dir: &Path, listen: &str, database_url: &str) -> anyhow::Result<Config> {
     std::fs::create_dir_all(dir.join("certs/dev"))?;
     let text = EXAMPLE_CONFIG
-        .replacen("listen = \"127.0.0.1:7443\"", &format!("listen = \"{listen}\""), 1)
-        .replacen("url = \"sqlite://data/coalition.db\"", &format!("url = \"{database_url}\""), 1)
-        .replacen("metrics_listen = \"127.0.0.1:9464\"", "metrics_listen = \"127.0.0.1:0\"", 1);
+        .replacen(
+            "listen = \"127.0.0.1:7443\"",
+            &format!("listen = \"{listen}\""),
+            1,
+        )
+        .replacen(
+            "url = \"sqlite://data/coalition.db\"",
+            &format!("url = \"{database_url}\""),
+            1,
+        )
+        .replacen(
+            "metrics_listen = \"127.0.0.1:9464\"",
+            "metrics_listen = \"127.0.0.1:0\"",
+            1,
+        );
     let path = dir.join("coalition.toml");
     std::fs::write(&path, text)?;
     let config = Config::load(&path)?;
@@ -40,25 +52,56 @@ struct Till {
 
 async fn till(addr: &str, certs: &Path, partner: &'static str) -> anyhow::Result<Till> {
     let pem = ClientPem::from_dir(certs, &format!("partner-{partner}"))?;
-    let channel = connect(addr, &pem).await.with_context(|| format!("connecting as {partner}"))?;
-    Ok(Till { name: partner, client: PartnerServiceClient::new(channel) })
+    let channel = connect(addr, &pem)
+        .await
+        .with_context(|| format!("connecting as {partner}"))?;
+    Ok(Till {
+        name: partner,
+        client: PartnerServiceClient::new(channel),
+    })
 }
 
 fn show(step: &str, r: &pb::Receipt) {
-    let slices: Vec<String> = r.slices.iter().map(|s| format!("{} {}", s.issuer, s.points)).collect();
+    let slices: Vec<String> = r
+        .slices
+        .iter()
+        .map(|s| format!("{} {}", s.issuer, s.points))
+        .collect();
     println!(
         "  {step:<58} {:>6} pts  balance {:>6}{}{}{}",
         r.points,
         r.balance_after,
-        if slices.is_empty() { String::new() } else { format!("  [{}]", slices.join(", ")) },
-        if r.debt_created > 0 { format!("  debt +{}", r.debt_created) } else { String::new() },
-        if r.debt_repaid > 0 { format!("  debt repaid {}", r.debt_repaid) } else { String::new() },
+        if slices.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", slices.join(", "))
+        },
+        if r.debt_created > 0 {
+            format!("  debt +{}", r.debt_created)
+        } else {
+            String::new()
+        },
+        if r.debt_repaid > 0 {
+            format!("  debt repaid {}", r.debt_repaid)
+        } else {
+            String::new()
+        },
     );
 }
 
 async fn balance(t: &mut Till, member: &str) -> anyhow::Result<()> {
-    let b = t.client.get_balance(pb::GetBalanceRequest { member_id: member.into() }).await?.into_inner();
-    let by: Vec<String> = b.by_issuer.iter().map(|s| format!("{} {}", s.issuer, s.points)).collect();
+    let b = t
+        .client
+        .get_balance(pb::GetBalanceRequest {
+            member_id: member.into(),
+        })
+        .await?
+        .into_inner();
+    let by: Vec<String> = b
+        .by_issuer
+        .iter()
+        .map(|s| format!("{} {}", s.issuer, s.points))
+        .collect();
     println!(
         "  balance of {member}: {} points (debt {}), by issuer: {}; next expiry {} ({} pts)",
         b.points,
@@ -71,22 +114,34 @@ async fn balance(t: &mut Till, member: &str) -> anyhow::Result<()> {
 }
 
 fn money(amount: &str) -> Option<pb::earn_request::Grant> {
-    Some(pb::earn_request::Grant::Purchase(pb::Money { amount: amount.into(), currency: "EUR".into() }))
+    Some(pb::earn_request::Grant::Purchase(pb::Money {
+        amount: amount.into(),
+        currency: "EUR".into(),
+    }))
 }
 
 /// Runs the demo in `dir` (default `./data/demo-<unix time>`).
 pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = dir.unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         PathBuf::from(format!("data/demo-{t}"))
     });
     println!("coalitiond demo in {}", dir.display());
     let config = write_dev_setup(&dir, "127.0.0.1:0")?;
-    println!("  made a dev CA and certificates for {} partners, finance and operator", config.partners.len());
+    println!(
+        "  made a dev CA and certificates for {} partners, finance and operator",
+        config.partners.len()
+    );
     let config_cycles = config.cycles();
     let daemon = Daemon::start(config, Clock::default()).await?;
     let addr = daemon.addr.to_string();
-    println!("  daemon listening on {addr} (mTLS), database {}", dir.join("coalition.db").display());
+    println!(
+        "  daemon listening on {addr} (mTLS), database {}",
+        dir.join("coalition.db").display()
+    );
     let certs = dir.join("certs/dev");
     let mut air = till(&addr, &certs, "skyways").await?;
     let mut shop = till(&addr, &certs, "freshmart").await?;
@@ -94,21 +149,55 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     let m = "member-7f3a9c";
 
     println!("\nA member earns at three partners:");
-    let r = air.client.earn(pb::EarnRequest { transaction_id: "sky-0001".into(), member_id: m.into(), grant: money("420.00") }).await?;
-    show("skyways: flight for EUR 420.00 (1 pt per EUR)", r.get_ref().receipt.as_ref().unwrap());
-    let r = shop.client.earn(pb::EarnRequest { transaction_id: "fm-0001".into(), member_id: m.into(), grant: money("85.40") }).await?;
-    show("freshmart: groceries for EUR 85.40 (2 pts per EUR)", r.get_ref().receipt.as_ref().unwrap());
+    let r = air
+        .client
+        .earn(pb::EarnRequest {
+            transaction_id: "sky-0001".into(),
+            member_id: m.into(),
+            grant: money("420.00"),
+        })
+        .await?;
+    show(
+        "skyways: flight for EUR 420.00 (1 pt per EUR)",
+        r.get_ref().receipt.as_ref().unwrap(),
+    );
+    let r = shop
+        .client
+        .earn(pb::EarnRequest {
+            transaction_id: "fm-0001".into(),
+            member_id: m.into(),
+            grant: money("85.40"),
+        })
+        .await?;
+    show(
+        "freshmart: groceries for EUR 85.40 (2 pts per EUR)",
+        r.get_ref().receipt.as_ref().unwrap(),
+    );
     let r = food
         .client
-        .earn(pb::EarnRequest { transaction_id: "bi-0001".into(), member_id: m.into(), grant: Some(pb::earn_request::Grant::BonusPoints(250)) })
+        .earn(pb::EarnRequest {
+            transaction_id: "bi-0001".into(),
+            member_id: m.into(),
+            grant: Some(pb::earn_request::Grant::BonusPoints(250)),
+        })
         .await?;
-    show("bistro: welcome bonus", r.get_ref().receipt.as_ref().unwrap());
+    show(
+        "bistro: welcome bonus",
+        r.get_ref().receipt.as_ref().unwrap(),
+    );
     balance(&mut food, m).await?;
 
     println!("\nThe member pays with points at the restaurant (soonest-expiring points first):");
-    let burn = pb::BurnRequest { transaction_id: "bi-0002".into(), member_id: m.into(), points: 500 };
+    let burn = pb::BurnRequest {
+        transaction_id: "bi-0002".into(),
+        member_id: m.into(),
+        points: 500,
+    };
     let r = food.client.burn(burn.clone()).await?;
-    show("bistro: dinner paid with 500 points", r.get_ref().receipt.as_ref().unwrap());
+    show(
+        "bistro: dinner paid with 500 points",
+        r.get_ref().receipt.as_ref().unwrap(),
+    );
     let again = food.client.burn(burn).await?;
     println!(
         "  the till retries the same burn (bi-0002): same receipt, applied once: {}",
@@ -118,25 +207,50 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!("\nGoods come back:");
     let r = shop
         .client
-        .reverse_earn(pb::ReverseEarnRequest { transaction_id: "fm-0002".into(), original_transaction_id: "fm-0001".into(), points: 100 })
+        .reverse_earn(pb::ReverseEarnRequest {
+            transaction_id: "fm-0002".into(),
+            original_transaction_id: "fm-0001".into(),
+            points: 100,
+        })
         .await?;
-    show("freshmart: part of the groceries returned (100 of 170 pts)", r.get_ref().receipt.as_ref().unwrap());
+    show(
+        "freshmart: part of the groceries returned (100 of 170 pts)",
+        r.get_ref().receipt.as_ref().unwrap(),
+    );
     let r = food
         .client
-        .reverse_burn(pb::ReverseBurnRequest { transaction_id: "bi-0003".into(), original_transaction_id: "bi-0002".into(), points: 200 })
+        .reverse_burn(pb::ReverseBurnRequest {
+            transaction_id: "bi-0003".into(),
+            original_transaction_id: "bi-0002".into(),
+            points: 200,
+        })
         .await?;
-    show("bistro: part of the dinner refunded (200 pts back)", r.get_ref().receipt.as_ref().unwrap());
+    show(
+        "bistro: part of the dinner refunded (200 pts back)",
+        r.get_ref().receipt.as_ref().unwrap(),
+    );
     balance(&mut air, m).await?;
 
     println!("\nBistro's view of the member's activity:");
     let list = food
         .client
-        .list_member_activity(pb::ListMemberActivityRequest { member_id: m.into(), page_size: 10, page_token: String::new() })
+        .list_member_activity(pb::ListMemberActivityRequest {
+            member_id: m.into(),
+            page_size: 10,
+            page_token: String::new(),
+        })
         .await?
         .into_inner();
     for t in list.transactions {
         let r = t.receipt.unwrap_or_default();
-        println!("  {}  {:<12} {:<8} {:>5} pts (reversed {})", r.accepted_at, format!("{:?}", r.kind()), r.transaction_id, r.points, t.reversed_points);
+        println!(
+            "  {}  {:<12} {:<8} {:>5} pts (reversed {})",
+            r.accepted_at,
+            format!("{:?}", r.kind()),
+            r.transaction_id,
+            r.points,
+            t.reversed_points
+        );
     }
     let _ = air.name;
 
@@ -144,16 +258,31 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     let cycles = config_cycles;
     let today = cycles.cycle_of(daemon.clock.now());
     let close = cycles.close(today);
-    daemon.clock.advance(std::time::Duration::from_micros((close - daemon.clock.now() + 1_000_000) as u64));
-    println!("\nThe cut-off passes ({}); finance clears the day:", crate::clock::rfc3339(close));
+    daemon.clock.advance(std::time::Duration::from_micros(
+        (close - daemon.clock.now() + 1_000_000) as u64,
+    ));
+    println!(
+        "\nThe cut-off passes ({}); finance clears the day:",
+        crate::clock::rfc3339(close)
+    );
     let pem = ClientPem::from_dir(&certs, "finance")?;
-    let mut finance = coalition_proto::v1::finance_service_client::FinanceServiceClient::new(connect(&addr, &pem).await?);
-    let settlement = finance.run_clearing(pb::CycleRequest { cycle: today.to_string() }).await?.into_inner();
+    let mut finance = coalition_proto::v1::finance_service_client::FinanceServiceClient::new(
+        connect(&addr, &pem).await?,
+    );
+    let settlement = finance
+        .run_clearing(pb::CycleRequest {
+            cycle: today.to_string(),
+        })
+        .await?
+        .into_inner();
     crate::finance_cli::print_settlement(&settlement);
     let report = daemon.store.audit(daemon.clock.now()).await?;
     println!("\nLedger audit:\n{report}");
     daemon.shutdown().await?;
     anyhow::ensure!(report.ok(), "ledger invariants violated");
-    println!("\ndemo finished; inspect it with: coalitiond audit --config {}", dir.join("coalition.toml").display());
+    println!(
+        "\ndemo finished; inspect it with: coalitiond audit --config {}",
+        dir.join("coalition.toml").display()
+    );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `coalitiond clearing …`: finance's command line, a client of the finance API over mTLS with the
 //! finance certificate. Prints readable tables; writes files with `--out`.
 
-use crate::client::{connect, ClientPem};
+use crate::client::{ClientPem, connect};
 use crate::config::Config;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
@@ -100,9 +100,16 @@ pub enum ClearingCommand {
 async fn client(c: &Connection) -> anyhow::Result<FinanceServiceClient<Channel>> {
     let config = Config::load(&c.config)?;
     let addr = c.addr.clone().unwrap_or_else(|| config.listen.to_string());
-    let dir = config.ca_cert.parent().map(PathBuf::from).unwrap_or_default();
-    let pem = ClientPem::from_dir(&dir, &c.identity).with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
-    let channel = connect(&addr, &pem).await.with_context(|| format!("connecting to {addr}"))?;
+    let dir = config
+        .ca_cert
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let pem = ClientPem::from_dir(&dir, &c.identity)
+        .with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
+    let channel = connect(&addr, &pem)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
     Ok(FinanceServiceClient::new(channel))
 }
 
@@ -116,10 +123,25 @@ fn status(s: i32) -> &'static str {
 
 /// Prints a settlement as a table: who pays, who receives, how much, and the control totals.
 pub fn print_settlement(s: &pb::Settlement) {
-    println!("Settlement of cycle {} ({}), {}", s.cycle, status(s.status), s.currency);
+    println!(
+        "Settlement of cycle {} ({}), {}",
+        s.cycle,
+        status(s.status),
+        s.currency
+    );
     println!("  digest {}", s.digest);
-    println!("  previous {}", if s.previous_digest.is_empty() { "(first settlement)" } else { &s.previous_digest });
-    println!("  {:<12} {:>12} {:>12} {:>10} {:>12}  payment", "participant", "receivable", "payable", "fees", "net");
+    println!(
+        "  previous {}",
+        if s.previous_digest.is_empty() {
+            "(first settlement)"
+        } else {
+            &s.previous_digest
+        }
+    );
+    println!(
+        "  {:<12} {:>12} {:>12} {:>10} {:>12}  payment",
+        "participant", "receivable", "payable", "fees", "net"
+    );
     for p in &s.positions {
         let pay = s.payments.iter().find(|x| x.participant == p.participant);
         let what = match pay {
@@ -127,15 +149,34 @@ pub fn print_settlement(s: &pb::Settlement) {
             Some(x) => format!("receives {} {}", x.amount, s.currency),
             None => "-".to_string(),
         };
-        println!("  {:<12} {:>12} {:>12} {:>10} {:>12}  {what}", p.participant, p.receivable, p.payable, p.fees, p.net);
+        println!(
+            "  {:<12} {:>12} {:>12} {:>10} {:>12}  {what}",
+            p.participant, p.receivable, p.payable, p.fees, p.net
+        );
     }
     if !s.gross.is_empty() {
-        println!("  gross: {}", s.gross.iter().map(|c| format!("{}→{} {} pts {}", c.issuer, c.redeemer, c.points, c.value)).collect::<Vec<_>>().join("; "));
+        println!(
+            "  gross: {}",
+            s.gross
+                .iter()
+                .map(|c| format!("{}→{} {} pts {}", c.issuer, c.redeemer, c.points, c.value))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
     }
     if let Some(t) = &s.totals {
         println!(
             "  control: {} transactions, earned {}, burned {}, burns reversed {}, earns reversed {}, expired {}, {} allocations, gross {}, fees {}, settled {}",
-            t.transactions, t.earned, t.burned, t.burns_reversed, t.earns_reversed, t.expired, t.allocations, t.gross_value, t.fees, t.settled
+            t.transactions,
+            t.earned,
+            t.burned,
+            t.burns_reversed,
+            t.earns_reversed,
+            t.expired,
+            t.allocations,
+            t.gross_value,
+            t.fees,
+            t.settled
         );
     }
 }
@@ -162,51 +203,135 @@ fn write_out(out: &Option<PathBuf>, default: &str, content: &[u8]) -> anyhow::Re
 pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
     match cmd {
         ClearingCommand::Run { conn, cycle } => {
-            let s = client(&conn).await?.run_clearing(pb::CycleRequest { cycle }).await?.into_inner();
+            let s = client(&conn)
+                .await?
+                .run_clearing(pb::CycleRequest { cycle })
+                .await?
+                .into_inner();
             print_settlement(&s);
         }
-        ClearingCommand::Show { conn, cycle: Some(cycle) } => {
-            print_settlement(&client(&conn).await?.get_settlement(pb::CycleRequest { cycle }).await?.into_inner());
+        ClearingCommand::Show {
+            conn,
+            cycle: Some(cycle),
+        } => {
+            print_settlement(
+                &client(&conn)
+                    .await?
+                    .get_settlement(pb::CycleRequest { cycle })
+                    .await?
+                    .into_inner(),
+            );
         }
         ClearingCommand::Show { conn, cycle: None } => {
-            let list = client(&conn).await?.list_settlements(pb::ListSettlementsRequest::default()).await?.into_inner();
-            println!("{:<12} {:<6} {:>12} {:>8}  digest", "cycle", "status", "settled", "txns");
+            let list = client(&conn)
+                .await?
+                .list_settlements(pb::ListSettlementsRequest::default())
+                .await?
+                .into_inner();
+            println!(
+                "{:<12} {:<6} {:>12} {:>8}  digest",
+                "cycle", "status", "settled", "txns"
+            );
             for s in list.settlements {
                 let t = s.totals.unwrap_or_default();
-                println!("{:<12} {:<6} {:>12} {:>8}  {}", s.cycle, status(s.status), t.settled, t.transactions, s.digest);
+                println!(
+                    "{:<12} {:<6} {:>12} {:>8}  {}",
+                    s.cycle,
+                    status(s.status),
+                    t.settled,
+                    t.transactions,
+                    s.digest
+                );
             }
         }
         ClearingCommand::Finalize { conn, cycle } => {
-            let s = client(&conn).await?.finalize_settlement(pb::CycleRequest { cycle }).await?.into_inner();
+            let s = client(&conn)
+                .await?
+                .finalize_settlement(pb::CycleRequest { cycle })
+                .await?
+                .into_inner();
             print_settlement(&s);
         }
-        ClearingCommand::Export { conn, cycle, format, out } => {
+        ClearingCommand::Export {
+            conn,
+            cycle,
+            format,
+            out,
+        } => {
             let format = match format {
                 Format::Csv => pb::ExportFormat::Csv,
                 Format::Json => pb::ExportFormat::Json,
                 Format::Pain001 => pb::ExportFormat::Pain001,
             };
-            let f = client(&conn).await?.export_settlement(pb::ExportRequest { cycle, format: format as i32 }).await?.into_inner();
+            let f = client(&conn)
+                .await?
+                .export_settlement(pb::ExportRequest {
+                    cycle,
+                    format: format as i32,
+                })
+                .await?
+                .into_inner();
             write_out(&out, &f.filename, &f.content)?;
         }
         ClearingCommand::Liability { conn } => {
-            let r = client(&conn).await?.get_liability_report(pb::LiabilityReportRequest {}).await?.into_inner();
+            let r = client(&conn)
+                .await?
+                .get_liability_report(pb::LiabilityReportRequest {})
+                .await?
+                .into_inner();
             println!("Points liability as of {}", r.as_of);
-            println!("{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}", "issuer", "month", "issued", "redeemed", "reversed", "expired", "outstanding");
+            println!(
+                "{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}",
+                "issuer", "month", "issued", "redeemed", "reversed", "expired", "outstanding"
+            );
             for x in r.rows {
-                println!("{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}", x.issuer, x.month, x.issued, x.redeemed, x.reversed, x.expired, x.outstanding);
+                println!(
+                    "{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}",
+                    x.issuer, x.month, x.issued, x.redeemed, x.reversed, x.expired, x.outstanding
+                );
             }
         }
-        ClearingCommand::Statement { conn, cycle, partner, out } => {
-            let st = client(&conn).await?.get_statement(pb::StatementRequest { cycle, partner }).await?.into_inner();
+        ClearingCommand::Statement {
+            conn,
+            cycle,
+            partner,
+            out,
+        } => {
+            let st = client(&conn)
+                .await?
+                .get_statement(pb::StatementRequest { cycle, partner })
+                .await?
+                .into_inner();
             if out.is_some() {
                 return write_out(&out, "", st.csv.as_bytes());
             }
             let p = st.position.unwrap_or_default();
-            println!("Statement of {} for cycle {} ({}): receivable {}, payable {}, fees {}, net {}", st.partner, st.cycle, status(st.status), p.receivable, p.payable, p.fees, p.net);
-            println!("  {:>8} {:>3} {:<16} {:<10} {:<10} {:>7} {:>8} {:>10}", "ledger", "seq", "your txn id", "issuer", "redeemer", "points", "rate", "value");
+            println!(
+                "Statement of {} for cycle {} ({}): receivable {}, payable {}, fees {}, net {}",
+                st.partner,
+                st.cycle,
+                status(st.status),
+                p.receivable,
+                p.payable,
+                p.fees,
+                p.net
+            );
+            println!(
+                "  {:>8} {:>3} {:<16} {:<10} {:<10} {:>7} {:>8} {:>10}",
+                "ledger", "seq", "your txn id", "issuer", "redeemer", "points", "rate", "value"
+            );
             for l in st.lines {
-                println!("  {:>8} {:>3} {:<16} {:<10} {:<10} {:>7} {:>8} {:>10}", l.ledger_id, l.seq, l.transaction_id, l.issuer, l.redeemer, l.points, l.rate, l.value);
+                println!(
+                    "  {:>8} {:>3} {:<16} {:<10} {:<10} {:>7} {:>8} {:>10}",
+                    l.ledger_id,
+                    l.seq,
+                    l.transaction_id,
+                    l.issuer,
+                    l.redeemer,
+                    l.points,
+                    l.rate,
+                    l.value
+                );
             }
         }
     }

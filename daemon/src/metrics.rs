@@ -25,23 +25,32 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Serves `/metrics` on `addr` until `stop`; returns the bound address.
-pub async fn serve(addr: SocketAddr, mut stop: watch::Receiver<bool>) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
     let handle = handle();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (config key `metrics_listen`): {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr} (config key `metrics_listen`): {e}")
+    })?;
     let bound = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {
-            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+            (
+                [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
         }),
     );
     tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             tracing::warn!(error = %e, "metrics endpoint stopped");
         }
     });

@@ -1,7 +1,7 @@
 //! `coalitiond ops …`: the on-call operator's command line, a client of the operator API over mTLS
 //! with the operator certificate.
 
-use crate::client::{connect, ClientPem};
+use crate::client::{ClientPem, connect};
 use crate::config::Config;
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -85,15 +85,30 @@ pub enum OpsCommand {
 async fn client(c: &Connection) -> anyhow::Result<OperatorServiceClient<Channel>> {
     let config = Config::load(&c.config)?;
     let addr = c.addr.clone().unwrap_or_else(|| config.listen.to_string());
-    let dir = config.ca_cert.parent().map(PathBuf::from).unwrap_or_default();
-    let pem = ClientPem::from_dir(&dir, &c.identity).with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
-    Ok(OperatorServiceClient::new(connect(&addr, &pem).await.with_context(|| format!("connecting to {addr}"))?))
+    let dir = config
+        .ca_cert
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let pem = ClientPem::from_dir(&dir, &c.identity)
+        .with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
+    Ok(OperatorServiceClient::new(
+        connect(&addr, &pem)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?,
+    ))
 }
 
 fn print_partners(ps: &[pb::PartnerInfo]) {
-    println!("{:<12} {:<28} {:<12} {:<10} {:>10} {:>8}", "partner", "name", "kind", "status", "per_second", "burst");
+    println!(
+        "{:<12} {:<28} {:<12} {:<10} {:>10} {:>8}",
+        "partner", "name", "kind", "status", "per_second", "burst"
+    );
     for p in ps {
-        println!("{:<12} {:<28} {:<12} {:<10} {:>10} {:>8}", p.id, p.name, p.kind, p.status, p.per_second, p.burst);
+        println!(
+            "{:<12} {:<28} {:<12} {:<10} {:>10} {:>8}",
+            p.id, p.name, p.kind, p.status, p.per_second, p.burst
+        );
     }
 }
 
@@ -101,10 +116,23 @@ fn print_partners(ps: &[pb::PartnerInfo]) {
 pub fn limits_table(ls: &[pb::LimitState]) -> String {
     let mut out = format!(
         "{:<12} {:>9} {:>7} {:<9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
-        "partner", "quota/s", "burst", "status", "rate/s", "allowed1m", "thrott1m", "thrott5m", "thrott1h", "use%"
+        "partner",
+        "quota/s",
+        "burst",
+        "status",
+        "rate/s",
+        "allowed1m",
+        "thrott1m",
+        "thrott5m",
+        "thrott1h",
+        "use%"
     );
     for l in ls {
-        let usage = if l.per_second == 0 { 0.0 } else { 100.0 * (l.allowed_1m as f64 / 60.0) / l.per_second as f64 };
+        let usage = if l.per_second == 0 {
+            0.0
+        } else {
+            100.0 * (l.allowed_1m as f64 / 60.0) / l.per_second as f64
+        };
         out += &format!(
             "{:<12} {:>9} {:>7} {:<9} {:>9.1} {:>10} {:>10} {:>10} {:>10} {:>9.1}%\n",
             l.partner,
@@ -126,16 +154,30 @@ pub fn limits_table(ls: &[pb::LimitState]) -> String {
 pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
     match cmd {
         OpsCommand::Partners { conn } => {
-            print_partners(&client(&conn).await?.list_partners(pb::ListPartnersRequest {}).await?.into_inner().partners);
+            print_partners(
+                &client(&conn)
+                    .await?
+                    .list_partners(pb::ListPartnersRequest {})
+                    .await?
+                    .into_inner()
+                    .partners,
+            );
         }
         OpsCommand::Limits { conn, every, once } => {
             let mut c = client(&conn).await?;
             let live = std::io::stdout().is_terminal() && !once;
             loop {
-                let ls = c.get_limits(pb::GetLimitsRequest::default()).await?.into_inner().limits;
+                let ls = c
+                    .get_limits(pb::GetLimitsRequest::default())
+                    .await?
+                    .into_inner()
+                    .limits;
                 if live {
                     // Clear the screen and home the cursor, then redraw.
-                    print!("\x1b[2J\x1b[H{}", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC  (Ctrl-C to stop)\n\n"));
+                    print!(
+                        "\x1b[2J\x1b[H{}",
+                        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC  (Ctrl-C to stop)\n\n")
+                    );
                 }
                 print!("{}", limits_table(&ls));
                 if !live {
@@ -144,19 +186,47 @@ pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(every.max(1))).await;
             }
         }
-        OpsCommand::SetLimit { conn, partner, per_second, burst } => {
-            let p = client(&conn).await?.set_limit(pb::SetLimitRequest { partner, per_second, burst }).await?.into_inner();
+        OpsCommand::SetLimit {
+            conn,
+            partner,
+            per_second,
+            burst,
+        } => {
+            let p = client(&conn)
+                .await?
+                .set_limit(pb::SetLimitRequest {
+                    partner,
+                    per_second,
+                    burst,
+                })
+                .await?
+                .into_inner();
             print_partners(&[p]);
         }
         OpsCommand::Suspend { conn, partner } => {
-            print_partners(&[client(&conn).await?.suspend_partner(pb::PartnerRequest { partner }).await?.into_inner()]);
+            print_partners(&[client(&conn)
+                .await?
+                .suspend_partner(pb::PartnerRequest { partner })
+                .await?
+                .into_inner()]);
         }
         OpsCommand::Resume { conn, partner } => {
-            print_partners(&[client(&conn).await?.resume_partner(pb::PartnerRequest { partner }).await?.into_inner()]);
+            print_partners(&[client(&conn)
+                .await?
+                .resume_partner(pb::PartnerRequest { partner })
+                .await?
+                .into_inner()]);
         }
         OpsCommand::ReloadCerts { conn } => {
-            let r = client(&conn).await?.reload_certificates(pb::ReloadCertificatesRequest {}).await?.into_inner();
-            println!("certificates reloaded; the CRL lists {} revoked certificate(s)", r.revoked);
+            let r = client(&conn)
+                .await?
+                .reload_certificates(pb::ReloadCertificatesRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "certificates reloaded; the CRL lists {} revoked certificate(s)",
+                r.revoked
+            );
         }
     }
     Ok(())

@@ -38,9 +38,14 @@ pub async fn catch_up(shared: &Shared) -> anyhow::Result<()> {
     };
     while cycle <= target {
         let started = std::time::Instant::now();
-        match shared.store.run_clearing(&plan(shared, cycle, true)).await? {
+        match shared
+            .store
+            .run_clearing(&plan(shared, cycle, true))
+            .await?
+        {
             Some(s) => {
-                metrics::histogram!("coalition_clearing_run_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("coalition_clearing_run_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 let day: u32 = cycle.format("%Y%m%d").to_string().parse().unwrap_or(0);
                 metrics::gauge!("coalition_last_cleared_cycle").set(day as f64);
                 tracing::info!(%cycle, digest = %s.settlement.digest, "cycle cleared")

@@ -3,12 +3,16 @@
 
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::partner_service_client::PartnerServiceClient;
-use coalitiond::client::{connect, ClientPem};
+use coalitiond::client::{ClientPem, connect};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn spawn(config: &std::path::Path, addr: &str) -> Child {
@@ -21,7 +25,10 @@ async fn spawn(config: &std::path::Path, addr: &str) -> Child {
         .expect("spawn coalitiond");
     let started = Instant::now();
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "daemon did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "daemon did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child
@@ -56,7 +63,10 @@ async fn sigterm_drains_and_nothing_is_lost_or_doubled() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(15)).await;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut ok = Vec::new();
     for t in tasks {
@@ -66,23 +76,38 @@ async fn sigterm_drains_and_nothing_is_lost_or_doubled() {
         }
     }
     let exit = child.wait().unwrap();
-    assert!(exit.success(), "coalitiond exits cleanly on SIGTERM: {exit:?}");
+    assert!(
+        exit.success(),
+        "coalitiond exits cleanly on SIGTERM: {exit:?}"
+    );
     assert!(!ok.is_empty(), "some calls were answered before the signal");
 
     // Restart: every OK is there; retries of everything apply each call once.
     let mut child = spawn(&path, &addr).await;
     let (store, _) = coalitiond::store::open(&config.database_url).await.unwrap();
     for i in &ok {
-        assert!(store.transaction("skyways", &format!("e{i}")).await.unwrap().is_some(), "e{i} answered OK but lost");
+        assert!(
+            store
+                .transaction("skyways", &format!("e{i}"))
+                .await
+                .unwrap()
+                .is_some(),
+            "e{i} answered OK but lost"
+        );
     }
     let mut c = PartnerServiceClient::new(connect(&addr, &pem).await.unwrap());
     for i in 0..n {
         c.earn(earn(i)).await.unwrap();
     }
     assert_eq!(store.transaction_count().await.unwrap(), n as i64);
-    let report = store.audit(coalitiond::clock::Clock::default().now()).await.unwrap();
+    let report = store
+        .audit(coalitiond::clock::Clock::default().now())
+        .await
+        .unwrap();
     assert!(report.ok(), "{report}");
     assert_eq!(report.earned, (1..=n as i64).sum::<i64>());
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }

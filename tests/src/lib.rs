@@ -4,7 +4,7 @@
 use coalition_certs::{Authority, Identity, Role};
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::partner_service_client::PartnerServiceClient;
-use coalitiond::client::{connect, ClientPem};
+use coalitiond::client::{ClientPem, connect};
 use coalitiond::clock::Clock;
 use coalitiond::config::Config;
 use coalitiond::daemon::Daemon;
@@ -47,7 +47,8 @@ macro_rules! backends {
 
 /// The server the PostgreSQL tests use (`COALITION_TEST_PG`, default the local one, trust auth).
 pub fn pg_admin_url() -> String {
-    std::env::var("COALITION_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("COALITION_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Whether PostgreSQL is reachable; if not, prints a loud skip, or panics under
@@ -61,9 +62,15 @@ pub async fn postgres_available(test: &str) -> bool {
         }
         Err(e) => {
             if std::env::var("COALITION_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-                panic!("PostgreSQL required (COALITION_REQUIRE_POSTGRES=1) but not reachable at {}: {e}", pg_admin_url());
+                panic!(
+                    "PostgreSQL required (COALITION_REQUIRE_POSTGRES=1) but not reachable at {}: {e}",
+                    pg_admin_url()
+                );
             }
-            eprintln!("\n*** SKIPPED {test}: PostgreSQL not reachable at {} ({e}) ***\n", pg_admin_url());
+            eprintln!(
+                "\n*** SKIPPED {test}: PostgreSQL not reachable at {} ({e}) ***\n",
+                pg_admin_url()
+            );
             false
         }
     }
@@ -82,18 +89,28 @@ impl PgDatabase {
     pub async fn create() -> PgDatabase {
         use sqlx::Connection;
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let name = format!(
             "coalition_t_{}_{}_{nanos}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+        let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
         let _ = admin.close().await;
         let base = pg_admin_url();
         let url = match base.rfind('/') {
-            Some(i) if base[..i].contains("://") && i > base.find("://").unwrap() + 2 => format!("{}/{name}", &base[..i]),
+            Some(i) if base[..i].contains("://") && i > base.find("://").unwrap() + 2 => {
+                format!("{}/{name}", &base[..i])
+            }
             _ => format!("{base}/{name}"),
         };
         PgDatabase { name, url }
@@ -105,11 +122,16 @@ impl Drop for PgDatabase {
         let name = self.name.clone();
         // Drop runs outside any async context we could block on: use a runtime of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
                 }
             })
         })
@@ -120,7 +142,8 @@ impl Drop for PgDatabase {
 /// A partner API client.
 pub type PartnerClient = PartnerServiceClient<Channel>;
 /// An operator API client.
-pub type OperatorClient = coalition_proto::v1::operator_service_client::OperatorServiceClient<Channel>;
+pub type OperatorClient =
+    coalition_proto::v1::operator_service_client::OperatorServiceClient<Channel>;
 /// A finance API client.
 pub type FinanceClient = coalition_proto::v1::finance_service_client::FinanceServiceClient<Channel>;
 
@@ -156,7 +179,9 @@ impl TestDaemon {
             Backend::Sqlite => None,
             Backend::Postgres => Some(PgDatabase::create().await),
         };
-        let url = pg.as_ref().map_or("sqlite://coalition.db".to_string(), |p| p.url.clone());
+        let url = pg
+            .as_ref()
+            .map_or("sqlite://coalition.db".to_string(), |p| p.url.clone());
         coalitiond::demo::write_dev_setup_on(dir.path(), "127.0.0.1:0", &url).expect("dev setup");
         let path = dir.path().join("coalition.toml");
         std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
@@ -168,14 +193,26 @@ impl TestDaemon {
         )
         .expect("load CA");
         let clock = Clock::default();
-        let daemon = Daemon::start(config.clone(), clock.clone()).await.expect("daemon starts");
+        let daemon = Daemon::start(config.clone(), clock.clone())
+            .await
+            .expect("daemon starts");
         let addr = daemon.addr.to_string();
-        TestDaemon { daemon: Some(daemon), addr, config, ca, dir, clock, pg }
+        TestDaemon {
+            daemon: Some(daemon),
+            addr,
+            config,
+            ca,
+            dir,
+            clock,
+            pg,
+        }
     }
 
     /// Starts another daemon on the same config and database (another port), sharing the clock.
     pub async fn start_another(&self) -> Daemon {
-        Daemon::start(self.config.clone(), self.clock.clone()).await.expect("second daemon starts")
+        Daemon::start(self.config.clone(), self.clock.clone())
+            .await
+            .expect("second daemon starts")
     }
 
     fn daemon(&self) -> &Daemon {
@@ -184,21 +221,37 @@ impl TestDaemon {
 
     /// PEM of a configured partner's certificate.
     pub fn partner_pem(&self, partner: &str) -> ClientPem {
-        ClientPem::from_dir(&certs_dir(&self.config), &format!("partner-{partner}")).expect("partner cert")
+        ClientPem::from_dir(&certs_dir(&self.config), &format!("partner-{partner}"))
+            .expect("partner cert")
     }
 
     /// PEM of a fresh certificate for `identity` from this daemon's CA.
     pub fn issue(&self, role: Role, name: &str, days: i64) -> ClientPem {
         let issued = self
             .ca
-            .issue_client(&self.config.coalition, &Identity { role, name: name.into() }, days)
+            .issue_client(
+                &self.config.coalition,
+                &Identity {
+                    role,
+                    name: name.into(),
+                },
+                days,
+            )
             .expect("issue");
-        ClientPem { ca: self.ca.cert_pem.clone(), cert: issued.cert_pem, key: issued.key_pem }
+        ClientPem {
+            ca: self.ca.cert_pem.clone(),
+            cert: issued.cert_pem,
+            key: issued.key_pem,
+        }
     }
 
     /// A client connected as a configured partner.
     pub async fn partner(&self, partner: &str) -> PartnerClient {
-        PartnerServiceClient::new(connect(&self.addr, &self.partner_pem(partner)).await.expect("connect"))
+        PartnerServiceClient::new(
+            connect(&self.addr, &self.partner_pem(partner))
+                .await
+                .expect("connect"),
+        )
     }
 
     /// A finance client (the dev finance certificate).
@@ -220,13 +273,24 @@ impl TestDaemon {
 
     /// Asserts the ledger invariants hold.
     pub async fn assert_invariants(&self) {
-        let report = self.daemon().store.audit(self.clock.now()).await.expect("audit runs");
+        let report = self
+            .daemon()
+            .store
+            .audit(self.clock.now())
+            .await
+            .expect("audit runs");
         assert!(report.ok(), "ledger invariants violated:\n{report}");
     }
 
     /// (balance, debt) of a member straight from storage, (0, 0) if unknown.
     pub async fn balance(&self, member: &str) -> (i64, i64) {
-        match self.daemon().store.member(member).await.expect("read member") {
+        match self
+            .daemon()
+            .store
+            .member(member)
+            .await
+            .expect("read member")
+        {
             Some(m) => (m.balance(self.clock.now()), m.debt()),
             None => (0, 0),
         }
@@ -234,13 +298,19 @@ impl TestDaemon {
 
     /// Transactions in the ledger.
     pub async fn transactions(&self) -> i64 {
-        self.daemon().store.transaction_count().await.expect("count")
+        self.daemon()
+            .store
+            .transaction_count()
+            .await
+            .expect("count")
     }
 
     /// Restarts the daemon on the same config and database.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let daemon = Daemon::start(self.config.clone(), self.clock.clone()).await.expect("daemon restarts");
+        let daemon = Daemon::start(self.config.clone(), self.clock.clone())
+            .await
+            .expect("daemon restarts");
         self.addr = daemon.addr.to_string();
         self.daemon = Some(daemon);
     }
@@ -269,7 +339,10 @@ pub fn earn_purchase(txn: &str, member: &str, amount: &str) -> pb::EarnRequest {
     pb::EarnRequest {
         transaction_id: txn.into(),
         member_id: member.into(),
-        grant: Some(pb::earn_request::Grant::Purchase(pb::Money { amount: amount.into(), currency: "EUR".into() })),
+        grant: Some(pb::earn_request::Grant::Purchase(pb::Money {
+            amount: amount.into(),
+            currency: "EUR".into(),
+        })),
     }
 }
 
@@ -284,16 +357,26 @@ pub fn earn_bonus(txn: &str, member: &str, points: i64) -> pb::EarnRequest {
 
 /// A burn.
 pub fn burn(txn: &str, member: &str, points: i64) -> pb::BurnRequest {
-    pb::BurnRequest { transaction_id: txn.into(), member_id: member.into(), points }
+    pb::BurnRequest {
+        transaction_id: txn.into(),
+        member_id: member.into(),
+        points,
+    }
 }
 
 /// The slices of a receipt as (issuer, points).
 pub fn slices(r: &pb::Receipt) -> Vec<(String, i64)> {
-    r.slices.iter().map(|s| (s.issuer.clone(), s.points)).collect()
+    r.slices
+        .iter()
+        .map(|s| (s.issuer.clone(), s.points))
+        .collect()
 }
 
 /// The ErrorInfo reason of a status, if any.
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
 }

@@ -3,13 +3,15 @@
 
 use clap::Parser;
 use coalition_tests::*;
-use coalitiond::cli::{run, Cli};
+use coalitiond::cli::{Cli, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let cli = Cli::parse_from(["coalitiond", "demo", "--dir", dir.path().to_str().unwrap()]);
-    run(cli).await.expect("demo finishes with its invariants holding");
+    run(cli)
+        .await
+        .expect("demo finishes with its invariants holding");
     assert!(dir.path().join("coalition.db").exists());
 }
 
@@ -27,10 +29,17 @@ async fn audit_command_checks_a_database_file() {
 
     // Tamper with one lot behind the daemon's back: the audit must notice.
     let url = t.config.database_url.clone();
-    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.unwrap();
-    sqlx::query("UPDATE lots SET points_left = points_left + 1").execute(&mut conn).await.unwrap();
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE lots SET points_left = points_left + 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     drop(conn);
-    let err = run(audit()).await.expect_err("a tampered ledger fails the audit");
+    let err = run(audit())
+        .await
+        .expect_err("a tampered ledger fails the audit");
     assert!(err.to_string().contains("invariants"), "{err}");
 }
 
@@ -43,7 +52,9 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
     food.burn(burn("f1", "m1", 40)).await.unwrap();
     let cycles = t.config.cycles();
     let d0 = cycles.cycle_of(t.clock.now());
-    t.clock.advance(std::time::Duration::from_micros((cycles.close(d0) - t.clock.now() + 1_000_000) as u64));
+    t.clock.advance(std::time::Duration::from_micros(
+        (cycles.close(d0) - t.clock.now() + 1_000_000) as u64,
+    ));
     let config = t.dir.path().join("coalition.toml");
     let out = t.dir.path().join("payouts.xml");
     let cycle = d0.to_string();
@@ -55,17 +66,46 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
         vec!["statement", "--cycle", &cycle, "--partner", "bistro"],
         vec!["liability"],
         vec!["finalize", "--cycle", &cycle],
-        vec!["export", "--cycle", &cycle, "--format", "pain001", "--out", out.to_str().unwrap()],
+        vec![
+            "export",
+            "--cycle",
+            &cycle,
+            "--format",
+            "pain001",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     ] {
-        let argv: Vec<&str> = base.iter().chain(&args[..1]).chain(conn.iter()).chain(&args[1..]).copied().collect();
-        run(Cli::parse_from(&argv)).await.unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
+        let argv: Vec<&str> = base
+            .iter()
+            .chain(&args[..1])
+            .chain(conn.iter())
+            .chain(&args[1..])
+            .copied()
+            .collect();
+        run(Cli::parse_from(&argv))
+            .await
+            .unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
     }
     let xml = std::fs::read_to_string(&out).unwrap();
     // bistro 40 × 0.012 = 0.48 and the operator 100 × 0.0005 = 0.05 are paid out.
-    assert!(xml.contains("<CtrlSum>0.53</CtrlSum>") && xml.contains("<NbOfTxs>2</NbOfTxs>"), "{xml}");
+    assert!(
+        xml.contains("<CtrlSum>0.53</CtrlSum>") && xml.contains("<NbOfTxs>2</NbOfTxs>"),
+        "{xml}"
+    );
     // A cycle that has not closed is refused with a message naming it.
     let tomorrow = d0.succ_opt().unwrap().to_string();
-    let argv = ["coalitiond", "clearing", "run", "--config", config.to_str().unwrap(), "--addr", &t.addr, "--cycle", &tomorrow];
+    let argv = [
+        "coalitiond",
+        "clearing",
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--addr",
+        &t.addr,
+        "--cycle",
+        &tomorrow,
+    ];
     let err = run(Cli::parse_from(argv)).await.unwrap_err();
     assert!(format!("{err:#}").contains("has not closed yet"), "{err:#}");
 }
@@ -78,40 +118,108 @@ async fn ops_cli_lists_changes_and_suspends() {
     for args in [
         vec!["partners"],
         vec!["limits", "--once"],
-        vec!["set-limit", "--partner", "skyways", "--per-second", "7", "--burst", "9"],
+        vec![
+            "set-limit",
+            "--partner",
+            "skyways",
+            "--per-second",
+            "7",
+            "--burst",
+            "9",
+        ],
         vec!["suspend", "--partner", "bistro"],
         vec!["reload-certs"],
     ] {
-        let argv: Vec<&str> = ["coalitiond", "ops"].iter().chain(&args[..1]).chain(conn.iter()).chain(&args[1..]).copied().collect();
-        run(Cli::parse_from(&argv)).await.unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
+        let argv: Vec<&str> = ["coalitiond", "ops"]
+            .iter()
+            .chain(&args[..1])
+            .chain(conn.iter())
+            .chain(&args[1..])
+            .copied()
+            .collect();
+        run(Cli::parse_from(&argv))
+            .await
+            .unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
     }
-    let limits = t.operator().await.get_limits(v1::GetLimitsRequest { partner: String::new() }).await.unwrap().into_inner().limits;
+    let limits = t
+        .operator()
+        .await
+        .get_limits(v1::GetLimitsRequest {
+            partner: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .limits;
     let sky = limits.iter().find(|l| l.partner == "skyways").unwrap();
     assert_eq!((sky.per_second, sky.burst), (7, 9));
-    assert!(limits.iter().find(|l| l.partner == "bistro").unwrap().suspended);
+    assert!(
+        limits
+            .iter()
+            .find(|l| l.partner == "bistro")
+            .unwrap()
+            .suspended
+    );
     let table = coalitiond::ops_cli::limits_table(&limits);
-    assert!(table.contains("SUSPENDED") && table.lines().count() == 4, "{table}");
+    assert!(
+        table.contains("SUSPENDED") && table.lines().count() == 4,
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_are_served_over_mtls() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
     let t = TestDaemon::start(Backend::Sqlite).await;
-    let channel = coalitiond::client::connect(&t.addr, &t.partner_pem("bistro")).await.unwrap();
+    let channel = coalitiond::client::connect(&t.addr, &t.partner_pem("bistro"))
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", "coalition.v1.PartnerService", "coalition.v1.FinanceService", "coalition.v1.OperatorService"] {
-        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{service}");
+    for service in [
+        "",
+        "coalition.v1.PartnerService",
+        "coalition.v1.FinanceService",
+        "coalition.v1.OperatorService",
+    ] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
     }
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("{response:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for s in ["coalition.v1.PartnerService", "coalition.v1.FinanceService", "coalition.v1.OperatorService", "grpc.health.v1.Health"] {
+    for s in [
+        "coalition.v1.PartnerService",
+        "coalition.v1.FinanceService",
+        "coalition.v1.OperatorService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.iter().any(|n| n == s), "{s} not listed: {names:?}");
     }
 }

@@ -4,30 +4,75 @@ use coalition_tests::*;
 use std::time::Duration;
 use tonic::Code;
 
-backends!(earn_then_burn_across_partners_takes_soonest_expiry_first, expired_points_stop_counting,
-    burn_reversals_partial_then_full, earn_reversal_shortfall_and_debt_repaid_by_next_earn,
-    retries_are_idempotent_and_reuse_conflicts, activity_pages_through_everything_once);
+backends!(
+    earn_then_burn_across_partners_takes_soonest_expiry_first,
+    expired_points_stop_counting,
+    burn_reversals_partial_then_full,
+    earn_reversal_shortfall_and_debt_repaid_by_next_earn,
+    retries_are_idempotent_and_reuse_conflicts,
+    activity_pages_through_everything_once
+);
 
 async fn earn_then_burn_across_partners_takes_soonest_expiry_first(b: Backend) {
     let t = TestDaemon::start(b).await;
-    let (mut air, mut shop, mut food) = (t.partner("skyways").await, t.partner("freshmart").await, t.partner("bistro").await);
-    let r = air.earn(earn_purchase("a1", "m1", "100.00")).await.unwrap().into_inner().receipt.unwrap();
+    let (mut air, mut shop, mut food) = (
+        t.partner("skyways").await,
+        t.partner("freshmart").await,
+        t.partner("bistro").await,
+    );
+    let r = air
+        .earn(earn_purchase("a1", "m1", "100.00"))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
     assert_eq!((r.points, r.balance_after), (100, 100));
     t.clock.advance(Duration::from_secs(86_400));
-    let r = shop.earn(earn_purchase("s1", "m1", "30.25")).await.unwrap().into_inner().receipt.unwrap();
+    let r = shop
+        .earn(earn_purchase("s1", "m1", "30.25"))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
     assert_eq!(r.points, 60, "2 points per EUR, floored");
     t.clock.advance(Duration::from_secs(86_400));
     food.earn(earn_bonus("f1", "m1", 40)).await.unwrap();
-    let bal = food.get_balance(v1::GetBalanceRequest { member_id: "m1".into() }).await.unwrap().into_inner();
+    let bal = food
+        .get_balance(v1::GetBalanceRequest {
+            member_id: "m1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(bal.points, 200);
     assert_eq!(bal.next_expiry_points, 100, "the airline lot expires first");
     // Burn at the restaurant: the airline's lot (soonest expiry) first, then the supermarket's.
-    let r = food.burn(burn("f2", "m1", 130)).await.unwrap().into_inner().receipt.unwrap();
-    assert_eq!(slices(&r), vec![("skyways".into(), 100), ("freshmart".into(), 30)]);
+    let r = food
+        .burn(burn("f2", "m1", 130))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(
+        slices(&r),
+        vec![("skyways".into(), 100), ("freshmart".into(), 30)]
+    );
     assert_eq!(r.balance_after, 70);
     // And at the airline: the rest of the supermarket's lot, then the restaurant's own.
-    let r = air.burn(burn("a2", "m1", 50)).await.unwrap().into_inner().receipt.unwrap();
-    assert_eq!(slices(&r), vec![("freshmart".into(), 30), ("bistro".into(), 20)]);
+    let r = air
+        .burn(burn("a2", "m1", 50))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(
+        slices(&r),
+        vec![("freshmart".into(), 30), ("bistro".into(), 20)]
+    );
     assert_eq!(t.balance("m1").await, (20, 0));
     t.assert_invariants().await;
 }
@@ -39,7 +84,13 @@ async fn expired_points_stop_counting(b: Backend) {
     t.clock.advance(Duration::from_secs(700 * 86_400));
     air.earn(earn_bonus("a2", "m1", 10)).await.unwrap();
     t.clock.advance(Duration::from_secs(31 * 86_400)); // the first lot is past its 730 days
-    let bal = air.get_balance(v1::GetBalanceRequest { member_id: "m1".into() }).await.unwrap().into_inner();
+    let bal = air
+        .get_balance(v1::GetBalanceRequest {
+            member_id: "m1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(bal.points, 10);
     let err = air.burn(burn("a3", "m1", 11)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -49,50 +100,129 @@ async fn expired_points_stop_counting(b: Backend) {
 
 async fn burn_reversals_partial_then_full(b: Backend) {
     let t = TestDaemon::start(b).await;
-    let (mut air, mut shop, mut food) = (t.partner("skyways").await, t.partner("freshmart").await, t.partner("bistro").await);
+    let (mut air, mut shop, mut food) = (
+        t.partner("skyways").await,
+        t.partner("freshmart").await,
+        t.partner("bistro").await,
+    );
     air.earn(earn_bonus("a1", "m1", 100)).await.unwrap();
     t.clock.advance(Duration::from_secs(60));
     shop.earn(earn_bonus("s1", "m1", 100)).await.unwrap();
     food.burn(burn("f1", "m1", 150)).await.unwrap(); // 100 from skyways, 50 from freshmart
-    let rev = |id: &str, points| v1::ReverseBurnRequest { transaction_id: id.into(), original_transaction_id: "f1".into(), points };
-    let r = food.reverse_burn(rev("f2", 70)).await.unwrap().into_inner().receipt.unwrap();
-    assert_eq!(slices(&r), vec![("freshmart".into(), 50), ("skyways".into(), 20)], "latest slices go back first");
+    let rev = |id: &str, points| v1::ReverseBurnRequest {
+        transaction_id: id.into(),
+        original_transaction_id: "f1".into(),
+        points,
+    };
+    let r = food
+        .reverse_burn(rev("f2", 70))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(
+        slices(&r),
+        vec![("freshmart".into(), 50), ("skyways".into(), 20)],
+        "latest slices go back first"
+    );
     assert_eq!(r.balance_after, 120);
     let err = food.reverse_burn(rev("f3", 81)).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "REVERSAL_EXCEEDS_REMAINING"));
-    let r = food.reverse_burn(rev("f4", 0)).await.unwrap().into_inner().receipt.unwrap();
-    assert_eq!((r.points, r.balance_after), (80, 200), "0 reverses everything left");
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::FailedPrecondition, "REVERSAL_EXCEEDS_REMAINING")
+    );
+    let r = food
+        .reverse_burn(rev("f4", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(
+        (r.points, r.balance_after),
+        (80, 200),
+        "0 reverses everything left"
+    );
     let err = food.reverse_burn(rev("f5", 0)).await.unwrap_err();
     assert_eq!(reason(&err), "ALREADY_FULLY_REVERSED");
-    let tx = food.get_transaction(v1::GetTransactionRequest { transaction_id: "f1".into() }).await.unwrap().into_inner();
+    let tx = food
+        .get_transaction(v1::GetTransactionRequest {
+            transaction_id: "f1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(tx.reversed_points, 150);
     // The points went back to their own lots with their own expiry: both issuers hold 100 again.
-    let bal = air.get_balance(v1::GetBalanceRequest { member_id: "m1".into() }).await.unwrap().into_inner();
-    let by: Vec<(String, i64)> = bal.by_issuer.iter().map(|s| (s.issuer.clone(), s.points)).collect();
+    let bal = air
+        .get_balance(v1::GetBalanceRequest {
+            member_id: "m1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let by: Vec<(String, i64)> = bal
+        .by_issuer
+        .iter()
+        .map(|s| (s.issuer.clone(), s.points))
+        .collect();
     assert_eq!(by, vec![("freshmart".into(), 100), ("skyways".into(), 100)]);
     t.assert_invariants().await;
 }
 
 async fn earn_reversal_shortfall_and_debt_repaid_by_next_earn(b: Backend) {
     let t = TestDaemon::start(b).await;
-    let (mut air, mut shop, mut food) = (t.partner("skyways").await, t.partner("freshmart").await, t.partner("bistro").await);
+    let (mut air, mut shop, mut food) = (
+        t.partner("skyways").await,
+        t.partner("freshmart").await,
+        t.partner("bistro").await,
+    );
     shop.earn(earn_bonus("s1", "m1", 100)).await.unwrap();
     air.earn(earn_bonus("a1", "m1", 30)).await.unwrap();
     food.burn(burn("f1", "m1", 90)).await.unwrap(); // freshmart's lot is older: 10 left there
-    let rev = |id: &str, points| v1::ReverseEarnRequest { transaction_id: id.into(), original_transaction_id: "s1".into(), points };
+    let rev = |id: &str, points| v1::ReverseEarnRequest {
+        transaction_id: id.into(),
+        original_transaction_id: "s1".into(),
+        points,
+    };
     // Partial: 5 from its own lot.
-    let r = shop.reverse_earn(rev("s2", 5)).await.unwrap().into_inner().receipt.unwrap();
-    assert_eq!((slices(&r), r.balance_after), (vec![("freshmart".into(), 5)], 35));
+    let r = shop
+        .reverse_earn(rev("s2", 5))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    assert_eq!(
+        (slices(&r), r.balance_after),
+        (vec![("freshmart".into(), 5)], 35)
+    );
     // Full: 5 more from its own lot, 30 from skyways' lot (redeemed at freshmart), 60 as debt.
-    let r = shop.reverse_earn(rev("s3", 0)).await.unwrap().into_inner().receipt.unwrap();
+    let r = shop
+        .reverse_earn(rev("s3", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
     assert_eq!(r.points, 95);
-    assert_eq!(slices(&r), vec![("freshmart".into(), 5), ("skyways".into(), 30)]);
+    assert_eq!(
+        slices(&r),
+        vec![("freshmart".into(), 5), ("skyways".into(), 30)]
+    );
     assert_eq!((r.debt_created, r.balance_after), (60, -60));
     assert_eq!(t.balance("m1").await, (-60, 60));
     let err = food.burn(burn("f2", "m1", 1)).await.unwrap_err();
     assert_eq!(reason(&err), "INSUFFICIENT_POINTS");
     // The next earn pays the debt first.
-    let r = food.earn(earn_bonus("f3", "m1", 100)).await.unwrap().into_inner().receipt.unwrap();
+    let r = food
+        .earn(earn_bonus("f3", "m1", 100))
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
     assert_eq!((r.debt_repaid, r.balance_after), (60, 40));
     assert_eq!(t.balance("m1").await, (40, 0));
     t.assert_invariants().await;
@@ -101,18 +231,39 @@ async fn earn_reversal_shortfall_and_debt_repaid_by_next_earn(b: Backend) {
 async fn retries_are_idempotent_and_reuse_conflicts(b: Backend) {
     let t = TestDaemon::start(b).await;
     let (mut air, mut food) = (t.partner("skyways").await, t.partner("bistro").await);
-    let first = air.earn(earn_purchase("a1", "m1", "10.00")).await.unwrap().into_inner();
+    let first = air
+        .earn(earn_purchase("a1", "m1", "10.00"))
+        .await
+        .unwrap()
+        .into_inner();
     air.earn(earn_bonus("a2", "m1", 5)).await.unwrap();
-    let again = air.earn(earn_purchase("a1", "m1", "10.0")).await.unwrap().into_inner();
-    assert_eq!(first, again, "a retry returns the first answer, unchanged (balance_after too)");
-    let err = air.earn(earn_purchase("a1", "m1", "11.00")).await.unwrap_err();
-    assert_eq!((err.code(), reason(&err).as_str()), (Code::AlreadyExists, "REQUEST_ID_REUSED"));
+    let again = air
+        .earn(earn_purchase("a1", "m1", "10.0"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first, again,
+        "a retry returns the first answer, unchanged (balance_after too)"
+    );
+    let err = air
+        .earn(earn_purchase("a1", "m1", "11.00"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::AlreadyExists, "REQUEST_ID_REUSED")
+    );
     assert!(err.message().contains("a1"), "{}", err.message());
     // The same id at another partner is another transaction.
     food.earn(earn_purchase("a1", "m1", "10.00")).await.unwrap();
     // A reversal retried is applied once.
     food.burn(burn("f1", "m1", 20)).await.unwrap();
-    let rev = v1::ReverseBurnRequest { transaction_id: "f2".into(), original_transaction_id: "f1".into(), points: 5 };
+    let rev = v1::ReverseBurnRequest {
+        transaction_id: "f2".into(),
+        original_transaction_id: "f1".into(),
+        points: 5,
+    };
     let r1 = food.reverse_burn(rev.clone()).await.unwrap().into_inner();
     let r2 = food.reverse_burn(rev).await.unwrap().into_inner();
     assert_eq!(r1, r2);
@@ -125,7 +276,9 @@ async fn activity_pages_through_everything_once(b: Backend) {
     let t = TestDaemon::start(b).await;
     let (mut air, mut shop) = (t.partner("skyways").await, t.partner("freshmart").await);
     for i in 0..23 {
-        air.earn(earn_bonus(&format!("a{i}"), "m1", 1 + i)).await.unwrap();
+        air.earn(earn_bonus(&format!("a{i}"), "m1", 1 + i))
+            .await
+            .unwrap();
     }
     shop.earn(earn_bonus("s1", "m1", 7)).await.unwrap();
     air.earn(earn_bonus("other", "m2", 7)).await.unwrap();
@@ -134,13 +287,21 @@ async fn activity_pages_through_everything_once(b: Backend) {
     let mut pages = 0;
     loop {
         let page = air
-            .list_member_activity(v1::ListMemberActivityRequest { member_id: "m1".into(), page_size: 5, page_token: token })
+            .list_member_activity(v1::ListMemberActivityRequest {
+                member_id: "m1".into(),
+                page_size: 5,
+                page_token: token,
+            })
             .await
             .unwrap()
             .into_inner();
         pages += 1;
         assert!(page.transactions.len() <= 5);
-        seen.extend(page.transactions.into_iter().map(|t| t.receipt.unwrap().transaction_id));
+        seen.extend(
+            page.transactions
+                .into_iter()
+                .map(|t| t.receipt.unwrap().transaction_id),
+        );
         if page.next_page_token.is_empty() {
             break;
         }
@@ -148,9 +309,16 @@ async fn activity_pages_through_everything_once(b: Backend) {
     }
     assert_eq!(pages, 5);
     let expected: Vec<String> = (0..23).rev().map(|i| format!("a{i}")).collect();
-    assert_eq!(seen, expected, "newest first, each once, only this partner's and this member's");
+    assert_eq!(
+        seen, expected,
+        "newest first, each once, only this partner's and this member's"
+    );
     let err = air
-        .list_member_activity(v1::ListMemberActivityRequest { member_id: "m1".into(), page_size: 5, page_token: "zz".into() })
+        .list_member_activity(v1::ListMemberActivityRequest {
+            member_id: "m1".into(),
+            page_size: 5,
+            page_token: "zz".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

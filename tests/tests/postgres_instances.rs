@@ -7,7 +7,11 @@ use std::time::Duration;
 use tonic::Code;
 
 async fn client_of(t: &TestDaemon, addr: &str, partner: &str) -> PartnerClient {
-    PartnerClient::new(connect(addr, &t.partner_pem(partner)).await.expect("connect"))
+    PartnerClient::new(
+        connect(addr, &t.partner_pem(partner))
+            .await
+            .expect("connect"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +24,9 @@ async fn two_daemons_never_overdraw_and_apply_retries_once() {
     let (a, b) = (t.addr.clone(), second.addr.to_string());
     let mut seed = client_of(&t, &a, "skyways").await;
     for i in 0..5 {
-        seed.earn(earn_bonus(&format!("seed{i}"), "m1", 1_000)).await.unwrap();
+        seed.earn(earn_bonus(&format!("seed{i}"), "m1", 1_000))
+            .await
+            .unwrap();
     }
     let clients = [
         client_of(&t, &a, "bistro").await,
@@ -32,7 +38,9 @@ async fn two_daemons_never_overdraw_and_apply_retries_once() {
     for i in 0..1_000i64 {
         let mut c = clients[(i % 4) as usize].clone();
         let points = 1 + (i * 7919) % 19;
-        tasks.push(tokio::spawn(async move { (points, c.burn(burn(&format!("b{i}"), "m1", points)).await) }));
+        tasks.push(tokio::spawn(async move {
+            (points, c.burn(burn(&format!("b{i}"), "m1", points)).await)
+        }));
     }
     let (mut applied, mut ok) = (0i64, 0i64);
     for task in tasks {
@@ -53,14 +61,30 @@ async fn two_daemons_never_overdraw_and_apply_retries_once() {
     // 50 retries of one earn, split across both daemons, apply once.
     let mut tasks = Vec::new();
     for i in 0..50 {
-        let mut c = if i % 2 == 0 { client_of(&t, &a, "skyways").await } else { client_of(&t, &b, "skyways").await };
-        tasks.push(tokio::spawn(async move { c.earn(earn_purchase("once", "m2", "50.00")).await }));
+        let mut c = if i % 2 == 0 {
+            client_of(&t, &a, "skyways").await
+        } else {
+            client_of(&t, &b, "skyways").await
+        };
+        tasks.push(tokio::spawn(async move {
+            c.earn(earn_purchase("once", "m2", "50.00")).await
+        }));
     }
     let mut receipts = Vec::new();
     for task in tasks {
-        receipts.push(task.await.unwrap().expect("a retry never fails").into_inner().receipt.unwrap());
+        receipts.push(
+            task.await
+                .unwrap()
+                .expect("a retry never fails")
+                .into_inner()
+                .receipt
+                .unwrap(),
+        );
     }
-    assert!(receipts.windows(2).all(|w| w[0] == w[1]), "every retry gets the first answer");
+    assert!(
+        receipts.windows(2).all(|w| w[0] == w[1]),
+        "every retry gets the first answer"
+    );
     assert_eq!(t.balance("m2").await, (50, 0));
     assert_eq!(t.transactions().await, 5 + ok + 1);
     second.shutdown().await.unwrap();
@@ -75,7 +99,10 @@ async fn a_connection_killed_mid_batch_applies_nothing_of_it() {
     let mut t = TestDaemon::start(Backend::Postgres).await;
     // Restart with a pause between writing a batch and committing it, to cut the connection there.
     let path = t.dir.path().join("coalition.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace("queue_depth = 16384", "queue_depth = 16384\npause_before_commit_ms = 400");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "queue_depth = 16384",
+        "queue_depth = 16384\npause_before_commit_ms = 400",
+    );
     std::fs::write(&path, text).unwrap();
     t.config = coalitiond::config::Config::load(&path).unwrap();
     t.restart().await;
@@ -85,7 +112,9 @@ async fn a_connection_killed_mid_batch_applies_nothing_of_it() {
     let mut tasks = Vec::new();
     for i in 0..20 {
         let mut c = air.clone();
-        tasks.push(tokio::spawn(async move { (i, c.earn(earn_bonus(&format!("e{i}"), "m1", 1 + i)).await) }));
+        tasks.push(tokio::spawn(async move {
+            (i, c.earn(earn_bonus(&format!("e{i}"), "m1", 1 + i)).await)
+        }));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
     let db = t.pg.as_ref().unwrap();
@@ -114,11 +143,12 @@ async fn a_connection_killed_mid_batch_applies_nothing_of_it() {
     assert!(!failed.is_empty(), "the cut batch must fail");
     // Nothing of a failed call reached the ledger; everything of a successful one did.
     for &i in &failed {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE partner_txn_id = $1")
-            .bind(format!("e{i}"))
-            .fetch_one(&mut sqlx::PgConnection::connect(&db.url).await.unwrap())
-            .await
-            .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM transactions WHERE partner_txn_id = $1")
+                .bind(format!("e{i}"))
+                .fetch_one(&mut sqlx::PgConnection::connect(&db.url).await.unwrap())
+                .await
+                .unwrap();
         assert_eq!(n, 0, "failed call e{i} was applied");
     }
     assert_eq!(t.transactions().await, 1 + succeeded.len() as i64);
@@ -126,7 +156,11 @@ async fn a_connection_killed_mid_batch_applies_nothing_of_it() {
     for round in 0..2 {
         let retries = (0..20).map(|i| {
             let mut c = air.clone();
-            async move { c.earn(earn_bonus(&format!("e{i}"), "m1", 1 + i)).await.map_err(|e| (i, e)) }
+            async move {
+                c.earn(earn_bonus(&format!("e{i}"), "m1", 1 + i))
+                    .await
+                    .map_err(|e| (i, e))
+            }
         });
         for r in futures::future::join_all(retries).await {
             r.unwrap_or_else(|(i, e)| panic!("round {round} e{i}: {e:?}"));

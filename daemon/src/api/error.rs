@@ -64,8 +64,16 @@ pub enum ApiError {
 
 impl ApiError {
     /// A malformed field.
-    pub fn field(field: &'static str, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::InvalidField { field, reason, message: message.into() }
+    pub fn field(
+        field: &'static str,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError::InvalidField {
+            field,
+            reason,
+            message: message.into(),
+        }
     }
 
     fn code_and_reason(&self) -> (Code, &'static str) {
@@ -76,7 +84,9 @@ impl ApiError {
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             ApiError::Throttled { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
             ApiError::ReloadRefused(_) => (Code::FailedPrecondition, "TLS_RELOAD_REFUSED"),
-            ApiError::Store(StoreError::Unavailable(_)) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
+            ApiError::Store(StoreError::Unavailable(_)) => {
+                (Code::Unavailable, "STORAGE_UNAVAILABLE")
+            }
             ApiError::Store(StoreError::ShuttingDown) => (Code::Unavailable, "SHUTTING_DOWN"),
             ApiError::Clearing(c) => {
                 use crate::store::clearing::ClearingError as C;
@@ -88,12 +98,20 @@ impl ApiError {
                 }
             }
             ApiError::Export(e) => match e {
-                coalition_clearing::export::ExportError::NoAccount(_) => (Code::FailedPrecondition, "NO_BANK_ACCOUNT"),
-                coalition_clearing::export::ExportError::NothingToPay(_) => (Code::FailedPrecondition, "NOTHING_TO_PAY"),
+                coalition_clearing::export::ExportError::NoAccount(_) => {
+                    (Code::FailedPrecondition, "NO_BANK_ACCOUNT")
+                }
+                coalition_clearing::export::ExportError::NothingToPay(_) => {
+                    (Code::FailedPrecondition, "NOTHING_TO_PAY")
+                }
             },
             ApiError::Rejected(r) => match r {
-                Rejection::Ledger(Refusal::NonPositive(_)) => (Code::InvalidArgument, "POINTS_NOT_POSITIVE"),
-                Rejection::Ledger(Refusal::Overflow(_)) => (Code::InvalidArgument, "POINTS_OVERFLOW"),
+                Rejection::Ledger(Refusal::NonPositive(_)) => {
+                    (Code::InvalidArgument, "POINTS_NOT_POSITIVE")
+                }
+                Rejection::Ledger(Refusal::Overflow(_)) => {
+                    (Code::InvalidArgument, "POINTS_OVERFLOW")
+                }
                 Rejection::Ledger(Refusal::InsufficientPoints { .. }) => {
                     (Code::FailedPrecondition, "INSUFFICIENT_POINTS")
                 }

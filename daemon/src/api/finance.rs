@@ -1,7 +1,7 @@
 //! The finance service: clearing runs, settlements, statements, exports. Finance certificates only.
 
-use super::error::ApiError;
 use super::Shared;
+use super::error::ApiError;
 use crate::clock::rfc3339;
 use crate::store::clearing::{Plan, Status, Stored};
 use chrono::NaiveDate;
@@ -25,8 +25,13 @@ impl FinanceApi {
 
 /// Parses a cycle field (`YYYY-MM-DD`).
 pub fn parse_cycle(field: &'static str, s: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| ApiError::field(field, "MALFORMED_CYCLE", format!("{s:?} is not a business date like 2026-11-21")))
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+        ApiError::field(
+            field,
+            "MALFORMED_CYCLE",
+            format!("{s:?} is not a business date like 2026-11-21"),
+        )
+    })
 }
 
 /// The clearing plan for `cycle` under this daemon's config.
@@ -39,7 +44,11 @@ pub fn plan(shared: &Shared, cycle: NaiveDate, skip_if_busy: bool) -> Plan {
         currency: c.currency.code.to_string(),
         minor_units: c.currency.minor_units,
         rounding: c.clearing.rounding,
-        partners: c.partners.values().map(|p| (p.id.clone(), p.issuance_fee)).collect(),
+        partners: c
+            .partners
+            .values()
+            .map(|p| (p.id.clone(), p.issuance_fee))
+            .collect(),
         skip_if_busy,
     }
 }
@@ -116,19 +125,32 @@ pub fn settlement_pb(s: &Stored) -> pb::Settlement {
 }
 
 async fn stored(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> {
-    shared.store.settlement(cycle).await?.ok_or_else(|| ApiError::NotFound {
-        reason: "UNKNOWN_SETTLEMENT",
-        message: format!("cycle {cycle} has no settlement yet; run clearing for it first"),
-    })
+    shared
+        .store
+        .settlement(cycle)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            reason: "UNKNOWN_SETTLEMENT",
+            message: format!("cycle {cycle} has no settlement yet; run clearing for it first"),
+        })
 }
 
 /// A partner's statement for a cleared cycle.
-pub async fn statement(shared: &Shared, cycle: NaiveDate, partner: &str) -> Result<pb::Statement, ApiError> {
+pub async fn statement(
+    shared: &Shared,
+    cycle: NaiveDate,
+    partner: &str,
+) -> Result<pb::Statement, ApiError> {
     let s = stored(shared, cycle).await?;
-    let position = s.settlement.positions.iter().find(|p| p.participant == partner).ok_or_else(|| ApiError::NotFound {
-        reason: "UNKNOWN_PARTNER",
-        message: format!("{partner:?} is not a participant of the settlement of {cycle}"),
-    })?;
+    let position = s
+        .settlement
+        .positions
+        .iter()
+        .find(|p| p.participant == partner)
+        .ok_or_else(|| ApiError::NotFound {
+            reason: "UNKNOWN_PARTNER",
+            message: format!("{partner:?} is not a participant of the settlement of {cycle}"),
+        })?;
     let lines = shared.store.statement_lines(cycle, partner).await?;
     Ok(pb::Statement {
         cycle: cycle.to_string(),
@@ -156,23 +178,32 @@ pub async fn statement(shared: &Shared, cycle: NaiveDate, partner: &str) -> Resu
 
 /// Runs the clearing of one cycle (finance's way: waits for a run in progress).
 pub async fn run(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> {
-    let s = shared.store.run_clearing(&plan(shared, cycle, false)).await?;
+    let s = shared
+        .store
+        .run_clearing(&plan(shared, cycle, false))
+        .await?;
     Ok(s.expect("a run that may wait is never skipped"))
 }
 
 /// The points liability per issuer and month of issue (in the coalition's time zone), at `now`.
-pub fn liability(lots: &[crate::store::clearing::LotFate], tz: chrono_tz::Tz, now: i64) -> Vec<pb::LiabilityRow> {
+pub fn liability(
+    lots: &[crate::store::clearing::LotFate],
+    tz: chrono_tz::Tz,
+    now: i64,
+) -> Vec<pb::LiabilityRow> {
     let mut rows: BTreeMap<(String, String), pb::LiabilityRow> = BTreeMap::new();
     for l in lots {
         let month = chrono::DateTime::from_timestamp_micros(l.earned_at)
             .map(|t| t.with_timezone(&tz).format("%Y-%m").to_string())
             .unwrap_or_default();
         let live = l.expires_at.is_none_or(|e| now < e);
-        let r = rows.entry((l.issuer.clone(), month.clone())).or_insert_with(|| pb::LiabilityRow {
-            issuer: l.issuer.clone(),
-            month,
-            ..Default::default()
-        });
+        let r = rows
+            .entry((l.issuer.clone(), month.clone()))
+            .or_insert_with(|| pb::LiabilityRow {
+                issuer: l.issuer.clone(),
+                month,
+                ..Default::default()
+            });
         r.issued += l.points;
         // points = left + reversed + expired (swept) + net allocations
         r.redeemed += l.points - l.points_left - l.reversed - l.expired;
@@ -189,12 +220,23 @@ impl FinanceService for FinanceApi {
         &self,
         _req: Request<pb::LiabilityReportRequest>,
     ) -> Result<Response<pb::LiabilityReport>, GrpcStatus> {
-        let lots = self.shared.store.lot_fates().await.map_err(ApiError::from)?;
+        let lots = self
+            .shared
+            .store
+            .lot_fates()
+            .await
+            .map_err(ApiError::from)?;
         let now = self.shared.clock.now();
-        Ok(Response::new(pb::LiabilityReport { as_of: rfc3339(now), rows: liability(&lots, self.shared.config.time_zone, now) }))
+        Ok(Response::new(pb::LiabilityReport {
+            as_of: rfc3339(now),
+            rows: liability(&lots, self.shared.config.time_zone, now),
+        }))
     }
 
-    async fn run_clearing(&self, req: Request<pb::CycleRequest>) -> Result<Response<pb::Settlement>, GrpcStatus> {
+    async fn run_clearing(
+        &self,
+        req: Request<pb::CycleRequest>,
+    ) -> Result<Response<pb::Settlement>, GrpcStatus> {
         let cycle = parse_cycle("cycle", &req.get_ref().cycle)?;
         let s = run(&self.shared, cycle).await?;
         Ok(Response::new(settlement_pb(&s)))
@@ -207,76 +249,141 @@ impl FinanceService for FinanceApi {
         let r = req.get_ref();
         let size = match r.page_size {
             0 => 30,
-            n if n < 0 => return Err(ApiError::field("page_size", "INVALID_PAGE_SIZE", "must not be negative").into()),
+            n if n < 0 => {
+                return Err(ApiError::field(
+                    "page_size",
+                    "INVALID_PAGE_SIZE",
+                    "must not be negative",
+                )
+                .into());
+            }
             n => n.min(366),
         } as usize;
-        let before = if r.page_token.is_empty() { None } else { Some(parse_cycle("page_token", &r.page_token)?) };
-        let mut rows = self.shared.store.settlements(before, size as i64 + 1).await.map_err(ApiError::from)?;
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_cycle("page_token", &r.page_token)?)
+        };
+        let mut rows = self
+            .shared
+            .store
+            .settlements(before, size as i64 + 1)
+            .await
+            .map_err(ApiError::from)?;
         let more = rows.len() > size;
         rows.truncate(size);
         let next_page_token = match (more, rows.last()) {
             (true, Some(last)) => last.settlement.cycle.to_string(),
             _ => String::new(),
         };
-        Ok(Response::new(pb::ListSettlementsResponse { settlements: rows.iter().map(settlement_pb).collect(), next_page_token }))
+        Ok(Response::new(pb::ListSettlementsResponse {
+            settlements: rows.iter().map(settlement_pb).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn get_settlement(&self, req: Request<pb::CycleRequest>) -> Result<Response<pb::Settlement>, GrpcStatus> {
+    async fn get_settlement(
+        &self,
+        req: Request<pb::CycleRequest>,
+    ) -> Result<Response<pb::Settlement>, GrpcStatus> {
         let cycle = parse_cycle("cycle", &req.get_ref().cycle)?;
-        Ok(Response::new(settlement_pb(&stored(&self.shared, cycle).await?)))
+        Ok(Response::new(settlement_pb(
+            &stored(&self.shared, cycle).await?,
+        )))
     }
 
-    async fn finalize_settlement(&self, req: Request<pb::CycleRequest>) -> Result<Response<pb::Settlement>, GrpcStatus> {
+    async fn finalize_settlement(
+        &self,
+        req: Request<pb::CycleRequest>,
+    ) -> Result<Response<pb::Settlement>, GrpcStatus> {
         let cycle = parse_cycle("cycle", &req.get_ref().cycle)?;
-        let s = self.shared.store.finalize(cycle, self.shared.clock.now()).await.map_err(ApiError::from)?;
+        let s = self
+            .shared
+            .store
+            .finalize(cycle, self.shared.clock.now())
+            .await
+            .map_err(ApiError::from)?;
         let s = s.ok_or_else(|| ApiError::NotFound {
             reason: "UNKNOWN_SETTLEMENT",
-            message: format!("cycle {cycle} has no settlement to finalize; run clearing for it first"),
+            message: format!(
+                "cycle {cycle} has no settlement to finalize; run clearing for it first"
+            ),
         })?;
         Ok(Response::new(settlement_pb(&s)))
     }
 
-    async fn get_statement(&self, req: Request<pb::StatementRequest>) -> Result<Response<pb::Statement>, GrpcStatus> {
+    async fn get_statement(
+        &self,
+        req: Request<pb::StatementRequest>,
+    ) -> Result<Response<pb::Statement>, GrpcStatus> {
         let r = req.get_ref();
         let cycle = parse_cycle("cycle", &r.cycle)?;
-        Ok(Response::new(statement(&self.shared, cycle, &r.partner).await?))
+        Ok(Response::new(
+            statement(&self.shared, cycle, &r.partner).await?,
+        ))
     }
 
-    async fn export_settlement(&self, req: Request<pb::ExportRequest>) -> Result<Response<pb::ExportFile>, GrpcStatus> {
+    async fn export_settlement(
+        &self,
+        req: Request<pb::ExportRequest>,
+    ) -> Result<Response<pb::ExportFile>, GrpcStatus> {
         let r = req.get_ref();
         let cycle = parse_cycle("cycle", &r.cycle)?;
         let s = stored(&self.shared, cycle).await?;
         let st = &s.settlement;
         let stem = format!("settlement-{cycle}");
-        let (filename, content_type, content) = match pb::ExportFormat::try_from(r.format).unwrap_or_default() {
-            pb::ExportFormat::Csv => (format!("{stem}.csv"), "text/csv", export::settlement_csv(st)),
-            pb::ExportFormat::Json => (format!("{stem}.json"), "application/json", export::settlement_json(st)),
-            pb::ExportFormat::Pain001 => {
-                let c = &self.shared.config;
-                let debtor = c.clearing.settlement_account.clone().ok_or_else(|| {
-                    ApiError::Export(export::ExportError::NoAccount("the coalition (clearing.settlement_account)".into()))
-                })?;
-                let mut accounts: BTreeMap<String, export::Account> =
-                    c.partners.values().filter_map(|p| p.account.clone().map(|a| (p.id.clone(), a))).collect();
-                if let Some(op) = &c.clearing.operator_account {
-                    accounts.insert(coalition_clearing::OPERATOR.to_string(), op.clone());
+        let (filename, content_type, content) =
+            match pb::ExportFormat::try_from(r.format).unwrap_or_default() {
+                pb::ExportFormat::Csv => (
+                    format!("{stem}.csv"),
+                    "text/csv",
+                    export::settlement_csv(st),
+                ),
+                pb::ExportFormat::Json => (
+                    format!("{stem}.json"),
+                    "application/json",
+                    export::settlement_json(st),
+                ),
+                pb::ExportFormat::Pain001 => {
+                    let c = &self.shared.config;
+                    let debtor = c.clearing.settlement_account.clone().ok_or_else(|| {
+                        ApiError::Export(export::ExportError::NoAccount(
+                            "the coalition (clearing.settlement_account)".into(),
+                        ))
+                    })?;
+                    let mut accounts: BTreeMap<String, export::Account> = c
+                        .partners
+                        .values()
+                        .filter_map(|p| p.account.clone().map(|a| (p.id.clone(), a)))
+                        .collect();
+                    if let Some(op) = &c.clearing.operator_account {
+                        accounts.insert(coalition_clearing::OPERATOR.to_string(), op.clone());
+                    }
+                    let now = self.shared.clock.now();
+                    let created = chrono::DateTime::from_timestamp_micros(now).unwrap_or_default();
+                    let xml = export::pain001(
+                        st,
+                        &debtor,
+                        &accounts,
+                        &created.format("%Y-%m-%dT%H:%M:%S").to_string(),
+                        created.date_naive().succ_opt().unwrap_or(cycle),
+                    )
+                    .map_err(ApiError::from)?;
+                    (format!("{stem}.pain.001.xml"), "application/xml", xml)
                 }
-                let now = self.shared.clock.now();
-                let created = chrono::DateTime::from_timestamp_micros(now).unwrap_or_default();
-                let xml = export::pain001(
-                    st,
-                    &debtor,
-                    &accounts,
-                    &created.format("%Y-%m-%dT%H:%M:%S").to_string(),
-                    created.date_naive().succ_opt().unwrap_or(cycle),
-                )
-                .map_err(ApiError::from)?;
-                (format!("{stem}.pain.001.xml"), "application/xml", xml)
-            }
-            pb::ExportFormat::Unspecified => {
-                return Err(ApiError::field("format", "MISSING_FORMAT", "choose CSV, JSON or PAIN001").into());
-            }
-        };
-        Ok(Response::new(pb::ExportFile { filename, content_type: content_type.into(), content: content.into_bytes() }))
+                pb::ExportFormat::Unspecified => {
+                    return Err(ApiError::field(
+                        "format",
+                        "MISSING_FORMAT",
+                        "choose CSV, JSON or PAIN001",
+                    )
+                    .into());
+                }
+            };
+        Ok(Response::new(pb::ExportFile {
+            filename,
+            content_type: content_type.into(),
+            content: content.into_bytes(),
+        }))
     }
 }

@@ -2,8 +2,8 @@
 //! certificates only. Changes are stored first, then applied: they survive a restart and reach the
 //! other daemons of the database within seconds.
 
-use super::error::ApiError;
 use super::Shared;
+use super::error::ApiError;
 use crate::ops::limits::LimitState;
 use crate::store::PartnerOverride;
 use coalition_proto::v1 as pb;
@@ -22,21 +22,42 @@ impl OperatorApi {
     }
 
     fn info(&self, partner: &str) -> Result<pb::PartnerInfo, ApiError> {
-        let p = self.shared.config.partners.get(partner).ok_or_else(|| unknown(partner))?;
-        let s = self.shared.limits.state(partner).ok_or_else(|| unknown(partner))?;
+        let p = self
+            .shared
+            .config
+            .partners
+            .get(partner)
+            .ok_or_else(|| unknown(partner))?;
+        let s = self
+            .shared
+            .limits
+            .state(partner)
+            .ok_or_else(|| unknown(partner))?;
         Ok(pb::PartnerInfo {
             id: p.id.clone(),
             name: p.name.clone(),
             kind: p.kind.clone(),
-            status: if s.suspended { "suspended".into() } else { "active".into() },
+            status: if s.suspended {
+                "suspended".into()
+            } else {
+                "active".into()
+            },
             per_second: s.per_second,
             burst: s.burst,
         })
     }
 
     /// Stores the partner's override, then applies it here.
-    async fn change(&self, partner: &str, f: impl FnOnce(&mut PartnerOverride)) -> Result<pb::PartnerInfo, ApiError> {
-        let s = self.shared.limits.state(partner).ok_or_else(|| unknown(partner))?;
+    async fn change(
+        &self,
+        partner: &str,
+        f: impl FnOnce(&mut PartnerOverride),
+    ) -> Result<pb::PartnerInfo, ApiError> {
+        let s = self
+            .shared
+            .limits
+            .state(partner)
+            .ok_or_else(|| unknown(partner))?;
         let mut o = PartnerOverride {
             partner: partner.to_string(),
             per_second: s.per_second,
@@ -50,13 +71,22 @@ impl OperatorApi {
             self.shared.limits.set_quota(partner, o.per_second, o.burst);
         }
         self.shared.limits.set_suspended(partner, o.suspended);
-        tracing::info!(partner, per_second = o.per_second, burst = o.burst, suspended = o.suspended, "partner limits changed");
+        tracing::info!(
+            partner,
+            per_second = o.per_second,
+            burst = o.burst,
+            suspended = o.suspended,
+            "partner limits changed"
+        );
         self.info(partner)
     }
 }
 
 fn unknown(partner: &str) -> ApiError {
-    ApiError::NotFound { reason: "UNKNOWN_PARTNER", message: format!("{partner:?} is not a partner of this coalition") }
+    ApiError::NotFound {
+        reason: "UNKNOWN_PARTNER",
+        message: format!("{partner:?} is not a partner of this coalition"),
+    }
 }
 
 fn limit_pb(s: &LimitState) -> pb::LimitState {
@@ -77,44 +107,91 @@ fn limit_pb(s: &LimitState) -> pb::LimitState {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorApi {
-    async fn list_partners(&self, _req: Request<pb::ListPartnersRequest>) -> Result<Response<pb::ListPartnersResponse>, Status> {
-        let partners = self.shared.config.partners.keys().map(|p| self.info(p)).collect::<Result<Vec<_>, _>>()?;
+    async fn list_partners(
+        &self,
+        _req: Request<pb::ListPartnersRequest>,
+    ) -> Result<Response<pb::ListPartnersResponse>, Status> {
+        let partners = self
+            .shared
+            .config
+            .partners
+            .keys()
+            .map(|p| self.info(p))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(pb::ListPartnersResponse { partners }))
     }
 
-    async fn get_limits(&self, req: Request<pb::GetLimitsRequest>) -> Result<Response<pb::GetLimitsResponse>, Status> {
+    async fn get_limits(
+        &self,
+        req: Request<pb::GetLimitsRequest>,
+    ) -> Result<Response<pb::GetLimitsResponse>, Status> {
         let p = &req.get_ref().partner;
         let limits: Vec<pb::LimitState> = if p.is_empty() {
             self.shared.limits.snapshot().iter().map(limit_pb).collect()
         } else {
-            vec![limit_pb(&self.shared.limits.state(p).ok_or_else(|| unknown(p))?)]
+            vec![limit_pb(
+                &self.shared.limits.state(p).ok_or_else(|| unknown(p))?,
+            )]
         };
         Ok(Response::new(pb::GetLimitsResponse { limits }))
     }
 
-    async fn set_limit(&self, req: Request<pb::SetLimitRequest>) -> Result<Response<pb::PartnerInfo>, Status> {
+    async fn set_limit(
+        &self,
+        req: Request<pb::SetLimitRequest>,
+    ) -> Result<Response<pb::PartnerInfo>, Status> {
         let r = req.get_ref();
         if r.per_second == 0 || r.burst == 0 {
-            let field = if r.per_second == 0 { "per_second" } else { "burst" };
-            return Err(ApiError::field(field, "INVALID_LIMIT", "must be at least 1 (suspend a partner to stop it)").into());
+            let field = if r.per_second == 0 {
+                "per_second"
+            } else {
+                "burst"
+            };
+            return Err(ApiError::field(
+                field,
+                "INVALID_LIMIT",
+                "must be at least 1 (suspend a partner to stop it)",
+            )
+            .into());
         }
         let (rate, burst) = (r.per_second, r.burst);
-        Ok(Response::new(self.change(&r.partner, |o| (o.per_second, o.burst) = (rate, burst)).await?))
+        Ok(Response::new(
+            self.change(&r.partner, |o| (o.per_second, o.burst) = (rate, burst))
+                .await?,
+        ))
     }
 
-    async fn suspend_partner(&self, req: Request<pb::PartnerRequest>) -> Result<Response<pb::PartnerInfo>, Status> {
-        Ok(Response::new(self.change(&req.get_ref().partner, |o| o.suspended = true).await?))
+    async fn suspend_partner(
+        &self,
+        req: Request<pb::PartnerRequest>,
+    ) -> Result<Response<pb::PartnerInfo>, Status> {
+        Ok(Response::new(
+            self.change(&req.get_ref().partner, |o| o.suspended = true)
+                .await?,
+        ))
     }
 
-    async fn resume_partner(&self, req: Request<pb::PartnerRequest>) -> Result<Response<pb::PartnerInfo>, Status> {
-        Ok(Response::new(self.change(&req.get_ref().partner, |o| o.suspended = false).await?))
+    async fn resume_partner(
+        &self,
+        req: Request<pb::PartnerRequest>,
+    ) -> Result<Response<pb::PartnerInfo>, Status> {
+        Ok(Response::new(
+            self.change(&req.get_ref().partner, |o| o.suspended = false)
+                .await?,
+        ))
     }
 
     async fn reload_certificates(
         &self,
         _req: Request<pb::ReloadCertificatesRequest>,
     ) -> Result<Response<pb::ReloadCertificatesResponse>, Status> {
-        let revoked = self.shared.tls.reload().map_err(|e| ApiError::ReloadRefused(e.to_string()))?;
-        Ok(Response::new(pb::ReloadCertificatesResponse { revoked: revoked as u32 }))
+        let revoked = self
+            .shared
+            .tls
+            .reload()
+            .map_err(|e| ApiError::ReloadRefused(e.to_string()))?;
+        Ok(Response::new(pb::ReloadCertificatesResponse {
+            revoked: revoked as u32,
+        }))
     }
 }

@@ -1,7 +1,7 @@
 //! The partner service: Earn, Burn, the two reversals, and the reads.
 
 use super::error::ApiError;
-use super::{validate, CallerPartner, Shared};
+use super::{CallerPartner, Shared, validate};
 use crate::clock::rfc3339;
 use crate::config::Partner;
 use crate::ledger::{Kind, Receipt};
@@ -27,16 +27,25 @@ impl PartnerApi {
             .extensions()
             .get::<CallerPartner>()
             .ok_or_else(|| ApiError::Unauthenticated("no partner identity on this call".into()))?;
-        self.shared
-            .config
-            .partners
-            .get(&id.0)
-            .ok_or_else(|| ApiError::Unauthenticated(format!("partner {:?} is not configured", id.0)))
+        self.shared.config.partners.get(&id.0).ok_or_else(|| {
+            ApiError::Unauthenticated(format!("partner {:?} is not configured", id.0))
+        })
     }
 
-    async fn submit(&self, partner: &Partner, transaction_id: &str, op: Op, canonical: String) -> Result<Receipt, ApiError> {
+    async fn submit(
+        &self,
+        partner: &Partner,
+        transaction_id: &str,
+        op: Op,
+        canonical: String,
+    ) -> Result<Receipt, ApiError> {
         let hash: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
-        let request = LedgerRequest { partner: partner.id.clone(), transaction_id: transaction_id.to_string(), hash, op };
+        let request = LedgerRequest {
+            partner: partner.id.clone(),
+            transaction_id: transaction_id.to_string(),
+            hash,
+            op,
+        };
         Ok(self.shared.writer.submit(request).await??)
     }
 }
@@ -60,7 +69,14 @@ pub fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
         points: r.points,
         balance_after: r.balance_after,
         accepted_at: rfc3339(r.accepted_at),
-        slices: r.slices.iter().map(|(issuer, points)| pb::IssuerSlice { issuer: issuer.clone(), points: *points }).collect(),
+        slices: r
+            .slices
+            .iter()
+            .map(|(issuer, points)| pb::IssuerSlice {
+                issuer: issuer.clone(),
+                points: *points,
+            })
+            .collect(),
         debt_created: r.debt_created,
         debt_repaid: r.debt_repaid,
         original_transaction_id: r.original_transaction_id.clone().unwrap_or_default(),
@@ -71,7 +87,10 @@ fn transaction_to_pb(t: &TxnRecord) -> pb::Transaction {
     pb::Transaction {
         receipt: Some(receipt_to_pb(&t.receipt)),
         reversed_points: t.reversed_points,
-        purchase: t.purchase.as_ref().map(|(amount, currency)| pb::Money { amount: amount.clone(), currency: currency.clone() }),
+        purchase: t.purchase.as_ref().map(|(amount, currency)| pb::Money {
+            amount: amount.clone(),
+            currency: currency.clone(),
+        }),
     }
 }
 
@@ -86,7 +105,13 @@ fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, Api
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || ApiError::field("page_token", "INVALID_PAGE_TOKEN", "is not a token from a previous page of this member's activity");
+    let bad = || {
+        ApiError::field(
+            "page_token",
+            "INVALID_PAGE_TOKEN",
+            "is not a token from a previous page of this member's activity",
+        )
+    };
     let raw = String::from_utf8(hex::decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
     let mut parts = raw.splitn(4, ':');
     let (v, at, id, m) = (parts.next(), parts.next(), parts.next(), parts.next());
@@ -100,82 +125,167 @@ fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, Api
 
 #[tonic::async_trait]
 impl PartnerService for PartnerApi {
-    async fn earn(&self, req: Request<pb::EarnRequest>) -> Result<Response<pb::EarnResponse>, Status> {
+    async fn earn(
+        &self,
+        req: Request<pb::EarnRequest>,
+    ) -> Result<Response<pb::EarnResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("transaction_id", &r.transaction_id)?;
         validate::id("member_id", &r.member_id)?;
         let (points, purchase, grant) = match &r.grant {
             Some(pb::earn_request::Grant::Purchase(m)) => {
-                let amount = validate::money("purchase.amount", &m.amount, &m.currency, self.shared.config.currency)?;
+                let amount = validate::money(
+                    "purchase.amount",
+                    &m.amount,
+                    &m.currency,
+                    self.shared.config.currency,
+                )?;
                 let points = validate::purchase_points(amount, partner)?;
-                (points, Some((amount, m.currency.clone())), format!("purchase:{}:{}", amount.normalize(), m.currency))
+                (
+                    points,
+                    Some((amount, m.currency.clone())),
+                    format!("purchase:{}:{}", amount.normalize(), m.currency),
+                )
             }
-            Some(pb::earn_request::Grant::BonusPoints(p)) => (validate::bonus(*p, partner)?, None, format!("bonus:{p}")),
-            None => return Err(ApiError::field("grant", "MISSING_GRANT", "set either purchase or bonus_points").into()),
+            Some(pb::earn_request::Grant::BonusPoints(p)) => {
+                (validate::bonus(*p, partner)?, None, format!("bonus:{p}"))
+            }
+            None => {
+                return Err(ApiError::field(
+                    "grant",
+                    "MISSING_GRANT",
+                    "set either purchase or bonus_points",
+                )
+                .into());
+            }
         };
         let canonical = format!("earn\n{}\n{grant}", r.member_id);
-        let op = Op::Earn { member: r.member_id.clone(), points, purchase };
-        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
-        Ok(Response::new(pb::EarnResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+        let op = Op::Earn {
+            member: r.member_id.clone(),
+            points,
+            purchase,
+        };
+        let receipt = self
+            .submit(partner, &r.transaction_id, op, canonical)
+            .await?;
+        Ok(Response::new(pb::EarnResponse {
+            receipt: Some(receipt_to_pb(&receipt)),
+        }))
     }
 
-    async fn burn(&self, req: Request<pb::BurnRequest>) -> Result<Response<pb::BurnResponse>, Status> {
+    async fn burn(
+        &self,
+        req: Request<pb::BurnRequest>,
+    ) -> Result<Response<pb::BurnResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("transaction_id", &r.transaction_id)?;
         validate::id("member_id", &r.member_id)?;
         let points = validate::burn_points(r.points)?;
         let canonical = format!("burn\n{}\n{points}", r.member_id);
-        let op = Op::Burn { member: r.member_id.clone(), points, rate: partner.redemption_rate };
-        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
-        Ok(Response::new(pb::BurnResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+        let op = Op::Burn {
+            member: r.member_id.clone(),
+            points,
+            rate: partner.redemption_rate,
+        };
+        let receipt = self
+            .submit(partner, &r.transaction_id, op, canonical)
+            .await?;
+        Ok(Response::new(pb::BurnResponse {
+            receipt: Some(receipt_to_pb(&receipt)),
+        }))
     }
 
-    async fn reverse_earn(&self, req: Request<pb::ReverseEarnRequest>) -> Result<Response<pb::ReverseResponse>, Status> {
+    async fn reverse_earn(
+        &self,
+        req: Request<pb::ReverseEarnRequest>,
+    ) -> Result<Response<pb::ReverseResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("transaction_id", &r.transaction_id)?;
         validate::id("original_transaction_id", &r.original_transaction_id)?;
         let points = validate::reversal_points(r.points)?;
         let canonical = format!("reverse_earn\n{}\n{points}", r.original_transaction_id);
-        let op = Op::ReverseEarn { original: r.original_transaction_id.clone(), points, rate: partner.redemption_rate };
-        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
-        Ok(Response::new(pb::ReverseResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+        let op = Op::ReverseEarn {
+            original: r.original_transaction_id.clone(),
+            points,
+            rate: partner.redemption_rate,
+        };
+        let receipt = self
+            .submit(partner, &r.transaction_id, op, canonical)
+            .await?;
+        Ok(Response::new(pb::ReverseResponse {
+            receipt: Some(receipt_to_pb(&receipt)),
+        }))
     }
 
-    async fn reverse_burn(&self, req: Request<pb::ReverseBurnRequest>) -> Result<Response<pb::ReverseResponse>, Status> {
+    async fn reverse_burn(
+        &self,
+        req: Request<pb::ReverseBurnRequest>,
+    ) -> Result<Response<pb::ReverseResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("transaction_id", &r.transaction_id)?;
         validate::id("original_transaction_id", &r.original_transaction_id)?;
         let points = validate::reversal_points(r.points)?;
         let canonical = format!("reverse_burn\n{}\n{points}", r.original_transaction_id);
-        let op = Op::ReverseBurn { original: r.original_transaction_id.clone(), points };
-        let receipt = self.submit(partner, &r.transaction_id, op, canonical).await?;
-        Ok(Response::new(pb::ReverseResponse { receipt: Some(receipt_to_pb(&receipt)) }))
+        let op = Op::ReverseBurn {
+            original: r.original_transaction_id.clone(),
+            points,
+        };
+        let receipt = self
+            .submit(partner, &r.transaction_id, op, canonical)
+            .await?;
+        Ok(Response::new(pb::ReverseResponse {
+            receipt: Some(receipt_to_pb(&receipt)),
+        }))
     }
 
-    async fn get_balance(&self, req: Request<pb::GetBalanceRequest>) -> Result<Response<pb::Balance>, Status> {
+    async fn get_balance(
+        &self,
+        req: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
         self.caller(&req)?;
         let r = req.get_ref();
         validate::id("member_id", &r.member_id)?;
-        let m = self.shared.store.member(&r.member_id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::NotFound {
-            reason: "UNKNOWN_MEMBER",
-            message: format!("member {:?} is unknown: it has never earned points", r.member_id),
-        })?;
+        let m = self
+            .shared
+            .store
+            .member(&r.member_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound {
+                reason: "UNKNOWN_MEMBER",
+                message: format!(
+                    "member {:?} is unknown: it has never earned points",
+                    r.member_id
+                ),
+            })?;
         let now = self.shared.clock.now();
-        let live: Vec<_> = m.lots.iter().filter(|l| l.live(now) && l.points_left > 0).collect();
+        let live: Vec<_> = m
+            .lots
+            .iter()
+            .filter(|l| l.live(now) && l.points_left > 0)
+            .collect();
         let mut by_issuer: Vec<pb::IssuerSlice> = Vec::new();
         for l in &live {
             match by_issuer.iter_mut().find(|s| s.issuer == l.issuer) {
                 Some(s) => s.points += l.points_left,
-                None => by_issuer.push(pb::IssuerSlice { issuer: l.issuer.clone(), points: l.points_left }),
+                None => by_issuer.push(pb::IssuerSlice {
+                    issuer: l.issuer.clone(),
+                    points: l.points_left,
+                }),
             }
         }
         by_issuer.sort_by(|a, b| a.issuer.cmp(&b.issuer));
         let next = live.iter().filter_map(|l| l.expires_at).min();
-        let next_points = next.map_or(0, |e| live.iter().filter(|l| l.expires_at == Some(e)).map(|l| l.points_left).sum());
+        let next_points = next.map_or(0, |e| {
+            live.iter()
+                .filter(|l| l.expires_at == Some(e))
+                .map(|l| l.points_left)
+                .sum()
+        });
         Ok(Response::new(pb::Balance {
             member_id: m.member.clone(),
             points: m.balance(now),
@@ -187,22 +297,38 @@ impl PartnerService for PartnerApi {
         }))
     }
 
-    async fn get_transaction(&self, req: Request<pb::GetTransactionRequest>) -> Result<Response<pb::Transaction>, Status> {
+    async fn get_transaction(
+        &self,
+        req: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::Transaction>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("transaction_id", &r.transaction_id)?;
-        let t = self.shared.store.transaction(&partner.id, &r.transaction_id).await.map_err(ApiError::from)?;
+        let t = self
+            .shared
+            .store
+            .transaction(&partner.id, &r.transaction_id)
+            .await
+            .map_err(ApiError::from)?;
         let t = t.ok_or_else(|| ApiError::NotFound {
             reason: "UNKNOWN_TRANSACTION",
-            message: format!("no transaction {:?} of partner {}", r.transaction_id, partner.id),
+            message: format!(
+                "no transaction {:?} of partner {}",
+                r.transaction_id, partner.id
+            ),
         })?;
         Ok(Response::new(transaction_to_pb(&t)))
     }
 
-    async fn get_statement(&self, req: Request<pb::PartnerStatementRequest>) -> Result<Response<pb::Statement>, Status> {
+    async fn get_statement(
+        &self,
+        req: Request<pb::PartnerStatementRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
         let partner = self.caller(&req)?;
         let cycle = super::finance::parse_cycle("cycle", &req.get_ref().cycle)?;
-        Ok(Response::new(super::finance::statement(&self.shared, cycle, &partner.id).await?))
+        Ok(Response::new(
+            super::finance::statement(&self.shared, cycle, &partner.id).await?,
+        ))
     }
 
     async fn list_member_activity(
@@ -214,7 +340,14 @@ impl PartnerService for PartnerApi {
         validate::id("member_id", &r.member_id)?;
         let size = match r.page_size {
             0 => DEFAULT_PAGE,
-            n if n < 0 => return Err(ApiError::field("page_size", "INVALID_PAGE_SIZE", "must not be negative").into()),
+            n if n < 0 => {
+                return Err(ApiError::field(
+                    "page_size",
+                    "INVALID_PAGE_SIZE",
+                    "must not be negative",
+                )
+                .into());
+            }
             n => n.min(MAX_PAGE),
         };
         let before = parse_page_token(&r.page_token, &r.member_id)?;

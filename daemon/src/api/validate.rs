@@ -19,23 +19,38 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
         return Err(ApiError::field(
             field,
             "ID_TOO_LONG",
-            format!("is {} characters long; at most {MAX_ID_LEN} are allowed", value.len()),
+            format!(
+                "is {} characters long; at most {MAX_ID_LEN} are allowed",
+                value.len()
+            ),
         ));
     }
     if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(ApiError::field(field, "MALFORMED_ID", "may hold only printable ASCII without spaces"));
+        return Err(ApiError::field(
+            field,
+            "MALFORMED_ID",
+            "may hold only printable ASCII without spaces",
+        ));
     }
     Ok(())
 }
 
 /// A money amount in the coalition's currency: a plain positive decimal with at most the
 /// currency's minor-unit digits.
-pub fn money(field: &'static str, amount: &str, currency: &str, coalition: Currency) -> Result<Decimal, ApiError> {
+pub fn money(
+    field: &'static str,
+    amount: &str,
+    currency: &str,
+    coalition: Currency,
+) -> Result<Decimal, ApiError> {
     if currency != coalition.code {
         return Err(ApiError::field(
             field,
             "CURRENCY_NOT_ACCEPTED",
-            format!("currency {currency:?} is not accepted; this coalition settles in {}", coalition.code),
+            format!(
+                "currency {currency:?} is not accepted; this coalition settles in {}",
+                coalition.code
+            ),
         ));
     }
     let plain = !amount.is_empty()
@@ -44,7 +59,11 @@ pub fn money(field: &'static str, amount: &str, currency: &str, coalition: Curre
         && !amount.starts_with('.')
         && !amount.ends_with('.');
     if amount.starts_with('-') {
-        return Err(ApiError::field(field, "NEGATIVE_AMOUNT", format!("{amount:?} is negative; amounts must be positive")));
+        return Err(ApiError::field(
+            field,
+            "NEGATIVE_AMOUNT",
+            format!("{amount:?} is negative; amounts must be positive"),
+        ));
     }
     if !plain {
         return Err(ApiError::field(
@@ -53,17 +72,31 @@ pub fn money(field: &'static str, amount: &str, currency: &str, coalition: Curre
             format!("{amount:?} is not a decimal amount like \"12.50\""),
         ));
     }
-    let value = Decimal::from_str(amount)
-        .map_err(|_| ApiError::field(field, "AMOUNT_TOO_LARGE", format!("{amount:?} is too large")))?;
+    let value = Decimal::from_str(amount).map_err(|_| {
+        ApiError::field(
+            field,
+            "AMOUNT_TOO_LARGE",
+            format!("{amount:?} is too large"),
+        )
+    })?;
     if value.scale() > coalition.minor_units {
         return Err(ApiError::field(
             field,
             "AMOUNT_TOO_PRECISE",
-            format!("{amount:?} has {} decimals; {} allows {}", value.scale(), coalition.code, coalition.minor_units),
+            format!(
+                "{amount:?} has {} decimals; {} allows {}",
+                value.scale(),
+                coalition.code,
+                coalition.minor_units
+            ),
         ));
     }
     if value.is_zero() {
-        return Err(ApiError::field(field, "AMOUNT_NOT_POSITIVE", "must be greater than zero"));
+        return Err(ApiError::field(
+            field,
+            "AMOUNT_NOT_POSITIVE",
+            "must be greater than zero",
+        ));
     }
     Ok(value)
 }
@@ -73,12 +106,21 @@ pub fn purchase_points(amount: Decimal, partner: &Partner) -> Result<i64, ApiErr
     let points = amount
         .checked_mul(partner.earn_rate)
         .and_then(|p| p.floor().to_i64())
-        .ok_or_else(|| ApiError::field("purchase.amount", "POINTS_OVERFLOW", "earns more points than the ledger can hold"))?;
+        .ok_or_else(|| {
+            ApiError::field(
+                "purchase.amount",
+                "POINTS_OVERFLOW",
+                "earns more points than the ledger can hold",
+            )
+        })?;
     if points < 1 {
         return Err(ApiError::field(
             "purchase.amount",
             "NO_POINTS_EARNED",
-            format!("{amount} earns no points at {}'s earn rate of {} per unit", partner.id, partner.earn_rate),
+            format!(
+                "{amount} earns no points at {}'s earn rate of {} per unit",
+                partner.id, partner.earn_rate
+            ),
         ));
     }
     Ok(points)
@@ -87,13 +129,20 @@ pub fn purchase_points(amount: Decimal, partner: &Partner) -> Result<i64, ApiErr
 /// An explicit bonus: 1..=the partner's cap.
 pub fn bonus(points: i64, partner: &Partner) -> Result<i64, ApiError> {
     if points < 1 {
-        return Err(ApiError::field("bonus_points", "POINTS_NOT_POSITIVE", format!("{points} is not a positive number of points")));
+        return Err(ApiError::field(
+            "bonus_points",
+            "POINTS_NOT_POSITIVE",
+            format!("{points} is not a positive number of points"),
+        ));
     }
     if points > partner.max_bonus_points {
         return Err(ApiError::field(
             "bonus_points",
             "BONUS_ABOVE_CAP",
-            format!("{points} is above {}'s bonus cap of {}", partner.id, partner.max_bonus_points),
+            format!(
+                "{points} is above {}'s bonus cap of {}",
+                partner.id, partner.max_bonus_points
+            ),
         ));
     }
     Ok(points)
@@ -102,7 +151,11 @@ pub fn bonus(points: i64, partner: &Partner) -> Result<i64, ApiError> {
 /// Points of a burn: at least 1.
 pub fn burn_points(points: i64) -> Result<i64, ApiError> {
     if points < 1 {
-        return Err(ApiError::field("points", "POINTS_NOT_POSITIVE", format!("{points} is not a positive number of points")));
+        return Err(ApiError::field(
+            "points",
+            "POINTS_NOT_POSITIVE",
+            format!("{points} is not a positive number of points"),
+        ));
     }
     Ok(points)
 }
@@ -110,7 +163,11 @@ pub fn burn_points(points: i64) -> Result<i64, ApiError> {
 /// Points of a reversal: 0 (everything left) or more.
 pub fn reversal_points(points: i64) -> Result<i64, ApiError> {
     if points < 0 {
-        return Err(ApiError::field("points", "POINTS_NOT_POSITIVE", format!("{points} is negative; use 0 to reverse everything left")));
+        return Err(ApiError::field(
+            "points",
+            "POINTS_NOT_POSITIVE",
+            format!("{points} is negative; use 0 to reverse everything left"),
+        ));
     }
     Ok(points)
 }
@@ -119,12 +176,30 @@ pub fn reversal_points(points: i64) -> Result<i64, ApiError> {
 mod tests {
     use super::*;
 
-    const EUR: Currency = Currency { code: "EUR", minor_units: 2 };
+    const EUR: Currency = Currency {
+        code: "EUR",
+        minor_units: 2,
+    };
 
     #[test]
     fn money_accepts_plain_amounts_only() {
-        assert_eq!(money("m", "12.50", "EUR", EUR).unwrap(), Decimal::new(1250, 2));
-        for bad in ["", "1e3", "-1", "1.234", "0", "0.00", ".5", "5.", "1,5", " 1", "99999999999999999999999999999999"] {
+        assert_eq!(
+            money("m", "12.50", "EUR", EUR).unwrap(),
+            Decimal::new(1250, 2)
+        );
+        for bad in [
+            "",
+            "1e3",
+            "-1",
+            "1.234",
+            "0",
+            "0.00",
+            ".5",
+            "5.",
+            "1,5",
+            " 1",
+            "99999999999999999999999999999999",
+        ] {
             assert!(money("m", bad, "EUR", EUR).is_err(), "{bad:?} accepted");
         }
         assert!(money("m", "1", "USD", EUR).is_err());

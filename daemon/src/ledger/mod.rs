@@ -45,7 +45,12 @@ impl Lot {
 
     /// The allocation order: soonest expiry first (never-expiring last), then oldest, then id.
     fn spend_order(&self) -> (bool, Micros, Micros, i64) {
-        (self.expires_at.is_none(), self.expires_at.unwrap_or(i64::MAX), self.earned_at, self.id)
+        (
+            self.expires_at.is_none(),
+            self.expires_at.unwrap_or(i64::MAX),
+            self.earned_at,
+            self.id,
+        )
     }
 }
 
@@ -185,12 +190,21 @@ pub struct NewEarn<'a> {
 impl MemberLedger {
     /// A ledger for a member not seen before.
     pub fn new_member(member: &str) -> MemberLedger {
-        MemberLedger { member: member.to_string(), known: false, lots: vec![], debts: vec![] }
+        MemberLedger {
+            member: member.to_string(),
+            known: false,
+            lots: vec![],
+            debts: vec![],
+        }
     }
 
     /// Points left in lots that still count at `now`.
     pub fn live_points(&self, now: Micros) -> i64 {
-        self.lots.iter().filter(|l| l.live(now)).map(|l| l.points_left).sum()
+        self.lots
+            .iter()
+            .filter(|l| l.live(now))
+            .map(|l| l.points_left)
+            .sum()
     }
 
     /// Points owed.
@@ -204,7 +218,10 @@ impl MemberLedger {
     }
 
     fn lot_mut(&mut self, id: i64) -> &mut Lot {
-        self.lots.iter_mut().find(|l| l.id == id).expect("lot of an allocation must be loaded")
+        self.lots
+            .iter_mut()
+            .find(|l| l.id == id)
+            .expect("lot of an allocation must be loaded")
     }
 
     /// Indices of live lots with points left, in spending order.
@@ -263,7 +280,9 @@ impl MemberLedger {
             return Err(Refusal::NonPositive(e.points));
         }
         let total: i64 = self.lots.iter().map(|l| l.points_left).sum();
-        total.checked_add(e.points).ok_or(Refusal::Overflow(e.points))?;
+        total
+            .checked_add(e.points)
+            .ok_or(Refusal::Overflow(e.points))?;
         let mut lot = Lot {
             id: e.txn,
             member: self.member.clone(),
@@ -303,7 +322,11 @@ impl MemberLedger {
         let id = lot.id;
         self.lots.push(lot);
         self.known = true;
-        Ok(EarnEffect { lot: id, repayments, debt_repaid: repaid })
+        Ok(EarnEffect {
+            lot: id,
+            repayments,
+            debt_repaid: repaid,
+        })
     }
 
     /// Spends `points` at `redeemer`, soonest-expiring lots first. Refuses if the balance
@@ -321,7 +344,10 @@ impl MemberLedger {
         }
         let balance = self.balance(now);
         if balance < points {
-            return Err(Refusal::InsufficientPoints { balance: balance.max(0), requested: points });
+            return Err(Refusal::InsufficientPoints {
+                balance: balance.max(0),
+                requested: points,
+            });
         }
         let (allocations, short) = self.take_from_lots(txn, redeemer, rate, points, now, None);
         assert_eq!(short, 0, "balance check guarantees the lots cover the burn");
@@ -343,7 +369,10 @@ impl MemberLedger {
         }
         let remaining: i64 = slices.iter().map(|s| s.remaining).sum();
         if points > remaining {
-            return Err(Refusal::BeyondRemaining { remaining, requested: points });
+            return Err(Refusal::BeyondRemaining {
+                remaining,
+                requested: points,
+            });
         }
         let mut left = points;
         let mut out = Vec::new();
@@ -397,21 +426,22 @@ impl MemberLedger {
             return Err(Refusal::NonPositive(points));
         }
         if points > remaining {
-            return Err(Refusal::BeyondRemaining { remaining, requested: points });
+            return Err(Refusal::BeyondRemaining {
+                remaining,
+                requested: points,
+            });
         }
         let lot = self.lot_mut(lot_id);
-        let from_own = if lot.live(now) { lot.points_left.min(points) } else { 0 };
+        let from_own = if lot.live(now) {
+            lot.points_left.min(points)
+        } else {
+            0
+        };
         lot.points_left -= from_own;
         lot.reversed += from_own;
         lot.dirty = true;
-        let (allocations, short) = self.take_from_lots(
-            txn,
-            reverser,
-            rate,
-            points - from_own,
-            now,
-            Some(lot_id),
-        );
+        let (allocations, short) =
+            self.take_from_lots(txn, reverser, rate, points - from_own, now, Some(lot_id));
         if short > 0 {
             self.debts.push(Debt {
                 member: self.member.clone(),
@@ -424,7 +454,11 @@ impl MemberLedger {
                 dirty: true,
             });
         }
-        Ok(ReverseEarnEffect { from_own_lot: from_own, allocations, debt_created: short })
+        Ok(ReverseEarnEffect {
+            from_own_lot: from_own,
+            allocations,
+            debt_created: short,
+        })
     }
 }
 

@@ -1,14 +1,27 @@
 use super::*;
 use proptest::prelude::*;
 
-
 const DAY: Micros = 86_400_000_000;
 fn rate() -> Decimal {
     Decimal::new(1, 2)
 }
 
-fn earn(m: &mut MemberLedger, txn: i64, issuer: &str, points: i64, now: Micros, exp: Option<Micros>) -> EarnEffect {
-    m.earn(NewEarn { txn, issuer, points, now, expires_at: exp }).unwrap()
+fn earn(
+    m: &mut MemberLedger,
+    txn: i64,
+    issuer: &str,
+    points: i64,
+    now: Micros,
+    exp: Option<Micros>,
+) -> EarnEffect {
+    m.earn(NewEarn {
+        txn,
+        issuer,
+        points,
+        now,
+        expires_at: exp,
+    })
+    .unwrap()
 }
 
 #[test]
@@ -28,8 +41,15 @@ fn expired_lots_do_not_count() {
     let mut m = MemberLedger::new_member("m");
     earn(&mut m, 1, "air", 100, 0, Some(10 * DAY));
     assert_eq!(m.balance(10 * DAY - 1), 100);
-    assert_eq!(m.balance(10 * DAY), 0, "a lot stops counting at its expiry instant");
-    assert!(matches!(m.burn(2, "air", rate(), 1, 10 * DAY), Err(Refusal::InsufficientPoints { .. })));
+    assert_eq!(
+        m.balance(10 * DAY),
+        0,
+        "a lot stops counting at its expiry instant"
+    );
+    assert!(matches!(
+        m.burn(2, "air", rate(), 1, 10 * DAY),
+        Err(Refusal::InsufficientPoints { .. })
+    ));
 }
 
 #[test]
@@ -38,13 +58,28 @@ fn partial_burn_reversal_gives_latest_slices_back_first() {
     let l1 = earn(&mut m, 1, "air", 100, 0, Some(10 * DAY)).lot;
     let l2 = earn(&mut m, 2, "shop", 100, 0, Some(20 * DAY)).lot;
     let a = m.burn(3, "food", rate(), 150, DAY).unwrap();
-    let mut slices: Vec<Reversible> = a.iter().map(|a| Reversible { allocation: a.clone(), remaining: a.points }).collect();
+    let mut slices: Vec<Reversible> = a
+        .iter()
+        .map(|a| Reversible {
+            allocation: a.clone(),
+            remaining: a.points,
+        })
+        .collect();
     let r = m.reverse_burn(4, &mut slices, 70, DAY).unwrap();
     // the burn took 100 from l1 then 50 from l2; the latest slice (l2) goes back first
-    assert_eq!(r.iter().map(|a| (a.lot, a.points)).collect::<Vec<_>>(), vec![(l2, -50), (l1, -20)]);
+    assert_eq!(
+        r.iter().map(|a| (a.lot, a.points)).collect::<Vec<_>>(),
+        vec![(l2, -50), (l1, -20)]
+    );
     assert_eq!(m.balance(DAY), 120);
     let e = m.reverse_burn(5, &mut slices, 81, DAY).unwrap_err();
-    assert_eq!(e, Refusal::BeyondRemaining { remaining: 80, requested: 81 });
+    assert_eq!(
+        e,
+        Refusal::BeyondRemaining {
+            remaining: 80,
+            requested: 81
+        }
+    );
 }
 
 #[test]
@@ -55,7 +90,13 @@ fn earn_reversal_shortfall_then_debt_repaid_by_next_earn() {
     m.burn(3, "food", rate(), 90, 0).unwrap(); // own lot 100 -> 10 left (both never expire: oldest first by id)
     let r = m.reverse_earn(4, own, "air", rate(), 100, 100, 0).unwrap();
     assert_eq!(r.from_own_lot, 10);
-    assert_eq!(r.allocations.iter().map(|a| (a.issuer.as_str(), a.redeemer.as_str(), a.points)).collect::<Vec<_>>(), vec![("shop", "air", 30)]);
+    assert_eq!(
+        r.allocations
+            .iter()
+            .map(|a| (a.issuer.as_str(), a.redeemer.as_str(), a.points))
+            .collect::<Vec<_>>(),
+        vec![("shop", "air", 30)]
+    );
     assert_eq!(r.debt_created, 60);
     assert_eq!(m.balance(0), -60);
     let e = earn(&mut m, 5, "food", 100, 0, None);
@@ -122,9 +163,8 @@ proptest! {
                     }
                 }
                 Op::ReverseBurn(i, n) => {
-                    if let Some(b) = burns.get_mut(i) {
-                        if m.reverse_burn(txn, b, n, now).is_ok() { br += n; }
-                    }
+                    if let Some(b) = burns.get_mut(i)
+                        && m.reverse_burn(txn, b, n, now).is_ok() { br += n; }
                 }
                 Op::Wait(d) => now += d * DAY,
             }

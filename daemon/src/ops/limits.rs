@@ -38,11 +38,21 @@ impl Windows {
     fn add(&mut self, now: u64, allowed: bool) {
         match self.seconds.back_mut() {
             Some((s, a, t)) if *s == now => {
-                if allowed { *a += 1 } else { *t += 1 }
+                if allowed {
+                    *a += 1
+                } else {
+                    *t += 1
+                }
             }
-            _ => self.seconds.push_back((now, allowed as u64, (!allowed) as u64)),
+            _ => self
+                .seconds
+                .push_back((now, allowed as u64, (!allowed) as u64)),
         }
-        while self.seconds.front().is_some_and(|(s, _, _)| now.saturating_sub(*s) >= HISTORY_SECS) {
+        while self
+            .seconds
+            .front()
+            .is_some_and(|(s, _, _)| now.saturating_sub(*s) >= HISTORY_SECS)
+        {
             self.seconds.pop_front();
         }
     }
@@ -109,7 +119,10 @@ impl Limits {
                 (p, Arc::new(l))
             })
             .collect();
-        Limits { started: Instant::now(), partners: RwLock::new(map) }
+        Limits {
+            started: Instant::now(),
+            partners: RwLock::new(map),
+        }
     }
 
     fn second(&self) -> u64 {
@@ -117,7 +130,11 @@ impl Limits {
     }
 
     fn get(&self, partner: &str) -> Option<Arc<PartnerLimit>> {
-        self.partners.read().expect("limits lock").get(partner).cloned()
+        self.partners
+            .read()
+            .expect("limits lock")
+            .get(partner)
+            .cloned()
     }
 
     /// Lets a call of `partner` through, or says why not. Counts it either way.
@@ -126,10 +143,16 @@ impl Limits {
         if l.suspended.load(Ordering::Relaxed) {
             return Err(Denied::Suspended);
         }
-        let result = l.limiter.check().map_err(|not_until| Denied::Throttled(not_until.wait_time_from(DefaultClock::default().now())));
-        l.windows.lock().expect("windows lock").add(self.second(), result.is_ok());
+        let result = l.limiter.check().map_err(|not_until| {
+            Denied::Throttled(not_until.wait_time_from(DefaultClock::default().now()))
+        });
+        l.windows
+            .lock()
+            .expect("windows lock")
+            .add(self.second(), result.is_ok());
         if result.is_err() {
-            metrics::counter!("coalition_throttled_calls_total", "partner" => partner.to_string()).increment(1);
+            metrics::counter!("coalition_throttled_calls_total", "partner" => partner.to_string())
+                .increment(1);
         }
         result
     }
@@ -137,7 +160,9 @@ impl Limits {
     /// Sets a partner's quota (its bucket starts full again). `false` if the partner is unknown.
     pub fn set_quota(&self, partner: &str, per_second: u32, burst: u32) -> bool {
         let mut map = self.partners.write().expect("limits lock");
-        let Some(old) = map.get(partner).cloned() else { return false };
+        let Some(old) = map.get(partner).cloned() else {
+            return false;
+        };
         let windows = std::mem::take(&mut *old.windows.lock().expect("windows lock"));
         map.insert(
             partner.to_string(),
@@ -200,12 +225,18 @@ mod tests {
 
     #[test]
     fn burst_then_throttle_with_a_hint_and_counts() {
-        let l = Limits::new([("a".to_string(), 10, 3, false), ("b".to_string(), 10, 3, false)]);
+        let l = Limits::new([
+            ("a".to_string(), 10, 3, false),
+            ("b".to_string(), 10, 3, false),
+        ]);
         for _ in 0..3 {
             assert_eq!(l.check("a"), Ok(()));
         }
         match l.check("a") {
-            Err(Denied::Throttled(d)) => assert!(d > Duration::ZERO && d <= Duration::from_millis(100), "{d:?}"),
+            Err(Denied::Throttled(d)) => assert!(
+                d > Duration::ZERO && d <= Duration::from_millis(100),
+                "{d:?}"
+            ),
             other => panic!("{other:?}"),
         }
         assert_eq!(l.check("b"), Ok(()), "another partner's bucket is its own");
@@ -214,7 +245,11 @@ mod tests {
         assert!(l.set_suspended("b", true));
         assert_eq!(l.check("b"), Err(Denied::Suspended));
         assert!(l.set_quota("a", 100, 50));
-        assert_eq!(l.check("a"), Ok(()), "a new quota starts with a full bucket");
+        assert_eq!(
+            l.check("a"),
+            Ok(()),
+            "a new quota starts with a full bucket"
+        );
         assert_eq!(l.check("nobody"), Err(Denied::Unknown));
     }
 }

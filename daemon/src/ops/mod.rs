@@ -18,7 +18,9 @@ pub async fn apply_overrides(store: &dyn Store, limits: &Limits) -> Result<(), S
                 }
                 limits.set_suspended(&o.partner, o.suspended);
             }
-            None => tracing::warn!(partner = %o.partner, "override for a partner that is not configured"),
+            None => {
+                tracing::warn!(partner = %o.partner, "override for a partner that is not configured")
+            }
         }
     }
     Ok(())

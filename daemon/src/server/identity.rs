@@ -4,7 +4,7 @@
 use crate::api::CallerPartner;
 use crate::api::error::ApiError;
 use crate::config::Config;
-use coalition_certs::{identity_from_der, Identity, Role};
+use coalition_certs::{Identity, Role, identity_from_der};
 use std::sync::Arc;
 use tonic::{Request, Status};
 
@@ -21,7 +21,11 @@ pub struct RequireRole {
 impl RequireRole {
     /// Admits `role` only.
     pub fn new(config: Arc<Config>, role: Role) -> RequireRole {
-        RequireRole { config, role, limits: None }
+        RequireRole {
+            config,
+            role,
+            limits: None,
+        }
     }
 
     /// Also checks each partner's suspension and rate limit, before any handler runs.
@@ -36,7 +40,10 @@ impl RequireRole {
             None => self.identity_of(req)?,
         };
         if id.role != self.role {
-            return Err(ApiError::PermissionDenied(format!("{id} may not call the {} API", self.role.as_str())));
+            return Err(ApiError::PermissionDenied(format!(
+                "{id} may not call the {} API",
+                self.role.as_str()
+            )));
         }
         if id.role == Role::Partner && !self.config.partners.contains_key(&id.name) {
             return Err(ApiError::Unauthenticated(format!(
@@ -54,9 +61,17 @@ impl RequireRole {
                         id.name
                     )));
                 }
-                Err(Denied::Throttled(wait)) => return Err(ApiError::Throttled { partner: id.name.clone(), retry_after: wait }),
+                Err(Denied::Throttled(wait)) => {
+                    return Err(ApiError::Throttled {
+                        partner: id.name.clone(),
+                        retry_after: wait,
+                    });
+                }
                 Err(Denied::Unknown) => {
-                    return Err(ApiError::Unauthenticated(format!("partner {:?} is not a partner of this coalition", id.name)));
+                    return Err(ApiError::Unauthenticated(format!(
+                        "partner {:?} is not a partner of this coalition",
+                        id.name
+                    )));
                 }
             }
         }
@@ -64,13 +79,14 @@ impl RequireRole {
     }
 
     fn identity_of<T>(&self, req: &Request<T>) -> Result<Identity, ApiError> {
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| ApiError::Unauthenticated("no client certificate on this connection".into()))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| ApiError::Unauthenticated("no client certificate on this connection".into()))?;
-        identity_from_der(&self.config.coalition, leaf).map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))
+        let certs = req.peer_certs().ok_or_else(|| {
+            ApiError::Unauthenticated("no client certificate on this connection".into())
+        })?;
+        let leaf = certs.first().ok_or_else(|| {
+            ApiError::Unauthenticated("no client certificate on this connection".into())
+        })?;
+        identity_from_der(&self.config.coalition, leaf)
+            .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))
     }
 }
 

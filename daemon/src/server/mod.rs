@@ -6,11 +6,11 @@ pub mod observe;
 pub mod tls;
 
 use crate::api::Shared;
-use crate::api::partner::PartnerApi;
 use crate::api::finance::FinanceApi;
 use crate::api::operator::OperatorApi;
-use coalition_proto::v1::operator_service_server::OperatorServiceServer;
+use crate::api::partner::PartnerApi;
 use coalition_proto::v1::finance_service_server::FinanceServiceServer;
+use coalition_proto::v1::operator_service_server::OperatorServiceServer;
 use coalition_proto::v1::partner_service_server::PartnerServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +31,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let handshake_timeout = Duration::from_millis(shared.config.handshake_timeout_ms);
-    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>(256);
+    let (conn_tx, conn_rx) = mpsc::channel::<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >(256);
     let mut accept_shutdown = shutdown.clone();
     let accept_loop = tokio::spawn(async move {
         loop {
@@ -59,9 +61,24 @@ pub async fn serve(
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("coalition.v1.PartnerService", tonic_health::ServingStatus::Serving).await;
-    health.set_service_status("coalition.v1.FinanceService", tonic_health::ServingStatus::Serving).await;
-    health.set_service_status("coalition.v1.OperatorService", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status(
+            "coalition.v1.PartnerService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    health
+        .set_service_status(
+            "coalition.v1.FinanceService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    health
+        .set_service_status(
+            "coalition.v1.OperatorService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coalition_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -70,14 +87,17 @@ pub async fn serve(
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let partner = tonic::service::interceptor::InterceptedService::new(
         partner,
-        identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Partner).with_limits(shared.limits.clone()),
+        identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Partner)
+            .with_limits(shared.limits.clone()),
     );
     let operator = tonic::service::interceptor::InterceptedService::new(
-        OperatorServiceServer::new(OperatorApi::new(shared.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+        OperatorServiceServer::new(OperatorApi::new(shared.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Operator),
     );
     let finance = tonic::service::interceptor::InterceptedService::new(
-        FinanceServiceServer::new(FinanceApi::new(shared.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+        FinanceServiceServer::new(FinanceApi::new(shared.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Finance),
     );
     tonic::transport::Server::builder()

@@ -2,10 +2,10 @@
 //! client certificate once (into the request extensions, for the interceptors and handlers), and
 //! records per-caller, per-method counts and latency (metrics) and a log line.
 
-use coalition_certs::{identity_from_der, Identity};
+use coalition_certs::{Identity, identity_from_der};
 use futures::future::BoxFuture;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -25,14 +25,19 @@ pub struct ObserveLayer {
 impl ObserveLayer {
     /// Reads identities of `coalition`.
     pub fn new(coalition: &str) -> ObserveLayer {
-        ObserveLayer { coalition: coalition.into() }
+        ObserveLayer {
+            coalition: coalition.into(),
+        }
     }
 }
 
 impl<S> tower::Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner, coalition: self.coalition.clone() }
+        Observe {
+            inner,
+            coalition: self.coalition.clone(),
+        }
     }
 }
 
@@ -60,13 +65,25 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id = RequestId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
-        let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let caller: Option<Identity> = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs())
-            .and_then(|certs| certs.first().and_then(|c| identity_from_der(&self.coalition, c).ok()));
-        let label = caller.as_ref().map_or_else(|| "-".to_string(), |c| c.name.clone());
+            .and_then(|certs| {
+                certs
+                    .first()
+                    .and_then(|c| identity_from_der(&self.coalition, c).ok())
+            });
+        let label = caller
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |c| c.name.clone());
         if let Some(c) = caller {
             req.extensions_mut().insert(c);
         }
@@ -79,7 +96,12 @@ where
             let response = inner.call(req).await;
             // Errors from handlers come trailers-only: grpc-status in the headers. OK comes in trailers.
             let code = match &response {
-                Ok(r) => r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string(),
                 Err(_) => "transport".to_string(),
             };
             let elapsed = started.elapsed();

@@ -38,16 +38,25 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem { path: path.display().to_string(), message: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: path.display().to_string(), message: "no certificate in file".into() });
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            message: "no certificate in file".into(),
+        });
     }
     Ok(certs)
 }
@@ -76,7 +85,10 @@ impl TlsState {
     /// Loads the configuration from `files`.
     pub fn load(files: TlsFiles) -> Result<TlsState, TlsError> {
         let (config, _) = server_config(&files)?;
-        Ok(TlsState { files, current: std::sync::RwLock::new(config) })
+        Ok(TlsState {
+            files,
+            current: std::sync::RwLock::new(config),
+        })
     }
 
     /// The configuration for the next handshake.
@@ -101,32 +113,48 @@ pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, usize), Tls
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for c in certs(ca)? {
-        roots.add(c).map_err(|e| TlsError::Rustls(format!("CA certificate {}: {e}", ca.display())))?;
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Rustls(format!("CA certificate {}: {e}", ca.display())))?;
     }
     let mut crls = Vec::new();
     let mut revoked = 0;
     if let Some(path) = &files.crl {
         let pem = read(path)?;
         for crl in rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&pem) {
-            let crl = crl.map_err(|e| TlsError::Pem { path: path.display().to_string(), message: e.to_string() })?;
+            let crl = crl.map_err(|e| TlsError::Pem {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
             revoked += coalition_certs::crl_serials(&String::from_utf8_lossy(&pem))
-                .map_err(|e| TlsError::Pem { path: path.display().to_string(), message: e.to_string() })?
+                .map_err(|e| TlsError::Pem {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
                 .len();
             crls.push(crl);
         }
         // A configured CRL that holds none would silently un-revoke everything: refuse it.
         if crls.is_empty() {
-            return Err(TlsError::Pem { path: path.display().to_string(), message: "no X509 CRL in file".into() });
+            return Err(TlsError::Pem {
+                path: path.display().to_string(),
+                message: "no X509 CRL in file".into(),
+            });
         }
     }
-    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if !crls.is_empty() {
         builder = builder.with_crls(crls).only_check_end_entity_revocation();
     }
-    let verifier = builder.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let verifier = builder
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let key_pem = read(key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| TlsError::Pem { path: key.display().to_string(), message: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?

@@ -73,8 +73,7 @@ pub const CHECKS: &[(&str, &str)] = &[
 pub const TOTALS_BY_KIND: &str =
     "SELECT kind, CAST(SUM(points) AS BIGINT) AS total FROM transactions GROUP BY kind";
 /// Points left in lots still counting at $1.
-pub const LIVE_POINTS: &str =
-    "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM lots WHERE expires_at IS NULL OR expires_at > $1";
+pub const LIVE_POINTS: &str = "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM lots WHERE expires_at IS NULL OR expires_at > $1";
 /// Points expired at $1: swept as breakage, or left in lots past their expiry and not yet swept.
 pub const EXPIRED_POINTS: &str = "SELECT CAST(COALESCE(SUM(expired), 0) + COALESCE(SUM(CASE WHEN expires_at IS NOT NULL \
     AND expires_at <= $1 THEN points_left ELSE 0 END), 0) AS BIGINT) FROM lots";
@@ -118,7 +117,8 @@ pub struct Report {
 impl Report {
     /// Adds the totals check and returns the finished report.
     pub fn finish(mut self) -> Report {
-        let lhs = self.earned - self.burned + self.burns_reversed - self.earns_reversed - self.expired;
+        let lhs =
+            self.earned - self.burned + self.burns_reversed - self.earns_reversed - self.expired;
         if lhs != self.balances {
             self.violations.push(format!(
                 "earned {} - burned {} + burns reversed {} - earns reversed {} - expired {} = {} but balances sum to {}",
@@ -144,7 +144,13 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "earned {}  burned {}  burns reversed {}  earns reversed {}  expired {}  debt {}  balances {}",
-            self.earned, self.burned, self.burns_reversed, self.earns_reversed, self.expired, self.debt, self.balances
+            self.earned,
+            self.burned,
+            self.burns_reversed,
+            self.earns_reversed,
+            self.expired,
+            self.debt,
+            self.balances
         )?;
         if self.ok() {
             write!(f, "all invariants hold")
@@ -169,7 +175,10 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
 {
     use sqlx::Row;
-    let mut r = Report { at: now, ..Default::default() };
+    let mut r = Report {
+        at: now,
+        ..Default::default()
+    };
     for (name, sql) in CHECKS {
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await?;
         if n != 0 {
@@ -184,14 +193,27 @@ where
             Some(crate::ledger::Kind::Burn) => r.burned = total,
             Some(crate::ledger::Kind::ReverseEarn) => r.earns_reversed = total,
             Some(crate::ledger::Kind::ReverseBurn) => r.burns_reversed = total,
-            None => r.violations.push(format!("unknown transaction kind {kind}")),
+            None => r
+                .violations
+                .push(format!("unknown transaction kind {kind}")),
         }
     }
-    let live: i64 = sqlx::query_scalar(LIVE_POINTS).bind(now).fetch_one(&mut *conn).await?;
-    r.expired = sqlx::query_scalar(EXPIRED_POINTS).bind(now).fetch_one(&mut *conn).await?;
+    let live: i64 = sqlx::query_scalar(LIVE_POINTS)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+    r.expired = sqlx::query_scalar(EXPIRED_POINTS)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
     r.debt = sqlx::query_scalar(DEBT).fetch_one(&mut *conn).await?;
     r.balances = live - r.debt;
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
-    (r.members, r.transactions, r.lots, r.allocations) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+    (r.members, r.transactions, r.lots, r.allocations) = (
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    );
     Ok(r.finish())
 }

@@ -3,7 +3,7 @@
 //! in one batch see each other), and hand the backend one set of [`Writes`].
 
 use super::{LedgerTx, Op, Rejection, Request, StoreError, TxnRecord, Writes};
-use crate::ledger::{self, Kind, Micros, MemberLedger, NewEarn, Receipt, Refusal, Reversible};
+use crate::ledger::{self, Kind, MemberLedger, Micros, NewEarn, Receipt, Refusal, Reversible};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// What a batch needs to know besides the requests.
@@ -45,7 +45,12 @@ pub async fn apply(
         }
     }
     if !original_keys.is_empty() {
-        members.extend(tx.find_transactions(&original_keys).await?.into_iter().map(|t| t.member));
+        members.extend(
+            tx.find_transactions(&original_keys)
+                .await?
+                .into_iter()
+                .map(|t| t.member),
+        );
     }
     members.sort();
     members.dedup();
@@ -55,7 +60,10 @@ pub async fn apply(
     //    after the lock is current.
     let cycle = tx.open_cycle(ctx.cycles.cycle_of(ctx.now)).await?;
     tx.lock_members(&members).await?;
-    let mut keys: Vec<Key> = requests.iter().map(|r| key(&r.partner, &r.transaction_id)).collect();
+    let mut keys: Vec<Key> = requests
+        .iter()
+        .map(|r| key(&r.partner, &r.transaction_id))
+        .collect();
     keys.extend(original_keys);
     keys.sort();
     keys.dedup();
@@ -76,8 +84,12 @@ pub async fn apply(
         }
     }
     let t_find = t0.elapsed();
-    let mut ledgers: HashMap<String, MemberLedger> =
-        tx.load_members(&members).await?.into_iter().map(|m| (m.member.clone(), m)).collect();
+    let mut ledgers: HashMap<String, MemberLedger> = tx
+        .load_members(&members)
+        .await?
+        .into_iter()
+        .map(|m| (m.member.clone(), m))
+        .collect();
     let mut extra_lots = Vec::new();
     if !earn_originals.is_empty() {
         // A lot's id is the id of the earn that made it.
@@ -93,10 +105,10 @@ pub async fn apply(
         }
     }
     for lot in extra_lots {
-        if let Some(m) = ledgers.get_mut(&lot.member) {
-            if !m.lots.iter().any(|l| l.id == lot.id) {
-                m.lots.push(lot);
-            }
+        if let Some(m) = ledgers.get_mut(&lot.member)
+            && !m.lots.iter().any(|l| l.id == lot.id)
+        {
+            m.lots.push(lot);
         }
     }
     let t_load = t0.elapsed();
@@ -104,7 +116,10 @@ pub async fn apply(
 
     // 3. Decide each request in order.
     let mut ids: VecDeque<i64> = tx.reserve_txn_ids(requests.len()).await?.into();
-    let mut writes = Writes { cycle, ..Writes::default() };
+    let mut writes = Writes {
+        cycle,
+        ..Writes::default()
+    };
     let mut reversed: HashMap<i64, i64> = HashMap::new();
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
@@ -117,11 +132,22 @@ pub async fn apply(
             });
             continue;
         }
-        let decided = decide(&mut ids, r, ctx, &mut ledgers, &mut txns, &mut slices, &mut writes);
+        let decided = decide(
+            &mut ids,
+            r,
+            ctx,
+            &mut ledgers,
+            &mut txns,
+            &mut slices,
+            &mut writes,
+        );
         match decided {
             Ok(record) => {
                 if let Some(orig) = record.original_id {
-                    let o = txns.values_mut().find(|t| t.id == orig).expect("original is loaded");
+                    let o = txns
+                        .values_mut()
+                        .find(|t| t.id == orig)
+                        .expect("original is loaded");
                     o.reversed_points += record.points;
                     reversed.insert(orig, o.reversed_points);
                 }
@@ -140,20 +166,30 @@ pub async fn apply(
             t.reversed_points = r;
         }
     }
-    let mut totals: std::collections::BTreeMap<(String, &'static str), (i64, i64)> = Default::default();
+    let mut totals: std::collections::BTreeMap<(String, &'static str), (i64, i64)> =
+        Default::default();
     for t in &writes.new_txns {
-        let e = totals.entry((t.partner.clone(), t.kind.as_str())).or_default();
+        let e = totals
+            .entry((t.partner.clone(), t.kind.as_str()))
+            .or_default();
         e.0 += 1;
         e.1 += t.points;
     }
-    writes.cycle_totals = totals.into_iter().map(|((p, k), (n, pts))| (p, k, n, pts)).collect();
+    writes.cycle_totals = totals
+        .into_iter()
+        .map(|((p, k), (n, pts))| (p, k, n, pts))
+        .collect();
     writes.reversed = reversed.into_iter().collect();
     writes.reversed.sort();
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
     touched.sort_by(|a, b| a.member.cmp(&b.member));
     for m in touched {
-        writes.lots.extend(m.lots.iter().filter(|l| l.dirty).cloned());
-        writes.debts.extend(m.debts.iter().filter(|d| d.dirty).cloned());
+        writes
+            .lots
+            .extend(m.lots.iter().filter(|l| l.dirty).cloned());
+        writes
+            .debts
+            .extend(m.debts.iter().filter(|d| d.dirty).cloned());
         if !known_before.contains(&m.member) {
             writes.new_members.push((m.member.clone(), ctx.now));
         }
@@ -162,7 +198,13 @@ pub async fn apply(
     if !writes.new_txns.is_empty() {
         tx.write(&writes).await?;
     }
-    tracing::trace!(find = t_find.as_micros() as u64, load = t_load.as_micros() as u64, decide = t_decide.as_micros() as u64, write = t0.elapsed().as_micros() as u64, "batch phases");
+    tracing::trace!(
+        find = t_find.as_micros() as u64,
+        load = t_load.as_micros() as u64,
+        decide = t_decide.as_micros() as u64,
+        write = t0.elapsed().as_micros() as u64,
+        "batch phases"
+    );
     Ok(out)
 }
 
@@ -177,18 +219,22 @@ fn decide(
 ) -> Result<TxnRecord, Rejection> {
     let now = ctx.now;
     match &r.op {
-        Op::Earn { member, points, purchase } => {
-            let m = ledgers.entry(member.clone()).or_insert_with(|| MemberLedger::new_member(member));
+        Op::Earn {
+            member,
+            points,
+            purchase,
+        } => {
+            let m = ledgers
+                .entry(member.clone())
+                .or_insert_with(|| MemberLedger::new_member(member));
             let id = ids.pop_front().expect("one id reserved per request");
-            let effect = m.earn(
-                NewEarn {
-                    txn: id,
-                    issuer: &r.partner,
-                    points: *points,
-                    now,
-                    expires_at: ctx.expire_after.map(|d| now + d),
-                },
-            )?;
+            let effect = m.earn(NewEarn {
+                txn: id,
+                issuer: &r.partner,
+                points: *points,
+                now,
+                expires_at: ctx.expire_after.map(|d| now + d),
+            })?;
             let receipt = Receipt {
                 transaction_id: r.transaction_id.clone(),
                 ledger_id: id,
@@ -203,10 +249,25 @@ fn decide(
                 original_transaction_id: None,
             };
             writes.allocations.extend(effect.repayments);
-            Ok(record(r, id, Kind::Earn, member, *points, None, purchase.clone(), receipt))
+            Ok(record(
+                r,
+                id,
+                Kind::Earn,
+                member,
+                *points,
+                None,
+                purchase.clone(),
+                receipt,
+            ))
         }
-        Op::Burn { member, points, rate } => {
-            let m = ledgers.get_mut(member).ok_or_else(|| Rejection::UnknownMember(member.clone()))?;
+        Op::Burn {
+            member,
+            points,
+            rate,
+        } => {
+            let m = ledgers
+                .get_mut(member)
+                .ok_or_else(|| Rejection::UnknownMember(member.clone()))?;
             let id = ids.pop_front().expect("one id reserved per request");
             let allocations = m.burn(id, &r.partner, *rate, *points, now)?;
             let receipt = Receipt {
@@ -224,16 +285,38 @@ fn decide(
             };
             slices.insert(
                 id,
-                allocations.iter().map(|a| Reversible { allocation: a.clone(), remaining: a.points }).collect(),
+                allocations
+                    .iter()
+                    .map(|a| Reversible {
+                        allocation: a.clone(),
+                        remaining: a.points,
+                    })
+                    .collect(),
             );
             writes.allocations.extend(allocations);
-            Ok(record(r, id, Kind::Burn, member, *points, None, None, receipt))
+            Ok(record(
+                r,
+                id,
+                Kind::Burn,
+                member,
+                *points,
+                None,
+                None,
+                receipt,
+            ))
         }
-        Op::ReverseEarn { original, points, rate } => {
+        Op::ReverseEarn {
+            original,
+            points,
+            rate,
+        } => {
             let o = original_of(txns, r, original, Kind::Earn)?;
-            let (orig_id, member, remaining) = (o.id, o.member.clone(), o.points - o.reversed_points);
+            let (orig_id, member, remaining) =
+                (o.id, o.member.clone(), o.points - o.reversed_points);
             let points = whole_if_zero(*points, remaining, original)?;
-            let m = ledgers.get_mut(&member).expect("member of a loaded original is loaded");
+            let m = ledgers
+                .get_mut(&member)
+                .expect("member of a loaded original is loaded");
             let id = ids.pop_front().expect("one id reserved per request");
             let effect = m.reverse_earn(id, orig_id, &r.partner, *rate, points, remaining, now)?;
             let mut slices_shown = vec![];
@@ -255,14 +338,28 @@ fn decide(
                 original_transaction_id: Some(original.clone()),
             };
             writes.allocations.extend(effect.allocations);
-            Ok(record(r, id, Kind::ReverseEarn, &member, points, Some(orig_id), None, receipt))
+            Ok(record(
+                r,
+                id,
+                Kind::ReverseEarn,
+                &member,
+                points,
+                Some(orig_id),
+                None,
+                receipt,
+            ))
         }
         Op::ReverseBurn { original, points } => {
             let o = original_of(txns, r, original, Kind::Burn)?;
-            let (orig_id, member, remaining) = (o.id, o.member.clone(), o.points - o.reversed_points);
+            let (orig_id, member, remaining) =
+                (o.id, o.member.clone(), o.points - o.reversed_points);
             let points = whole_if_zero(*points, remaining, original)?;
-            let m = ledgers.get_mut(&member).expect("member of a loaded original is loaded");
-            let burn_slices = slices.get_mut(&orig_id).expect("slices of a burn are loaded");
+            let m = ledgers
+                .get_mut(&member)
+                .expect("member of a loaded original is loaded");
+            let burn_slices = slices
+                .get_mut(&orig_id)
+                .expect("slices of a burn are loaded");
             let id = ids.pop_front().expect("one id reserved per request");
             let allocations = m.reverse_burn(id, burn_slices, points, now)?;
             let receipt = Receipt {
@@ -279,7 +376,16 @@ fn decide(
                 original_transaction_id: Some(original.clone()),
             };
             writes.allocations.extend(allocations);
-            Ok(record(r, id, Kind::ReverseBurn, &member, points, Some(orig_id), None, receipt))
+            Ok(record(
+                r,
+                id,
+                Kind::ReverseBurn,
+                &member,
+                points,
+                Some(orig_id),
+                None,
+                receipt,
+            ))
         }
     }
 }
@@ -294,7 +400,11 @@ fn original_of<'a>(
         .get(&key(&r.partner, original))
         .ok_or_else(|| Rejection::UnknownTransaction(original.to_string()))?;
     if o.kind != expected {
-        return Err(Rejection::WrongKind { id: original.to_string(), expected, found: o.kind });
+        return Err(Rejection::WrongKind {
+            id: original.to_string(),
+            expected,
+            found: o.kind,
+        });
     }
     Ok(o)
 }

@@ -8,7 +8,9 @@ use super::StoreError;
 use crate::ledger::Micros;
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use coalition_clearing::{Counts, Cycles, Input, Issuance, Rounding, Settlement, SettleError, Slice};
+use coalition_clearing::{
+    Counts, Cycles, Input, Issuance, Rounding, SettleError, Settlement, Slice,
+};
 use rust_decimal::Decimal;
 
 /// Draft or final.
@@ -31,7 +33,11 @@ impl Status {
 
     /// From storage.
     pub fn parse(s: &str) -> Status {
-        if s == "final" { Status::Final } else { Status::Draft }
+        if s == "final" {
+            Status::Final
+        } else {
+            Status::Draft
+        }
     }
 }
 
@@ -110,7 +116,11 @@ pub trait ClearingTx: Send {
     /// The latest settlement before `cycle`.
     async fn latest_before(&mut self, cycle: NaiveDate) -> Result<Option<Stored>, StoreError>;
     /// The earliest cycle with transactions after `after` (exclusive, if any) and before `before`.
-    async fn first_activity(&mut self, after: Option<NaiveDate>, before: NaiveDate) -> Result<Option<NaiveDate>, StoreError>;
+    async fn first_activity(
+        &mut self,
+        after: Option<NaiveDate>,
+        before: NaiveDate,
+    ) -> Result<Option<NaiveDate>, StoreError>;
     /// Expires every lot whose expiry is before `before` and books its points as breakage in
     /// `cycle`, locking the members concerned. Returns the points expired.
     async fn sweep(&mut self, before: Micros, cycle: NaiveDate) -> Result<i64, StoreError>;
@@ -130,27 +140,36 @@ pub trait ClearingTx: Send {
 pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>, ClearingError> {
     let close = plan.cycles.close(plan.cycle);
     if plan.now < close {
-        return Err(ClearingError::NotClosed { cycle: plan.cycle, closes_at: crate::clock::rfc3339(close) });
+        return Err(ClearingError::NotClosed {
+            cycle: plan.cycle,
+            closes_at: crate::clock::rfc3339(close),
+        });
     }
     if plan.skip_if_busy && !tx.try_exclusive().await? {
         return Ok(None);
     }
     let sealed = tx.lock_state().await?;
     let existing = tx.settlement(plan.cycle).await?;
-    if let Some(s) = &existing {
-        if s.status == Status::Final {
-            return Ok(existing);
-        }
+    if let Some(s) = &existing
+        && s.status == Status::Final
+    {
+        return Ok(existing);
     }
     let previous = tx.latest_before(plan.cycle).await?;
     let after = previous.as_ref().map(|p| p.settlement.cycle);
     if let Some(missing) = tx.first_activity(after, plan.cycle).await? {
-        return Err(ClearingError::OutOfOrder { cycle: plan.cycle, missing });
+        return Err(ClearingError::OutOfOrder {
+            cycle: plan.cycle,
+            missing,
+        });
     }
     if let Some(p) = after {
         let gap = p.succ_opt().expect("date in range");
         if gap < plan.cycle {
-            return Err(ClearingError::OutOfOrder { cycle: plan.cycle, missing: gap });
+            return Err(ClearingError::OutOfOrder {
+                cycle: plan.cycle,
+                missing: gap,
+            });
         }
     }
     // Breakage of lots that expired before the cycle closed belongs to it, unless it is already
@@ -158,13 +177,22 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
     if sealed.is_none_or(|s| s < plan.cycle) {
         tx.sweep(close, plan.cycle).await?;
     }
-    let fee_of = |p: &str| plan.partners.iter().find(|(id, _)| id == p).map_or(Decimal::ZERO, |(_, f)| *f);
+    let fee_of = |p: &str| {
+        plan.partners
+            .iter()
+            .find(|(id, _)| id == p)
+            .map_or(Decimal::ZERO, |(_, f)| *f)
+    };
     let issuance = tx
         .issued(plan.cycle)
         .await?
         .into_iter()
         .filter(|(p, _)| !fee_of(p).is_zero())
-        .map(|(issuer, points)| Issuance { fee_rate: fee_of(&issuer), issuer, points })
+        .map(|(issuer, points)| Issuance {
+            fee_rate: fee_of(&issuer),
+            issuer,
+            points,
+        })
         .collect();
     let input = Input {
         cycle: plan.cycle,
@@ -177,11 +205,12 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
         counts: tx.counts(plan.cycle).await?,
         previous_digest: previous.map(|p| p.settlement.digest).unwrap_or_default(),
     };
-    let settlement = coalition_clearing::settle(&input).map_err(|e| ClearingError::Settle(plan.cycle, e))?;
-    if let Some(old) = &existing {
-        if old.settlement.digest != settlement.digest {
-            tracing::warn!(cycle = %plan.cycle, old = %old.settlement.digest, new = %settlement.digest, "draft settlement changed on re-run");
-        }
+    let settlement =
+        coalition_clearing::settle(&input).map_err(|e| ClearingError::Settle(plan.cycle, e))?;
+    if let Some(old) = &existing
+        && old.settlement.digest != settlement.digest
+    {
+        tracing::warn!(cycle = %plan.cycle, old = %old.settlement.digest, new = %settlement.digest, "draft settlement changed on re-run");
     }
     let stored = Stored {
         settlement,
@@ -205,7 +234,8 @@ pub mod sql {
     pub const SWEEP: &str = "UPDATE lots SET expired = expired + points_left, points_left = 0, expired_cycle = $2 \
         WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1";
     /// Points expired in the sweep booked in cycle $1.
-    pub const EXPIRED_IN: &str = "SELECT CAST(COALESCE(SUM(expired), 0) AS BIGINT) FROM lots WHERE expired_cycle = $1";
+    pub const EXPIRED_IN: &str =
+        "SELECT CAST(COALESCE(SUM(expired), 0) AS BIGINT) FROM lots WHERE expired_cycle = $1";
     /// The cycle's allocations, summed in the database per (issuer, redeemer, rate): exact, since
     /// every allocation in a group has the same rate, and a few rows instead of millions.
     pub const SLICES: &str = "SELECT issuer, redeemer, rate, CAST(SUM(points) AS BIGINT), COUNT(*) FROM allocations \
@@ -217,9 +247,11 @@ pub mod sql {
     pub const COUNTS: &str = "SELECT kind, CAST(SUM(transactions) AS BIGINT), CAST(SUM(points) AS BIGINT) \
         FROM cycle_totals WHERE cycle = $1 GROUP BY kind";
     /// The earliest cycle with transactions in ($1, $2) — $1 may be '' for "from the beginning".
-    pub const FIRST_ACTIVITY: &str = "SELECT MIN(cycle) FROM transactions WHERE cycle > $1 AND cycle < $2";
+    pub const FIRST_ACTIVITY: &str =
+        "SELECT MIN(cycle) FROM transactions WHERE cycle > $1 AND cycle < $2";
     /// A stored settlement.
-    pub const SETTLEMENT: &str = "SELECT cycle, status, content, created_at, finalized_at FROM settlements WHERE cycle = $1";
+    pub const SETTLEMENT: &str =
+        "SELECT cycle, status, content, created_at, finalized_at FROM settlements WHERE cycle = $1";
     /// The latest settlement before $1.
     pub const LATEST_BEFORE: &str = "SELECT cycle, status, content, created_at, finalized_at FROM settlements \
         WHERE cycle < $1 ORDER BY cycle DESC LIMIT 1";
@@ -231,13 +263,15 @@ pub mod sql {
         VALUES ($1, 'draft', $2, $3, $4, $5, NULL) ON CONFLICT (cycle) DO UPDATE SET digest = excluded.digest, \
         previous_digest = excluded.previous_digest, content = excluded.content WHERE settlements.status = 'draft'";
     /// Every lot, for the liability report.
-    pub const LOT_FATES: &str = "SELECT issuer, earned_at, points, points_left, reversed, expired, expires_at FROM lots";
+    pub const LOT_FATES: &str =
+        "SELECT issuer, earned_at, points, points_left, reversed, expired, expires_at FROM lots";
     /// Seal a cycle.
     pub const SEAL: &str = "UPDATE clearing_state SET sealed_through = $1 WHERE id = 1";
     /// Finalize a draft.
     pub const FINALIZE: &str = "UPDATE settlements SET status = 'final', finalized_at = $2 WHERE cycle = $1 AND status = 'draft'";
     /// The latest settled cycle and the first cycle with any transaction.
-    pub const FRONTIER: &str = "SELECT (SELECT MAX(cycle) FROM settlements), (SELECT MIN(cycle) FROM transactions)";
+    pub const FRONTIER: &str =
+        "SELECT (SELECT MAX(cycle) FROM settlements), (SELECT MIN(cycle) FROM transactions)";
     /// Allocations of cycle $1 where partner $2 is issuer or redeemer, with the transaction's own id
     /// when it is the partner's.
     pub const STATEMENT: &str = "SELECT a.txn_id, a.seq, CASE WHEN t.partner_id = $2 THEN t.partner_txn_id ELSE '' END AS tid, \
@@ -265,10 +299,20 @@ pub struct LotFate {
 }
 
 /// Decodes a stored settlement's content.
-pub fn stored_from(status: &str, content: &str, created_at: Micros, finalized_at: Option<Micros>) -> Result<Stored, StoreError> {
+pub fn stored_from(
+    status: &str,
+    content: &str,
+    created_at: Micros,
+    finalized_at: Option<Micros>,
+) -> Result<Stored, StoreError> {
     let settlement: Settlement = serde_json::from_str(content)
         .map_err(|e| StoreError::Unavailable(format!("stored settlement unreadable: {e}")))?;
-    Ok(Stored { settlement, status: Status::parse(status), created_at, finalized_at })
+    Ok(Stored {
+        settlement,
+        status: Status::parse(status),
+        created_at,
+        finalized_at,
+    })
 }
 
 /// Adds one kind's count and points to the cycle's counts.
@@ -302,7 +346,12 @@ where
         use sqlx::Row;
         let status: String = row.try_get("status")?;
         let content: String = row.try_get("content")?;
-        stored_from(&status, &content, row.try_get("created_at")?, row.try_get("finalized_at")?)
+        stored_from(
+            &status,
+            &content,
+            row.try_get("created_at")?,
+            row.try_get("finalized_at")?,
+        )
     }
 
     fn date(s: Option<String>) -> Option<NaiveDate> {
@@ -310,21 +359,41 @@ where
     }
 
     /// The stored settlement of a cycle.
-    pub async fn settlement(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Option<Stored>, StoreError> {
-        let row = sqlx::query(sql::SETTLEMENT).bind(cycle.to_string()).fetch_optional(&mut *conn).await?;
+    pub async fn settlement(
+        conn: &mut DB::Connection,
+        cycle: NaiveDate,
+    ) -> Result<Option<Stored>, StoreError> {
+        let row = sqlx::query(sql::SETTLEMENT)
+            .bind(cycle.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
         row.as_ref().map(Self::stored).transpose()
     }
 
     /// The latest settlement before `cycle`.
-    pub async fn latest_before(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Option<Stored>, StoreError> {
-        let row = sqlx::query(sql::LATEST_BEFORE).bind(cycle.to_string()).fetch_optional(&mut *conn).await?;
+    pub async fn latest_before(
+        conn: &mut DB::Connection,
+        cycle: NaiveDate,
+    ) -> Result<Option<Stored>, StoreError> {
+        let row = sqlx::query(sql::LATEST_BEFORE)
+            .bind(cycle.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
         row.as_ref().map(Self::stored).transpose()
     }
 
     /// Settlements before `before` (all if `None`), newest first.
-    pub async fn settlements(conn: &mut DB::Connection, before: Option<NaiveDate>, limit: i64) -> Result<Vec<Stored>, StoreError> {
+    pub async fn settlements(
+        conn: &mut DB::Connection,
+        before: Option<NaiveDate>,
+        limit: i64,
+    ) -> Result<Vec<Stored>, StoreError> {
         let before = before.map_or("9999-12-31".to_string(), |b| b.to_string());
-        let rows = sqlx::query(sql::LIST).bind(before).bind(limit).fetch_all(&mut *conn).await?;
+        let rows = sqlx::query(sql::LIST)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
         rows.iter().map(Self::stored).collect()
     }
 
@@ -343,28 +412,45 @@ where
     }
 
     /// (latest settled cycle, first cycle with any transaction).
-    pub async fn frontier(conn: &mut DB::Connection) -> Result<(Option<NaiveDate>, Option<NaiveDate>), StoreError> {
+    pub async fn frontier(
+        conn: &mut DB::Connection,
+    ) -> Result<(Option<NaiveDate>, Option<NaiveDate>), StoreError> {
         use sqlx::Row;
         let row = sqlx::query(sql::FRONTIER).fetch_one(&mut *conn).await?;
         Ok((Self::date(row.try_get(0)?), Self::date(row.try_get(1)?)))
     }
 
     /// Points issued per partner in the cycle, net of earn reversals.
-    pub async fn issued(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn issued(
+        conn: &mut DB::Connection,
+        cycle: NaiveDate,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         use sqlx::Row;
-        let rows = sqlx::query(sql::ISSUED).bind(cycle.to_string()).fetch_all(&mut *conn).await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        let rows = sqlx::query(sql::ISSUED)
+            .bind(cycle.to_string())
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// The cycle's counts, from `cycle_totals` and the sweep.
     pub async fn counts(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<Counts, StoreError> {
         use sqlx::Row;
         let mut c = Counts::default();
-        for r in sqlx::query(sql::COUNTS).bind(cycle.to_string()).fetch_all(&mut *conn).await? {
+        for r in sqlx::query(sql::COUNTS)
+            .bind(cycle.to_string())
+            .fetch_all(&mut *conn)
+            .await?
+        {
             let kind: String = r.try_get(0)?;
             add_count(&mut c, &kind, r.try_get(1)?, r.try_get(2)?);
         }
-        c.expired = sqlx::query_scalar(sql::EXPIRED_IN).bind(cycle.to_string()).fetch_one(&mut *conn).await?;
+        c.expired = sqlx::query_scalar(sql::EXPIRED_IN)
+            .bind(cycle.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
         Ok(c)
     }
 
@@ -384,13 +470,24 @@ where
 
     /// Seals a cycle.
     pub async fn seal(conn: &mut DB::Connection, cycle: NaiveDate) -> Result<(), StoreError> {
-        sqlx::query(sql::SEAL).bind(cycle.to_string()).execute(&mut *conn).await?;
+        sqlx::query(sql::SEAL)
+            .bind(cycle.to_string())
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
     /// Finalizes a draft and returns the settlement.
-    pub async fn finalize(conn: &mut DB::Connection, cycle: NaiveDate, now: Micros) -> Result<Option<Stored>, StoreError> {
-        sqlx::query(sql::FINALIZE).bind(cycle.to_string()).bind(now).execute(&mut *conn).await?;
+    pub async fn finalize(
+        conn: &mut DB::Connection,
+        cycle: NaiveDate,
+        now: Micros,
+    ) -> Result<Option<Stored>, StoreError> {
+        sqlx::query(sql::FINALIZE)
+            .bind(cycle.to_string())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
         Self::settlement(conn, cycle).await
     }
 
@@ -415,9 +512,13 @@ where
     }
 
     /// Operators' overrides.
-    pub async fn overrides(conn: &mut DB::Connection) -> Result<Vec<super::PartnerOverride>, StoreError> {
+    pub async fn overrides(
+        conn: &mut DB::Connection,
+    ) -> Result<Vec<super::PartnerOverride>, StoreError> {
         use sqlx::Row;
-        let rows = sqlx::query(super::overrides_sql::LIST).fetch_all(&mut *conn).await?;
+        let rows = sqlx::query(super::overrides_sql::LIST)
+            .fetch_all(&mut *conn)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(super::PartnerOverride {
@@ -432,7 +533,10 @@ where
     }
 
     /// Stores an operator's override.
-    pub async fn save_override(conn: &mut DB::Connection, o: &super::PartnerOverride) -> Result<(), StoreError> {
+    pub async fn save_override(
+        conn: &mut DB::Connection,
+        o: &super::PartnerOverride,
+    ) -> Result<(), StoreError> {
         sqlx::query(super::overrides_sql::SAVE)
             .bind(o.partner.clone())
             .bind(o.per_second as i64)

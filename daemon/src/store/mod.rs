@@ -11,7 +11,9 @@ pub mod rows;
 pub mod sqlite;
 pub mod writer;
 
-use crate::ledger::{Kind, Lot, Micros, MemberLedger, Receipt, Refusal, Reversible, Allocation, Debt};
+use crate::ledger::{
+    Allocation, Debt, Kind, Lot, MemberLedger, Micros, Receipt, Refusal, Reversible,
+};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 
@@ -178,12 +180,18 @@ pub trait LedgerTx: Send {
     /// The cycle a transaction committed now belongs to: `now_cycle`, or the first cycle after
     /// the last one sealed by a clearing run if that is later. Holds off clearing runs (a shared
     /// lock) until the transaction ends.
-    async fn open_cycle(&mut self, now_cycle: chrono::NaiveDate) -> Result<chrono::NaiveDate, StoreError>;
+    async fn open_cycle(
+        &mut self,
+        now_cycle: chrono::NaiveDate,
+    ) -> Result<chrono::NaiveDate, StoreError>;
     /// Locks these members (sorted, so that batches of several daemons never deadlock) until the
     /// transaction ends. A backend with a single writer has nothing to lock.
     async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError>;
     /// Transactions by (partner, partner's id).
-    async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError>;
+    async fn find_transactions(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<TxnRecord>, StoreError>;
     /// Members with their lots that have points left and their open debts; locks them where the
     /// backend needs locks. Unknown members are absent.
     async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError>;
@@ -215,7 +223,11 @@ pub trait Store: Send + Sync {
     /// A member's open lots and debts, or `None` if the member never earned.
     async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError>;
     /// One of a partner's transactions by its own id.
-    async fn transaction(&self, partner: &str, partner_txn_id: &str) -> Result<Option<TxnRecord>, StoreError>;
+    async fn transaction(
+        &self,
+        partner: &str,
+        partner_txn_id: &str,
+    ) -> Result<Option<TxnRecord>, StoreError>;
     /// A partner's transactions with a member, newest first, strictly before `before`
     /// (accepted_at, id) if given.
     async fn activity(
@@ -231,13 +243,27 @@ pub trait Store: Send + Sync {
     async fn transaction_count(&self) -> Result<i64, StoreError>;
     /// Runs a clearing (see [`clearing::run`]) in one transaction. `Ok(None)`: skipped because
     /// another daemon is clearing.
-    async fn run_clearing(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError>;
+    async fn run_clearing(
+        &self,
+        plan: &clearing::Plan,
+    ) -> Result<Option<clearing::Stored>, clearing::ClearingError>;
     /// A stored settlement.
-    async fn settlement(&self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError>;
+    async fn settlement(
+        &self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<clearing::Stored>, StoreError>;
     /// Settlements strictly before `before` (all if `None`), newest first.
-    async fn settlements(&self, before: Option<chrono::NaiveDate>, limit: i64) -> Result<Vec<clearing::Stored>, StoreError>;
+    async fn settlements(
+        &self,
+        before: Option<chrono::NaiveDate>,
+        limit: i64,
+    ) -> Result<Vec<clearing::Stored>, StoreError>;
     /// Finalizes a draft (a final one is returned as it is); `None` if there is no settlement.
-    async fn finalize(&self, cycle: chrono::NaiveDate, now: Micros) -> Result<Option<clearing::Stored>, StoreError>;
+    async fn finalize(
+        &self,
+        cycle: chrono::NaiveDate,
+        now: Micros,
+    ) -> Result<Option<clearing::Stored>, StoreError>;
     /// The allocations behind a partner's amounts in a cycle.
     async fn statement_lines(
         &self,
@@ -251,7 +277,9 @@ pub trait Store: Send + Sync {
     /// Stores an override (replacing the partner's previous one).
     async fn save_partner_override(&self, o: &PartnerOverride) -> Result<(), StoreError>;
     /// (latest settled cycle, first cycle with any transaction).
-    async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError>;
+    async fn clearing_frontier(
+        &self,
+    ) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError>;
 }
 
 /// An operator's override of a partner's quota and status.
@@ -272,7 +300,8 @@ pub struct PartnerOverride {
 /// SQL of the overrides, shared by the backends.
 pub mod overrides_sql {
     /// All overrides.
-    pub const LIST: &str = "SELECT partner_id, per_second, burst, suspended, updated_at FROM partner_overrides";
+    pub const LIST: &str =
+        "SELECT partner_id, per_second, burst, suspended, updated_at FROM partner_overrides";
     /// Insert or replace one.
     pub const SAVE: &str = "INSERT INTO partner_overrides (partner_id, per_second, burst, suspended, updated_at) \
         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (partner_id) DO UPDATE SET per_second = excluded.per_second, \
@@ -280,7 +309,10 @@ pub mod overrides_sql {
 }
 
 /// The cycle a commit belongs to: the cycle of its instant, or the first one after the last sealed.
-pub fn first_open_cycle(now_cycle: chrono::NaiveDate, sealed_through: Option<&str>) -> chrono::NaiveDate {
+pub fn first_open_cycle(
+    now_cycle: chrono::NaiveDate,
+    sealed_through: Option<&str>,
+) -> chrono::NaiveDate {
     match sealed_through.and_then(|s| s.parse::<chrono::NaiveDate>().ok()) {
         Some(sealed) if sealed >= now_cycle => sealed.succ_opt().expect("date in range"),
         _ => now_cycle,
@@ -300,8 +332,12 @@ pub fn decode_slices(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
     }
     s.split(';')
         .map(|part| {
-            let (issuer, points) = part.split_once(':').ok_or_else(|| StoreError::Unavailable(format!("bad slices {s:?}")))?;
-            let points = points.parse().map_err(|_| StoreError::Unavailable(format!("bad slices {s:?}")))?;
+            let (issuer, points) = part
+                .split_once(':')
+                .ok_or_else(|| StoreError::Unavailable(format!("bad slices {s:?}")))?;
+            let points = points
+                .parse()
+                .map_err(|_| StoreError::Unavailable(format!("bad slices {s:?}")))?;
             Ok((issuer.to_string(), points))
         })
         .collect()
@@ -309,17 +345,21 @@ pub fn decode_slices(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
 
 /// Opens the writer's backend; awaited on the writer's own thread and runtime, so that its
 /// connections belong there.
-pub type OpenBackend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Box<dyn BatchBackend>, StoreError>> + Send>>;
+pub type OpenBackend = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Box<dyn BatchBackend>, StoreError>> + Send>,
+>;
 
 /// Opens the store a database URL names: the reader shared by calls, and the opener of the backend
 /// the writer owns.
 pub async fn open(url: &str) -> Result<(std::sync::Arc<dyn Store>, OpenBackend), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let (store, writer) = postgres::open(url).await?;
-        let writer: OpenBackend = Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
+        let writer: OpenBackend =
+            Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
         return Ok((std::sync::Arc::new(store), writer));
     }
     let (store, writer) = sqlite::open(url).await?;
-    let writer: OpenBackend = Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
+    let writer: OpenBackend =
+        Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
     Ok((std::sync::Arc::new(store), writer))
 }

@@ -4,7 +4,10 @@
 //! Serialization failures, deadlocks and unique-key races (two daemons taking the same new member or
 //! the same retried transaction id) roll the batch back and run it again, inside the daemon.
 
-use super::{audit, batch, clearing, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
+use super::{
+    BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes, audit, batch,
+    clearing,
+};
 use crate::ledger::{Allocation, Debt, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -34,7 +37,13 @@ fn options(url: &str, application: &str) -> Result<PgConnectOptions, StoreError>
 /// Connects, migrates, and returns the reader and the future that opens the writer.
 pub async fn open(
     url: &str,
-) -> Result<(PgStore, impl std::future::Future<Output = Result<PgBackend, StoreError>> + Send + 'static), StoreError> {
+) -> Result<
+    (
+        PgStore,
+        impl std::future::Future<Output = Result<PgBackend, StoreError>> + Send + 'static,
+    ),
+    StoreError,
+> {
     let read = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))
@@ -58,7 +67,9 @@ pub async fn open(
 /// Whether a failed batch lost a race that running it again resolves.
 fn retryable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("40001" | "40P01" | "23505")),
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("40001" | "40P01" | "23505"))
+        }
         _ => false,
     }
 }
@@ -72,7 +83,10 @@ impl PgBackend {
         let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let out = {
-            let mut ledger_tx = PgTx { conn: &mut tx, error: None };
+            let mut ledger_tx = PgTx {
+                conn: &mut tx,
+                error: None,
+            };
             match batch::apply(&mut ledger_tx, requests, ctx).await {
                 Ok(out) => out,
                 Err(_) => return Err(ledger_tx.error.take().unwrap_or(sqlx::Error::PoolClosed)),
@@ -145,7 +159,10 @@ fn txn_from(row: &PgRow) -> Result<TxnRecord, StoreError> {
     super::rows::Rows::<sqlx::Postgres>::txn(row)
 }
 
-async fn load_members(conn: &mut PgConnection, members: &[String]) -> Result<Vec<MemberLedger>, sqlx::Error> {
+async fn load_members(
+    conn: &mut PgConnection,
+    members: &[String],
+) -> Result<Vec<MemberLedger>, sqlx::Error> {
     let mut out: std::collections::HashMap<String, MemberLedger> = Default::default();
     for row in sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1)")
         .bind(members)
@@ -153,22 +170,33 @@ async fn load_members(conn: &mut PgConnection, members: &[String]) -> Result<Vec
         .await?
     {
         let m: String = row.get(0);
-        out.insert(m.clone(), MemberLedger { member: m, known: true, lots: vec![], debts: vec![] });
+        out.insert(
+            m.clone(),
+            MemberLedger {
+                member: m,
+                known: true,
+                lots: vec![],
+                debts: vec![],
+            },
+        );
     }
-    for row in sqlx::query("SELECT * FROM lots WHERE points_left > 0 AND member_id = ANY($1) ORDER BY id")
-        .bind(members)
-        .fetch_all(&mut *conn)
-        .await?
+    for row in
+        sqlx::query("SELECT * FROM lots WHERE points_left > 0 AND member_id = ANY($1) ORDER BY id")
+            .bind(members)
+            .fetch_all(&mut *conn)
+            .await?
     {
         let lot = lot_from(&row);
         if let Some(m) = out.get_mut(&lot.member) {
             m.lots.push(lot);
         }
     }
-    for row in sqlx::query("SELECT * FROM debts WHERE points_left > 0 AND member_id = ANY($1) ORDER BY txn_id")
-        .bind(members)
-        .fetch_all(&mut *conn)
-        .await?
+    for row in sqlx::query(
+        "SELECT * FROM debts WHERE points_left > 0 AND member_id = ANY($1) ORDER BY txn_id",
+    )
+    .bind(members)
+    .fetch_all(&mut *conn)
+    .await?
     {
         let d = debt_from(&row);
         if let Some(m) = out.get_mut(&d.member) {
@@ -180,25 +208,35 @@ async fn load_members(conn: &mut PgConnection, members: &[String]) -> Result<Vec
 
 #[async_trait]
 impl LedgerTx for PgTx<'_> {
-    async fn open_cycle(&mut self, now_cycle: chrono::NaiveDate) -> Result<chrono::NaiveDate, StoreError> {
+    async fn open_cycle(
+        &mut self,
+        now_cycle: chrono::NaiveDate,
+    ) -> Result<chrono::NaiveDate, StoreError> {
         // Shared: batches do not wait for each other, a clearing run (exclusive) waits for them.
-        let r = sqlx::query_scalar::<_, Option<String>>("SELECT sealed_through FROM clearing_state WHERE id = 1 FOR SHARE")
-            .fetch_one(&mut *self.conn)
-            .await;
+        let r = sqlx::query_scalar::<_, Option<String>>(
+            "SELECT sealed_through FROM clearing_state WHERE id = 1 FOR SHARE",
+        )
+        .fetch_one(&mut *self.conn)
+        .await;
         let sealed = r.map_err(|e| self.fail(e))?;
         Ok(super::first_open_cycle(now_cycle, sealed.as_deref()))
     }
 
     async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError> {
         // Sorted by the query, so two batches lock shared members in the same order.
-        let r = sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE")
-            .bind(members)
-            .fetch_all(&mut *self.conn)
-            .await;
+        let r = sqlx::query(
+            "SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
+        )
+        .bind(members)
+        .fetch_all(&mut *self.conn)
+        .await;
         r.map(|_| ()).map_err(|e| self.fail(e))
     }
 
-    async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError> {
+    async fn find_transactions(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<TxnRecord>, StoreError> {
         let (partners, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
         let r = sqlx::query(
             "SELECT t.* FROM UNNEST($1::text[], $2::text[]) AS k(partner_id, partner_txn_id) \
@@ -217,7 +255,10 @@ impl LedgerTx for PgTx<'_> {
     }
 
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError> {
-        let r = sqlx::query("SELECT * FROM lots WHERE id = ANY($1)").bind(ids).fetch_all(&mut *self.conn).await;
+        let r = sqlx::query("SELECT * FROM lots WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut *self.conn)
+            .await;
         Ok(r.map_err(|e| self.fail(e))?.iter().map(lot_from).collect())
     }
 
@@ -232,7 +273,10 @@ impl LedgerTx for PgTx<'_> {
         .await;
         Ok(r.map_err(|e| self.fail(e))?
             .iter()
-            .map(|row| Reversible { allocation: allocation_from(row), remaining: row.get("remaining") })
+            .map(|row| Reversible {
+                allocation: allocation_from(row),
+                remaining: row.get("remaining"),
+            })
             .collect())
     }
 
@@ -280,7 +324,11 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         let t = &w.new_txns;
         let amount: Vec<Option<Decimal>> = t
             .iter()
-            .map(|t| t.purchase.as_ref().map(|(a, _)| Decimal::from_str(a).expect("amount was a Decimal")))
+            .map(|t| {
+                t.purchase
+                    .as_ref()
+                    .map(|(a, _)| Decimal::from_str(a).expect("amount was a Decimal"))
+            })
             .collect();
         sqlx::query(
             "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
@@ -388,15 +436,23 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
 impl Store for PgStore {
     async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(load_members(&mut conn, &[member.to_string()]).await?.into_iter().next())
+        Ok(load_members(&mut conn, &[member.to_string()])
+            .await?
+            .into_iter()
+            .next())
     }
 
-    async fn transaction(&self, partner: &str, partner_txn_id: &str) -> Result<Option<TxnRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM transactions WHERE partner_id = $1 AND partner_txn_id = $2")
-            .bind(partner)
-            .bind(partner_txn_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn transaction(
+        &self,
+        partner: &str,
+        partner_txn_id: &str,
+    ) -> Result<Option<TxnRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM transactions WHERE partner_id = $1 AND partner_txn_id = $2")
+                .bind(partner)
+                .bind(partner_txn_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(txn_from).transpose()
     }
 
@@ -425,31 +481,49 @@ impl Store for PgStore {
     async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError> {
         let mut tx = self.pool.begin().await?;
         // One snapshot for every figure.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
         let report = audit::run::<sqlx::Postgres>(&mut tx, now).await?;
         tx.rollback().await?;
         Ok(report)
     }
 
     async fn transaction_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
-    async fn run_clearing(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
+    async fn run_clearing(
+        &self,
+        plan: &clearing::Plan,
+    ) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
         self.clearing_run(plan).await
     }
 
-    async fn settlement(&self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn settlement(
+        &self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::settlement(&mut c, cycle).await
     }
 
-    async fn settlements(&self, before: Option<chrono::NaiveDate>, limit: i64) -> Result<Vec<clearing::Stored>, StoreError> {
+    async fn settlements(
+        &self,
+        before: Option<chrono::NaiveDate>,
+        limit: i64,
+    ) -> Result<Vec<clearing::Stored>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::settlements(&mut c, before, limit).await
     }
 
-    async fn finalize(&self, cycle: chrono::NaiveDate, now: Micros) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn finalize(
+        &self,
+        cycle: chrono::NaiveDate,
+        now: Micros,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::finalize(&mut c, cycle, now).await
     }
@@ -459,8 +533,15 @@ impl Store for PgStore {
         cycle: chrono::NaiveDate,
         partner: &str,
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError> {
-        let rows = sqlx::query(clearing::sql::STATEMENT).bind(cycle.to_string()).bind(partner).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(super::rows::Rows::<sqlx::Postgres>::statement_line).collect::<Result<_, _>>()?)
+        let rows = sqlx::query(clearing::sql::STATEMENT)
+            .bind(cycle.to_string())
+            .bind(partner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(super::rows::Rows::<sqlx::Postgres>::statement_line)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError> {
@@ -478,7 +559,9 @@ impl Store for PgStore {
         clearing::SharedSql::<sqlx::Postgres>::save_override(&mut c, o).await
     }
 
-    async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
+    async fn clearing_frontier(
+        &self,
+    ) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::frontier(&mut c).await
     }
@@ -492,7 +575,6 @@ struct PgClearing<'c> {
 /// The advisory lock key of clearing runs ("CLR" + 1).
 const CLEARING_LOCK: i64 = 0x434c_5201;
 
-
 fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
     s.and_then(|s| s.parse().ok())
 }
@@ -501,21 +583,31 @@ fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
 impl clearing::ClearingTx for PgClearing<'_> {
     async fn lock_state(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
         // Exclusive: waits for batches in flight (they hold it shared), holds off new ones.
-        let s: Option<String> = sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *self.conn)
-            .await?;
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut *self.conn)
+                .await?;
         Ok(parse_cycle(s))
     }
 
     async fn try_exclusive(&mut self) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(CLEARING_LOCK).fetch_one(&mut *self.conn).await?)
+        Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(CLEARING_LOCK)
+            .fetch_one(&mut *self.conn)
+            .await?)
     }
 
-    async fn settlement(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn settlement(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         clearing::SharedSql::<sqlx::Postgres>::settlement(self.conn, cycle).await
     }
 
-    async fn latest_before(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn latest_before(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         clearing::SharedSql::<sqlx::Postgres>::latest_before(self.conn, cycle).await
     }
 
@@ -530,21 +622,35 @@ impl clearing::ClearingTx for PgClearing<'_> {
     async fn sweep(&mut self, before: Micros, cycle: chrono::NaiveDate) -> Result<i64, StoreError> {
         // Lock the members concerned, in order, as batches do: no batch holds one of their lots
         // half-way through a decision while the sweep empties it.
-        let members: Vec<String> =
-            sqlx::query_scalar(clearing::sql::EXPIRING_MEMBERS).bind(before).fetch_all(&mut *self.conn).await?;
+        let members: Vec<String> = sqlx::query_scalar(clearing::sql::EXPIRING_MEMBERS)
+            .bind(before)
+            .fetch_all(&mut *self.conn)
+            .await?;
         if members.is_empty() {
             return Ok(0);
         }
-        sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE")
-            .bind(&members)
-            .fetch_all(&mut *self.conn)
+        sqlx::query(
+            "SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
+        )
+        .bind(&members)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        let r = sqlx::query(clearing::sql::SWEEP)
+            .bind(before)
+            .bind(cycle.to_string())
+            .execute(&mut *self.conn)
             .await?;
-        let r = sqlx::query(clearing::sql::SWEEP).bind(before).bind(cycle.to_string()).execute(&mut *self.conn).await?;
         Ok(r.rows_affected() as i64)
     }
 
-    async fn slices(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
-        let rows = sqlx::query(clearing::sql::SLICES).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
+    async fn slices(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
+        let rows = sqlx::query(clearing::sql::SLICES)
+            .bind(cycle.to_string())
+            .fetch_all(&mut *self.conn)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| coalition_clearing::Slice {
@@ -561,7 +667,10 @@ impl clearing::ClearingTx for PgClearing<'_> {
         clearing::SharedSql::<sqlx::Postgres>::issued(self.conn, cycle).await
     }
 
-    async fn counts(&mut self, cycle: chrono::NaiveDate) -> Result<coalition_clearing::Counts, StoreError> {
+    async fn counts(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<coalition_clearing::Counts, StoreError> {
         clearing::SharedSql::<sqlx::Postgres>::counts(self.conn, cycle).await
     }
 
@@ -576,7 +685,10 @@ impl clearing::ClearingTx for PgClearing<'_> {
 
 impl PgStore {
     /// Clearing runs, finalizations and the rest, on the reader pool (these are rare writes).
-    async fn clearing_run(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
+    async fn clearing_run(
+        &self,
+        plan: &clearing::Plan,
+    ) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
         let result = clearing::run(&mut PgClearing { conn: &mut tx }, plan).await;
         match result {

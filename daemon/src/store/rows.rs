@@ -1,7 +1,7 @@
 //! Rows to domain types, once for both backends. The only difference between them is how money
 //! is stored: TEXT decimal strings on SQLite, NUMERIC on PostgreSQL ([`Money`]).
 
-use super::{decode_slices, StoreError, TxnRecord};
+use super::{StoreError, TxnRecord, decode_slices};
 use crate::ledger::{Allocation, Debt, Kind, Lot, Receipt};
 use rust_decimal::Decimal;
 use sqlx::Row;
@@ -16,7 +16,8 @@ pub trait Money: sqlx::Database {
 impl Money for sqlx::Sqlite {
     fn decimal(row: &Self::Row, col: &str) -> Result<Option<Decimal>, sqlx::Error> {
         let s: Option<String> = row.try_get(col)?;
-        s.map(|s| Decimal::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
+        s.map(|s| Decimal::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+            .transpose()
     }
 }
 
@@ -27,7 +28,10 @@ impl Money for sqlx::Postgres {
 }
 
 fn rate<DB: Money>(row: &DB::Row) -> Result<Decimal, sqlx::Error> {
-    DB::decimal(row, "rate")?.ok_or_else(|| sqlx::Error::ColumnDecode { index: "rate".into(), source: "NULL rate".into() })
+    DB::decimal(row, "rate")?.ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "rate".into(),
+        source: "NULL rate".into(),
+    })
 }
 
 /// Decodes rows of this backend's ledger tables.
@@ -92,7 +96,8 @@ where
     /// A `transactions` row, with its first answer.
     pub fn txn(row: &DB::Row) -> Result<TxnRecord, StoreError> {
         let kind: String = row.try_get("kind")?;
-        let kind = Kind::parse(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
+        let kind = Kind::parse(&kind)
+            .ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
         let amount = DB::decimal(row, "purchase_amount")?;
         let currency: Option<String> = row.try_get("purchase_currency")?;
         let slices: String = row.try_get("slices")?;
@@ -126,7 +131,9 @@ where
     }
 
     /// A statement line (the `clearing::sql::STATEMENT` columns).
-    pub fn statement_line(row: &DB::Row) -> Result<coalition_clearing::export::StatementLine, sqlx::Error> {
+    pub fn statement_line(
+        row: &DB::Row,
+    ) -> Result<coalition_clearing::export::StatementLine, sqlx::Error> {
         let points: i64 = row.try_get("points")?;
         let rate = rate::<DB>(row)?;
         Ok(coalition_clearing::export::StatementLine {

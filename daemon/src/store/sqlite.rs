@@ -2,11 +2,16 @@
 //! disk before any caller of its batch is answered. One connection writes (owned by the writer
 //! task, so there is never a second writer to wait for); a small pool reads.
 
-use super::{audit, batch, clearing, BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes};
+use super::{
+    BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes, audit, batch,
+    clearing,
+};
 use crate::ledger::{Allocation, Debt, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -48,14 +53,20 @@ fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
 /// opens the writer (awaited on the writer's own thread).
 pub async fn open(
     url: &str,
-) -> Result<(SqliteStore, impl std::future::Future<Output = Result<SqliteBackend, StoreError>> + Send + 'static), StoreError> {
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if let Some(dir) = std::path::Path::new(path).parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
-            }
-        }
+) -> Result<
+    (
+        SqliteStore,
+        impl std::future::Future<Output = Result<SqliteBackend, StoreError>> + Send + 'static,
+    ),
+    StoreError,
+> {
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
     }
     let opts = options(url)?;
     // The writer never checkpoints (that would stall every caller of its batch): a background
@@ -68,10 +79,14 @@ pub async fn open(
         .connect_with(opts.clone().read_only(true))
         .await?;
     let writer = async move {
-        let conn = SqliteConnection::connect_with(&opts.clone().pragma("wal_autocheckpoint", "0")).await?;
+        let conn =
+            SqliteConnection::connect_with(&opts.clone().pragma("wal_autocheckpoint", "0")).await?;
         let checkpointer = SqliteConnection::connect_with(&opts).await?;
         tokio::spawn(checkpoint_loop(checkpointer));
-        let mut backend = SqliteBackend { conn, ids: Counters::default() };
+        let mut backend = SqliteBackend {
+            conn,
+            ids: Counters::default(),
+        };
         backend.reload_counters().await?;
         Ok(backend)
     };
@@ -84,11 +99,16 @@ async fn checkpoint_loop(mut conn: SqliteConnection) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut conn).await {
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
+            .await
+        {
             Ok(row) => {
                 let (busy, log, done): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
                 if busy == 0 && log > 65_536 && log == done {
-                    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await;
+                    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(&mut conn)
+                        .await;
                 }
             }
             Err(e) => {
@@ -101,11 +121,9 @@ async fn checkpoint_loop(mut conn: SqliteConnection) {
 
 impl SqliteBackend {
     async fn reload_counters(&mut self) -> Result<(), StoreError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(MAX(id), 0) FROM transactions",
-        )
-        .fetch_one(&mut self.conn)
-        .await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM transactions")
+            .fetch_one(&mut self.conn)
+            .await?;
         self.ids = Counters { txn: row.get(0) };
         Ok(())
     }
@@ -119,9 +137,14 @@ impl BatchBackend for SqliteBackend {
         ctx: &batch::Context,
     ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
         // IMMEDIATE: take the write lock up front, never fail half-way with SQLITE_BUSY.
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
+            .await?;
         let result = {
-            let mut tx = SqliteTx { conn: &mut self.conn, ids: &mut self.ids };
+            let mut tx = SqliteTx {
+                conn: &mut self.conn,
+                ids: &mut self.ids,
+            };
             batch::apply(&mut tx, requests, ctx).await
         };
         if let (Ok(_), Some(pause)) = (&result, ctx.pause_before_commit) {
@@ -129,9 +152,15 @@ impl BatchBackend for SqliteBackend {
         }
         let decided = std::time::Instant::now();
         let result = match result {
-            Ok(out) => match sqlx::query("COMMIT").execute(&mut self.conn).await.inspect(|_| {
-                tracing::trace!(commit_micros = decided.elapsed().as_micros() as u64, "sqlite commit");
-            }) {
+            Ok(out) => match sqlx::query("COMMIT")
+                .execute(&mut self.conn)
+                .await
+                .inspect(|_| {
+                    tracing::trace!(
+                        commit_micros = decided.elapsed().as_micros() as u64,
+                        "sqlite commit"
+                    );
+                }) {
                 Ok(_) => Ok(out),
                 Err(e) => Err(StoreError::from(e)),
             },
@@ -169,7 +198,10 @@ fn lot_from(row: &SqliteRow) -> Lot {
 
 fn decimal(row: &SqliteRow, col: &str) -> Decimal {
     use super::rows::Money;
-    sqlx::Sqlite::decimal(row, col).ok().flatten().expect("stored decimals are written by this daemon")
+    sqlx::Sqlite::decimal(row, col)
+        .ok()
+        .flatten()
+        .expect("stored decimals are written by this daemon")
 }
 
 fn debt_from(row: &SqliteRow) -> Debt {
@@ -185,7 +217,10 @@ fn txn_from(row: &SqliteRow) -> Result<TxnRecord, StoreError> {
 }
 
 /// Loads members with open lots and debts over any executor (the writer's connection or the pool).
-async fn load_members(conn: &mut SqliteConnection, members: &[String]) -> Result<Vec<MemberLedger>, StoreError> {
+async fn load_members(
+    conn: &mut SqliteConnection,
+    members: &[String],
+) -> Result<Vec<MemberLedger>, StoreError> {
     let mut out: std::collections::HashMap<String, MemberLedger> = Default::default();
     for chunk in members.chunks(MAX_BINDS) {
         // Members and their open lots in one query: a member without open lots gives one row of NULLs.
@@ -196,14 +231,18 @@ async fn load_members(conn: &mut SqliteConnection, members: &[String]) -> Result
         in_list(&mut qb, chunk);
         for row in qb.build().fetch_all(&mut *conn).await? {
             let member: String = row.get("known_member");
-            let ledger = out
-                .entry(member.clone())
-                .or_insert_with(|| MemberLedger { member, known: true, lots: vec![], debts: vec![] });
+            let ledger = out.entry(member.clone()).or_insert_with(|| MemberLedger {
+                member,
+                known: true,
+                lots: vec![],
+                debts: vec![],
+            });
             if row.get::<Option<i64>, _>("id").is_some() {
                 ledger.lots.push(lot_from(&row));
             }
         }
-        let mut qb = QueryBuilder::new("SELECT * FROM debts WHERE points_left > 0 AND member_id IN ");
+        let mut qb =
+            QueryBuilder::new("SELECT * FROM debts WHERE points_left > 0 AND member_id IN ");
         in_list(&mut qb, chunk);
         qb.push(" ORDER BY txn_id");
         for row in qb.build().fetch_all(&mut *conn).await? {
@@ -218,7 +257,10 @@ async fn load_members(conn: &mut SqliteConnection, members: &[String]) -> Result
 
 #[async_trait]
 impl LedgerTx for SqliteTx<'_> {
-    async fn find_transactions(&mut self, keys: &[(String, String)]) -> Result<Vec<TxnRecord>, StoreError> {
+    async fn find_transactions(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<TxnRecord>, StoreError> {
         let mut out = Vec::new();
         for chunk in keys.chunks(MAX_BINDS / 2) {
             // CROSS JOIN pins the join order: one unique-index probe per key, never a scan.
@@ -253,7 +295,13 @@ impl LedgerTx for SqliteTx<'_> {
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError> {
         let mut qb = QueryBuilder::new("SELECT * FROM lots WHERE id IN ");
         in_list(&mut qb, ids);
-        Ok(qb.build().fetch_all(&mut *self.conn).await?.iter().map(lot_from).collect())
+        Ok(qb
+            .build()
+            .fetch_all(&mut *self.conn)
+            .await?
+            .iter()
+            .map(lot_from)
+            .collect())
     }
 
     async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError> {
@@ -269,14 +317,21 @@ impl LedgerTx for SqliteTx<'_> {
             .fetch_all(&mut *self.conn)
             .await?
             .iter()
-            .map(|row| Reversible { allocation: allocation_from(row), remaining: row.get("remaining") })
+            .map(|row| Reversible {
+                allocation: allocation_from(row),
+                remaining: row.get("remaining"),
+            })
             .collect())
     }
 
-    async fn open_cycle(&mut self, now_cycle: chrono::NaiveDate) -> Result<chrono::NaiveDate, StoreError> {
-        let sealed: Option<String> = sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
-            .fetch_one(&mut *self.conn)
-            .await?;
+    async fn open_cycle(
+        &mut self,
+        now_cycle: chrono::NaiveDate,
+    ) -> Result<chrono::NaiveDate, StoreError> {
+        let sealed: Option<String> =
+            sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
+                .fetch_one(&mut *self.conn)
+                .await?;
         Ok(super::first_open_cycle(now_cycle, sealed.as_deref()))
     }
 
@@ -384,9 +439,15 @@ impl LedgerTx for SqliteTx<'_> {
             qb.build().execute(&mut *conn).await?;
         }
         if !w.cycle_totals.is_empty() {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points) ");
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points) ",
+            );
             qb.push_values(&w.cycle_totals, |mut b, (p, k, n, pts)| {
-                b.push_bind(w.cycle.to_string()).push_bind(p).push_bind(*k).push_bind(n).push_bind(pts);
+                b.push_bind(w.cycle.to_string())
+                    .push_bind(p)
+                    .push_bind(*k)
+                    .push_bind(n)
+                    .push_bind(pts);
             });
             qb.push(
                 " ON CONFLICT (cycle, partner_id, kind) DO UPDATE SET transactions = cycle_totals.transactions + \
@@ -395,7 +456,8 @@ impl LedgerTx for SqliteTx<'_> {
             qb.build().execute(&mut *conn).await?;
         }
         for chunk in w.new_members.chunks(MAX_BINDS / 2) {
-            let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO members (member_id, first_seen) ");
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO members (member_id, first_seen) ");
             qb.push_values(chunk, |mut b, (m, seen)| {
                 b.push_bind(m).push_bind(seen);
             });
@@ -409,15 +471,23 @@ impl LedgerTx for SqliteTx<'_> {
 impl Store for SqliteStore {
     async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(load_members(&mut conn, &[member.to_string()]).await?.into_iter().next())
+        Ok(load_members(&mut conn, &[member.to_string()])
+            .await?
+            .into_iter()
+            .next())
     }
 
-    async fn transaction(&self, partner: &str, partner_txn_id: &str) -> Result<Option<TxnRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM transactions WHERE partner_id = ? AND partner_txn_id = ?")
-            .bind(partner)
-            .bind(partner_txn_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    async fn transaction(
+        &self,
+        partner: &str,
+        partner_txn_id: &str,
+    ) -> Result<Option<TxnRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM transactions WHERE partner_id = ? AND partner_txn_id = ?")
+                .bind(partner)
+                .bind(partner_txn_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(txn_from).transpose()
     }
 
@@ -453,12 +523,20 @@ impl Store for SqliteStore {
     }
 
     async fn transaction_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM transactions")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
-    async fn run_clearing(&self, plan: &clearing::Plan) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
+    async fn run_clearing(
+        &self,
+        plan: &clearing::Plan,
+    ) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
         let mut conn = self.clearing.lock().await;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(StoreError::from)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::from)?;
         let result = clearing::run(&mut SqliteClearing { conn: &mut conn }, plan).await;
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
         match sqlx::query(end).execute(&mut *conn).await {
@@ -470,17 +548,28 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn settlement(&self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn settlement(
+        &self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::settlement(&mut c, cycle).await
     }
 
-    async fn settlements(&self, before: Option<chrono::NaiveDate>, limit: i64) -> Result<Vec<clearing::Stored>, StoreError> {
+    async fn settlements(
+        &self,
+        before: Option<chrono::NaiveDate>,
+        limit: i64,
+    ) -> Result<Vec<clearing::Stored>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::settlements(&mut c, before, limit).await
     }
 
-    async fn finalize(&self, cycle: chrono::NaiveDate, now: Micros) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn finalize(
+        &self,
+        cycle: chrono::NaiveDate,
+        now: Micros,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         let mut conn = self.clearing.lock().await;
         clearing::SharedSql::<sqlx::Sqlite>::finalize(&mut conn, cycle, now).await
     }
@@ -490,8 +579,15 @@ impl Store for SqliteStore {
         cycle: chrono::NaiveDate,
         partner: &str,
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError> {
-        let rows = sqlx::query(clearing::sql::STATEMENT).bind(cycle.to_string()).bind(partner).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(super::rows::Rows::<sqlx::Sqlite>::statement_line).collect::<Result<_, _>>()?)
+        let rows = sqlx::query(clearing::sql::STATEMENT)
+            .bind(cycle.to_string())
+            .bind(partner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(super::rows::Rows::<sqlx::Sqlite>::statement_line)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError> {
@@ -509,7 +605,9 @@ impl Store for SqliteStore {
         clearing::SharedSql::<sqlx::Sqlite>::save_override(&mut conn, o).await
     }
 
-    async fn clearing_frontier(&self) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
+    async fn clearing_frontier(
+        &self,
+    ) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::frontier(&mut c).await
     }
@@ -521,7 +619,6 @@ struct SqliteClearing<'c> {
     conn: &'c mut SqliteConnection,
 }
 
-
 fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
     s.and_then(|s| s.parse().ok())
 }
@@ -530,9 +627,10 @@ fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
 impl clearing::ClearingTx for SqliteClearing<'_> {
     async fn lock_state(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
         // BEGIN IMMEDIATE already holds the write lock.
-        let s: Option<String> = sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
-            .fetch_one(&mut *self.conn)
-            .await?;
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
+                .fetch_one(&mut *self.conn)
+                .await?;
         Ok(parse_cycle(s))
     }
 
@@ -540,11 +638,17 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
         Ok(true)
     }
 
-    async fn settlement(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn settlement(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         clearing::SharedSql::<sqlx::Sqlite>::settlement(self.conn, cycle).await
     }
 
-    async fn latest_before(&mut self, cycle: chrono::NaiveDate) -> Result<Option<clearing::Stored>, StoreError> {
+    async fn latest_before(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<clearing::Stored>, StoreError> {
         clearing::SharedSql::<sqlx::Sqlite>::latest_before(self.conn, cycle).await
     }
 
@@ -557,12 +661,22 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
     }
 
     async fn sweep(&mut self, before: Micros, cycle: chrono::NaiveDate) -> Result<i64, StoreError> {
-        let r = sqlx::query(clearing::sql::SWEEP).bind(before).bind(cycle.to_string()).execute(&mut *self.conn).await?;
+        let r = sqlx::query(clearing::sql::SWEEP)
+            .bind(before)
+            .bind(cycle.to_string())
+            .execute(&mut *self.conn)
+            .await?;
         Ok(r.rows_affected() as i64)
     }
 
-    async fn slices(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
-        let rows = sqlx::query(clearing::sql::SLICES).bind(cycle.to_string()).fetch_all(&mut *self.conn).await?;
+    async fn slices(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
+        let rows = sqlx::query(clearing::sql::SLICES)
+            .bind(cycle.to_string())
+            .fetch_all(&mut *self.conn)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| coalition_clearing::Slice {
@@ -579,7 +693,10 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
         clearing::SharedSql::<sqlx::Sqlite>::issued(self.conn, cycle).await
     }
 
-    async fn counts(&mut self, cycle: chrono::NaiveDate) -> Result<coalition_clearing::Counts, StoreError> {
+    async fn counts(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<coalition_clearing::Counts, StoreError> {
         clearing::SharedSql::<sqlx::Sqlite>::counts(self.conn, cycle).await
     }
 

@@ -2,7 +2,7 @@
 //! queued (up to `max_batch`), applies it in one database transaction, commits once, and only then
 //! answers each caller. Under load many calls share one fsync; when idle a call commits alone.
 
-use super::{batch, BatchBackend, OpenBackend, Rejection, Request, StoreError};
+use super::{BatchBackend, OpenBackend, Rejection, Request, StoreError, batch};
 use crate::clock::Clock;
 use crate::ledger::{Micros, Receipt};
 use tokio::sync::{mpsc, oneshot};
@@ -36,7 +36,12 @@ pub struct WriterConfig {
     pub cycles: coalition_clearing::Cycles,
 }
 
-async fn run(mut backend: Box<dyn BatchBackend>, mut rx: mpsc::Receiver<Job>, config: WriterConfig, clock: Clock) {
+async fn run(
+    mut backend: Box<dyn BatchBackend>,
+    mut rx: mpsc::Receiver<Job>,
+    config: WriterConfig,
+    clock: Clock,
+) {
     let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
     while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
         let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
@@ -51,7 +56,12 @@ async fn run(mut backend: Box<dyn BatchBackend>, mut rx: mpsc::Receiver<Job>, co
         metrics::histogram!("coalition_write_batch_size").record(requests.len() as f64);
         metrics::histogram!("coalition_commit_seconds", "ok" => if result.is_ok() { "true" } else { "false" })
             .record(started.elapsed().as_secs_f64());
-        tracing::debug!(size = requests.len(), micros = started.elapsed().as_micros() as u64, ok = result.is_ok(), "batch");
+        tracing::debug!(
+            size = requests.len(),
+            micros = started.elapsed().as_micros() as u64,
+            ok = result.is_ok(),
+            "batch"
+        );
         match result {
             Ok(answers) => {
                 assert_eq!(answers.len(), jobs.len(), "one answer per request");
@@ -86,7 +96,10 @@ impl Writer {
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("writer runtime");
                 rt.block_on(async move {
                     match open.await {
                         Ok(backend) => {
@@ -111,7 +124,10 @@ impl Writer {
     /// Queues a request and waits until its batch is durable (or failed).
     pub async fn submit(&self, request: Request) -> Answer {
         let (reply, rx) = oneshot::channel();
-        self.queue.send(Job { request, reply }).await.map_err(|_| StoreError::ShuttingDown)?;
+        self.queue
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
 }
