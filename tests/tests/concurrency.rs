@@ -99,3 +99,73 @@ async fn concurrent_retries_apply_once(b: Backend) {
     assert_eq!(t.transactions().await, 1);
     t.assert_invariants().await;
 }
+
+backends!(a_request_the_database_refuses_does_not_fail_its_batch);
+
+/// A trigger makes the database refuse one member's transactions; requests that share its batch
+/// still succeed, and only the refused one fails (UNAVAILABLE, nothing applied).
+async fn a_request_the_database_refuses_does_not_fail_its_batch(b: Backend) {
+    use sqlx::Connection;
+    let t = TestDaemon::start(b).await;
+    match b {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&t.config.database_url)
+                .await
+                .unwrap();
+            sqlx::query(
+                "CREATE TRIGGER poison BEFORE INSERT ON transactions WHEN NEW.member_id = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&t.pg.as_ref().unwrap().url)
+                .await
+                .unwrap();
+            sqlx::query(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                 IF EXISTS (SELECT 1 FROM new_rows WHERE member_id = 'poison') THEN RAISE EXCEPTION 'poisoned by the test'; END IF; \
+                 RETURN NULL; END $$ LANGUAGE plpgsql",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+            sqlx::query(
+                "CREATE TRIGGER poison AFTER INSERT ON transactions REFERENCING NEW TABLE AS new_rows \
+                 FOR EACH STATEMENT EXECUTE FUNCTION poison()",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+        }
+    }
+    let air = t.partner("skyways").await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let mut c = air.clone();
+        let member = if i == 30 {
+            "poison".to_string()
+        } else {
+            format!("m{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            (i, c.earn(earn_bonus(&format!("e{i}"), &member, 10)).await)
+        }));
+    }
+    for task in tasks {
+        let (i, r) = task.await.unwrap();
+        if i == 30 {
+            let e = r.unwrap_err();
+            assert_eq!(
+                (e.code(), reason(&e).as_str()),
+                (tonic::Code::Unavailable, "STORAGE_UNAVAILABLE")
+            );
+        } else {
+            r.unwrap_or_else(|e| panic!("e{i} failed beside the refused request: {e:?}"));
+        }
+    }
+    assert_eq!(t.transactions().await, 59);
+    t.assert_invariants().await;
+}

@@ -84,7 +84,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             ApiError::Throttled { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
             ApiError::ReloadRefused(_) => (Code::FailedPrecondition, "TLS_RELOAD_REFUSED"),
-            ApiError::Store(StoreError::Unavailable(_)) => {
+            ApiError::Store(StoreError::Unavailable(_) | StoreError::Refused(_)) => {
                 (Code::Unavailable, "STORAGE_UNAVAILABLE")
             }
             ApiError::Store(StoreError::ShuttingDown) => (Code::Unavailable, "SHUTTING_DOWN"),

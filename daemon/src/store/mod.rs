@@ -24,6 +24,11 @@ pub enum StoreError {
     /// The database failed or is unreachable.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The database refused a statement (a constraint, a type): something in the batch, not the
+    /// connection. The writer then applies the batch's requests one by one, so that one such
+    /// request cannot fail its neighbours.
+    #[error("storage refused the batch: {0}")]
+    Refused(String),
     /// The daemon is shutting down and takes no more writes.
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -31,7 +36,21 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+        StoreError::from(&e)
+    }
+}
+
+impl From<&sqlx::Error> for StoreError {
+    fn from(e: &sqlx::Error) -> Self {
+        // A statement the database refused is something in the batch; a lost or shut-down
+        // connection (SQLSTATE classes 08 and 57) is not.
+        let connection = |code: &str| code.starts_with("08") || code.starts_with("57");
+        match e {
+            sqlx::Error::Database(d) if !d.code().as_deref().is_some_and(connection) => {
+                StoreError::Refused(e.to_string())
+            }
+            _ => StoreError::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -137,12 +137,6 @@ impl PgTx<'_> {
     }
 }
 
-impl From<&sqlx::Error> for StoreError {
-    fn from(e: &sqlx::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
-    }
-}
-
 fn lot_from(row: &PgRow) -> Lot {
     super::rows::Rows::<sqlx::Postgres>::lot(row).expect("a lots row")
 }

@@ -69,6 +69,25 @@ async fn run(
                     let _ = job.reply.send(Ok(answer));
                 }
             }
+            Err(StoreError::Refused(e)) if jobs.len() > 1 => {
+                // Something in the batch was refused: apply each request on its own, so that only
+                // the one at fault fails.
+                tracing::warn!(error = %e, size = jobs.len(), "batch refused; applying its requests one by one");
+                for job in jobs.drain(..) {
+                    let ctx = batch::Context {
+                        now: clock.now(),
+                        ..ctx
+                    };
+                    let answer = backend
+                        .apply_batch(std::slice::from_ref(&job.request), &ctx)
+                        .await;
+                    let answer = answer.map(|mut a| a.pop().expect("one answer per request"));
+                    if let Err(e) = &answer {
+                        tracing::error!(error = %e, transaction = %job.request.transaction_id, partner = %job.request.partner, "request refused by storage");
+                    }
+                    let _ = job.reply.send(answer);
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, size = jobs.len(), "batch failed, nothing of it applied");
                 for job in jobs.drain(..) {
