@@ -380,3 +380,41 @@ pub fn reason(status: &tonic::Status) -> String {
         .map(|i| i.reason)
         .unwrap_or_default()
 }
+
+/// The receipt of a call that must have succeeded: `client.burn(..).await.receipt()`.
+pub trait Answered {
+    /// Unwraps the call and its receipt, naming the status if it failed.
+    fn receipt(self) -> pb::Receipt;
+}
+
+macro_rules! answered {
+    ($($t:ty),*) => {$(
+        impl Answered for Result<tonic::Response<$t>, tonic::Status> {
+            fn receipt(self) -> pb::Receipt {
+                match self {
+                    Ok(r) => r.into_inner().receipt.expect("a receipt"),
+                    Err(e) => panic!("call failed: {e:?}"),
+                }
+            }
+        }
+    )*};
+}
+answered!(pb::EarnResponse, pb::BurnResponse, pb::ReverseResponse);
+
+/// A reversal of `points` (0: all that is left) of the burn `original`.
+pub fn reverse_burn(txn: &str, original: &str, points: i64) -> pb::ReverseBurnRequest {
+    pb::ReverseBurnRequest {
+        transaction_id: txn.into(),
+        original_transaction_id: original.into(),
+        points,
+    }
+}
+
+/// A reversal of `points` (0: all that is left) of the earn `original`.
+pub fn reverse_earn(txn: &str, original: &str, points: i64) -> pb::ReverseEarnRequest {
+    pb::ReverseEarnRequest {
+        transaction_id: txn.into(),
+        original_transaction_id: original.into(),
+        points,
+    }
+}

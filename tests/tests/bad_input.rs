@@ -37,18 +37,10 @@ async fn burn_call(mut c: PartnerClient, r: v1::BurnRequest) -> Result<(), Statu
     c.burn(r).await.map(|_| ())
 }
 fn rev_earn(original: &str, points: i64) -> v1::ReverseEarnRequest {
-    v1::ReverseEarnRequest {
-        transaction_id: "bad-r".into(),
-        original_transaction_id: original.into(),
-        points,
-    }
+    reverse_earn("bad-r", original, points)
 }
 fn rev_burn(original: &str, points: i64) -> v1::ReverseBurnRequest {
-    v1::ReverseBurnRequest {
-        transaction_id: "bad-r".into(),
-        original_transaction_id: original.into(),
-        points,
-    }
+    reverse_burn("bad-r", original, points)
 }
 
 /// How a row's client connects.

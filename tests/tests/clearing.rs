@@ -56,53 +56,30 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
     air.earn(earn_purchase("a1", "m1", "420.00")).await.unwrap(); // lot A: 420
     shop.earn(earn_purchase("s1", "m1", "85.40")).await.unwrap(); // lot S: 170
     food.earn(earn_bonus("f1", "m1", 250)).await.unwrap(); // lot F: 250
-    let r = air
-        .burn(burn("a2", "m1", 30))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = air.burn(burn("a2", "m1", 30)).await.receipt();
     assert_eq!(
         slices(&r),
         vec![("skyways".into(), 30)],
         "a self-redemption"
     );
-    let r = food
-        .burn(burn("f2", "m1", 500))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = food.burn(burn("f2", "m1", 500)).await.receipt();
     assert_eq!(
         slices(&r),
         vec![("skyways".into(), 390), ("freshmart".into(), 110)]
     );
     // freshmart takes 100 back: 60 from its lot, 40 short taken from bistro's lot, redeemed at freshmart.
     let r = shop
-        .reverse_earn(v1::ReverseEarnRequest {
-            transaction_id: "s2".into(),
-            original_transaction_id: "s1".into(),
-            points: 100,
-        })
+        .reverse_earn(reverse_earn("s2", "s1", 100))
         .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+        .receipt();
     assert_eq!(
         slices(&r),
         vec![("freshmart".into(), 60), ("bistro".into(), 40)]
     );
     // bistro refunds 200 of the dinner: freshmart's 110 first, then 90 of skyways'.
-    food.reverse_burn(v1::ReverseBurnRequest {
-        transaction_id: "f3".into(),
-        original_transaction_id: "f2".into(),
-        points: 200,
-    })
-    .await
-    .unwrap();
+    food.reverse_burn(reverse_burn("f3", "f2", 200))
+        .await
+        .unwrap();
 
     // The points liability per issuer and month of issue.
     let report = fin
@@ -316,13 +293,9 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
         (v1::SettlementStatus::Final as i32, s.digest.clone())
     );
     food.burn(burn("f4", "m1", 5)).await.unwrap();
-    food.reverse_burn(v1::ReverseBurnRequest {
-        transaction_id: "f5".into(),
-        original_transaction_id: "f2".into(),
-        points: 10,
-    })
-    .await
-    .unwrap();
+    food.reverse_burn(reverse_burn("f5", "f2", 10))
+        .await
+        .unwrap();
     let after = fin
         .run_clearing(v1::CycleRequest {
             cycle: d0.to_string(),

@@ -23,19 +23,13 @@ async fn earn_then_burn_across_partners_takes_soonest_expiry_first(b: Backend) {
     let r = air
         .earn(earn_purchase("a1", "m1", "100.00"))
         .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+        .receipt();
     assert_eq!((r.points, r.balance_after), (100, 100));
     t.clock.advance(Duration::from_secs(86_400));
     let r = shop
         .earn(earn_purchase("s1", "m1", "30.25"))
         .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+        .receipt();
     assert_eq!(r.points, 60, "2 points per EUR, floored");
     t.clock.advance(Duration::from_secs(86_400));
     food.earn(earn_bonus("f1", "m1", 40)).await.unwrap();
@@ -49,26 +43,14 @@ async fn earn_then_burn_across_partners_takes_soonest_expiry_first(b: Backend) {
     assert_eq!(bal.points, 200);
     assert_eq!(bal.next_expiry_points, 100, "the airline lot expires first");
     // Burn at the restaurant: the airline's lot (soonest expiry) first, then the supermarket's.
-    let r = food
-        .burn(burn("f2", "m1", 130))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = food.burn(burn("f2", "m1", 130)).await.receipt();
     assert_eq!(
         slices(&r),
         vec![("skyways".into(), 100), ("freshmart".into(), 30)]
     );
     assert_eq!(r.balance_after, 70);
     // And at the airline: the rest of the supermarket's lot, then the restaurant's own.
-    let r = air
-        .burn(burn("a2", "m1", 50))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = air.burn(burn("a2", "m1", 50)).await.receipt();
     assert_eq!(
         slices(&r),
         vec![("freshmart".into(), 30), ("bistro".into(), 20)]
@@ -109,18 +91,8 @@ async fn burn_reversals_partial_then_full(b: Backend) {
     t.clock.advance(Duration::from_secs(60));
     shop.earn(earn_bonus("s1", "m1", 100)).await.unwrap();
     food.burn(burn("f1", "m1", 150)).await.unwrap(); // 100 from skyways, 50 from freshmart
-    let rev = |id: &str, points| v1::ReverseBurnRequest {
-        transaction_id: id.into(),
-        original_transaction_id: "f1".into(),
-        points,
-    };
-    let r = food
-        .reverse_burn(rev("f2", 70))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let rev = |id: &str, points| reverse_burn(id, "f1", points);
+    let r = food.reverse_burn(rev("f2", 70)).await.receipt();
     assert_eq!(
         slices(&r),
         vec![("freshmart".into(), 50), ("skyways".into(), 20)],
@@ -132,13 +104,7 @@ async fn burn_reversals_partial_then_full(b: Backend) {
         (err.code(), reason(&err).as_str()),
         (Code::FailedPrecondition, "REVERSAL_EXCEEDS_REMAINING")
     );
-    let r = food
-        .reverse_burn(rev("f4", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = food.reverse_burn(rev("f4", 0)).await.receipt();
     assert_eq!(
         (r.points, r.balance_after),
         (80, 200),
@@ -181,31 +147,15 @@ async fn earn_reversal_shortfall_and_debt_repaid_by_next_earn(b: Backend) {
     shop.earn(earn_bonus("s1", "m1", 100)).await.unwrap();
     air.earn(earn_bonus("a1", "m1", 30)).await.unwrap();
     food.burn(burn("f1", "m1", 90)).await.unwrap(); // freshmart's lot is older: 10 left there
-    let rev = |id: &str, points| v1::ReverseEarnRequest {
-        transaction_id: id.into(),
-        original_transaction_id: "s1".into(),
-        points,
-    };
+    let rev = |id: &str, points| reverse_earn(id, "s1", points);
     // Partial: 5 from its own lot.
-    let r = shop
-        .reverse_earn(rev("s2", 5))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = shop.reverse_earn(rev("s2", 5)).await.receipt();
     assert_eq!(
         (slices(&r), r.balance_after),
         (vec![("freshmart".into(), 5)], 35)
     );
     // Full: 5 more from its own lot, 30 from skyways' lot (redeemed at freshmart), 60 as debt.
-    let r = shop
-        .reverse_earn(rev("s3", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = shop.reverse_earn(rev("s3", 0)).await.receipt();
     assert_eq!(r.points, 95);
     assert_eq!(
         slices(&r),
@@ -216,13 +166,7 @@ async fn earn_reversal_shortfall_and_debt_repaid_by_next_earn(b: Backend) {
     let err = food.burn(burn("f2", "m1", 1)).await.unwrap_err();
     assert_eq!(reason(&err), "INSUFFICIENT_POINTS");
     // The next earn pays the debt first.
-    let r = food
-        .earn(earn_bonus("f3", "m1", 100))
-        .await
-        .unwrap()
-        .into_inner()
-        .receipt
-        .unwrap();
+    let r = food.earn(earn_bonus("f3", "m1", 100)).await.receipt();
     assert_eq!((r.debt_repaid, r.balance_after), (60, 40));
     assert_eq!(t.balance("m1").await, (40, 0));
     t.assert_invariants().await;
@@ -259,11 +203,7 @@ async fn retries_are_idempotent_and_reuse_conflicts(b: Backend) {
     food.earn(earn_purchase("a1", "m1", "10.00")).await.unwrap();
     // A reversal retried is applied once.
     food.burn(burn("f1", "m1", 20)).await.unwrap();
-    let rev = v1::ReverseBurnRequest {
-        transaction_id: "f2".into(),
-        original_transaction_id: "f1".into(),
-        points: 5,
-    };
+    let rev = reverse_burn("f2", "f1", 5);
     let r1 = food.reverse_burn(rev.clone()).await.unwrap().into_inner();
     let r2 = food.reverse_burn(rev).await.unwrap().into_inner();
     assert_eq!(r1, r2);
