@@ -98,11 +98,24 @@ fn pain001_validates_against_its_schema() {
     let file = dir.join("payouts.xml");
     std::fs::write(&file, &xml).unwrap();
     let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/pain.001.001.09.xsd");
-    let out = std::process::Command::new("xmllint")
+    let out = match std::process::Command::new("xmllint")
         .args(["--noout", "--schema", schema])
         .arg(&file)
         .output()
-        .expect("xmllint must be installed (Debian: apt-get install libxml2-utils); .ci/run installs it");
+    {
+        Ok(out) => out,
+        Err(e) => {
+            // Like the PostgreSQL tests: loud skip on a developer's machine, a failure in CI.
+            if std::env::var("COALITION_REQUIRE_XMLLINT").is_ok_and(|v| v == "1") {
+                panic!("xmllint required (COALITION_REQUIRE_XMLLINT=1) but not runnable: {e}");
+            }
+            eprintln!(
+                "\n*** SKIPPED the XSD validation of pain.001: xmllint not found ({e}); apt-get install libxml2-utils ***\n"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+    };
     assert!(
         out.status.success(),
         "pain.001 does not validate:\n{}\n{xml}",
