@@ -441,13 +441,8 @@ impl Store for PgStore {
         partner: &str,
         partner_txn_id: &str,
     ) -> Result<Option<TxnRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT * FROM transactions WHERE partner_id = $1 AND partner_txn_id = $2")
-                .bind(partner)
-                .bind(partner_txn_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref().map(txn_from).transpose()
+        let mut c = self.pool.acquire().await?;
+        super::rows::TxnReads::<sqlx::Postgres>::transaction(&mut c, partner, partner_txn_id).await
     }
 
     async fn activity(
@@ -457,19 +452,9 @@ impl Store for PgStore {
         before: Option<(Micros, i64)>,
         limit: i64,
     ) -> Result<Vec<TxnRecord>, StoreError> {
-        let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
-        let rows = sqlx::query(
-            "SELECT * FROM transactions WHERE partner_id = $1 AND member_id = $2 AND (accepted_at, id) < ($3, $4) \
-             ORDER BY accepted_at DESC, id DESC LIMIT $5",
-        )
-        .bind(partner)
-        .bind(member)
-        .bind(at)
-        .bind(id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(txn_from).collect()
+        let mut c = self.pool.acquire().await?;
+        super::rows::TxnReads::<sqlx::Postgres>::activity(&mut c, partner, member, before, limit)
+            .await
     }
 
     async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError> {

@@ -149,3 +149,56 @@ where
         })
     }
 }
+
+/// The transaction reads of the partner API, once for both backends.
+pub struct TxnReads<DB>(std::marker::PhantomData<DB>);
+
+impl<DB> TxnReads<DB>
+where
+    DB: Money,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    i32: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Vec<u8>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
+{
+    /// One of a partner's transactions by its own id.
+    pub async fn transaction(
+        conn: &mut DB::Connection,
+        partner: &str,
+        partner_txn_id: &str,
+    ) -> Result<Option<TxnRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT * FROM transactions WHERE partner_id = $1 AND partner_txn_id = $2")
+                .bind(partner.to_string())
+                .bind(partner_txn_id.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+        row.as_ref().map(Rows::<DB>::txn).transpose()
+    }
+
+    /// A partner's transactions with a member, newest first, before (accepted_at, id) if given.
+    pub async fn activity(
+        conn: &mut DB::Connection,
+        partner: &str,
+        member: &str,
+        before: Option<(crate::ledger::Micros, i64)>,
+        limit: i64,
+    ) -> Result<Vec<TxnRecord>, StoreError> {
+        let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
+        let rows = sqlx::query(
+            "SELECT * FROM transactions WHERE partner_id = $1 AND member_id = $2 AND (accepted_at, id) < ($3, $4) \
+             ORDER BY accepted_at DESC, id DESC LIMIT $5",
+        )
+        .bind(partner.to_string())
+        .bind(member.to_string())
+        .bind(at)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter().map(Rows::<DB>::txn).collect()
+    }
+}

@@ -482,13 +482,8 @@ impl Store for SqliteStore {
         partner: &str,
         partner_txn_id: &str,
     ) -> Result<Option<TxnRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT * FROM transactions WHERE partner_id = ? AND partner_txn_id = ?")
-                .bind(partner)
-                .bind(partner_txn_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref().map(txn_from).transpose()
+        let mut c = self.pool.acquire().await?;
+        super::rows::TxnReads::<sqlx::Sqlite>::transaction(&mut c, partner, partner_txn_id).await
     }
 
     async fn activity(
@@ -498,19 +493,9 @@ impl Store for SqliteStore {
         before: Option<(Micros, i64)>,
         limit: i64,
     ) -> Result<Vec<TxnRecord>, StoreError> {
-        let (at, id) = before.unwrap_or((i64::MAX, i64::MAX));
-        let rows = sqlx::query(
-            "SELECT * FROM transactions WHERE partner_id = ? AND member_id = ? AND (accepted_at, id) < (?, ?) \
-             ORDER BY accepted_at DESC, id DESC LIMIT ?",
-        )
-        .bind(partner)
-        .bind(member)
-        .bind(at)
-        .bind(id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(txn_from).collect()
+        let mut c = self.pool.acquire().await?;
+        super::rows::TxnReads::<sqlx::Sqlite>::activity(&mut c, partner, member, before, limit)
+            .await
     }
 
     async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError> {
