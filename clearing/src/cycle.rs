@@ -2,6 +2,10 @@
 //! named by its business date D and closes at the cut-off of D (with a cut-off of 00:00, at the
 //! midnight that ends D, so the cycle is the calendar day D). Days of 23 or 25 hours are cycles like
 //! any other; a cut-off that falls in a DST gap moves to the first instant after the gap.
+//!
+//! The calendar is total over [`FIRST_CYCLE`]..=[`LAST_CYCLE`]: every date maths function returns an
+//! error outside that range instead of panicking, so a date typed by a person can never stop a
+//! clearing run half-way.
 
 use chrono::{Duration, NaiveDate, NaiveTime, TimeZone};
 use chrono_tz::Tz;
@@ -9,12 +13,31 @@ use chrono_tz::Tz;
 /// Unix microseconds, UTC.
 pub type Micros = i64;
 
-/// A cycle configuration problem.
+/// The earliest business date the calendar knows.
+pub const FIRST_CYCLE: NaiveDate = match NaiveDate::from_ymd_opt(2000, 1, 1) {
+    Some(d) => d,
+    None => panic!("a valid constant date"),
+};
+/// The latest business date the calendar knows.
+pub const LAST_CYCLE: NaiveDate = match NaiveDate::from_ymd_opt(2199, 12, 31) {
+    Some(d) => d,
+    None => panic!("a valid constant date"),
+};
+
+/// A cycle configuration problem, or a date outside the calendar.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CycleError {
     /// The cut-off is not a time of day.
     #[error("cut-off {0} minutes is not a time of day")]
     BadCutoff(u32),
+    /// A business date outside the calendar's range.
+    #[error(
+        "{0} is outside the business dates this coalition clears ({FIRST_CYCLE} to {LAST_CYCLE})"
+    )]
+    OutOfRange(NaiveDate),
+    /// An instant outside the calendar's range.
+    #[error("instant {0} µs is outside the calendar")]
+    InstantOutOfRange(Micros),
 }
 
 /// The cycle calendar: time zone and daily cut-off.
@@ -22,6 +45,28 @@ pub enum CycleError {
 pub struct Cycles {
     tz: Tz,
     cutoff: NaiveTime,
+}
+
+fn in_range(d: NaiveDate) -> Result<NaiveDate, CycleError> {
+    if (FIRST_CYCLE..=LAST_CYCLE).contains(&d) {
+        Ok(d)
+    } else {
+        Err(CycleError::OutOfRange(d))
+    }
+}
+
+/// The day after `d`, within the calendar.
+pub fn next_day(d: NaiveDate) -> Result<NaiveDate, CycleError> {
+    d.succ_opt()
+        .ok_or(CycleError::OutOfRange(d))
+        .and_then(in_range)
+}
+
+/// The day before `d`, within the calendar.
+pub fn previous_day(d: NaiveDate) -> Result<NaiveDate, CycleError> {
+    d.pred_opt()
+        .ok_or(CycleError::OutOfRange(d))
+        .and_then(in_range)
 }
 
 impl Cycles {
@@ -35,38 +80,47 @@ impl Cycles {
 
     /// The local wall time `date` `time` as an instant; in a DST gap, the first instant after it;
     /// when ambiguous (the hour repeated in autumn), the earlier.
-    fn instant(&self, date: NaiveDate, time: NaiveTime) -> Micros {
+    fn instant(&self, date: NaiveDate, time: NaiveTime) -> Result<Micros, CycleError> {
         let mut naive = date.and_time(time);
+        // No time zone has a gap of two hours; four half-hour steps always find an instant.
         for _ in 0..4 {
             if let Some(t) = self.tz.from_local_datetime(&naive).earliest() {
-                return t.timestamp_micros();
+                return Ok(t.timestamp_micros());
             }
             naive += Duration::minutes(30);
         }
-        unreachable!("no time zone has a gap of two hours")
+        Err(CycleError::OutOfRange(date))
     }
 
     /// The instant cycle `d` closes (exclusive end).
-    pub fn close(&self, d: NaiveDate) -> Micros {
+    pub fn close(&self, d: NaiveDate) -> Result<Micros, CycleError> {
+        let d = in_range(d)?;
         if self.cutoff == NaiveTime::MIN {
-            self.instant(d.succ_opt().expect("date in range"), self.cutoff)
+            let next = d.succ_opt().ok_or(CycleError::OutOfRange(d))?;
+            self.instant(next, self.cutoff)
         } else {
             self.instant(d, self.cutoff)
         }
     }
 
     /// The instant cycle `d` opens (inclusive start): the close of the day before.
-    pub fn open(&self, d: NaiveDate) -> Micros {
-        self.close(d.pred_opt().expect("date in range"))
+    pub fn open(&self, d: NaiveDate) -> Result<Micros, CycleError> {
+        let d = in_range(d)?;
+        let before = d.pred_opt().ok_or(CycleError::OutOfRange(d))?;
+        if self.cutoff == NaiveTime::MIN {
+            self.instant(d, self.cutoff)
+        } else {
+            self.instant(before, self.cutoff)
+        }
     }
 
     /// The cycle an instant belongs to: `open(d) <= at < close(d)`.
-    pub fn cycle_of(&self, at: Micros) -> NaiveDate {
+    pub fn cycle_of(&self, at: Micros) -> Result<NaiveDate, CycleError> {
         let local = self
             .tz
             .timestamp_micros(at)
             .single()
-            .expect("an instant has one local time")
+            .ok_or(CycleError::InstantOutOfRange(at))?
             .date_naive();
         for d in [
             local.pred_opt(),
@@ -77,16 +131,19 @@ impl Cycles {
         .into_iter()
         .flatten()
         {
-            if self.open(d) <= at && at < self.close(d) {
-                return d;
+            if let (Ok(open), Ok(close)) = (self.open(d), self.close(d))
+                && open <= at
+                && at < close
+            {
+                return Ok(d);
             }
         }
-        unreachable!("every instant is in one of the cycles around its local date")
+        Err(CycleError::InstantOutOfRange(at))
     }
 
     /// The latest cycle that has closed at `now` (its close <= now).
-    pub fn last_closed(&self, now: Micros) -> NaiveDate {
-        self.cycle_of(now).pred_opt().expect("date in range")
+    pub fn last_closed(&self, now: Micros) -> Result<NaiveDate, CycleError> {
+        previous_day(self.cycle_of(now)?)
     }
 }
 
@@ -101,22 +158,22 @@ mod tests {
     #[test]
     fn midnight_cutoff_cycles_are_calendar_days() {
         let c = Cycles::new(chrono_tz::Europe::Amsterdam, 0).unwrap();
-        let open = c.open(d("2026-11-22"));
+        let open = c.open(d("2026-11-22")).unwrap();
         assert_eq!(
             chrono::DateTime::from_timestamp_micros(open)
                 .unwrap()
                 .to_rfc3339(),
             "2026-11-21T23:00:00+00:00"
         );
-        assert_eq!(c.cycle_of(open), d("2026-11-22"));
-        assert_eq!(c.cycle_of(open - 1), d("2026-11-21"));
-        assert_eq!(c.close(d("2026-11-22")) - open, 86_400_000_000);
+        assert_eq!(c.cycle_of(open).unwrap(), d("2026-11-22"));
+        assert_eq!(c.cycle_of(open - 1).unwrap(), d("2026-11-21"));
+        assert_eq!(c.close(d("2026-11-22")).unwrap() - open, 86_400_000_000);
     }
 
     #[test]
     fn dst_days_are_23_and_25_hours() {
         let c = Cycles::new(chrono_tz::Europe::Amsterdam, 0).unwrap();
-        let hours = |s: &str| (c.close(d(s)) - c.open(d(s))) / 3_600_000_000;
+        let hours = |s: &str| (c.close(d(s)).unwrap() - c.open(d(s)).unwrap()) / 3_600_000_000;
         assert_eq!(hours("2026-03-29"), 23);
         assert_eq!(hours("2026-10-25"), 25);
         assert_eq!(hours("2026-10-26"), 24);
@@ -126,22 +183,41 @@ mod tests {
     fn evening_cutoff_closes_the_business_day() {
         let c = Cycles::new(chrono_tz::America::New_York, 22 * 60).unwrap();
         // 2026-11-22 21:59 local is in cycle 22nd, 22:00 starts the 23rd.
-        let close = c.close(d("2026-11-22"));
-        assert_eq!(c.cycle_of(close - 60_000_000), d("2026-11-22"));
-        assert_eq!(c.cycle_of(close), d("2026-11-23"));
+        let close = c.close(d("2026-11-22")).unwrap();
+        assert_eq!(c.cycle_of(close - 60_000_000).unwrap(), d("2026-11-22"));
+        assert_eq!(c.cycle_of(close).unwrap(), d("2026-11-23"));
     }
 
     #[test]
     fn a_cutoff_in_the_dst_gap_moves_past_it() {
         // 02:30 does not exist in Amsterdam on 2026-03-29.
         let c = Cycles::new(chrono_tz::Europe::Amsterdam, 2 * 60 + 30).unwrap();
-        let close = c.close(d("2026-03-29"));
+        let close = c.close(d("2026-03-29")).unwrap();
         assert_eq!(
             chrono::DateTime::from_timestamp_micros(close)
                 .unwrap()
                 .to_rfc3339(),
             "2026-03-29T01:00:00+00:00"
         );
-        assert_eq!(c.cycle_of(close), d("2026-03-30"));
+        assert_eq!(c.cycle_of(close).unwrap(), d("2026-03-30"));
+    }
+
+    #[test]
+    fn dates_outside_the_calendar_are_errors_not_panics() {
+        let c = Cycles::new(chrono_tz::Pacific::Apia, 0).unwrap();
+        for bad in [
+            NaiveDate::MAX,
+            NaiveDate::MIN,
+            d("0000-01-01"),
+            d("9999-12-31"),
+            d("1999-12-31"),
+        ] {
+            assert_eq!(c.close(bad), Err(CycleError::OutOfRange(bad)));
+            assert_eq!(c.open(bad), Err(CycleError::OutOfRange(bad)));
+        }
+        assert!(c.cycle_of(i64::MAX).is_err());
+        assert!(c.cycle_of(i64::MIN).is_err());
+        assert!(c.close(LAST_CYCLE).is_ok() && c.open(FIRST_CYCLE).is_ok());
+        assert!(next_day(LAST_CYCLE).is_err() && previous_day(FIRST_CYCLE).is_err());
     }
 }

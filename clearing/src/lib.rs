@@ -8,5 +8,5 @@ pub mod cycle;
 pub mod export;
 pub mod settle;
 
-pub use cycle::{CycleError, Cycles};
+pub use cycle::{CycleError, Cycles, FIRST_CYCLE, LAST_CYCLE, next_day, previous_day};
 pub use settle::*;

@@ -221,16 +221,46 @@ pub enum SettleError {
     /// An input names a participant not in `partners`.
     #[error("unknown participant {0:?}")]
     UnknownParticipant(String),
+    /// A rate or fee has more decimals than a settlement can carry exactly.
+    #[error("rate {0} has more than {MAX_RATE_DECIMALS} decimals")]
+    RateTooPrecise(Decimal),
+    /// An amount could not be computed exactly (Decimal would have rounded it silently).
+    #[error("an amount exceeds the 28 significant digits a settlement can carry exactly")]
+    Inexact,
+    /// The exact nets do not sum to zero: the inputs are inconsistent.
+    #[error("multilateral nets sum to {0}, not zero")]
+    Unbalanced(Decimal),
 }
 
+/// The most decimals a rate or fee may have. Values are points × rate, so they carry at most this
+/// many decimals too, and sums of them stay exact far beyond any realistic cycle.
+pub const MAX_RATE_DECIMALS: u32 = 8;
+
+/// `a + b`, exactly or not at all: Decimal's own addition lowers the scale silently when the
+/// result does not fit 96 bits, so the sum is done on the mantissas at the larger scale.
 fn add(a: Decimal, b: Decimal) -> Result<Decimal, SettleError> {
-    a.checked_add(b).ok_or(SettleError::Overflow)
+    let scale = a.scale().max(b.scale());
+    let at_scale = |d: Decimal| {
+        10i128
+            .checked_pow(scale - d.scale())
+            .and_then(|f| d.mantissa().checked_mul(f))
+            .ok_or(SettleError::Inexact)
+    };
+    let sum = at_scale(a)?
+        .checked_add(at_scale(b)?)
+        .ok_or(SettleError::Inexact)?;
+    Decimal::try_from_i128_with_scale(sum, scale).map_err(|_| SettleError::Inexact)
 }
 
+/// `points × rate`, exactly or not at all.
 fn value(points: i64, rate: Decimal) -> Result<Decimal, SettleError> {
-    Decimal::from(points)
-        .checked_mul(rate)
-        .ok_or(SettleError::Overflow)
+    if rate.scale() > MAX_RATE_DECIMALS {
+        return Err(SettleError::RateTooPrecise(rate));
+    }
+    let m = i128::from(points)
+        .checked_mul(rate.mantissa())
+        .ok_or(SettleError::Inexact)?;
+    Decimal::try_from_i128_with_scale(m, rate.scale()).map_err(|_| SettleError::Inexact)
 }
 
 /// Clears one cycle.
@@ -309,11 +339,10 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
     let exact_sum = positions
         .iter()
         .try_fold(Decimal::ZERO, |a, p| add(a, p.net_exact))?;
-    assert!(
-        exact_sum.is_zero(),
-        "multilateral nets must sum to zero exactly, got {exact_sum}"
-    );
-    round_positions(&mut positions, input.minor_units, input.rounding);
+    if !exact_sum.is_zero() {
+        return Err(SettleError::Unbalanced(exact_sum));
+    }
+    round_positions(&mut positions, input.minor_units, input.rounding)?;
 
     // Bilateral nets.
     let mut bilateral = Vec::new();
@@ -432,21 +461,27 @@ impl Settlement {
 
 /// Rounds each exact net to minor units, then spreads the residual one minor unit at a time by
 /// largest remainder (ties by participant id) so that the rounded nets sum to exactly zero.
-fn round_positions(positions: &mut [Position], minor_units: u32, rounding: Rounding) {
+fn round_positions(
+    positions: &mut [Position],
+    minor_units: u32,
+    rounding: Rounding,
+) -> Result<(), SettleError> {
     let unit = Decimal::new(1, minor_units);
     for p in positions.iter_mut() {
         p.net = p
             .net_exact
             .round_dp_with_strategy(minor_units, rounding.strategy());
     }
-    let residual: Decimal = positions.iter().map(|p| p.net).sum();
-    let steps = (residual / unit)
-        .abs()
-        .trunc()
-        .to_u64()
-        .expect("residual is a few minor units");
+    let residual = positions
+        .iter()
+        .try_fold(Decimal::ZERO, |a, p| add(a, p.net))?;
+    // Each net moved by less than one unit, so the residual is fewer units than participants.
+    let steps = (residual / unit).abs().trunc().to_u64().unwrap_or(u64::MAX);
+    if steps >= positions.len() as u64 {
+        return Err(SettleError::Unbalanced(residual));
+    }
     if steps == 0 {
-        return;
+        return Ok(());
     }
     // Residual > 0: rounding gave too much away; take a unit back from those rounded up the most.
     let mut order: Vec<usize> = (0..positions.len()).collect();
@@ -467,9 +502,10 @@ fn round_positions(positions: &mut [Position], minor_units: u32, rounding: Round
     } else {
         unit
     };
-    for &i in order.iter().cycle().take(steps as usize) {
+    for &i in order.iter().take(steps as usize) {
         positions[i].net += adjust;
     }
+    Ok(())
 }
 
 /// The canonical content: the settlement as JSON with its fields in declaration order, sorted

@@ -302,7 +302,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit { config } => {
             let config = Config::load(&config)?;
             let (store, _backend) = crate::store::open(&config.database_url).await?;
-            let report = store.audit(Clock::default().now()).await?;
+            let report = store
+                .audit(Clock::default().now(), &config.clearing_rules())
+                .await?;
             println!("{report}");
             if !report.ok() {
                 anyhow::bail!("ledger invariants violated");

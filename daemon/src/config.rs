@@ -74,6 +74,8 @@ struct RawClearing {
     scheduler: Option<bool>,
     settlement_account: Option<RawAccount>,
     operator_account: Option<RawAccount>,
+    first_cycle: Option<String>,
+    max_catch_up_cycles: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -108,6 +110,8 @@ struct RawLimits {
     handshake_timeout_ms: Option<u64>,
     /// Test hook (undocumented on purpose): pause between writing a batch and committing it.
     pause_before_commit_ms: Option<u64>,
+    /// Test hook (undocumented on purpose): panic inside the batch transaction for this member.
+    panic_on_member: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +178,12 @@ pub struct ClearingConfig {
     pub settlement_account: Option<coalition_clearing::export::Account>,
     /// The operator's account (receives issuance fees).
     pub operator_account: Option<coalition_clearing::export::Account>,
+    /// The coalition's first business day (`clearing.first_cycle`); without it, the cycle of the
+    /// first accepted transaction.
+    pub first_cycle: Option<chrono::NaiveDate>,
+    /// The most cycles the scheduler clears by itself in one catch-up; beyond, it waits for an
+    /// operator to confirm (`clearing.max_catch_up_cycles`, default 400).
+    pub max_catch_up_cycles: u32,
 }
 
 /// A settlement currency: its ISO 4217 code and minor-unit exponent.
@@ -266,6 +276,8 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Test hook: pause between writing a batch and committing it (`limits.pause_before_commit_ms`).
     pub pause_before_commit: Option<std::time::Duration>,
+    /// Test hook: panic inside the batch transaction for this member (`limits.panic_on_member`).
+    pub panic_on_member: Option<&'static str>,
     /// Clearing settings.
     pub clearing: ClearingConfig,
     /// Partners by id.
@@ -278,7 +290,9 @@ fn account(
     iban: &str,
     bic: &str,
 ) -> Result<coalition_clearing::export::Account, ConfigError> {
-    let iban_ok = iban.len() >= 5
+    // ASCII first: the checks below slice bytes, which must not split a character.
+    let iban_ok = iban.is_ascii()
+        && iban.len() >= 5
         && iban.len() <= 34
         && iban[..2].bytes().all(|b| b.is_ascii_uppercase())
         && iban[2..4].bytes().all(|b| b.is_ascii_digit())
@@ -289,7 +303,8 @@ fn account(
             format!("{iban:?} is not an IBAN"),
         ));
     }
-    let bic_ok = (bic.len() == 8 || bic.len() == 11)
+    let bic_ok = bic.is_ascii()
+        && (bic.len() == 8 || bic.len() == 11)
         && bic[..6].bytes().all(|b| b.is_ascii_uppercase())
         && bic[6..]
             .bytes()
@@ -319,11 +334,33 @@ pub fn valid_partner_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Largest rate, fee or earn rate per point (or per unit of money) the config accepts.
+pub const MAX_RATE: i64 = 1000;
+
+/// A rate: a plain decimal, not negative, below [`MAX_RATE`], with at most
+/// [`coalition_clearing::MAX_RATE_DECIMALS`] decimals, so that every amount a settlement
+/// computes from it is exact (Decimal would round silently past 28 digits).
 fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
     let d = Decimal::from_str(s)
         .map_err(|_| invalid(&key, format!("{s:?} is not a decimal number")))?;
     if d.is_sign_negative() {
         return Err(invalid(key, format!("{s} must not be negative")));
+    }
+    if d.scale() > coalition_clearing::MAX_RATE_DECIMALS {
+        return Err(invalid(
+            key,
+            format!(
+                "{s} has {} decimals; use at most {}",
+                d.scale(),
+                coalition_clearing::MAX_RATE_DECIMALS
+            ),
+        ));
+    }
+    if d >= Decimal::from(MAX_RATE) {
+        return Err(invalid(
+            key,
+            format!("{s} is too large; use less than {MAX_RATE}"),
+        ));
     }
     Ok(d)
 }
@@ -331,8 +368,27 @@ fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
 impl Config {
     /// The cycle calendar of this coalition.
     pub fn cycles(&self) -> coalition_clearing::Cycles {
+        // The cut-off was validated at load (`parse_hhmm` gives < 24 h); fall back to midnight
+        // rather than panic should that ever change.
         coalition_clearing::Cycles::new(self.time_zone, self.cutoff_minutes)
-            .expect("cut-off validated at load")
+            .or_else(|_| coalition_clearing::Cycles::new(self.time_zone, 0))
+            .unwrap_or_else(|_| unreachable!("midnight is a cut-off"))
+    }
+
+    /// The clearing rules every run and every audit of a settlement uses.
+    pub fn clearing_rules(&self) -> crate::store::clearing::Rules {
+        crate::store::clearing::Rules {
+            cycles: self.cycles(),
+            currency: self.currency.code.to_string(),
+            minor_units: self.currency.minor_units,
+            rounding: self.clearing.rounding,
+            partners: self
+                .partners
+                .values()
+                .map(|p| (p.id.clone(), p.issuance_fee))
+                .collect(),
+            first_cycle: self.clearing.first_cycle,
+        }
     }
 
     /// Reads and validates a config file. Relative paths in it are taken from the file's folder.
@@ -450,8 +506,14 @@ impl Config {
                 None => Decimal::ZERO,
             };
             let max_bonus_points = p.max_bonus_points.unwrap_or(100_000);
-            if max_bonus_points < 0 {
-                return Err(invalid(key("max_bonus_points"), "must not be negative"));
+            if !(0..=crate::ledger::MAX_POINTS_PER_TRANSACTION).contains(&max_bonus_points) {
+                return Err(invalid(
+                    key("max_bonus_points"),
+                    format!(
+                        "use 0..={} points",
+                        crate::ledger::MAX_POINTS_PER_TRANSACTION
+                    ),
+                ));
             }
             if p.rate_limit.per_second == 0 {
                 return Err(invalid(key("rate_limit.per_second"), "must be at least 1"));
@@ -511,6 +573,11 @@ impl Config {
                 .limits
                 .pause_before_commit_ms
                 .map(std::time::Duration::from_millis),
+            // Leaked once per config load: a test hook, never set in production.
+            panic_on_member: raw
+                .limits
+                .panic_on_member
+                .map(|m| &*Box::leak(m.into_boxed_str())),
             clearing: ClearingConfig {
                 rounding: match raw
                     .clearing
@@ -540,6 +607,19 @@ impl Config {
                     .operator_account
                     .map(|a| account("clearing.operator_account", &a.name, &a.iban, &a.bic))
                     .transpose()?,
+                first_cycle: raw
+                    .clearing
+                    .first_cycle
+                    .as_deref()
+                    .map(|s| {
+                        crate::api::validate::cycle("clearing.first_cycle", s)
+                            .map_err(|e| invalid("clearing.first_cycle", e.to_string()))
+                    })
+                    .transpose()?,
+                max_catch_up_cycles: match raw.clearing.max_catch_up_cycles.unwrap_or(400) {
+                    n @ 1..=100_000 => n,
+                    _ => return Err(invalid("clearing.max_catch_up_cycles", "use 1..=100000")),
+                },
             },
             partners,
         })

@@ -22,7 +22,7 @@ pub struct Daemon {
     pub clock: Clock,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    writer: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<Result<(), store::StoreError>>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -53,6 +53,7 @@ impl Daemon {
                 queue_depth: config.queue_depth,
                 expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),
                 pause_before_commit: config.pause_before_commit,
+                panic_on_member: config.panic_on_member,
                 cycles: config.cycles(),
             },
             clock.clone(),
@@ -108,11 +109,13 @@ impl Daemon {
         }
         let served = self.server.await?;
         // The server dropped the last writer handles: the writer drains its queue and ends.
-        self.writer.await?;
+        self.writer.await??;
         served
     }
 
-    /// Runs until SIGTERM or Ctrl-C (then drains and stops) or until the server fails.
+    /// Runs until SIGTERM or Ctrl-C (then drains and stops), or until the server or the ledger
+    /// writer fails: a daemon that cannot write stops loudly rather than answer every write
+    /// `UNAVAILABLE` while looking healthy.
     pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
         tokio::select! {
             _ = shutdown_signal() => {
@@ -120,6 +123,13 @@ impl Daemon {
                 self.shutdown().await
             }
             r = &mut self.server => r?,
+            w = &mut self.writer => {
+                let _ = self.shutdown.send(true);
+                match w? {
+                    Ok(()) => anyhow::bail!("the ledger writer stopped unexpectedly"),
+                    Err(e) => Err(e.into()),
+                }
+            }
         }
     }
 }

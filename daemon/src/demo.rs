@@ -136,6 +136,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         config.partners.len()
     );
     let config_cycles = config.cycles();
+    let rules = config.clearing_rules();
     let daemon = Daemon::start(config, Clock::default()).await?;
     let addr = daemon.addr.to_string();
     println!(
@@ -256,8 +257,8 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     // The day ends: move the demo's clock past the cut-off and clear the cycle as finance would.
     let cycles = config_cycles;
-    let today = cycles.cycle_of(daemon.clock.now());
-    let close = cycles.close(today);
+    let today = cycles.cycle_of(daemon.clock.now())?;
+    let close = cycles.close(today)?;
     daemon.clock.advance(std::time::Duration::from_micros(
         (close - daemon.clock.now() + 1_000_000) as u64,
     ));
@@ -276,7 +277,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         .await?
         .into_inner();
     crate::finance_cli::print_settlement(&settlement);
-    let report = daemon.store.audit(daemon.clock.now()).await?;
+    let report = daemon.store.audit(daemon.clock.now(), &rules).await?;
     println!("\nLedger audit:\n{report}");
     daemon.shutdown().await?;
     anyhow::ensure!(report.ok(), "ledger invariants violated");

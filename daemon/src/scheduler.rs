@@ -29,10 +29,10 @@ pub async fn run(shared: Shared, mut stop: watch::Receiver<bool>) {
 pub async fn catch_up(shared: &Shared) -> anyhow::Result<()> {
     let now = shared.clock.now();
     let grace = shared.config.clearing.grace.as_micros() as i64;
-    let target = shared.config.cycles().last_closed(now - grace);
+    let target = shared.config.cycles().last_closed(now - grace)?;
     let (latest, first) = shared.store.clearing_frontier().await?;
     let mut cycle = match (latest, first) {
-        (Some(l), _) => l.succ_opt().expect("date in range"),
+        (Some(l), _) => coalition_clearing::next_day(l)?,
         (None, Some(f)) => f,
         (None, None) => return Ok(()),
     };
@@ -52,7 +52,7 @@ pub async fn catch_up(shared: &Shared) -> anyhow::Result<()> {
             }
             None => return Ok(()), // another daemon is clearing
         }
-        cycle = cycle.succ_opt().expect("date in range");
+        cycle = coalition_clearing::next_day(cycle)?;
     }
     Ok(())
 }

@@ -101,7 +101,10 @@ async fn sigterm_drains_and_nothing_is_lost_or_doubled() {
     }
     assert_eq!(store.transaction_count().await.unwrap(), n as i64);
     let report = store
-        .audit(coalitiond::clock::Clock::default().now())
+        .audit(
+            coalitiond::clock::Clock::default().now(),
+            &config.clearing_rules(),
+        )
         .await
         .unwrap();
     assert!(report.ok(), "{report}");

@@ -270,6 +270,57 @@ impl TestDaemon {
         OperatorClient::new(connect(&self.addr, &pem).await.expect("connect"))
     }
 
+    /// Moves the daemon's clock forward to at least `at` (wall time keeps running after it).
+    pub fn advance_to(&self, at: i64) {
+        let now = self.clock.now();
+        if at > now {
+            self.clock
+                .advance(std::time::Duration::from_micros((at - now) as u64));
+        }
+    }
+
+    /// Runs the clearing of `cycle` as finance, returning the settlement or the status.
+    pub async fn clear(&self, cycle: chrono::NaiveDate) -> Result<v1::Settlement, tonic::Status> {
+        self.finance()
+            .await
+            .run_clearing(v1::CycleRequest {
+                cycle: cycle.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Runs one SQL statement on the test's database straight, bypassing the daemon (to tamper
+    /// with the ledger in tests of the audit). Returns the rows affected.
+    pub async fn execute_sql(&self, statement: &str) -> u64 {
+        use sqlx::Connection;
+        let url = &self.config.database_url;
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query(statement)
+                .execute(&mut c)
+                .await
+                .expect("statement runs")
+                .rows_affected()
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+            sqlx::query(statement)
+                .execute(&mut c)
+                .await
+                .expect("statement runs")
+                .rows_affected()
+        }
+    }
+
+    /// The audit's report (invariants and every settlement recomputed).
+    pub async fn audit(&self) -> coalitiond::store::audit::Report {
+        self.daemon()
+            .store
+            .audit(self.clock.now(), &self.config.clearing_rules())
+            .await
+            .expect("audit runs")
+    }
+
     /// Where the daemon serves /metrics.
     pub fn metrics_addr(&self) -> std::net::SocketAddr {
         self.daemon().metrics_addr.expect("metrics served")
@@ -280,7 +331,7 @@ impl TestDaemon {
         let report = self
             .daemon()
             .store
-            .audit(self.clock.now())
+            .audit(self.clock.now(), &self.config.clearing_rules())
             .await
             .expect("audit runs");
         assert!(report.ok(), "ledger invariants violated:\n{report}");

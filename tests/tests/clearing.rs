@@ -44,7 +44,7 @@ fn position(s: &v1::Settlement, p: &str) -> (String, String) {
 async fn a_day_is_cleared_to_the_cent(b: Backend) {
     let t = TestDaemon::start_with(b, fast_clearing).await;
     let cycles = t.config.cycles();
-    let d0 = cycles.cycle_of(t.clock.now());
+    let d0 = cycles.cycle_of(t.clock.now()).unwrap();
     let (mut air, mut shop, mut food) = (
         t.partner("skyways").await,
         t.partner("freshmart").await,
@@ -131,7 +131,7 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
     );
 
     // The cut-off passes; a late transaction lands in the next cycle.
-    let close = cycles.close(d0);
+    let close = cycles.close(d0).unwrap();
     t.clock.advance(Duration::from_micros(
         (close - t.clock.now() + 1_000_000) as u64,
     ));
@@ -308,7 +308,7 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
     // The next day: what was left of the day's lots expires as breakage in it, and it chains to d0.
     let d1 = d0.succ_opt().unwrap();
     t.clock.advance(Duration::from_micros(
-        (cycles.close(d1) - t.clock.now() + 1_000_000) as u64,
+        (cycles.close(d1).unwrap() - t.clock.now() + 1_000_000) as u64,
     ));
     let s1 = wait_for_settlement(&mut fin, &d1.to_string()).await;
     assert_eq!(s1.previous_digest, s.digest);
@@ -325,7 +325,7 @@ backends!(a_restarted_daemon_clears_the_cycles_it_missed_in_order);
 async fn a_restarted_daemon_clears_the_cycles_it_missed_in_order(b: Backend) {
     let mut t = TestDaemon::start_with(b, fast_clearing).await;
     let cycles = t.config.cycles();
-    let d0 = cycles.cycle_of(t.clock.now());
+    let d0 = cycles.cycle_of(t.clock.now()).unwrap();
     let mut air = t.partner("skyways").await;
     let mut food = t.partner("bistro").await;
     air.earn(earn_bonus("a1", "m1", 100)).await.unwrap();
@@ -334,7 +334,7 @@ async fn a_restarted_daemon_clears_the_cycles_it_missed_in_order(b: Backend) {
     // Down for two cut-offs.
     let d1 = d0.succ_opt().unwrap();
     t.clock.advance(Duration::from_micros(
-        (cycles.close(d1) - t.clock.now() + 1_000_000) as u64,
+        (cycles.close(d1).unwrap() - t.clock.now() + 1_000_000) as u64,
     ));
     t.restart().await;
     let mut fin = t.finance().await;
@@ -368,7 +368,7 @@ async fn two_daemons_clear_each_cycle_once() {
     let t = TestDaemon::start_with(Backend::Postgres, fast_clearing).await;
     let second = t.start_another().await;
     let cycles = t.config.cycles();
-    let d0 = cycles.cycle_of(t.clock.now());
+    let d0 = cycles.cycle_of(t.clock.now()).unwrap();
     let mut a = t.partner("skyways").await;
     let mut b = PartnerClient::new(
         coalitiond::client::connect(&second.addr.to_string(), &t.partner_pem("bistro"))
@@ -379,7 +379,7 @@ async fn two_daemons_clear_each_cycle_once() {
     b.burn(burn("b1", "m1", 10)).await.unwrap();
     // Both daemons see the cut-off pass at once (one shared clock) and both schedulers race.
     t.clock.advance(Duration::from_micros(
-        (cycles.close(d0) - t.clock.now() + 1_000_000) as u64,
+        (cycles.close(d0).unwrap() - t.clock.now() + 1_000_000) as u64,
     ));
     let mut fin = t.finance().await;
     let s = wait_for_settlement(&mut fin, &d0.to_string()).await;

@@ -51,9 +51,9 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
     air.earn(earn_bonus("a1", "m1", 100)).await.unwrap();
     food.burn(burn("f1", "m1", 40)).await.unwrap();
     let cycles = t.config.cycles();
-    let d0 = cycles.cycle_of(t.clock.now());
+    let d0 = cycles.cycle_of(t.clock.now()).unwrap();
     t.clock.advance(std::time::Duration::from_micros(
-        (cycles.close(d0) - t.clock.now() + 1_000_000) as u64,
+        (cycles.close(d0).unwrap() - t.clock.now() + 1_000_000) as u64,
     ));
     let config = t.dir.path().join("coalition.toml");
     let out = t.dir.path().join("payouts.xml");

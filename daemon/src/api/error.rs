@@ -88,12 +88,18 @@ impl ApiError {
                 (Code::Unavailable, "STORAGE_UNAVAILABLE")
             }
             ApiError::Store(StoreError::ShuttingDown) => (Code::Unavailable, "SHUTTING_DOWN"),
+            ApiError::Store(StoreError::Corrupt(_)) => (Code::Internal, "STORAGE_CORRUPT"),
             ApiError::Clearing(c) => {
                 use crate::store::clearing::ClearingError as C;
                 match c {
                     C::NotClosed { .. } => (Code::FailedPrecondition, "CYCLE_NOT_CLOSED"),
                     C::OutOfOrder { .. } => (Code::FailedPrecondition, "EARLIER_CYCLE_NOT_CLEARED"),
                     C::Settle(..) => (Code::FailedPrecondition, "SETTLEMENT_FAILED"),
+                    C::Calendar(..) => (Code::InvalidArgument, "MALFORMED_CYCLE"),
+                    C::ChainedDraftWouldChange { .. } => {
+                        (Code::FailedPrecondition, "DRAFT_ALREADY_CHAINED")
+                    }
+                    C::Store(StoreError::Corrupt(_)) => (Code::Internal, "STORAGE_CORRUPT"),
                     C::Store(_) => (Code::Unavailable, "STORAGE_UNAVAILABLE"),
                 }
             }

@@ -23,34 +23,17 @@ impl FinanceApi {
     }
 }
 
-/// Parses a cycle field (`YYYY-MM-DD`).
+/// Parses a cycle field (`YYYY-MM-DD`, within the calendar).
 pub fn parse_cycle(field: &'static str, s: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
-        ApiError::field(
-            field,
-            "MALFORMED_CYCLE",
-            format!("{s:?} is not a business date like 2026-11-21"),
-        )
-    })
+    super::validate::cycle(field, s)
 }
 
 /// The clearing plan for `cycle` under this daemon's config.
 pub fn plan(shared: &Shared, cycle: NaiveDate, skip_if_busy: bool) -> Plan {
-    let c = &shared.config;
-    Plan {
-        cycle,
-        now: shared.clock.now(),
-        cycles: c.cycles(),
-        currency: c.currency.code.to_string(),
-        minor_units: c.currency.minor_units,
-        rounding: c.clearing.rounding,
-        partners: c
-            .partners
-            .values()
-            .map(|p| (p.id.clone(), p.issuance_fee))
-            .collect(),
-        skip_if_busy,
-    }
+    shared
+        .config
+        .clearing_rules()
+        .plan(cycle, shared.clock.now(), skip_if_busy)
 }
 
 fn status_pb(s: Status) -> pb::SettlementStatus {
@@ -182,7 +165,12 @@ pub async fn run(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> 
         .store
         .run_clearing(&plan(shared, cycle, false))
         .await?;
-    Ok(s.expect("a run that may wait is never skipped"))
+    // A run that may wait is never skipped; if a backend ever did, say so rather than panic.
+    s.ok_or_else(|| {
+        ApiError::Store(crate::store::StoreError::Unavailable(
+            "another daemon is clearing; try again".into(),
+        ))
+    })
 }
 
 /// The points liability per issuer and month of issue (in the coalition's time zone), at `now`.

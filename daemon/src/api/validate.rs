@@ -113,6 +113,13 @@ pub fn purchase_points(amount: Decimal, partner: &Partner) -> Result<i64, ApiErr
                 "earns more points than the ledger can hold",
             )
         })?;
+    if points > MAX_POINTS {
+        return Err(ApiError::field(
+            "purchase.amount",
+            "POINTS_OVERFLOW",
+            format!("earns {points} points; one transaction may move at most {MAX_POINTS}"),
+        ));
+    }
     if points < 1 {
         return Err(ApiError::field(
             "purchase.amount",
@@ -148,7 +155,7 @@ pub fn bonus(points: i64, partner: &Partner) -> Result<i64, ApiError> {
     Ok(points)
 }
 
-/// Points of a burn: at least 1.
+/// Points of a burn: 1..=[`MAX_POINTS`].
 pub fn burn_points(points: i64) -> Result<i64, ApiError> {
     if points < 1 {
         return Err(ApiError::field(
@@ -157,10 +164,10 @@ pub fn burn_points(points: i64) -> Result<i64, ApiError> {
             format!("{points} is not a positive number of points"),
         ));
     }
-    Ok(points)
+    at_most_max("points", points)
 }
 
-/// Points of a reversal: 0 (everything left) or more.
+/// Points of a reversal: 0 (everything left) or more, up to [`MAX_POINTS`].
 pub fn reversal_points(points: i64) -> Result<i64, ApiError> {
     if points < 0 {
         return Err(ApiError::field(
@@ -169,12 +176,116 @@ pub fn reversal_points(points: i64) -> Result<i64, ApiError> {
             format!("{points} is negative; use 0 to reverse everything left"),
         ));
     }
+    at_most_max("points", points)
+}
+
+/// The most points one transaction may move.
+pub const MAX_POINTS: i64 = crate::ledger::MAX_POINTS_PER_TRANSACTION;
+
+fn at_most_max(field: &'static str, points: i64) -> Result<i64, ApiError> {
+    if points > MAX_POINTS {
+        return Err(ApiError::field(
+            field,
+            "POINTS_OVERFLOW",
+            format!("{points} points; one transaction may move at most {MAX_POINTS}"),
+        ));
+    }
     Ok(points)
+}
+
+/// A business date (`YYYY-MM-DD`, four-digit year) within the calendar the coalition clears.
+pub fn cycle(field: &'static str, s: &str) -> Result<chrono::NaiveDate, ApiError> {
+    let malformed = || {
+        ApiError::field(
+            field,
+            "MALFORMED_CYCLE",
+            format!(
+                "{s:?} is not a business date like 2026-11-21 between {} and {}",
+                coalition_clearing::FIRST_CYCLE,
+                coalition_clearing::LAST_CYCLE
+            ),
+        )
+    };
+    // chrono alone accepts signed and five-digit years ("+262142-12-31"): insist on the shape.
+    let shape = s.len() == 10
+        && s.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if !shape {
+        return Err(malformed());
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| malformed())?;
+    if !(coalition_clearing::FIRST_CYCLE..=coalition_clearing::LAST_CYCLE).contains(&d) {
+        return Err(malformed());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Random text into every validator: an answer, never a panic.
+        #[test]
+        fn validators_never_panic(text in ".{0,80}", n in any::<i64>(), cur in "[A-Z]{0,4}") {
+            let _ = id("f", &text);
+            let _ = money("f", &text, &cur, EUR);
+            let _ = money("f", &text, "EUR", EUR);
+            let _ = cycle("f", &text);
+            let _ = burn_points(n);
+            let _ = reversal_points(n);
+            let partner = crate::config::Partner {
+                id: "p".into(), name: "P".into(), kind: "k".into(),
+                earn_rate: Decimal::new(999_999_999, 6), redemption_rate: Decimal::ONE,
+                issuance_fee: Decimal::ZERO, max_bonus_points: 100, rate_per_second: 1, burst: 1,
+                account: None,
+            };
+            let _ = bonus(n, &partner);
+            if let Ok(amount) = money("f", &text, "EUR", EUR) {
+                let _ = purchase_points(amount, &partner);
+            }
+        }
+
+        /// Dates chrono would take but the calendar cannot clear are refused.
+        #[test]
+        fn cycles_outside_the_calendar_are_refused(y in -300_000i32..300_000, m in 1u32..13, d in 1u32..29) {
+            let s = if (0..10_000).contains(&y) { format!("{y:04}-{m:02}-{d:02}") } else { format!("{y:+}-{m:02}-{d:02}") };
+            let ok = cycle("cycle", &s).is_ok();
+            prop_assert_eq!(ok, (2000..=2199).contains(&y), "{}", s);
+        }
+    }
+
+    #[test]
+    fn malformed_cycles_from_the_bugs_issue_are_refused() {
+        for s in [
+            "+262142-12-31",
+            "-0001-01-01",
+            "0000-01-01",
+            "9999-12-31",
+            "0026-11-30",
+            "2026-1-01",
+            " 2026-11-30",
+        ] {
+            let e = cycle("cycle", s).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ApiError::InvalidField {
+                        reason: "MALFORMED_CYCLE",
+                        ..
+                    }
+                ),
+                "{s}"
+            );
+        }
+        assert!(cycle("cycle", "2026-11-30").is_ok());
+    }
 
     const EUR: Currency = Currency {
         code: "EUR",

@@ -14,6 +14,10 @@ mod tests;
 /// Unix time in microseconds, UTC. The daemon's one representation of an instant.
 pub type Micros = i64;
 
+/// The most points one transaction may move. With batches of at most 8,192 requests, no sum of
+/// points in a batch can approach `i64::MAX` (8,192 × 10¹² < 10¹⁷).
+pub const MAX_POINTS_PER_TRANSACTION: i64 = 1_000_000_000_000;
+
 /// The points of one earn, remembering their issuer and expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lot {
@@ -29,6 +33,9 @@ pub struct Lot {
     pub points_left: i64,
     /// Points taken back from this lot by reversals of its own earn.
     pub reversed: i64,
+    /// Points the expiry sweep booked as breakage, net of what reversals of the earn took back
+    /// (the sum of the lot's breakage facts).
+    pub expired: i64,
     /// When the earn was accepted.
     pub earned_at: Micros,
     /// The instant the lot stops counting; `None` never expires.
@@ -164,8 +171,10 @@ pub struct EarnEffect {
 /// What an earn reversal did.
 #[derive(Debug, Clone)]
 pub struct ReverseEarnEffect {
-    /// Points taken back from the earn's own lot.
+    /// Points taken back from the earn's own lot (unspent points, live, expired or swept).
     pub from_own_lot: i64,
+    /// Of those, points the sweep had booked as breakage: their breakage is undone.
+    pub unswept: i64,
     /// Shortfall taken from the member's other lots, redeemed at the reversing partner.
     pub allocations: Vec<Allocation>,
     /// Points the member could not cover and now owes.
@@ -290,6 +299,7 @@ impl MemberLedger {
             points: e.points,
             points_left: e.points,
             reversed: 0,
+            expired: 0,
             earned_at: e.now,
             expires_at: e.expires_at,
             dirty: true,
@@ -407,10 +417,11 @@ impl MemberLedger {
         Ok(out)
     }
 
-    /// Takes `points` of the earn that made lot `lot_id` back: first from that lot (if it still
-    /// counts), then from the member's other lots soonest expiry first (allocations redeemed at
-    /// `reverser`), and whatever is still short becomes debt owed to `reverser`.
-    /// `remaining` is how much of the earn is not yet reversed.
+    /// Takes `points` of the earn that made lot `lot_id` back: first what the lot still holds of
+    /// them, expired or not (unswept points simply leave the lot; swept ones undo their breakage),
+    /// then — only for points the member already spent — from the member's other lots soonest
+    /// expiry first (allocations redeemed at `reverser`), and whatever is still short becomes debt
+    /// owed to `reverser`. `remaining` is how much of the earn is not yet reversed.
     #[allow(clippy::too_many_arguments)]
     pub fn reverse_earn(
         &mut self,
@@ -432,14 +443,13 @@ impl MemberLedger {
             });
         }
         let lot = self.lot_mut(lot_id);
-        let from_own = if lot.live(now) {
-            lot.points_left.min(points)
-        } else {
-            0
-        };
-        lot.points_left -= from_own;
-        lot.reversed += from_own;
+        let from_left = lot.points_left.min(points);
+        let unswept = lot.expired.min(points - from_left);
+        lot.points_left -= from_left;
+        lot.expired -= unswept;
+        lot.reversed += from_left + unswept;
         lot.dirty = true;
+        let from_own = from_left + unswept;
         let (allocations, short) =
             self.take_from_lots(txn, reverser, rate, points - from_own, now, Some(lot_id));
         if short > 0 {
@@ -456,6 +466,7 @@ impl MemberLedger {
         }
         Ok(ReverseEarnEffect {
             from_own_lot: from_own,
+            unswept,
             allocations,
             debt_created: short,
         })

@@ -114,6 +114,81 @@ enum Op {
     ReverseEarn(usize, i64),
     ReverseBurn(usize, i64),
     Wait(i64),
+    Sweep,
+}
+
+/// Bug 3 of the bugs issue: a lot of air's expires unspent and is swept; the member holds shop's
+/// points; air reverses its earn. Only spent points are a shortfall: the reversal takes the swept
+/// points back (undoing their breakage), nothing from shop's lot, no debt.
+#[test]
+fn earn_reversal_of_an_expired_lot_takes_its_own_points_not_other_lots() {
+    let mut m = MemberLedger::new_member("m");
+    let air = earn(&mut m, 1, "air", 100, 0, Some(10 * DAY)).lot;
+    let shop = earn(&mut m, 2, "shop", 100, 0, None).lot;
+    // Unswept: the expired points simply leave the lot.
+    let mut unswept = m.clone();
+    let r = unswept
+        .reverse_earn(3, air, "air", rate(), 100, 100, 11 * DAY)
+        .unwrap();
+    assert_eq!(
+        (
+            r.from_own_lot,
+            r.unswept,
+            r.allocations.len(),
+            r.debt_created
+        ),
+        (100, 0, 0, 0)
+    );
+    assert_eq!(unswept.balance(11 * DAY), 100, "shop's points stay");
+    // Swept: the breakage is undone.
+    for l in m.lots.iter_mut().filter(|l| l.id == air) {
+        l.expired = l.points_left;
+        l.points_left = 0;
+    }
+    let r = m
+        .reverse_earn(3, air, "air", rate(), 100, 100, 11 * DAY)
+        .unwrap();
+    assert_eq!(
+        (
+            r.from_own_lot,
+            r.unswept,
+            r.allocations.len(),
+            r.debt_created
+        ),
+        (100, 100, 0, 0)
+    );
+    assert_eq!(m.balance(11 * DAY), 100, "shop's points stay");
+    let a = m.lots.iter().find(|l| l.id == air).unwrap();
+    assert_eq!((a.points_left, a.expired, a.reversed), (0, 0, 100));
+    assert_eq!(
+        m.lots.iter().find(|l| l.id == shop).unwrap().points_left,
+        100
+    );
+}
+
+/// Part spent, part expired: the spent part is the only shortfall.
+#[test]
+fn earn_reversal_shortfall_is_only_what_was_spent() {
+    let mut m = MemberLedger::new_member("m");
+    let air = earn(&mut m, 1, "air", 100, 0, Some(10 * DAY)).lot;
+    earn(&mut m, 2, "shop", 100, 0, None);
+    m.burn(3, "food", rate(), 130, DAY).unwrap(); // 100 of air, 30 of shop... air expires first
+    let left_air = m.lots.iter().find(|l| l.id == air).unwrap().points_left;
+    assert_eq!(left_air, 0);
+    let mut m2 = MemberLedger::new_member("m");
+    let air2 = earn(&mut m2, 1, "air", 100, 0, Some(10 * DAY)).lot;
+    earn(&mut m2, 2, "shop", 100, 0, None);
+    m2.burn(3, "food", rate(), 60, DAY).unwrap(); // 60 of air's; 40 left expire
+    let r = m2
+        .reverse_earn(4, air2, "air", rate(), 100, 100, 11 * DAY)
+        .unwrap();
+    assert_eq!((r.from_own_lot, r.debt_created), (40, 0));
+    assert_eq!(
+        r.allocations.iter().map(|a| a.points).sum::<i64>(),
+        60,
+        "the 60 spent come from shop"
+    );
+    assert_eq!(m2.balance(11 * DAY), 40);
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -123,6 +198,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..20, 1i64..300).prop_map(|(i, n)| Op::ReverseEarn(i, n)),
         (0usize..20, 1i64..300).prop_map(|(i, n)| Op::ReverseBurn(i, n)),
         (1i64..40).prop_map(Op::Wait),
+        Just(Op::Sweep),
     ]
 }
 
@@ -167,11 +243,18 @@ proptest! {
                         && m.reverse_burn(txn, b, n, now).is_ok() { br += n; }
                 }
                 Op::Wait(d) => now += d * DAY,
+                Op::Sweep => {
+                    for l in m.lots.iter_mut().filter(|l| !l.live(now)) {
+                        l.expired += l.points_left;
+                        l.points_left = 0;
+                    }
+                }
             }
-            let expired: i64 = m.lots.iter().filter(|l| !l.live(now)).map(|l| l.points_left).sum();
+            let expired: i64 = m.lots.iter().map(|l| l.expired + if l.live(now) { 0 } else { l.points_left }).sum();
             prop_assert_eq!(earned - burned + br - er - expired, m.balance(now));
             for l in &m.lots {
-                prop_assert!(l.points_left >= 0 && l.points_left + l.reversed <= l.points, "lot {:?}", l);
+                prop_assert!(l.points_left >= 0 && l.expired >= 0, "lot {:?}", l);
+                prop_assert!(l.points_left + l.reversed + l.expired <= l.points, "lot {:?}", l);
             }
         }
     }

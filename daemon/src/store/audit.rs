@@ -62,6 +62,18 @@ pub const CHECKS: &[(&str, &str)] = &[
          AND t.partner_id = c.partner_id AND t.kind = c.kind))",
     ),
     (
+        "each lot's expired points = the sum of its breakage facts",
+        "SELECT COUNT(*) FROM lots l LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM breakage GROUP BY lot_id) b \
+         ON b.lot_id = l.id WHERE l.expired <> COALESCE(b.s, 0)",
+    ),
+    (
+        "every breakage fact names a real lot of its member and issuer; undoing facts name an earn reversal of it",
+        "SELECT COUNT(*) FROM breakage b LEFT JOIN lots l ON l.id = b.lot_id LEFT JOIN transactions t ON t.id = b.txn_id \
+         WHERE l.id IS NULL OR l.member_id <> b.member_id OR l.issuer <> b.issuer \
+         OR (b.txn_id IS NULL AND b.points < 0) \
+         OR (b.txn_id IS NOT NULL AND (t.id IS NULL OR t.kind <> 'reverse_earn' OR t.original_id <> b.lot_id OR b.points > 0))",
+    ),
+    (
         "every reversal points at a transaction of the kind it reverses",
         "SELECT COUNT(*) FROM transactions t LEFT JOIN transactions o ON o.id = t.original_id \
          WHERE t.kind IN ('reverse_earn', 'reverse_burn') AND (o.id IS NULL OR o.member_id <> t.member_id \
@@ -96,6 +108,8 @@ pub struct Report {
     pub lots: i64,
     /// Allocations.
     pub allocations: i64,
+    /// Settlements recomputed from the ledger.
+    pub settlements: i64,
     /// Points earned.
     pub earned: i64,
     /// Points burned.
@@ -138,8 +152,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "members {}  transactions {}  lots {}  allocations {}",
-            self.members, self.transactions, self.lots, self.allocations
+            "members {}  transactions {}  lots {}  allocations {}  settlements recomputed {}",
+            self.members, self.transactions, self.lots, self.allocations, self.settlements
         )?;
         writeln!(
             f,

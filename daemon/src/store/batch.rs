@@ -17,6 +17,9 @@ pub struct Context {
     pub pause_before_commit: Option<std::time::Duration>,
     /// The cycle calendar.
     pub cycles: coalition_clearing::Cycles,
+    /// Test hook: panic inside the open transaction when a request names this member (to prove
+    /// that a panic on the write path leaves no transaction open and the writer serving).
+    pub panic_on_member: Option<&'static str>,
 }
 
 type Key = (String, String);
@@ -58,8 +61,17 @@ pub async fn apply(
     // 2. The cycle, decided inside this transaction: the cycle of `now`, or the first one not yet
     //    sealed by a clearing run. Then lock the members, then read everything else: what is read
     //    after the lock is current.
-    let cycle = tx.open_cycle(ctx.cycles.cycle_of(ctx.now)).await?;
+    let now_cycle = ctx
+        .cycles
+        .cycle_of(ctx.now)
+        .map_err(|e| StoreError::Unavailable(format!("the clock is outside the calendar: {e}")))?;
+    let cycle = tx.open_cycle(now_cycle).await?;
     tx.lock_members(&members).await?;
+    if let Some(m) = ctx.panic_on_member
+        && members.iter().any(|x| x == m)
+    {
+        panic!("test hook: panic inside the batch transaction for member {m}");
+    }
     let mut keys: Vec<Key> = requests
         .iter()
         .map(|r| key(&r.partner, &r.transaction_id))
@@ -173,7 +185,13 @@ pub async fn apply(
             .entry((t.partner.clone(), t.kind.as_str()))
             .or_default();
         e.0 += 1;
-        e.1 += t.points;
+        // Points per request are capped far below i64::MAX / max_batch; checked all the same.
+        e.1 = e.1.checked_add(t.points).ok_or_else(|| {
+            StoreError::Refused(format!(
+                "points of {} overflow the batch's totals",
+                t.partner
+            ))
+        })?;
     }
     writes.cycle_totals = totals
         .into_iter()
@@ -337,6 +355,17 @@ fn decide(
                 debt_repaid: 0,
                 original_transaction_id: Some(original.clone()),
             };
+            if effect.unswept > 0
+                && let Some(lot) = m.lots.iter().find(|l| l.id == orig_id)
+            {
+                writes.breakage.push(super::BreakageFact {
+                    lot: lot.id,
+                    member: lot.member.clone(),
+                    issuer: lot.issuer.clone(),
+                    points: -effect.unswept,
+                    txn: Some(id),
+                });
+            }
             writes.allocations.extend(effect.allocations);
             Ok(record(
                 r,

@@ -31,12 +31,14 @@ impl Status {
         }
     }
 
-    /// From storage.
-    pub fn parse(s: &str) -> Status {
-        if s == "final" {
-            Status::Final
-        } else {
-            Status::Draft
+    /// From storage; anything but the two words is corruption.
+    pub fn parse(s: &str) -> Result<Status, StoreError> {
+        match s {
+            "final" => Ok(Status::Final),
+            "draft" => Ok(Status::Draft),
+            other => Err(StoreError::Corrupt(format!(
+                "settlements.status holds {other:?}"
+            ))),
         }
     }
 }
@@ -75,6 +77,113 @@ pub struct Plan {
     pub skip_if_busy: bool,
 }
 
+/// The coalition's clearing rules, from its config: what every run and every audit of a
+/// settlement needs besides the ledger.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The calendar.
+    pub cycles: Cycles,
+    /// Settlement currency.
+    pub currency: String,
+    /// Minor units of the currency.
+    pub minor_units: u32,
+    /// Rounding of net positions.
+    pub rounding: Rounding,
+    /// Partners and their issuance fee per point.
+    pub partners: Vec<(String, Decimal)>,
+    /// The coalition's first business day, if the config sets one.
+    pub first_cycle: Option<NaiveDate>,
+}
+
+impl Rules {
+    /// The plan of one run of `cycle` at `now`.
+    pub fn plan(&self, cycle: NaiveDate, now: Micros, skip_if_busy: bool) -> Plan {
+        Plan {
+            cycle,
+            now,
+            cycles: self.cycles,
+            currency: self.currency.clone(),
+            minor_units: self.minor_units,
+            rounding: self.rounding,
+            partners: self.partners.clone(),
+            skip_if_busy,
+        }
+    }
+
+    /// A settlement's participants (as stored) with their fee per point under these rules.
+    fn participants_of(&self, s: &Settlement) -> Vec<(String, Decimal)> {
+        s.positions
+            .iter()
+            .filter(|p| p.participant != coalition_clearing::OPERATOR)
+            .map(|p| {
+                let fee = self
+                    .partners
+                    .iter()
+                    .find(|(id, _)| *id == p.participant)
+                    .map_or(Decimal::ZERO, |(_, f)| *f);
+                (p.participant.clone(), fee)
+            })
+            .collect()
+    }
+}
+
+/// Checks every stored settlement (given oldest first) against the ledger: its content gives its
+/// digest, it chains to the one before it with no gap, none precedes the first cycle, and
+/// settling its cycle again from the ledger's facts gives the same digest. Returns what does
+/// not hold, naming the cycle.
+pub async fn verify(
+    tx: &mut dyn ClearingTx,
+    rules: &Rules,
+    settlements: &[Stored],
+) -> Result<Vec<String>, StoreError> {
+    let mut violations = Vec::new();
+    let mut previous: Option<&Settlement> = None;
+    for stored in settlements {
+        let s = &stored.settlement;
+        let cycle = s.cycle;
+        if coalition_clearing::digest_of(s) != s.digest {
+            violations.push(format!(
+                "settlement of {cycle}: its stored content does not give its digest {}",
+                s.digest
+            ));
+        }
+        if let Some(first) = rules.first_cycle
+            && cycle < first
+        {
+            violations.push(format!(
+                "settlement of {cycle} precedes the coalition's first cycle {first}"
+            ));
+        }
+        let expected_previous = previous.map_or(String::new(), |p| p.digest.clone());
+        if s.previous_digest != expected_previous {
+            violations.push(format!(
+                "settlement of {cycle}: chained to {:?} but the settlement before it has digest {:?}",
+                s.previous_digest, expected_previous
+            ));
+        }
+        if let Some(p) = previous
+            && coalition_clearing::next_day(p.cycle).ok() != Some(cycle)
+        {
+            violations.push(format!(
+                "settlements skip from {} to {cycle}: the chain has a gap",
+                p.cycle
+            ));
+        }
+        let plan = rules.plan(cycle, 0, false);
+        match settle_from(tx, &plan, &rules.participants_of(s), s.previous_digest.clone()).await {
+            Ok(again) if again.digest == s.digest => {}
+            Ok(again) => violations.push(format!(
+                "settlement of {cycle}: stored digest {} but the ledger gives {} now (control totals stored {:?}, now {:?})",
+                s.digest, again.digest, s.totals.counts, again.totals.counts
+            )),
+            Err(ClearingError::Store(e)) => return Err(e),
+            Err(e) => violations.push(format!("settlement of {cycle} cannot be recomputed: {e}")),
+        }
+        previous = Some(s);
+    }
+    Ok(violations)
+}
+
 /// Why a clearing run did not produce a settlement.
 #[derive(Debug, thiserror::Error)]
 pub enum ClearingError {
@@ -97,6 +206,25 @@ pub enum ClearingError {
     /// The settlement math refused.
     #[error("settlement of {0} failed: {1}")]
     Settle(NaiveDate, SettleError),
+    /// The cycle is outside the calendar.
+    #[error("cycle {0}: {1}")]
+    Calendar(NaiveDate, coalition_clearing::CycleError),
+    /// Running a draft again would change it, but a later settlement already chains its digest.
+    #[error(
+        "the draft of {cycle} would change on a re-run (digest {old} -> {new}), but the settlement of \
+         {later} already chains its digest; the stored draft stands. Run `coalitiond audit` to see why \
+         the ledger no longer gives it"
+    )]
+    ChainedDraftWouldChange {
+        /// The cycle asked for.
+        cycle: NaiveDate,
+        /// The earliest later settlement.
+        later: NaiveDate,
+        /// Stored digest.
+        old: String,
+        /// Digest the ledger gives now.
+        new: String,
+    },
     /// Storage failed; nothing was stored.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -121,9 +249,11 @@ pub trait ClearingTx: Send {
         after: Option<NaiveDate>,
         before: NaiveDate,
     ) -> Result<Option<NaiveDate>, StoreError>;
-    /// Expires every lot whose expiry is before `before` and books its points as breakage in
-    /// `cycle`, locking the members concerned. Returns the points expired.
+    /// Expires every lot whose expiry is before `before` and books its points as breakage facts
+    /// of `cycle`, locking the members concerned. Returns the points expired.
     async fn sweep(&mut self, before: Micros, cycle: NaiveDate) -> Result<i64, StoreError>;
+    /// The earliest settlement after `cycle`.
+    async fn first_after(&mut self, cycle: NaiveDate) -> Result<Option<NaiveDate>, StoreError>;
     /// The cycle's allocations.
     async fn slices(&mut self, cycle: NaiveDate) -> Result<Vec<Slice>, StoreError>;
     /// Points issued per partner in the cycle, net of earn reversals.
@@ -138,7 +268,10 @@ pub trait ClearingTx: Send {
 
 /// Runs the clearing of `plan.cycle` through `tx`. `Ok(None)`: skipped, another daemon is clearing.
 pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>, ClearingError> {
-    let close = plan.cycles.close(plan.cycle);
+    let close = plan
+        .cycles
+        .close(plan.cycle)
+        .map_err(|e| ClearingError::Calendar(plan.cycle, e))?;
     if plan.now < close {
         return Err(ClearingError::NotClosed {
             cycle: plan.cycle,
@@ -164,7 +297,7 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
         });
     }
     if let Some(p) = after {
-        let gap = p.succ_opt().expect("date in range");
+        let gap = coalition_clearing::next_day(p).map_err(|e| ClearingError::Calendar(p, e))?;
         if gap < plan.cycle {
             return Err(ClearingError::OutOfOrder {
                 cycle: plan.cycle,
@@ -172,13 +305,57 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
             });
         }
     }
-    // Breakage of lots that expired before the cycle closed belongs to it, unless it is already
-    // sealed (a re-run of a draft): then nothing may change it.
+    // Breakage of lots that expired before the cycle closed belongs to it, booked once as facts
+    // of this cycle by its first run; a re-run of a sealed draft reads those facts and sweeps
+    // nothing (what expired since belongs to the next cycle's sweep).
     if sealed.is_none_or(|s| s < plan.cycle) {
         tx.sweep(close, plan.cycle).await?;
     }
+    let settlement = settle_from(
+        tx,
+        plan,
+        &plan.partners,
+        previous.map(|p| p.settlement.digest).unwrap_or_default(),
+    )
+    .await?;
+    if let Some(old) = &existing
+        && old.settlement.digest != settlement.digest
+    {
+        // Once a later settlement chains the stored digest, the draft must not move.
+        if let Some(later) = tx.first_after(plan.cycle).await? {
+            return Err(ClearingError::ChainedDraftWouldChange {
+                cycle: plan.cycle,
+                later,
+                old: old.settlement.digest.clone(),
+                new: settlement.digest,
+            });
+        }
+        tracing::warn!(cycle = %plan.cycle, old = %old.settlement.digest, new = %settlement.digest, "draft settlement changed on re-run");
+    }
+    let stored = Stored {
+        settlement,
+        status: Status::Draft,
+        created_at: existing.as_ref().map_or(plan.now, |e| e.created_at),
+        finalized_at: None,
+    };
+    tx.save(&stored).await?;
+    if sealed.is_none_or(|s| s < plan.cycle) {
+        tx.seal(plan.cycle).await?;
+    }
+    Ok(Some(stored))
+}
+
+/// Settles `plan.cycle` from what the ledger holds for it now: its allocations, issuance, counts
+/// and breakage facts (nothing is swept here). `partners` are the participants with their fee
+/// per point; `previous_digest` chains it.
+pub async fn settle_from(
+    tx: &mut dyn ClearingTx,
+    plan: &Plan,
+    partners: &[(String, Decimal)],
+    previous_digest: String,
+) -> Result<Settlement, ClearingError> {
     let fee_of = |p: &str| {
-        plan.partners
+        partners
             .iter()
             .find(|(id, _)| id == p)
             .map_or(Decimal::ZERO, |(_, f)| *f)
@@ -199,30 +376,13 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
         currency: plan.currency.clone(),
         minor_units: plan.minor_units,
         rounding: plan.rounding,
-        partners: plan.partners.iter().map(|(p, _)| p.clone()).collect(),
+        partners: partners.iter().map(|(p, _)| p.clone()).collect(),
         slices: tx.slices(plan.cycle).await?,
         issuance,
         counts: tx.counts(plan.cycle).await?,
-        previous_digest: previous.map(|p| p.settlement.digest).unwrap_or_default(),
+        previous_digest,
     };
-    let settlement =
-        coalition_clearing::settle(&input).map_err(|e| ClearingError::Settle(plan.cycle, e))?;
-    if let Some(old) = &existing
-        && old.settlement.digest != settlement.digest
-    {
-        tracing::warn!(cycle = %plan.cycle, old = %old.settlement.digest, new = %settlement.digest, "draft settlement changed on re-run");
-    }
-    let stored = Stored {
-        settlement,
-        status: Status::Draft,
-        created_at: existing.as_ref().map_or(plan.now, |e| e.created_at),
-        finalized_at: None,
-    };
-    tx.save(&stored).await?;
-    if sealed.is_none_or(|s| s < plan.cycle) {
-        tx.seal(plan.cycle).await?;
-    }
-    Ok(Some(stored))
+    coalition_clearing::settle(&input).map_err(|e| ClearingError::Settle(plan.cycle, e))
 }
 
 /// SQL shared by the backends (`$n` placeholders work on both).
@@ -230,12 +390,18 @@ pub mod sql {
     /// Members whose lots expire before $1, sorted (to lock them in a fixed order).
     pub const EXPIRING_MEMBERS: &str = "SELECT DISTINCT member_id FROM lots \
         WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1 ORDER BY member_id";
-    /// Books what is left of every lot expiring before $1 as breakage in cycle $2.
-    pub const SWEEP: &str = "UPDATE lots SET expired = expired + points_left, points_left = 0, expired_cycle = $2 \
+    /// Records what is left of every lot expiring before $1 as a breakage fact of cycle $2.
+    pub const SWEEP_FACTS: &str = "INSERT INTO breakage (lot_id, member_id, issuer, cycle, points) \
+        SELECT id, member_id, issuer, $2, points_left FROM lots \
         WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1";
-    /// Points expired in the sweep booked in cycle $1.
+    /// Then empties those lots.
+    pub const SWEEP: &str = "UPDATE lots SET expired = expired + points_left, points_left = 0 \
+        WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1";
+    /// The cycle's net breakage: its facts, sweeps and reversals alike.
     pub const EXPIRED_IN: &str =
-        "SELECT CAST(COALESCE(SUM(expired), 0) AS BIGINT) FROM lots WHERE expired_cycle = $1";
+        "SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM breakage WHERE cycle = $1";
+    /// The earliest settlement after $1.
+    pub const FIRST_AFTER: &str = "SELECT MIN(cycle) FROM settlements WHERE cycle > $1";
     /// The cycle's allocations, summed in the database per (issuer, redeemer, rate): exact, since
     /// every allocation in a group has the same rate, and a few rows instead of millions.
     pub const SLICES: &str = "SELECT issuer, redeemer, rate, CAST(SUM(points) AS BIGINT), COUNT(*) FROM allocations \
@@ -262,9 +428,10 @@ pub mod sql {
     pub const SAVE: &str = "INSERT INTO settlements (cycle, status, digest, previous_digest, content, created_at, finalized_at) \
         VALUES ($1, 'draft', $2, $3, $4, $5, NULL) ON CONFLICT (cycle) DO UPDATE SET digest = excluded.digest, \
         previous_digest = excluded.previous_digest, content = excluded.content WHERE settlements.status = 'draft'";
-    /// Every lot, for the liability report.
-    pub const LOT_FATES: &str =
-        "SELECT issuer, earned_at, points, points_left, reversed, expired, expires_at FROM lots";
+    /// Every lot, for the liability report; breakage from its facts.
+    pub const LOT_FATES: &str = "SELECT l.issuer, l.earned_at, l.points, l.points_left, l.reversed, \
+        CAST(COALESCE(b.s, 0) AS BIGINT), l.expires_at FROM lots l \
+        LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM breakage GROUP BY lot_id) b ON b.lot_id = l.id";
     /// Seal a cycle.
     pub const SEAL: &str = "UPDATE clearing_state SET sealed_through = $1 WHERE id = 1";
     /// Finalize a draft.
@@ -306,10 +473,10 @@ pub fn stored_from(
     finalized_at: Option<Micros>,
 ) -> Result<Stored, StoreError> {
     let settlement: Settlement = serde_json::from_str(content)
-        .map_err(|e| StoreError::Unavailable(format!("stored settlement unreadable: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("stored settlement unreadable: {e}")))?;
     Ok(Stored {
         settlement,
-        status: Status::parse(status),
+        status: Status::parse(status)?,
         created_at,
         finalized_at,
     })
@@ -354,8 +521,8 @@ where
         )
     }
 
-    fn date(s: Option<String>) -> Option<NaiveDate> {
-        s.and_then(|s| s.parse().ok())
+    fn date(column: &str, s: Option<String>) -> Result<Option<NaiveDate>, StoreError> {
+        super::parse_date(column, s.as_deref())
     }
 
     /// The stored settlement of a cycle.
@@ -408,7 +575,44 @@ where
             .bind(before.to_string())
             .fetch_one(&mut *conn)
             .await?;
-        Ok(Self::date(s))
+        Self::date("transactions.cycle", s)
+    }
+
+    /// The earliest settlement after `cycle`.
+    pub async fn first_after(
+        conn: &mut DB::Connection,
+        cycle: NaiveDate,
+    ) -> Result<Option<NaiveDate>, StoreError> {
+        let s: Option<String> = sqlx::query_scalar(sql::FIRST_AFTER)
+            .bind(cycle.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
+        Self::date("settlements.cycle", s)
+    }
+
+    /// Books breakage of every lot expiring before `before` as facts of `cycle` and empties the
+    /// lots. Returns the points swept.
+    pub async fn sweep(
+        conn: &mut DB::Connection,
+        before: Micros,
+        cycle: NaiveDate,
+    ) -> Result<i64, StoreError> {
+        sqlx::query(sql::SWEEP_FACTS)
+            .bind(before)
+            .bind(cycle.to_string())
+            .execute(&mut *conn)
+            .await?;
+        let swept: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM breakage WHERE cycle = $1 AND txn_id IS NULL",
+        )
+        .bind(cycle.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+        sqlx::query(sql::SWEEP)
+            .bind(before)
+            .execute(&mut *conn)
+            .await?;
+        Ok(swept)
     }
 
     /// (latest settled cycle, first cycle with any transaction).
@@ -417,7 +621,10 @@ where
     ) -> Result<(Option<NaiveDate>, Option<NaiveDate>), StoreError> {
         use sqlx::Row;
         let row = sqlx::query(sql::FRONTIER).fetch_one(&mut *conn).await?;
-        Ok((Self::date(row.try_get(0)?), Self::date(row.try_get(1)?)))
+        Ok((
+            Self::date("settlements.cycle", row.try_get(0)?)?,
+            Self::date("transactions.cycle", row.try_get(1)?)?,
+        ))
     }
 
     /// Points issued per partner in the cycle, net of earn reversals.
@@ -461,7 +668,12 @@ where
             .bind(st.cycle.to_string())
             .bind(st.digest.clone())
             .bind(st.previous_digest.clone())
-            .bind(serde_json::to_string(st).expect("settlement serialises"))
+            .bind(serde_json::to_string(st).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "settlement of {} does not serialise: {e}",
+                    st.cycle
+                ))
+            })?)
             .bind(s.created_at)
             .execute(&mut *conn)
             .await?;

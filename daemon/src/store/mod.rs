@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The daemon is shutting down and takes no more writes.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// Stored data cannot be read back as this daemon wrote it (a hand edit, a bad migration).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -49,6 +52,10 @@ impl From<&sqlx::Error> for StoreError {
             sqlx::Error::Database(d) if !d.code().as_deref().is_some_and(connection) => {
                 StoreError::Refused(e.to_string())
             }
+            sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Unavailable(e.to_string()),
         }
     }
@@ -191,6 +198,24 @@ pub struct Writes {
     /// Per (partner, kind) of the new transactions: (partner, kind, transactions, points), added
     /// to the cycle's totals.
     pub cycle_totals: Vec<(String, &'static str, i64, i64)>,
+    /// Breakage undone by earn reversals that took swept points back (negative facts).
+    pub breakage: Vec<BreakageFact>,
+}
+
+/// One change of a lot's breakage in one cycle: a sweep (positive) or an earn reversal taking
+/// swept points back (negative).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakageFact {
+    /// The lot.
+    pub lot: i64,
+    /// Its member.
+    pub member: String,
+    /// Its issuer.
+    pub issuer: String,
+    /// Points (negative: breakage undone).
+    pub points: i64,
+    /// The earn reversal that undid it, if any.
+    pub txn: Option<i64>,
 }
 
 /// What a backend does inside one write transaction for the shared batch logic.
@@ -234,6 +259,12 @@ pub trait BatchBackend: Send {
         requests: &[Request],
         ctx: &batch::Context,
     ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError>;
+
+    /// Makes the backend usable again after a batch panicked half-way (its transaction guard was
+    /// dropped, so nothing of the batch is applied).
+    async fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Reads and audits, shared by all calls.
@@ -256,8 +287,13 @@ pub trait Store: Send + Sync {
         before: Option<(Micros, i64)>,
         limit: i64,
     ) -> Result<Vec<TxnRecord>, StoreError>;
-    /// Checks the ledger invariants at `now`.
-    async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError>;
+    /// Checks the ledger invariants at `now`, and recomputes every stored settlement from the
+    /// ledger under `rules`.
+    async fn audit(
+        &self,
+        now: Micros,
+        rules: &clearing::Rules,
+    ) -> Result<audit::Report, StoreError>;
     /// Transactions in the ledger, all partners (for tests and operators).
     async fn transaction_count(&self) -> Result<i64, StoreError>;
     /// Runs a clearing (see [`clearing::run`]) in one transaction. `Ok(None)`: skipped because
@@ -331,11 +367,21 @@ pub mod overrides_sql {
 pub fn first_open_cycle(
     now_cycle: chrono::NaiveDate,
     sealed_through: Option<&str>,
-) -> chrono::NaiveDate {
-    match sealed_through.and_then(|s| s.parse::<chrono::NaiveDate>().ok()) {
-        Some(sealed) if sealed >= now_cycle => sealed.succ_opt().expect("date in range"),
-        _ => now_cycle,
+) -> Result<chrono::NaiveDate, StoreError> {
+    match parse_date("clearing_state.sealed_through", sealed_through)? {
+        Some(sealed) if sealed >= now_cycle => coalition_clearing::next_day(sealed)
+            .map_err(|e| StoreError::Corrupt(format!("clearing_state.sealed_through: {e}"))),
+        _ => Ok(now_cycle),
     }
+}
+
+/// A stored business date; a value that is not one is corruption, never "nothing".
+pub fn parse_date(column: &str, s: Option<&str>) -> Result<Option<chrono::NaiveDate>, StoreError> {
+    s.map(|s| {
+        chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map_err(|_| StoreError::Corrupt(format!("{column} holds {s:?}, not a date")))
+    })
+    .transpose()
 }
 
 /// Receipt slices as stored: `issuer:points;issuer:points` (partner ids hold neither `:` nor `;`).
@@ -353,10 +399,10 @@ pub fn decode_slices(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
         .map(|part| {
             let (issuer, points) = part
                 .split_once(':')
-                .ok_or_else(|| StoreError::Unavailable(format!("bad slices {s:?}")))?;
+                .ok_or_else(|| StoreError::Corrupt(format!("bad slices {s:?}")))?;
             let points = points
                 .parse()
-                .map_err(|_| StoreError::Unavailable(format!("bad slices {s:?}")))?;
+                .map_err(|_| StoreError::Corrupt(format!("bad slices {s:?}")))?;
             Ok((issuer.to_string(), points))
         })
         .collect()

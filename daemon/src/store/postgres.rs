@@ -74,13 +74,27 @@ fn retryable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Why one attempt at a batch failed: a database error (whose SQLSTATE decides a retry), or a
+/// failure of the shared logic itself (a row that does not decode, say).
+enum AttemptError {
+    Sql(sqlx::Error),
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for AttemptError {
+    fn from(e: sqlx::Error) -> Self {
+        AttemptError::Sql(e)
+    }
+}
+
 impl PgBackend {
     async fn attempt(
         &self,
         requests: &[Request],
         ctx: &batch::Context,
-    ) -> Result<Vec<Result<Receipt, Rejection>>, sqlx::Error> {
+    ) -> Result<Vec<Result<Receipt, Rejection>>, AttemptError> {
         let mut conn = self.pool.acquire().await?;
+        // The guard rolls back when dropped (an error, a panic): nothing half-done is committed.
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let out = {
             let mut ledger_tx = PgTx {
@@ -89,7 +103,12 @@ impl PgBackend {
             };
             match batch::apply(&mut ledger_tx, requests, ctx).await {
                 Ok(out) => out,
-                Err(_) => return Err(ledger_tx.error.take().unwrap_or(sqlx::Error::PoolClosed)),
+                Err(e) => {
+                    return Err(match ledger_tx.error.take() {
+                        Some(sql) => AttemptError::Sql(sql),
+                        None => AttemptError::Store(e),
+                    });
+                }
             }
         };
         if let Some(pause) = ctx.pause_before_commit {
@@ -112,11 +131,12 @@ impl BatchBackend for PgBackend {
             attempt += 1;
             match self.attempt(requests, ctx).await {
                 Ok(out) => return Ok(out),
-                Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                Err(AttemptError::Sql(e)) if retryable(&e) && attempt < MAX_ATTEMPTS => {
                     tracing::debug!(error = %e, attempt, "batch lost a race, running it again");
                     tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(AttemptError::Sql(e)) => return Err(e.into()),
+                Err(AttemptError::Store(e)) => return Err(e),
             }
         }
     }
@@ -137,16 +157,16 @@ impl PgTx<'_> {
     }
 }
 
-fn lot_from(row: &PgRow) -> Lot {
-    super::rows::Rows::<sqlx::Postgres>::lot(row).expect("a lots row")
+fn lot_from(row: &PgRow) -> Result<Lot, sqlx::Error> {
+    super::rows::Rows::<sqlx::Postgres>::lot(row)
 }
 
-fn debt_from(row: &PgRow) -> Debt {
-    super::rows::Rows::<sqlx::Postgres>::debt(row).expect("a debts row")
+fn debt_from(row: &PgRow) -> Result<Debt, sqlx::Error> {
+    super::rows::Rows::<sqlx::Postgres>::debt(row)
 }
 
-fn allocation_from(row: &PgRow) -> Allocation {
-    super::rows::Rows::<sqlx::Postgres>::allocation(row).expect("an allocations row")
+fn allocation_from(row: &PgRow) -> Result<Allocation, sqlx::Error> {
+    super::rows::Rows::<sqlx::Postgres>::allocation(row)
 }
 
 fn txn_from(row: &PgRow) -> Result<TxnRecord, StoreError> {
@@ -163,7 +183,7 @@ async fn load_members(
         .fetch_all(&mut *conn)
         .await?
     {
-        let m: String = row.get(0);
+        let m: String = row.try_get(0)?;
         out.insert(
             m.clone(),
             MemberLedger {
@@ -180,7 +200,7 @@ async fn load_members(
             .fetch_all(&mut *conn)
             .await?
     {
-        let lot = lot_from(&row);
+        let lot = lot_from(&row)?;
         if let Some(m) = out.get_mut(&lot.member) {
             m.lots.push(lot);
         }
@@ -192,7 +212,7 @@ async fn load_members(
     .fetch_all(&mut *conn)
     .await?
     {
-        let d = debt_from(&row);
+        let d = debt_from(&row)?;
         if let Some(m) = out.get_mut(&d.member) {
             m.debts.push(d);
         }
@@ -213,7 +233,7 @@ impl LedgerTx for PgTx<'_> {
         .fetch_one(&mut *self.conn)
         .await;
         let sealed = r.map_err(|e| self.fail(e))?;
-        Ok(super::first_open_cycle(now_cycle, sealed.as_deref()))
+        super::first_open_cycle(now_cycle, sealed.as_deref())
     }
 
     async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError> {
@@ -253,7 +273,8 @@ impl LedgerTx for PgTx<'_> {
             .bind(ids)
             .fetch_all(&mut *self.conn)
             .await;
-        Ok(r.map_err(|e| self.fail(e))?.iter().map(lot_from).collect())
+        let rows = r.map_err(|e| self.fail(e))?;
+        Ok(rows.iter().map(lot_from).collect::<Result<_, _>>()?)
     }
 
     async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError> {
@@ -265,13 +286,15 @@ impl LedgerTx for PgTx<'_> {
         .bind(burn_txns)
         .fetch_all(&mut *self.conn)
         .await;
-        Ok(r.map_err(|e| self.fail(e))?
-            .iter()
-            .map(|row| Reversible {
-                allocation: allocation_from(row),
-                remaining: row.get("remaining"),
+        let rows = r.map_err(|e| self.fail(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Reversible {
+                    allocation: allocation_from(row)?,
+                    remaining: row.try_get("remaining")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
@@ -321,9 +344,11 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
             .map(|t| {
                 t.purchase
                     .as_ref()
-                    .map(|(a, _)| Decimal::from_str(a).expect("amount was a Decimal"))
+                    .map(|(a, _)| Decimal::from_str(a))
+                    .transpose()
+                    .map_err(|e| sqlx::Error::Encode(Box::new(e)))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         sqlx::query(
             "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
              original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
@@ -367,10 +392,11 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
     if !w.lots.is_empty() {
         let l = &w.lots;
         sqlx::query(
-            "INSERT INTO lots (id, member_id, issuer, points, points_left, reversed, earned_at, expires_at) \
+            "INSERT INTO lots (id, member_id, issuer, points, points_left, reversed, expired, earned_at, expires_at) \
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
-             $7::bigint[], $8::bigint[]) \
-             ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed",
+             $7::bigint[], $8::bigint[], $9::bigint[]) \
+             ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed, \
+             expired = excluded.expired",
         )
         .bind(l.iter().map(|l| l.id).collect::<Vec<_>>())
         .bind(l.iter().map(|l| l.member.clone()).collect::<Vec<_>>())
@@ -378,8 +404,25 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         .bind(l.iter().map(|l| l.points).collect::<Vec<_>>())
         .bind(l.iter().map(|l| l.points_left).collect::<Vec<_>>())
         .bind(l.iter().map(|l| l.reversed).collect::<Vec<_>>())
+        .bind(l.iter().map(|l| l.expired).collect::<Vec<_>>())
         .bind(l.iter().map(|l| l.earned_at).collect::<Vec<_>>())
         .bind(l.iter().map(|l| l.expires_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !w.breakage.is_empty() {
+        let b = &w.breakage;
+        sqlx::query(
+            "INSERT INTO breakage (lot_id, member_id, issuer, cycle, points, txn_id) \
+             SELECT l, m, i, $4, p, t FROM UNNEST($1::bigint[], $2::text[], $3::text[], $5::bigint[], $6::bigint[]) \
+             AS f(l, m, i, p, t)",
+        )
+        .bind(b.iter().map(|f| f.lot).collect::<Vec<_>>())
+        .bind(b.iter().map(|f| f.member.clone()).collect::<Vec<_>>())
+        .bind(b.iter().map(|f| f.issuer.clone()).collect::<Vec<_>>())
+        .bind(w.cycle.to_string())
+        .bind(b.iter().map(|f| f.points).collect::<Vec<_>>())
+        .bind(b.iter().map(|f| f.txn).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -457,13 +500,24 @@ impl Store for PgStore {
             .await
     }
 
-    async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError> {
+    async fn audit(
+        &self,
+        now: Micros,
+        rules: &clearing::Rules,
+    ) -> Result<audit::Report, StoreError> {
         let mut tx = self.pool.begin().await?;
         // One snapshot for every figure.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)
             .await?;
-        let report = audit::run::<sqlx::Postgres>(&mut tx, now).await?;
+        let mut report = audit::run::<sqlx::Postgres>(&mut tx, now).await?;
+        let mut all =
+            clearing::SharedSql::<sqlx::Postgres>::settlements(&mut tx, None, i64::MAX).await?;
+        all.reverse();
+        report
+            .violations
+            .extend(clearing::verify(&mut PgClearing { conn: &mut tx }, rules, &all).await?);
+        report.settlements = all.len() as i64;
         tx.rollback().await?;
         Ok(report)
     }
@@ -554,10 +608,6 @@ struct PgClearing<'c> {
 /// The advisory lock key of clearing runs ("CLR" + 1).
 const CLEARING_LOCK: i64 = 0x434c_5201;
 
-fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
-    s.and_then(|s| s.parse().ok())
-}
-
 #[async_trait]
 impl clearing::ClearingTx for PgClearing<'_> {
     async fn lock_state(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
@@ -566,7 +616,7 @@ impl clearing::ClearingTx for PgClearing<'_> {
             sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1 FOR UPDATE")
                 .fetch_one(&mut *self.conn)
                 .await?;
-        Ok(parse_cycle(s))
+        super::parse_date("clearing_state.sealed_through", s.as_deref())
     }
 
     async fn try_exclusive(&mut self) -> Result<bool, StoreError> {
@@ -614,12 +664,14 @@ impl clearing::ClearingTx for PgClearing<'_> {
         .bind(&members)
         .fetch_all(&mut *self.conn)
         .await?;
-        let r = sqlx::query(clearing::sql::SWEEP)
-            .bind(before)
-            .bind(cycle.to_string())
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(r.rows_affected() as i64)
+        clearing::SharedSql::<sqlx::Postgres>::sweep(self.conn, before, cycle).await
+    }
+
+    async fn first_after(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        clearing::SharedSql::<sqlx::Postgres>::first_after(self.conn, cycle).await
     }
 
     async fn slices(
@@ -630,16 +682,17 @@ impl clearing::ClearingTx for PgClearing<'_> {
             .bind(cycle.to_string())
             .fetch_all(&mut *self.conn)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| coalition_clearing::Slice {
-                issuer: r.get(0),
-                redeemer: r.get(1),
-                rate: r.get(2),
-                points: r.get(3),
-                allocations: r.get(4),
+        rows.iter()
+            .map(|r| {
+                Ok(coalition_clearing::Slice {
+                    issuer: r.try_get(0)?,
+                    redeemer: r.try_get(1)?,
+                    rate: r.try_get(2)?,
+                    points: r.try_get(3)?,
+                    allocations: r.try_get(4)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn issued(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {

@@ -55,6 +55,7 @@ where
             points: row.try_get("points")?,
             points_left: row.try_get("points_left")?,
             reversed: row.try_get("reversed")?,
+            expired: row.try_get("expired")?,
             earned_at: row.try_get("earned_at")?,
             expires_at: row.try_get("expires_at")?,
             dirty: false,
@@ -97,7 +98,7 @@ where
     pub fn txn(row: &DB::Row) -> Result<TxnRecord, StoreError> {
         let kind: String = row.try_get("kind")?;
         let kind = Kind::parse(&kind)
-            .ok_or_else(|| StoreError::Unavailable(format!("unknown kind {kind}")))?;
+            .ok_or_else(|| StoreError::Corrupt(format!("transactions.kind holds {kind:?}")))?;
         let amount = DB::decimal(row, "purchase_amount")?;
         let currency: Option<String> = row.try_get("purchase_currency")?;
         let slices: String = row.try_get("slices")?;

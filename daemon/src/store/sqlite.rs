@@ -136,42 +136,47 @@ impl BatchBackend for SqliteBackend {
         requests: &[Request],
         ctx: &batch::Context,
     ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
-        // IMMEDIATE: take the write lock up front, never fail half-way with SQLITE_BUSY.
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut self.conn)
-            .await?;
+        // IMMEDIATE: take the write lock up front, never fail half-way with SQLITE_BUSY. The
+        // transaction guard rolls back if it is dropped, including by a panic unwinding.
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         let result = {
-            let mut tx = SqliteTx {
-                conn: &mut self.conn,
+            let mut ledger = SqliteTx {
+                conn: &mut tx,
                 ids: &mut self.ids,
             };
-            batch::apply(&mut tx, requests, ctx).await
+            batch::apply(&mut ledger, requests, ctx).await
         };
         if let (Ok(_), Some(pause)) = (&result, ctx.pause_before_commit) {
             tokio::time::sleep(pause).await;
         }
         let decided = std::time::Instant::now();
         let result = match result {
-            Ok(out) => match sqlx::query("COMMIT")
-                .execute(&mut self.conn)
-                .await
-                .inspect(|_| {
+            Ok(out) => match tx.commit().await {
+                Ok(()) => {
                     tracing::trace!(
                         commit_micros = decided.elapsed().as_micros() as u64,
                         "sqlite commit"
                     );
-                }) {
-                Ok(_) => Ok(out),
+                    Ok(out)
+                }
                 Err(e) => Err(StoreError::from(e)),
             },
-            Err(e) => Err(e),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
         };
         if result.is_err() {
-            let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
             // ids handed out in the failed batch may or may not exist now: ask the file.
             self.reload_counters().await?;
         }
         result
+    }
+
+    async fn recover(&mut self) -> Result<(), StoreError> {
+        // A panic dropped the transaction guard, which queued a rollback; the next statement on
+        // the connection runs after it. The id counter may have moved: read it again.
+        self.reload_counters().await
     }
 }
 
@@ -192,24 +197,22 @@ where
     qb.push(")");
 }
 
-fn lot_from(row: &SqliteRow) -> Lot {
-    super::rows::Rows::<sqlx::Sqlite>::lot(row).expect("a lots row")
+fn lot_from(row: &SqliteRow) -> Result<Lot, StoreError> {
+    Ok(super::rows::Rows::<sqlx::Sqlite>::lot(row)?)
 }
 
-fn decimal(row: &SqliteRow, col: &str) -> Decimal {
+fn decimal(row: &SqliteRow, col: &str) -> Result<Decimal, StoreError> {
     use super::rows::Money;
-    sqlx::Sqlite::decimal(row, col)
-        .ok()
-        .flatten()
-        .expect("stored decimals are written by this daemon")
+    sqlx::Sqlite::decimal(row, col)?
+        .ok_or_else(|| StoreError::Corrupt(format!("NULL in decimal column {col}")))
 }
 
-fn debt_from(row: &SqliteRow) -> Debt {
-    super::rows::Rows::<sqlx::Sqlite>::debt(row).expect("a debts row")
+fn debt_from(row: &SqliteRow) -> Result<Debt, StoreError> {
+    Ok(super::rows::Rows::<sqlx::Sqlite>::debt(row)?)
 }
 
-fn allocation_from(row: &SqliteRow) -> Allocation {
-    super::rows::Rows::<sqlx::Sqlite>::allocation(row).expect("an allocations row")
+fn allocation_from(row: &SqliteRow) -> Result<Allocation, StoreError> {
+    Ok(super::rows::Rows::<sqlx::Sqlite>::allocation(row)?)
 }
 
 fn txn_from(row: &SqliteRow) -> Result<TxnRecord, StoreError> {
@@ -230,15 +233,15 @@ async fn load_members(
         );
         in_list(&mut qb, chunk);
         for row in qb.build().fetch_all(&mut *conn).await? {
-            let member: String = row.get("known_member");
+            let member: String = row.try_get("known_member")?;
             let ledger = out.entry(member.clone()).or_insert_with(|| MemberLedger {
                 member,
                 known: true,
                 lots: vec![],
                 debts: vec![],
             });
-            if row.get::<Option<i64>, _>("id").is_some() {
-                ledger.lots.push(lot_from(&row));
+            if row.try_get::<Option<i64>, _>("id")?.is_some() {
+                ledger.lots.push(lot_from(&row)?);
             }
         }
         let mut qb =
@@ -246,7 +249,7 @@ async fn load_members(
         in_list(&mut qb, chunk);
         qb.push(" ORDER BY txn_id");
         for row in qb.build().fetch_all(&mut *conn).await? {
-            let d = debt_from(&row);
+            let d = debt_from(&row)?;
             if let Some(m) = out.get_mut(&d.member) {
                 m.debts.push(d);
             }
@@ -295,13 +298,12 @@ impl LedgerTx for SqliteTx<'_> {
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError> {
         let mut qb = QueryBuilder::new("SELECT * FROM lots WHERE id IN ");
         in_list(&mut qb, ids);
-        Ok(qb
-            .build()
+        qb.build()
             .fetch_all(&mut *self.conn)
             .await?
             .iter()
             .map(lot_from)
-            .collect())
+            .collect()
     }
 
     async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError> {
@@ -312,16 +314,17 @@ impl LedgerTx for SqliteTx<'_> {
         );
         in_list(&mut qb, burn_txns);
         qb.push(" ORDER BY a.txn_id, a.seq");
-        Ok(qb
-            .build()
+        qb.build()
             .fetch_all(&mut *self.conn)
             .await?
             .iter()
-            .map(|row| Reversible {
-                allocation: allocation_from(row),
-                remaining: row.get("remaining"),
+            .map(|row| {
+                Ok(Reversible {
+                    allocation: allocation_from(row)?,
+                    remaining: row.try_get("remaining")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn open_cycle(
@@ -332,7 +335,7 @@ impl LedgerTx for SqliteTx<'_> {
             sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
                 .fetch_one(&mut *self.conn)
                 .await?;
-        Ok(super::first_open_cycle(now_cycle, sealed.as_deref()))
+        super::first_open_cycle(now_cycle, sealed.as_deref())
     }
 
     async fn lock_members(&mut self, _members: &[String]) -> Result<(), StoreError> {
@@ -384,9 +387,9 @@ impl LedgerTx for SqliteTx<'_> {
                 .execute(&mut *conn)
                 .await?;
         }
-        for chunk in w.lots.chunks(MAX_BINDS / 8) {
+        for chunk in w.lots.chunks(MAX_BINDS / 9) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO lots (id, member_id, issuer, points, points_left, reversed, earned_at, expires_at) ",
+                "INSERT INTO lots (id, member_id, issuer, points, points_left, reversed, expired, earned_at, expires_at) ",
             );
             qb.push_values(chunk, |mut b, l| {
                 b.push_bind(l.id)
@@ -395,10 +398,28 @@ impl LedgerTx for SqliteTx<'_> {
                     .push_bind(l.points)
                     .push_bind(l.points_left)
                     .push_bind(l.reversed)
+                    .push_bind(l.expired)
                     .push_bind(l.earned_at)
                     .push_bind(l.expires_at);
             });
-            qb.push(" ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed");
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET points_left = excluded.points_left, reversed = excluded.reversed, \
+                 expired = excluded.expired",
+            );
+            qb.build().execute(&mut *conn).await?;
+        }
+        for chunk in w.breakage.chunks(MAX_BINDS / 6) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO breakage (lot_id, member_id, issuer, cycle, points, txn_id) ",
+            );
+            qb.push_values(chunk, |mut b, f| {
+                b.push_bind(f.lot)
+                    .push_bind(&f.member)
+                    .push_bind(&f.issuer)
+                    .push_bind(w.cycle.to_string())
+                    .push_bind(f.points)
+                    .push_bind(f.txn);
+            });
             qb.build().execute(&mut *conn).await?;
         }
         for chunk in w.allocations.chunks(MAX_BINDS / 12) {
@@ -498,11 +519,22 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn audit(&self, now: Micros) -> Result<audit::Report, StoreError> {
+    async fn audit(
+        &self,
+        now: Micros,
+        rules: &clearing::Rules,
+    ) -> Result<audit::Report, StoreError> {
         let mut conn = self.pool.acquire().await?;
         // One read transaction: every figure comes from the same snapshot.
         let mut tx = conn.begin().await?;
-        let report = audit::run::<sqlx::Sqlite>(&mut tx, now).await?;
+        let mut report = audit::run::<sqlx::Sqlite>(&mut tx, now).await?;
+        let mut all =
+            clearing::SharedSql::<sqlx::Sqlite>::settlements(&mut tx, None, i64::MAX).await?;
+        all.reverse();
+        report
+            .violations
+            .extend(clearing::verify(&mut SqliteClearing { conn: &mut tx }, rules, &all).await?);
+        report.settlements = all.len() as i64;
         tx.rollback().await?;
         Ok(report)
     }
@@ -518,17 +550,21 @@ impl Store for SqliteStore {
         plan: &clearing::Plan,
     ) -> Result<Option<clearing::Stored>, clearing::ClearingError> {
         let mut conn = self.clearing.lock().await;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
+        // The guard rolls back when dropped: an error, a panic or a cancelled call leaves nothing
+        // open behind it.
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::from)?;
-        let result = clearing::run(&mut SqliteClearing { conn: &mut conn }, plan).await;
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        match sqlx::query(end).execute(&mut *conn).await {
-            Ok(_) => result,
+        let result = clearing::run(&mut SqliteClearing { conn: &mut tx }, plan).await;
+        match result {
+            Ok(out) => {
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(out)
+            }
             Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(StoreError::from(e).into())
+                let _ = tx.rollback().await;
+                Err(e)
             }
         }
     }
@@ -604,10 +640,6 @@ struct SqliteClearing<'c> {
     conn: &'c mut SqliteConnection,
 }
 
-fn parse_cycle(s: Option<String>) -> Option<chrono::NaiveDate> {
-    s.and_then(|s| s.parse().ok())
-}
-
 #[async_trait]
 impl clearing::ClearingTx for SqliteClearing<'_> {
     async fn lock_state(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
@@ -616,7 +648,7 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
             sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
                 .fetch_one(&mut *self.conn)
                 .await?;
-        Ok(parse_cycle(s))
+        super::parse_date("clearing_state.sealed_through", s.as_deref())
     }
 
     async fn try_exclusive(&mut self) -> Result<bool, StoreError> {
@@ -646,12 +678,15 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
     }
 
     async fn sweep(&mut self, before: Micros, cycle: chrono::NaiveDate) -> Result<i64, StoreError> {
-        let r = sqlx::query(clearing::sql::SWEEP)
-            .bind(before)
-            .bind(cycle.to_string())
-            .execute(&mut *self.conn)
-            .await?;
-        Ok(r.rows_affected() as i64)
+        // The one writer's lock is held: no batch is half-way through a member.
+        clearing::SharedSql::<sqlx::Sqlite>::sweep(self.conn, before, cycle).await
+    }
+
+    async fn first_after(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        clearing::SharedSql::<sqlx::Sqlite>::first_after(self.conn, cycle).await
     }
 
     async fn slices(
@@ -662,16 +697,17 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
             .bind(cycle.to_string())
             .fetch_all(&mut *self.conn)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| coalition_clearing::Slice {
-                issuer: r.get(0),
-                redeemer: r.get(1),
-                rate: decimal(r, "rate"),
-                points: r.get(3),
-                allocations: r.get(4),
+        rows.iter()
+            .map(|r| {
+                Ok(coalition_clearing::Slice {
+                    issuer: r.try_get(0)?,
+                    redeemer: r.try_get(1)?,
+                    rate: decimal(r, "rate")?,
+                    points: r.try_get(3)?,
+                    allocations: r.try_get(4)?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn issued(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {

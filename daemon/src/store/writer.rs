@@ -5,7 +5,40 @@
 use super::{BatchBackend, OpenBackend, Rejection, Request, StoreError, batch};
 use crate::clock::Clock;
 use crate::ledger::{Micros, Receipt};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{mpsc, oneshot};
+
+/// Applies a batch; a panic inside it (a bug) becomes an error for this batch's callers instead of
+/// the end of the writer. The backend's transaction guard was dropped by the unwinding, so nothing
+/// of the batch is applied; the backend then recovers (rolls back, reloads its counters).
+async fn apply_guarded(
+    backend: &mut Box<dyn BatchBackend>,
+    requests: &[Request],
+    ctx: &batch::Context,
+) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
+    match AssertUnwindSafe(backend.apply_batch(requests, ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, size = requests.len(), "a batch panicked; nothing of it was applied");
+            metrics::counter!("coalition_writer_panics_total").increment(1);
+            if let Err(e) = backend.recover().await {
+                tracing::error!(error = %e, "the writer could not recover after a panic");
+            }
+            Err(StoreError::Unavailable(
+                "internal error while applying the batch; nothing was applied, retry".into(),
+            ))
+        }
+    }
+}
 
 /// What a caller gets back: the receipt, a refusal, or a storage failure (nothing applied).
 pub type Answer = Result<Result<Receipt, Rejection>, StoreError>;
@@ -32,6 +65,8 @@ pub struct WriterConfig {
     pub expire_after: Option<Micros>,
     /// Test hook: pause between writing a batch and committing it.
     pub pause_before_commit: Option<std::time::Duration>,
+    /// Test hook: panic inside the batch transaction for this member.
+    pub panic_on_member: Option<&'static str>,
     /// The cycle calendar.
     pub cycles: coalition_clearing::Cycles,
 }
@@ -50,9 +85,10 @@ async fn run(
             expire_after: config.expire_after,
             pause_before_commit: config.pause_before_commit,
             cycles: config.cycles,
+            panic_on_member: config.panic_on_member,
         };
         let started = std::time::Instant::now();
-        let result = backend.apply_batch(&requests, &ctx).await;
+        let result = apply_guarded(&mut backend, &requests, &ctx).await;
         metrics::histogram!("coalition_write_batch_size").record(requests.len() as f64);
         metrics::histogram!("coalition_commit_seconds", "ok" => if result.is_ok() { "true" } else { "false" })
             .record(started.elapsed().as_secs_f64());
@@ -78,10 +114,13 @@ async fn run(
                         now: clock.now(),
                         ..ctx
                     };
-                    let answer = backend
-                        .apply_batch(std::slice::from_ref(&job.request), &ctx)
-                        .await;
-                    let answer = answer.map(|mut a| a.pop().expect("one answer per request"));
+                    let answer =
+                        apply_guarded(&mut backend, std::slice::from_ref(&job.request), &ctx).await;
+                    let answer = answer.and_then(|mut a| {
+                        a.pop().ok_or_else(|| {
+                            StoreError::Unavailable("the batch gave no answer".into())
+                        })
+                    });
                     if let Err(e) = &answer {
                         tracing::error!(error = %e, transaction = %job.request.transaction_id, partner = %job.request.partner, "request refused by storage");
                     }
@@ -102,12 +141,13 @@ impl Writer {
     /// Starts the writer on a thread of its own (its chain of statements must not wait in a queue
     /// behind hundreds of request tasks), opening its backend there. Returns once the backend is
     /// open. The writer ends when every [`Writer`] handle is dropped, after answering everything
-    /// queued.
+    /// queued; the returned task then ends with `Ok`. If the writer thread dies instead, the task
+    /// ends with an error, and the daemon must stop: a daemon that cannot write must not look alive.
     pub async fn spawn(
         open: OpenBackend,
         config: WriterConfig,
         clock: Clock,
-    ) -> Result<(Writer, tokio::task::JoinHandle<()>), StoreError> {
+    ) -> Result<(Writer, tokio::task::JoinHandle<Result<(), StoreError>>), StoreError> {
         assert!(config.max_batch >= 1 && config.queue_depth >= 1);
         let (queue, rx) = mpsc::channel::<Job>(config.queue_depth);
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
@@ -115,10 +155,18 @@ impl Writer {
         std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
+                let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .expect("writer runtime");
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Unavailable(format!(
+                            "cannot start the writer's runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
                 rt.block_on(async move {
                     match open.await {
                         Ok(backend) => {
@@ -135,7 +183,11 @@ impl Writer {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         ready_rx.await.map_err(|_| StoreError::ShuttingDown)??;
         let task = tokio::spawn(async move {
-            let _ = done_rx.await;
+            // The thread sends on `done_tx` only when it ends normally; a panic drops it unsent.
+            done_rx.await.map_err(|_| {
+                tracing::error!("the ledger writer died; the daemon cannot write and stops");
+                StoreError::Unavailable("the ledger writer died".into())
+            })
         });
         Ok((Writer { queue }, task))
     }
