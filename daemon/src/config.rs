@@ -664,6 +664,52 @@ mod tests {
         assert!(c.database_url.starts_with("sqlite:///etc/coalition/"));
     }
 
+    proptest::proptest! {
+        /// Random text as a config: an error, never a panic.
+        #[test]
+        fn random_text_never_panics(text in "(?s).{0,400}") {
+            let _ = Config::parse(&text, Path::new("."));
+        }
+
+        /// The example with one value replaced by random text (quoted, or bare): an error or a
+        /// config, never a panic. This reaches every validator of every key.
+        #[test]
+        fn any_value_of_the_example_never_panics(line in 0usize..80, value in "(?s).{0,40}", quoted in proptest::bool::ANY) {
+            let lines: Vec<&str> = GOOD.lines().collect();
+            let i = line % lines.len();
+            let Some((key, _)) = lines[i].split_once(" = ") else { return Ok(()); };
+            let v = if quoted { format!("{value:?}") } else { value.clone() };
+            let mut edited: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            edited[i] = format!("{key} = {v}");
+            let _ = Config::parse(&edited.join("\n"), Path::new("."));
+        }
+
+        /// Rates with more decimals than settlements carry exactly are refused at load.
+        #[test]
+        fn rates_are_bounded(decimals in 0u32..28, mantissa in 1i64..i64::MAX) {
+            let rate = Decimal::new(mantissa, decimals);
+            let text = GOOD.replacen("redemption_rate = \"0.010\"", &format!("redemption_rate = \"{rate}\""), 1);
+            let ok = Config::parse(&text, Path::new(".")).is_ok();
+            proptest::prop_assert_eq!(ok, rate.scale() <= 8 && rate < Decimal::from(MAX_RATE));
+        }
+    }
+
+    #[test]
+    fn a_non_ascii_iban_is_an_error_not_a_panic() {
+        let text = GOOD.replacen("DE89370400440532013000", "Dé89370400440532013000", 1);
+        let err = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("iban"), "{err}");
+        let text = GOOD.replacen("COBADEFFXXX", "COBADEFé", 1);
+        assert!(Config::parse(&text, Path::new(".")).is_err());
+        let text = GOOD.replacen("\"0.010\"", "\"0.0033333333333333333333333333\"", 1);
+        let err = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("decimals"), "{err}");
+    }
+
     #[test]
     fn wrong_values_name_their_key() {
         let cases = [
