@@ -495,6 +495,7 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
             .map(|i| (format!("p{i}"), rust_decimal::Decimal::new(5, 4)))
             .collect(),
         skip_if_busy: false,
+        first_cycle: None,
     };
     let mut runs = Vec::new();
     let mut digest = String::new();

@@ -75,6 +75,16 @@ pub enum OpsCommand {
         #[arg(long)]
         partner: String,
     },
+    /// Let the scheduler clear a catch-up longer than `clearing.max_catch_up_cycles`, through a
+    /// cycle (check the first cycle it names in its log first: a typo'd date writes settlements
+    /// finance must sign off).
+    ConfirmCatchUp {
+        #[command(flatten)]
+        conn: Connection,
+        /// The last cycle it may clear (YYYY-MM-DD).
+        #[arg(long)]
+        through: String,
+    },
     /// Re-read the server certificate, CA and CRL (as SIGHUP does).
     ReloadCerts {
         #[command(flatten)]
@@ -216,6 +226,17 @@ pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
                 .resume_partner(pb::PartnerRequest { partner })
                 .await?
                 .into_inner()]);
+        }
+        OpsCommand::ConfirmCatchUp { conn, through } => {
+            let r = client(&conn)
+                .await?
+                .confirm_catch_up(pb::ConfirmCatchUpRequest { through })
+                .await?
+                .into_inner();
+            println!(
+                "confirmed: the scheduler clears {} cycle(s) through {}",
+                r.cycles, r.through
+            );
         }
         OpsCommand::ReloadCerts { conn } => {
             let r = client(&conn)

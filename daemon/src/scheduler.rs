@@ -1,43 +1,130 @@
 //! The clearing scheduler: after each cut-off (plus a grace period) it expires lots and clears the
 //! cycle just closed, and on start it catches up every cycle it missed, in order. With several
 //! daemons on one database only one clears at a time (an advisory lock); the others skip the tick.
+//!
+//! Where clearing starts: the coalition's first cycle (the earlier of `clearing.first_cycle` and
+//! the cycle of the first accepted transaction), or the day after the last settlement if later.
+//! A catch-up clears one cycle per transaction and looks for shutdown between cycles, so SIGTERM
+//! stops it within a cycle; the next start goes on where it stopped. A catch-up longer than
+//! `clearing.max_catch_up_cycles` waits for an operator (`coalitiond ops confirm-catch-up`).
 
 use crate::api::Shared;
 use crate::api::finance::plan;
-use std::time::Duration;
+use chrono::NaiveDate;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_millis(500);
+/// How often a long catch-up logs its progress, and a blocked one repeats its warning.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+const BLOCKED_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs until `stop` turns true.
 pub async fn run(shared: Shared, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if let Err(e) = catch_up(&shared).await {
-            tracing::warn!(error = %e, "scheduled clearing failed; will retry");
+        match catch_up(&shared, &stop).await {
+            Ok(Progress::Blocked {
+                from,
+                through,
+                cycles,
+            }) => {
+                metrics::gauge!("coalition_clearing_catch_up_blocked_cycles").set(cycles as f64);
+                if warned.is_none_or(|w| w.elapsed() >= BLOCKED_WARNING_EVERY) {
+                    warned = Some(Instant::now());
+                    tracing::error!(
+                        %from, %through, cycles, bound = shared.config.clearing.max_catch_up_cycles,
+                        "clearing waits: the catch-up is longer than clearing.max_catch_up_cycles; confirm it with \
+                         `coalitiond ops confirm-catch-up --through {through}` if these cycles are right"
+                    );
+                }
+            }
+            Ok(_) => {
+                metrics::gauge!("coalition_clearing_catch_up_blocked_cycles").set(0.0);
+                warned = None;
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduled clearing failed; will retry"),
         }
     }
 }
 
-/// Clears every closed cycle (past the grace period) that has no settlement yet, oldest first.
-pub async fn catch_up(shared: &Shared) -> anyhow::Result<()> {
+/// What one catch-up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing was due.
+    Idle,
+    /// Cycles cleared (all that were due, or until shutdown or another daemon took over).
+    Cleared(u64),
+    /// More cycles are due than the bound allows without an operator's confirmation.
+    Blocked {
+        /// The first cycle due.
+        from: NaiveDate,
+        /// The last cycle due.
+        through: NaiveDate,
+        /// How many.
+        cycles: u64,
+    },
+}
+
+/// The cycles due now: from the first not yet cleared through the last closed (past the grace
+/// period); `None` if nothing is due.
+pub async fn due(shared: &Shared) -> anyhow::Result<Option<(NaiveDate, NaiveDate)>> {
     let now = shared.clock.now();
     let grace = shared.config.clearing.grace.as_micros() as i64;
     let target = shared.config.cycles().last_closed(now - grace)?;
-    let (latest, first) = shared.store.clearing_frontier().await?;
-    let mut cycle = match (latest, first) {
-        (Some(l), _) => coalition_clearing::next_day(l)?,
-        (None, Some(f)) => f,
-        (None, None) => return Ok(()),
+    let f = shared.store.clearing_frontier().await?;
+    let first = crate::store::clearing::first_cycle(
+        shared.config.clearing.first_cycle,
+        f.first_transaction,
+    );
+    let start = match (f.latest_settled, first) {
+        (Some(l), Some(first)) => coalition_clearing::next_day(l)?.max(first),
+        (Some(l), None) => coalition_clearing::next_day(l)?,
+        (None, Some(first)) => first,
+        (None, None) => return Ok(None),
     };
+    Ok((start <= target).then_some((start, target)))
+}
+
+/// Clears every closed cycle (past the grace period) that has no settlement yet, oldest first,
+/// one transaction each, stopping between cycles when `stop` turns true.
+pub async fn catch_up(shared: &Shared, stop: &watch::Receiver<bool>) -> anyhow::Result<Progress> {
+    let Some((start, target)) = due(shared).await? else {
+        return Ok(Progress::Idle);
+    };
+    let todo = (target - start).num_days() as u64 + 1;
+    let confirmed = shared
+        .store
+        .clearing_frontier()
+        .await?
+        .confirmed_through
+        .is_some_and(|c| c >= target);
+    if todo > u64::from(shared.config.clearing.max_catch_up_cycles) && !confirmed {
+        return Ok(Progress::Blocked {
+            from: start,
+            through: target,
+            cycles: todo,
+        });
+    }
+    if todo > 1 {
+        tracing::info!(from = %start, through = %target, cycles = todo, "catching up on clearing");
+    }
+    let mut cycle = start;
+    let mut done = 0u64;
+    let mut last_log = Instant::now();
     while cycle <= target {
-        let started = std::time::Instant::now();
+        if *stop.borrow() {
+            tracing::info!(done, left = todo - done, next = %cycle, "catch-up stopped for shutdown; the next start goes on");
+            break;
+        }
+        let started = Instant::now();
         match shared
             .store
             .run_clearing(&plan(shared, cycle, true))
@@ -48,11 +135,17 @@ pub async fn catch_up(shared: &Shared) -> anyhow::Result<()> {
                     .record(started.elapsed().as_secs_f64());
                 let day: u32 = cycle.format("%Y%m%d").to_string().parse().unwrap_or(0);
                 metrics::gauge!("coalition_last_cleared_cycle").set(day as f64);
-                tracing::info!(%cycle, digest = %s.settlement.digest, "cycle cleared")
+                done += 1;
+                if todo == 1 {
+                    tracing::info!(%cycle, digest = %s.settlement.digest, "cycle cleared");
+                } else if last_log.elapsed() >= PROGRESS_EVERY || cycle == target {
+                    last_log = Instant::now();
+                    tracing::info!(done, of = todo, last = %cycle, "catch-up progress");
+                }
             }
-            None => return Ok(()), // another daemon is clearing
+            None => break, // another daemon is clearing
         }
         cycle = coalition_clearing::next_day(cycle)?;
     }
-    Ok(())
+    Ok(Progress::Cleared(done))
 }

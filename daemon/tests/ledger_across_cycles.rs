@@ -7,7 +7,7 @@
 //! keeps another issuer's points when that lot's earn is reversed (bug 3 of the bugs issue).
 
 use coalitiond::clock::Clock;
-use coalitiond::ledger::{Micros, Receipt};
+use coalitiond::ledger::Receipt;
 use coalitiond::store::clearing::Rules;
 use coalitiond::store::writer::{Writer, WriterConfig};
 use coalitiond::store::{self, Op, Request, Store};

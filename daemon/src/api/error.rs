@@ -96,6 +96,7 @@ impl ApiError {
                     C::OutOfOrder { .. } => (Code::FailedPrecondition, "EARLIER_CYCLE_NOT_CLEARED"),
                     C::Settle(..) => (Code::FailedPrecondition, "SETTLEMENT_FAILED"),
                     C::Calendar(..) => (Code::InvalidArgument, "MALFORMED_CYCLE"),
+                    C::BeforeFirstCycle { .. } => (Code::FailedPrecondition, "BEFORE_FIRST_CYCLE"),
                     C::ChainedDraftWouldChange { .. } => {
                         (Code::FailedPrecondition, "DRAFT_ALREADY_CHAINED")
                     }

@@ -181,6 +181,32 @@ impl OperatorService for OperatorApi {
         ))
     }
 
+    async fn confirm_catch_up(
+        &self,
+        req: Request<pb::ConfirmCatchUpRequest>,
+    ) -> Result<Response<pb::ConfirmCatchUpResponse>, Status> {
+        let through = super::validate::cycle("through", &req.get_ref().through)?;
+        self.shared
+            .store
+            .confirm_catch_up(through)
+            .await
+            .map_err(ApiError::from)?;
+        let cycles = match crate::scheduler::due(&self.shared)
+            .await
+            .map_err(|e| ApiError::Store(crate::store::StoreError::Unavailable(e.to_string())))?
+        {
+            Some((start, target)) if start <= through => {
+                (target.min(through) - start).num_days() + 1
+            }
+            _ => 0,
+        };
+        tracing::warn!(%through, cycles, "operator confirmed a long clearing catch-up");
+        Ok(Response::new(pb::ConfirmCatchUpResponse {
+            through: through.to_string(),
+            cycles,
+        }))
+    }
+
     async fn reload_certificates(
         &self,
         _req: Request<pb::ReloadCertificatesRequest>,

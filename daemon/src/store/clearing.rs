@@ -75,6 +75,8 @@ pub struct Plan {
     pub partners: Vec<(String, Decimal)>,
     /// Run only if no other daemon is clearing right now (the scheduler); finance runs wait.
     pub skip_if_busy: bool,
+    /// The coalition's first business day from config, if set.
+    pub first_cycle: Option<NaiveDate>,
 }
 
 /// The coalition's clearing rules, from its config: what every run and every audit of a
@@ -107,6 +109,7 @@ impl Rules {
             rounding: self.rounding,
             partners: self.partners.clone(),
             skip_if_busy,
+            first_cycle: self.first_cycle,
         }
     }
 
@@ -206,6 +209,17 @@ pub enum ClearingError {
     /// The settlement math refused.
     #[error("settlement of {0} failed: {1}")]
     Settle(NaiveDate, SettleError),
+    /// The cycle precedes the coalition's first business day: there is nothing to clear.
+    #[error("{}", match first {
+        Some(f) => format!("cycle {cycle} precedes the coalition's first cycle {f}; nothing was stored"),
+        None => format!("cycle {cycle} cannot be cleared: no transaction has been accepted yet and no clearing.first_cycle is set; nothing was stored"),
+    })]
+    BeforeFirstCycle {
+        /// The cycle asked for.
+        cycle: NaiveDate,
+        /// The first cycle, if known.
+        first: Option<NaiveDate>,
+    },
     /// The cycle is outside the calendar.
     #[error("cycle {0}: {1}")]
     Calendar(NaiveDate, coalition_clearing::CycleError),
@@ -254,6 +268,8 @@ pub trait ClearingTx: Send {
     async fn sweep(&mut self, before: Micros, cycle: NaiveDate) -> Result<i64, StoreError>;
     /// The earliest settlement after `cycle`.
     async fn first_after(&mut self, cycle: NaiveDate) -> Result<Option<NaiveDate>, StoreError>;
+    /// The cycle of the first transaction the ledger accepted.
+    async fn first_transaction_cycle(&mut self) -> Result<Option<NaiveDate>, StoreError>;
     /// The cycle's allocations.
     async fn slices(&mut self, cycle: NaiveDate) -> Result<Vec<Slice>, StoreError>;
     /// Points issued per partner in the cycle, net of earn reversals.
@@ -280,6 +296,13 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
     }
     if plan.skip_if_busy && !tx.try_exclusive().await? {
         return Ok(None);
+    }
+    let first = first_cycle(plan.first_cycle, tx.first_transaction_cycle().await?);
+    if first.is_none_or(|f| plan.cycle < f) {
+        return Err(ClearingError::BeforeFirstCycle {
+            cycle: plan.cycle,
+            first,
+        });
     }
     let sealed = tx.lock_state().await?;
     let existing = tx.settlement(plan.cycle).await?;
@@ -343,6 +366,18 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
         tx.seal(plan.cycle).await?;
     }
     Ok(Some(stored))
+}
+
+/// The coalition's first business day: the earlier of the configured one and the cycle of the
+/// first accepted transaction (a transaction is never left out of clearing).
+pub fn first_cycle(
+    configured: Option<NaiveDate>,
+    first_transaction: Option<NaiveDate>,
+) -> Option<NaiveDate> {
+    match (configured, first_transaction) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Settles `plan.cycle` from what the ledger holds for it now: its allocations, issuance, counts
@@ -436,14 +471,29 @@ pub mod sql {
     pub const SEAL: &str = "UPDATE clearing_state SET sealed_through = $1 WHERE id = 1";
     /// Finalize a draft.
     pub const FINALIZE: &str = "UPDATE settlements SET status = 'final', finalized_at = $2 WHERE cycle = $1 AND status = 'draft'";
-    /// The latest settled cycle and the first cycle with any transaction.
-    pub const FRONTIER: &str =
-        "SELECT (SELECT MAX(cycle) FROM settlements), (SELECT MIN(cycle) FROM transactions)";
+    /// The latest settled cycle, the first cycle with any transaction, and the operator's
+    /// confirmation of a long catch-up.
+    pub const FRONTIER: &str = "SELECT (SELECT MAX(cycle) FROM settlements), (SELECT MIN(cycle) FROM transactions), \
+        (SELECT catch_up_confirmed_through FROM clearing_state WHERE id = 1)";
+    /// Records an operator's confirmation of a long catch-up.
+    pub const CONFIRM_CATCH_UP: &str =
+        "UPDATE clearing_state SET catch_up_confirmed_through = $1 WHERE id = 1";
     /// Allocations of cycle $1 where partner $2 is issuer or redeemer, with the transaction's own id
     /// when it is the partner's.
     pub const STATEMENT: &str = "SELECT a.txn_id, a.seq, CASE WHEN t.partner_id = $2 THEN t.partner_txn_id ELSE '' END AS tid, \
         a.accepted_at, a.issuer, a.redeemer, a.points, a.rate FROM allocations a JOIN transactions t ON t.id = a.txn_id \
         WHERE a.cycle = $1 AND (a.issuer = $2 OR a.redeemer = $2) ORDER BY a.txn_id, a.seq";
+}
+
+/// Where clearing stands, for the scheduler.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Frontier {
+    /// The latest cycle with a settlement.
+    pub latest_settled: Option<NaiveDate>,
+    /// The cycle of the first accepted transaction.
+    pub first_transaction: Option<NaiveDate>,
+    /// An operator's confirmation of a long catch-up, through this cycle.
+    pub confirmed_through: Option<NaiveDate>,
 }
 
 /// What became of one lot's points (for the liability report).
@@ -615,16 +665,30 @@ where
         Ok(swept)
     }
 
-    /// (latest settled cycle, first cycle with any transaction).
-    pub async fn frontier(
-        conn: &mut DB::Connection,
-    ) -> Result<(Option<NaiveDate>, Option<NaiveDate>), StoreError> {
+    /// Where clearing stands.
+    pub async fn frontier(conn: &mut DB::Connection) -> Result<Frontier, StoreError> {
         use sqlx::Row;
         let row = sqlx::query(sql::FRONTIER).fetch_one(&mut *conn).await?;
-        Ok((
-            Self::date("settlements.cycle", row.try_get(0)?)?,
-            Self::date("transactions.cycle", row.try_get(1)?)?,
-        ))
+        Ok(Frontier {
+            latest_settled: Self::date("settlements.cycle", row.try_get(0)?)?,
+            first_transaction: Self::date("transactions.cycle", row.try_get(1)?)?,
+            confirmed_through: Self::date(
+                "clearing_state.catch_up_confirmed_through",
+                row.try_get(2)?,
+            )?,
+        })
+    }
+
+    /// Records an operator's confirmation of a long catch-up through `through`.
+    pub async fn confirm_catch_up(
+        conn: &mut DB::Connection,
+        through: NaiveDate,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sql::CONFIRM_CATCH_UP)
+            .bind(through.to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// Points issued per partner in the cycle, net of earn reversals.

@@ -331,10 +331,10 @@ pub trait Store: Send + Sync {
     async fn partner_overrides(&self) -> Result<Vec<PartnerOverride>, StoreError>;
     /// Stores an override (replacing the partner's previous one).
     async fn save_partner_override(&self, o: &PartnerOverride) -> Result<(), StoreError>;
-    /// (latest settled cycle, first cycle with any transaction).
-    async fn clearing_frontier(
-        &self,
-    ) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError>;
+    /// Where clearing stands.
+    async fn clearing_frontier(&self) -> Result<clearing::Frontier, StoreError>;
+    /// Records an operator's confirmation of a long catch-up.
+    async fn confirm_catch_up(&self, through: chrono::NaiveDate) -> Result<(), StoreError>;
 }
 
 /// An operator's override of a partner's quota and status.

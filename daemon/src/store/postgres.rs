@@ -592,11 +592,14 @@ impl Store for PgStore {
         clearing::SharedSql::<sqlx::Postgres>::save_override(&mut c, o).await
     }
 
-    async fn clearing_frontier(
-        &self,
-    ) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
+    async fn clearing_frontier(&self) -> Result<clearing::Frontier, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::frontier(&mut c).await
+    }
+
+    async fn confirm_catch_up(&self, through: chrono::NaiveDate) -> Result<(), StoreError> {
+        let mut c = self.pool.acquire().await?;
+        clearing::SharedSql::<sqlx::Postgres>::confirm_catch_up(&mut c, through).await
     }
 }
 
@@ -672,6 +675,12 @@ impl clearing::ClearingTx for PgClearing<'_> {
         cycle: chrono::NaiveDate,
     ) -> Result<Option<chrono::NaiveDate>, StoreError> {
         clearing::SharedSql::<sqlx::Postgres>::first_after(self.conn, cycle).await
+    }
+
+    async fn first_transaction_cycle(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        Ok(clearing::SharedSql::<sqlx::Postgres>::frontier(self.conn)
+            .await?
+            .first_transaction)
     }
 
     async fn slices(

@@ -626,11 +626,14 @@ impl Store for SqliteStore {
         clearing::SharedSql::<sqlx::Sqlite>::save_override(&mut conn, o).await
     }
 
-    async fn clearing_frontier(
-        &self,
-    ) -> Result<(Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), StoreError> {
+    async fn clearing_frontier(&self) -> Result<clearing::Frontier, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::frontier(&mut c).await
+    }
+
+    async fn confirm_catch_up(&self, through: chrono::NaiveDate) -> Result<(), StoreError> {
+        let mut conn = self.clearing.lock().await;
+        clearing::SharedSql::<sqlx::Sqlite>::confirm_catch_up(&mut conn, through).await
     }
 }
 
@@ -687,6 +690,12 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
         cycle: chrono::NaiveDate,
     ) -> Result<Option<chrono::NaiveDate>, StoreError> {
         clearing::SharedSql::<sqlx::Sqlite>::first_after(self.conn, cycle).await
+    }
+
+    async fn first_transaction_cycle(&mut self) -> Result<Option<chrono::NaiveDate>, StoreError> {
+        Ok(clearing::SharedSql::<sqlx::Sqlite>::frontier(self.conn)
+            .await?
+            .first_transaction)
     }
 
     async fn slices(
