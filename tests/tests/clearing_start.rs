@@ -15,6 +15,7 @@ fn today() -> NaiveDate {
 fn clearing_with(extra: String) -> impl FnOnce(String) -> String {
     move |toml: String| {
         toml.replace("time_zone = \"Europe/Amsterdam\"", "time_zone = \"UTC\"")
+            .replace("max_catch_up_cycles = 400\n", "")
             .replace(
                 "grace_seconds = 300",
                 &format!("grace_seconds = 0\n{extra}"),
