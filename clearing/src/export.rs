@@ -6,7 +6,6 @@ use crate::settle::{Direction, OPERATOR, Settlement};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 /// A bank account of a participant or of the coalition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +35,108 @@ fn fixed(d: Decimal, minor_units: u32) -> String {
     d.to_string()
 }
 
+/// The first 16 characters of a digest (whole if shorter: a stored value is never trusted).
+fn digest_prefix(d: &str) -> &str {
+    d.get(..16).unwrap_or(d)
+}
+
+/// One cell of a CSV row: text from anywhere (neutralised), or a number this writer made.
+pub enum Cell<'a> {
+    /// Text: a cell that begins with `=`, `+`, `-`, `@`, tab or carriage return gets a leading
+    /// `'`, so that a spreadsheet shows it instead of running it as a formula.
+    Text(&'a str),
+    /// A number (amount, points, rate, count): written as it is, so it stays a number.
+    Number(String),
+}
+
+impl<'a> From<&'a str> for Cell<'a> {
+    fn from(s: &'a str) -> Self {
+        Cell::Text(s)
+    }
+}
+
+impl From<Decimal> for Cell<'_> {
+    fn from(d: Decimal) -> Self {
+        Cell::Number(d.to_string())
+    }
+}
+
+impl From<i64> for Cell<'_> {
+    fn from(n: i64) -> Self {
+        Cell::Number(n.to_string())
+    }
+}
+
+/// Whether a spreadsheet would read `s` as the start of a formula (OWASP CSV injection).
+pub fn formula_like(s: &str) -> bool {
+    s.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// The one CSV writer of the daemon: RFC 4180 quoting by the `csv` crate, text cells neutralised
+/// (see [`Cell::Text`]), numbers left as numbers.
+pub struct CsvWriter {
+    inner: csv::Writer<Vec<u8>>,
+}
+
+impl Default for CsvWriter {
+    fn default() -> Self {
+        CsvWriter {
+            inner: csv::WriterBuilder::new()
+                .terminator(csv::Terminator::Any(b'\n'))
+                .from_writer(Vec::new()),
+        }
+    }
+}
+
+impl CsvWriter {
+    /// Writes one row.
+    pub fn row<'a>(&mut self, cells: impl IntoIterator<Item = Cell<'a>>) {
+        let fields: Vec<std::borrow::Cow<'a, str>> = cells
+            .into_iter()
+            .map(|c| match c {
+                Cell::Text(t) if formula_like(t) => format!("'{t}").into(),
+                Cell::Text(t) => t.into(),
+                Cell::Number(n) => n.into(),
+            })
+            .collect();
+        // Writing into a Vec cannot fail.
+        let _ = self.inner.write_record(fields.iter().map(|f| f.as_bytes()));
+    }
+
+    /// The header row (plain names).
+    pub fn header(&mut self, names: &[&str]) {
+        let _ = self.inner.write_record(names);
+    }
+
+    /// The file's text.
+    pub fn finish(self) -> String {
+        let bytes = self
+            .inner
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner().get_ref().clone());
+        String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
 /// The settlement's positions as CSV: one header row, one row per participant, and a last `TOTAL`
 /// row with the record count and sums. Every row carries the cycle and the digest.
 pub fn settlement_csv(s: &Settlement) -> String {
-    let mut out = String::from(
-        "cycle,participant,receivable,payable,fees,net_exact,net,direction,record_count,digest\n",
-    );
+    let mut w = CsvWriter::default();
+    w.header(&[
+        "cycle",
+        "participant",
+        "receivable",
+        "payable",
+        "fees",
+        "net_exact",
+        "net",
+        "direction",
+        "record_count",
+        "digest",
+    ]);
     let mu = s.minor_units;
+    let cycle = s.cycle.to_string();
     for p in &s.positions {
         let direction = if p.net < Decimal::ZERO {
             "pays_in"
@@ -51,39 +145,39 @@ pub fn settlement_csv(s: &Settlement) -> String {
         } else {
             "none"
         };
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{},{},,{}",
-            s.cycle,
-            p.participant,
-            p.receivable,
-            p.payable,
-            p.fees,
-            p.net_exact,
-            fixed(p.net, mu),
-            direction,
-            s.digest
-        );
+        w.row([
+            Cell::Text(&cycle),
+            Cell::Text(&p.participant),
+            p.receivable.into(),
+            p.payable.into(),
+            p.fees.into(),
+            p.net_exact.into(),
+            Cell::Number(fixed(p.net, mu)),
+            Cell::Text(direction),
+            Cell::Text(""),
+            Cell::Text(&s.digest),
+        ]);
     }
     let sum = |f: fn(&crate::Position) -> Decimal| s.positions.iter().map(f).sum::<Decimal>();
-    let _ = writeln!(
-        out,
-        "{},TOTAL,{},{},{},{},{},,{},{}",
-        s.cycle,
-        sum(|p| p.receivable),
-        sum(|p| p.payable),
-        sum(|p| p.fees),
-        sum(|p| p.net_exact),
-        fixed(sum(|p| p.net), mu),
-        s.positions.len(),
-        s.digest
-    );
-    out
+    w.row([
+        Cell::Text(&cycle),
+        Cell::Text("TOTAL"),
+        sum(|p| p.receivable).into(),
+        sum(|p| p.payable).into(),
+        sum(|p| p.fees).into(),
+        sum(|p| p.net_exact).into(),
+        Cell::Number(fixed(sum(|p| p.net), mu)),
+        Cell::Text(""),
+        (s.positions.len() as i64).into(),
+        Cell::Text(&s.digest),
+    ]);
+    w.finish()
 }
 
-/// The settlement as pretty JSON (its totals and digest included).
+/// The settlement as pretty JSON (its totals and digest included), through serde.
 pub fn settlement_json(s: &Settlement) -> String {
-    serde_json::to_string_pretty(s).expect("settlement serialises")
+    // A Settlement is strings, numbers and decimals: serialising it cannot fail.
+    serde_json::to_string_pretty(s).unwrap_or_default()
 }
 
 /// One allocation behind a partner's statement.
@@ -112,9 +206,23 @@ pub struct StatementLine {
 /// A partner's statement as CSV: every allocation in which it is issuer or redeemer, then a
 /// `TOTAL` row (count, points, receivable − payable) with the settlement's digest.
 pub fn statement_csv(s: &Settlement, partner: &str, lines: &[StatementLine]) -> String {
-    let mut out = String::from(
-        "cycle,partner,ledger_id,seq,transaction_id,accepted_at,issuer,redeemer,points,rate,value,signed_value,digest\n",
-    );
+    let mut w = CsvWriter::default();
+    w.header(&[
+        "cycle",
+        "partner",
+        "ledger_id",
+        "seq",
+        "transaction_id",
+        "accepted_at",
+        "issuer",
+        "redeemer",
+        "points",
+        "rate",
+        "value",
+        "signed_value",
+        "digest",
+    ]);
+    let cycle = s.cycle.to_string();
     let (mut points, mut net) = (0i64, Decimal::ZERO);
     for l in lines {
         // Positive for the partner when it is owed, negative when it owes; self-redemptions move nothing.
@@ -125,54 +233,131 @@ pub fn statement_csv(s: &Settlement, partner: &str, lines: &[StatementLine]) -> 
         } else {
             -l.value
         };
-        points += l.points;
+        points = points.saturating_add(l.points);
         net += signed;
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
-            s.cycle,
-            partner,
-            l.ledger_id,
-            l.seq,
-            csv_field(&l.transaction_id),
-            l.accepted_at,
-            l.issuer,
-            l.redeemer,
-            l.points,
-            l.rate,
-            l.value,
-            signed,
-            s.digest
-        );
+        w.row([
+            Cell::Text(&cycle),
+            Cell::Text(partner),
+            l.ledger_id.into(),
+            i64::from(l.seq).into(),
+            Cell::Text(&l.transaction_id),
+            Cell::Text(&l.accepted_at),
+            Cell::Text(&l.issuer),
+            Cell::Text(&l.redeemer),
+            l.points.into(),
+            l.rate.into(),
+            l.value.into(),
+            signed.into(),
+            Cell::Text(&s.digest),
+        ]);
     }
-    let _ = writeln!(
-        out,
-        "{},{},TOTAL,{},,,,,{},,,{},{}",
-        s.cycle,
-        partner,
-        lines.len(),
-        points,
-        net,
-        s.digest
-    );
-    out
+    w.row([
+        Cell::Text(&cycle),
+        Cell::Text(partner),
+        Cell::Text("TOTAL"),
+        (lines.len() as i64).into(),
+        Cell::Text(""),
+        Cell::Text(""),
+        Cell::Text(""),
+        Cell::Text(""),
+        points.into(),
+        Cell::Text(""),
+        Cell::Text(""),
+        net.into(),
+        Cell::Text(&s.digest),
+    ]);
+    w.finish()
 }
 
-/// A CSV field, quoted when it holds a separator, a quote or a line break (RFC 4180).
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// The longest name pain.001 takes (`Max140Text`), in characters.
+pub const MAX_NAME: usize = 140;
+
+/// An XML document written with quick-xml, which escapes every text it is given.
+struct Xml {
+    w: quick_xml::Writer<Vec<u8>>,
+}
+
+impl Xml {
+    fn new() -> Xml {
+        Xml {
+            w: quick_xml::Writer::new_with_indent(Vec::new(), b' ', 2),
+        }
+    }
+
+    fn open(&mut self, name: &str) {
+        let _ = self.w.write_event(quick_xml::events::Event::Start(
+            quick_xml::events::BytesStart::new(name),
+        ));
+    }
+
+    fn open_with(&mut self, name: &str, attr: (&str, &str)) {
+        let mut start = quick_xml::events::BytesStart::new(name);
+        start.push_attribute(attr);
+        let _ = self.w.write_event(quick_xml::events::Event::Start(start));
+    }
+
+    fn close(&mut self, name: &str) {
+        let _ = self.w.write_event(quick_xml::events::Event::End(
+            quick_xml::events::BytesEnd::new(name),
+        ));
+    }
+
+    /// `<name>text</name>`, the text escaped.
+    fn leaf(&mut self, name: &str, text: &str) {
+        self.open(name);
+        let _ = self.w.write_event(quick_xml::events::Event::Text(
+            quick_xml::events::BytesText::new(text),
+        ));
+        self.close(name);
+    }
+
+    /// A leaf with an attribute.
+    fn leaf_with(&mut self, name: &str, attr: (&str, &str), text: &str) {
+        self.open_with(name, attr);
+        let _ = self.w.write_event(quick_xml::events::Event::Text(
+            quick_xml::events::BytesText::new(text),
+        ));
+        self.close(name);
+    }
+
+    /// A name, cut to what the schema allows (by characters, never inside one).
+    fn name(&mut self, name: &str) {
+        let cut: String = name.chars().take(MAX_NAME).collect();
+        self.leaf("Nm", &cut);
+    }
+
+    fn finish(self) -> String {
+        let body = String::from_utf8(self.w.into_inner()).unwrap_or_default();
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}\n")
     }
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
+/// Reads back the text of every `<tag>` element of an XML document, unescaped: what a bank or a
+/// check of a written file sees. `None` if the document is not well-formed.
+pub fn element_texts(xml: &str, tag: &str) -> Option<Vec<String>> {
+    use quick_xml::events::Event;
+    let mut r = quick_xml::Reader::from_str(xml);
+    let (mut out, mut inside, mut cur) = (Vec::new(), false, String::new());
+    loop {
+        match r.read_event().ok()? {
+            Event::Start(e) if e.name().as_ref() == tag.as_bytes() => {
+                inside = true;
+                cur.clear();
+            }
+            Event::Text(t) if inside => cur.push_str(&t.decode().ok()?),
+            // quick-xml reports entity references (`&amp;`) as events of their own.
+            Event::GeneralRef(g) if inside => {
+                let name = g.decode().ok()?;
+                cur.push_str(quick_xml::escape::resolve_predefined_entity(&name)?);
+            }
+            Event::End(e) if e.name().as_ref() == tag.as_bytes() => {
+                inside = false;
+                out.push(std::mem::take(&mut cur));
+            }
+            Event::Eof => return Some(out),
+            _ => {}
+        }
+    }
 }
 
 /// The payouts of a settlement (the coalition's settlement account pays every participant with a
@@ -194,49 +379,45 @@ pub fn pain001(
     }
     let mu = s.minor_units;
     let ctrl: Decimal = payouts.iter().map(|p| p.amount).sum();
-    let msg_id = format!("CLR-{}-{}", s.cycle.format("%Y%m%d"), &s.digest[..16]);
-    let mut x = String::new();
-    let _ = writeln!(x, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-    let _ = writeln!(
-        x,
-        r#"<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.001.001.09">"#
+    let day = s.cycle.format("%Y%m%d").to_string();
+    let msg_id = format!("CLR-{day}-{}", digest_prefix(&s.digest));
+    let n = payouts.len().to_string();
+    let mut x = Xml::new();
+    x.open_with(
+        "Document",
+        ("xmlns", "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"),
     );
-    let _ = writeln!(x, "  <CstmrCdtTrfInitn>");
-    let _ = writeln!(x, "    <GrpHdr>");
-    let _ = writeln!(x, "      <MsgId>{msg_id}</MsgId>");
-    let _ = writeln!(x, "      <CreDtTm>{created_at}</CreDtTm>");
-    let _ = writeln!(x, "      <NbOfTxs>{}</NbOfTxs>", payouts.len());
-    let _ = writeln!(x, "      <CtrlSum>{}</CtrlSum>", fixed(ctrl, mu));
-    let _ = writeln!(
-        x,
-        "      <InitgPty><Nm>{}</Nm></InitgPty>",
-        xml_escape(&debtor.name)
-    );
-    let _ = writeln!(x, "    </GrpHdr>");
-    let _ = writeln!(x, "    <PmtInf>");
-    let _ = writeln!(x, "      <PmtInfId>{msg_id}-1</PmtInfId>");
-    let _ = writeln!(x, "      <PmtMtd>TRF</PmtMtd>");
-    let _ = writeln!(x, "      <NbOfTxs>{}</NbOfTxs>", payouts.len());
-    let _ = writeln!(x, "      <CtrlSum>{}</CtrlSum>", fixed(ctrl, mu));
-    let _ = writeln!(
-        x,
-        "      <ReqdExctnDt><Dt>{execution_date}</Dt></ReqdExctnDt>"
-    );
-    let _ = writeln!(
-        x,
-        "      <Dbtr><Nm>{}</Nm></Dbtr>",
-        xml_escape(&debtor.name)
-    );
-    let _ = writeln!(
-        x,
-        "      <DbtrAcct><Id><IBAN>{}</IBAN></Id></DbtrAcct>",
-        debtor.iban
-    );
-    let _ = writeln!(
-        x,
-        "      <DbtrAgt><FinInstnId><BICFI>{}</BICFI></FinInstnId></DbtrAgt>",
-        debtor.bic
-    );
+    x.open("CstmrCdtTrfInitn");
+    x.open("GrpHdr");
+    x.leaf("MsgId", &msg_id);
+    x.leaf("CreDtTm", created_at);
+    x.leaf("NbOfTxs", &n);
+    x.leaf("CtrlSum", &fixed(ctrl, mu));
+    x.open("InitgPty");
+    x.name(&debtor.name);
+    x.close("InitgPty");
+    x.close("GrpHdr");
+    x.open("PmtInf");
+    x.leaf("PmtInfId", &format!("{msg_id}-1"));
+    x.leaf("PmtMtd", "TRF");
+    x.leaf("NbOfTxs", &n);
+    x.leaf("CtrlSum", &fixed(ctrl, mu));
+    x.open("ReqdExctnDt");
+    x.leaf("Dt", &execution_date.to_string());
+    x.close("ReqdExctnDt");
+    x.open("Dbtr");
+    x.name(&debtor.name);
+    x.close("Dbtr");
+    x.open("DbtrAcct");
+    x.open("Id");
+    x.leaf("IBAN", &debtor.iban);
+    x.close("Id");
+    x.close("DbtrAcct");
+    x.open("DbtrAgt");
+    x.open("FinInstnId");
+    x.leaf("BICFI", &debtor.bic);
+    x.close("FinInstnId");
+    x.close("DbtrAgt");
     for (i, p) in payouts.iter().enumerate() {
         let acct = accounts
             .get(&p.participant)
@@ -246,44 +427,40 @@ pub fn pain001(
         } else {
             "points redeemed"
         };
-        let _ = writeln!(x, "      <CdtTrfTxInf>");
-        let _ = writeln!(
-            x,
-            "        <PmtId><EndToEndId>{}-{}</EndToEndId></PmtId>",
-            s.cycle.format("%Y%m%d"),
-            i + 1
+        x.open("CdtTrfTxInf");
+        x.open("PmtId");
+        x.leaf("EndToEndId", &format!("{day}-{}", i + 1));
+        x.close("PmtId");
+        x.open("Amt");
+        x.leaf_with("InstdAmt", ("Ccy", &s.currency), &fixed(p.amount, mu));
+        x.close("Amt");
+        x.open("CdtrAgt");
+        x.open("FinInstnId");
+        x.leaf("BICFI", &acct.bic);
+        x.close("FinInstnId");
+        x.close("CdtrAgt");
+        x.open("Cdtr");
+        x.name(&acct.name);
+        x.close("Cdtr");
+        x.open("CdtrAcct");
+        x.open("Id");
+        x.leaf("IBAN", &acct.iban);
+        x.close("Id");
+        x.close("CdtrAcct");
+        x.open("RmtInf");
+        x.leaf(
+            "Ustrd",
+            &format!(
+                "Coalition settlement {} {what} {}",
+                s.cycle,
+                digest_prefix(&s.digest)
+            ),
         );
-        let _ = writeln!(
-            x,
-            "        <Amt><InstdAmt Ccy=\"{}\">{}</InstdAmt></Amt>",
-            s.currency,
-            fixed(p.amount, mu)
-        );
-        let _ = writeln!(
-            x,
-            "        <CdtrAgt><FinInstnId><BICFI>{}</BICFI></FinInstnId></CdtrAgt>",
-            acct.bic
-        );
-        let _ = writeln!(
-            x,
-            "        <Cdtr><Nm>{}</Nm></Cdtr>",
-            xml_escape(&acct.name)
-        );
-        let _ = writeln!(
-            x,
-            "        <CdtrAcct><Id><IBAN>{}</IBAN></Id></CdtrAcct>",
-            acct.iban
-        );
-        let _ = writeln!(
-            x,
-            "        <RmtInf><Ustrd>Coalition settlement {} {what} {}</Ustrd></RmtInf>",
-            s.cycle,
-            &s.digest[..16]
-        );
-        let _ = writeln!(x, "      </CdtTrfTxInf>");
+        x.close("RmtInf");
+        x.close("CdtTrfTxInf");
     }
-    let _ = writeln!(x, "    </PmtInf>");
-    let _ = writeln!(x, "  </CstmrCdtTrfInitn>");
-    let _ = writeln!(x, "</Document>");
-    Ok(x)
+    x.close("PmtInf");
+    x.close("CstmrCdtTrfInitn");
+    x.close("Document");
+    Ok(x.finish())
 }

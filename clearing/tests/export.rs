@@ -181,3 +181,113 @@ fn csv_has_one_header_and_stable_columns() {
         "rounded nets sum to zero: {total}"
     );
 }
+
+#[test]
+fn pain001_escapes_every_name_and_cuts_long_ones() {
+    let s = sample();
+    let long: String = "Ä".repeat(200);
+    let nasty = "=cmd|' /C calc'!A0, \"Bistro\" & <Co>; Crêperie";
+    let mut accounts = BTreeMap::new();
+    accounts.insert("food".to_string(), account(nasty, "DE89370400440532013000"));
+    accounts.insert("shop".to_string(), account("Shop", "NL91ABNA0417164300"));
+    accounts.insert(
+        OPERATOR.to_string(),
+        account("O'Neil & Söhne", "FR1420041010050500013M02606"),
+    );
+    let xml = pain001(
+        &s,
+        &account(&long, "BE68539007547034"),
+        &accounts,
+        "2026-11-22T06:00:00Z",
+        NaiveDate::from_ymd_opt(2026, 11, 23).unwrap(),
+    )
+    .unwrap();
+    let names = element_texts(&xml, "Nm").unwrap();
+    assert!(names.contains(&nasty.to_string()), "{names:?}");
+    assert!(names.contains(&"O'Neil & Söhne".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"Ä".repeat(MAX_NAME)),
+        "cut to 140 characters: {names:?}"
+    );
+    assert!(!names.iter().any(|n| n.chars().count() > MAX_NAME));
+    // Every document still validates (the xmllint check above covers the schema itself).
+    assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"));
+}
+
+#[test]
+fn csv_cells_that_look_like_formulas_are_neutralised_and_numbers_stay_numbers() {
+    let s = sample();
+    let ids = [
+        "=HYPERLINK(\"http://evil.example\",\"click\")",
+        "+1+1",
+        "@SUM(1+1)",
+        "-2+3",
+        "\tx",
+        "a,b;\"c\"<&>",
+        "plain",
+    ];
+    let lines: Vec<StatementLine> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| StatementLine {
+            ledger_id: i as i64 + 1,
+            seq: 0,
+            transaction_id: id.to_string(),
+            accepted_at: "2026-11-21T10:00:00.000000Z".into(),
+            issuer: if i % 2 == 0 || i == 3 {
+                "air".into()
+            } else {
+                "food".into()
+            },
+            redeemer: "food".into(),
+            points: if i == 3 { -1250 } else { 100 },
+            rate: Decimal::from_str("0.0125").unwrap(),
+            value: Decimal::from_str(if i == 3 { "-15.625" } else { "1.25" }).unwrap(),
+        })
+        .collect();
+    let csv = statement_csv(&s, "food", &lines);
+    let mut r = csv::Reader::from_reader(csv.as_bytes());
+    let header = r.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let numeric = [
+        "ledger_id",
+        "seq",
+        "points",
+        "rate",
+        "value",
+        "signed_value",
+    ];
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), ids.len() + 1);
+    for (row, id) in rows.iter().zip(ids) {
+        let got = &row[col("transaction_id")];
+        if formula_like(id) {
+            assert_eq!(got, format!("'{id}"));
+        } else {
+            assert_eq!(got, id);
+        }
+        for (i, cell) in row.iter().enumerate() {
+            if numeric.contains(&&header[i]) {
+                Decimal::from_str(cell)
+                    .unwrap_or_else(|_| panic!("{} {cell:?} is a number", &header[i]));
+            } else {
+                assert!(!formula_like(cell), "{cell:?} would run as a formula");
+            }
+        }
+    }
+    // A negative amount stays a number.
+    let neg = &rows[3];
+    assert_eq!(&neg[col("value")], "-15.625");
+    assert_eq!(&neg[col("points")], "-1250");
+    assert_eq!(&neg[col("signed_value")], "-15.625");
+    let air_owes = &rows[0];
+    assert_eq!(&air_owes[col("signed_value")], "1.25");
+    // The settlement CSV parses back: one row per participant, TOTAL last.
+    let text = settlement_csv(&s);
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let n = r.records().count();
+    assert_eq!(n, s.positions.len() + 1);
+    // JSON through serde parses back equal.
+    let back: Settlement = serde_json::from_str(&settlement_json(&s)).unwrap();
+    assert_eq!(back, s);
+}

@@ -315,8 +315,9 @@ fn account(
             format!("{bic:?} is not a BIC (8 or 11 characters)"),
         ));
     }
-    if name.trim().is_empty() || name.len() > 140 {
-        return Err(invalid(format!("{key}.name"), "use 1..=140 characters"));
+    // pain.001 carries the first 140 characters; the writer cuts, so any sane name is accepted.
+    if name.trim().is_empty() || name.chars().count() > 1000 {
+        return Err(invalid(format!("{key}.name"), "use 1..=1000 characters"));
     }
     Ok(coalition_clearing::export::Account {
         name: name.into(),

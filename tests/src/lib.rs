@@ -473,3 +473,36 @@ pub fn reverse_earn(txn: &str, original: &str, points: i64) -> pb::ReverseEarnRe
         points,
     }
 }
+
+/// Validates a pain.001 document against the XSD shipped in `clearing/schemas/` with `xmllint`:
+/// `Some(errors)` (empty when valid), or `None` with a loud skip where xmllint is missing — a
+/// failure under `COALITION_REQUIRE_XMLLINT=1` (CI).
+pub fn xmllint_pain001(xml: &str) -> Option<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pain001.xml");
+    std::fs::write(&file, xml).expect("write");
+    let schema = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../clearing/schemas/pain.001.001.09.xsd"
+    );
+    match std::process::Command::new("xmllint")
+        .args(["--noout", "--schema", schema])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) if out.status.success() => Some(String::new()),
+        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).into_owned()),
+        Err(e) => {
+            if std::env::var("COALITION_REQUIRE_XMLLINT").is_ok_and(|v| v == "1") {
+                panic!("xmllint required (COALITION_REQUIRE_XMLLINT=1) but not runnable: {e}");
+            }
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!(
+                    "\n*** SKIPPED an XSD validation of pain.001: xmllint not found ({e}) ***\n"
+                ),
+            );
+            None
+        }
+    }
+}
