@@ -230,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             init_logs(cli.log_format);
+            crate::server::admission::raise_nofile_limit();
             let config = Config::load(&config)?;
             let daemon = crate::daemon::Daemon::start(config, Clock::default()).await?;
             daemon.run_until_signal().await

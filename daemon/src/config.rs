@@ -108,6 +108,9 @@ struct RawLimits {
     max_batch: Option<usize>,
     queue_depth: Option<usize>,
     handshake_timeout_ms: Option<u64>,
+    max_pending_per_address: Option<usize>,
+    max_pending_handshakes: Option<usize>,
+    max_connections: Option<usize>,
     /// Test hook (undocumented on purpose): pause between writing a batch and committing it.
     pause_before_commit_ms: Option<u64>,
     /// Test hook (undocumented on purpose): panic inside the batch transaction for this member.
@@ -272,8 +275,16 @@ pub struct Config {
     pub max_batch: usize,
     /// Calls queued for the writer before callers wait.
     pub queue_depth: usize,
-    /// Time a client has to finish the TLS handshake.
+    /// Time a client has to finish the TLS handshake (`limits.handshake_timeout_ms`, default 5 s).
     pub handshake_timeout_ms: u64,
+    /// Connections in their handshake from one address (`limits.max_pending_per_address`,
+    /// default 64).
+    pub max_pending_per_address: Option<usize>,
+    /// Connections in their handshake in total (`limits.max_pending_handshakes`; default a
+    /// quarter of the open file limit left after the database and files).
+    pub max_pending_handshakes: Option<usize>,
+    /// Connections past the handshake (`limits.max_connections`; default the rest).
+    pub max_connections: Option<usize>,
     /// Test hook: pause between writing a batch and committing it (`limits.pause_before_commit_ms`).
     pub pause_before_commit: Option<std::time::Duration>,
     /// Test hook: panic inside the batch transaction for this member (`limits.panic_on_member`).
@@ -484,7 +495,27 @@ impl Config {
         if !(1..=1_000_000).contains(&queue_depth) {
             return Err(invalid("limits.queue_depth", "use 1..=1000000"));
         }
-        let handshake_timeout_ms = raw.limits.handshake_timeout_ms.unwrap_or(10_000);
+        let handshake_timeout_ms = raw.limits.handshake_timeout_ms.unwrap_or(5_000);
+        if !(100..=60_000).contains(&handshake_timeout_ms) {
+            return Err(invalid("limits.handshake_timeout_ms", "use 100..=60000"));
+        }
+        for (key, v) in [
+            (
+                "limits.max_pending_per_address",
+                raw.limits.max_pending_per_address,
+            ),
+            (
+                "limits.max_pending_handshakes",
+                raw.limits.max_pending_handshakes,
+            ),
+            ("limits.max_connections", raw.limits.max_connections),
+        ] {
+            if let Some(n) = v
+                && !(1..=1_000_000).contains(&n)
+            {
+                return Err(invalid(key, "use 1..=1000000"));
+            }
+        }
         if raw.partners.is_empty() {
             return Err(invalid("partners", "configure at least one partner"));
         }
@@ -570,6 +601,9 @@ impl Config {
             max_batch,
             queue_depth,
             handshake_timeout_ms,
+            max_pending_per_address: raw.limits.max_pending_per_address,
+            max_pending_handshakes: raw.limits.max_pending_handshakes,
+            max_connections: raw.limits.max_connections,
             pause_before_commit: raw
                 .limits
                 .pause_before_commit_ms

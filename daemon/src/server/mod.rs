@@ -1,6 +1,7 @@
 //! The network side: a TLS acceptor of our own (handshake per connection in its own task, with a
 //! timeout) feeding tonic, the identity layer, health and reflection.
 
+pub mod admission;
 pub mod identity;
 pub mod observe;
 pub mod tls;
@@ -31,8 +32,18 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let handshake_timeout = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let c = &shared.config;
+    let admission = admission::Admission::new(admission::Bounds::from_limit(
+        admission::nofile_limit(),
+        c.max_pending_per_address,
+        c.max_pending_handshakes,
+        c.max_connections,
+    ));
+    tokio::spawn(admission.clone().log_summaries(shutdown.clone()));
     let (conn_tx, conn_rx) = mpsc::channel::<
-        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        std::io::Result<
+            admission::Admitted<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        >,
     >(256);
     let mut accept_shutdown = shutdown.clone();
     let accept_loop = tokio::spawn(async move {
@@ -40,21 +51,47 @@ pub async fn serve(
             let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                    Err(e) => {
+                        // Out of file descriptors, most likely: counted and summarised, and a pause
+                        // so that the loop does not spin while none is free.
+                        admission.note_accept_error(&e);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 },
                 _ = accept_shutdown.changed() => break,
+            };
+            // Over a bound: closed at once, before it costs a handshake.
+            let pending = match admission.try_pending(peer.ip()) {
+                Ok(p) => p,
+                Err(event) => {
+                    admission.note(peer.ip(), event);
+                    drop(tcp);
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             // The configuration in force now: a reload applies to the next handshake.
             let acceptor = TlsAcceptor::from(tls.current());
             let conn_tx = conn_tx.clone();
+            let admission = admission.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = conn_tx.send(Ok(stream)).await;
+                let result = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                drop(pending);
+                match result {
+                    Ok(Ok(stream)) => match admission.try_authenticated() {
+                        Ok(place) => {
+                            let _ = conn_tx
+                                .send(Ok(admission::Admitted::new(stream, place)))
+                                .await;
+                        }
+                        Err(event) => admission.note(peer.ip(), event),
+                    },
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                        admission.note(peer.ip(), admission::Event::HandshakeFailed);
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    Err(_) => admission.note(peer.ip(), admission::Event::HandshakeTimedOut),
                 }
             });
         }
