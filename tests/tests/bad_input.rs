@@ -288,9 +288,9 @@ async fn every_bad_request_is_refused_and_changes_nothing(b: Backend) {
             call(|c| burn_call(c, burn("bad-1", "m1", 121))),
         ),
         row(
-            "burn for an unknown member",
+            "burn for an unknown member (refused like a member with nothing: no member oracle)",
             Partner("bistro"),
-            Code::NotFound,
+            Code::FailedPrecondition,
             call(|c| burn_call(c, burn("bad-1", "nobody", 1))),
         ),
         row(

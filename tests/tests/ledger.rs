@@ -120,10 +120,14 @@ async fn burn_reversals_partial_then_full(b: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(tx.reversed_points, 150);
-    // The points went back to their own lots with their own expiry: both issuers hold 100 again.
-    let bal = air
-        .get_balance(v1::GetBalanceRequest {
+    // The points went back to their own lots with their own expiry: both issuers hold 100 again
+    // (finance sees the split; partners do not).
+    let bal = t
+        .finance()
+        .await
+        .get_member_balance(v1::MemberBalanceRequest {
             member_id: "m1".into(),
+            reason: "test".into(),
         })
         .await
         .unwrap()

@@ -125,7 +125,6 @@ impl ApiError {
                 Rejection::Ledger(Refusal::BeyondRemaining { .. }) => {
                     (Code::FailedPrecondition, "REVERSAL_EXCEEDS_REMAINING")
                 }
-                Rejection::UnknownMember(_) => (Code::NotFound, "UNKNOWN_MEMBER"),
                 Rejection::UnknownTransaction(_) => (Code::NotFound, "UNKNOWN_TRANSACTION"),
                 Rejection::WrongKind { .. } => (Code::FailedPrecondition, "WRONG_TRANSACTION_KIND"),
                 Rejection::FullyReversed(_) => (Code::FailedPrecondition, "ALREADY_FULLY_REVERSED"),

@@ -204,6 +204,16 @@ pub fn liability(
 
 #[tonic::async_trait]
 impl FinanceService for FinanceApi {
+    async fn get_member_balance(
+        &self,
+        req: Request<pb::MemberBalanceRequest>,
+    ) -> Result<Response<pb::Balance>, GrpcStatus> {
+        let caller = req.extensions().get::<coalition_certs::Identity>();
+        Ok(Response::new(
+            super::views::staff_balance(&self.shared, caller, req.get_ref()).await?,
+        ))
+    }
+
     async fn get_liability_report(
         &self,
         _req: Request<pb::LiabilityReportRequest>,

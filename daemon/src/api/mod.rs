@@ -6,6 +6,7 @@ pub mod finance;
 pub mod operator;
 pub mod partner;
 pub mod validate;
+pub mod views;
 
 use crate::clock::Clock;
 use crate::config::Config;

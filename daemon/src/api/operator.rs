@@ -107,6 +107,16 @@ fn limit_pb(s: &LimitState) -> pb::LimitState {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorApi {
+    async fn get_member_balance(
+        &self,
+        req: Request<pb::MemberBalanceRequest>,
+    ) -> Result<Response<pb::Balance>, Status> {
+        let caller = req.extensions().get::<coalition_certs::Identity>();
+        Ok(Response::new(
+            super::views::staff_balance(&self.shared, caller, req.get_ref()).await?,
+        ))
+    }
+
     async fn list_partners(
         &self,
         _req: Request<pb::ListPartnersRequest>,

@@ -254,47 +254,13 @@ impl PartnerService for PartnerApi {
             .store
             .member(&r.member_id)
             .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound {
-                reason: "UNKNOWN_MEMBER",
-                message: format!(
-                    "member {:?} is unknown: it has never earned points",
-                    r.member_id
-                ),
-            })?;
-        let now = self.shared.clock.now();
-        let live: Vec<_> = m
-            .lots
-            .iter()
-            .filter(|l| l.live(now) && l.points_left > 0)
-            .collect();
-        let mut by_issuer: Vec<pb::IssuerSlice> = Vec::new();
-        for l in &live {
-            match by_issuer.iter_mut().find(|s| s.issuer == l.issuer) {
-                Some(s) => s.points += l.points_left,
-                None => by_issuer.push(pb::IssuerSlice {
-                    issuer: l.issuer.clone(),
-                    points: l.points_left,
-                }),
-            }
-        }
-        by_issuer.sort_by(|a, b| a.issuer.cmp(&b.issuer));
-        let next = live.iter().filter_map(|l| l.expires_at).min();
-        let next_points = next.map_or(0, |e| {
-            live.iter()
-                .filter(|l| l.expires_at == Some(e))
-                .map(|l| l.points_left)
-                .sum()
-        });
-        Ok(Response::new(pb::Balance {
-            member_id: m.member.clone(),
-            points: m.balance(now),
-            debt: m.debt(),
-            by_issuer,
-            next_expiry: next.map(rfc3339).unwrap_or_default(),
-            next_expiry_points: next_points,
-            lots: live.len() as i64,
-        }))
+            .map_err(ApiError::from)?;
+        Ok(Response::new(super::views::balance(
+            &r.member_id,
+            m.as_ref(),
+            self.shared.clock.now(),
+            super::views::Audience::Partner,
+        )))
     }
 
     async fn get_transaction(

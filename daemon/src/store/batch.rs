@@ -283,9 +283,11 @@ fn decide(
             points,
             rate,
         } => {
-            let m = ledgers
-                .get_mut(member)
-                .ok_or_else(|| Rejection::UnknownMember(member.clone()))?;
+            // An unknown member is refused exactly like a member with nothing: no member oracle.
+            let m = ledgers.get_mut(member).ok_or(Refusal::InsufficientPoints {
+                balance: 0,
+                requested: *points,
+            })?;
             let id = ids.pop_front().expect("one id reserved per request");
             let allocations = m.burn(id, &r.partner, *rate, *points, now)?;
             let receipt = Receipt {

@@ -3,6 +3,7 @@
 //! rows for a batch and write back what the pure ledger decided, inside one database transaction.
 //! The decision logic itself ([`batch`]) is shared by every backend.
 
+pub mod access;
 pub mod audit;
 pub mod batch;
 pub mod clearing;
@@ -125,9 +126,6 @@ pub enum Rejection {
     /// The ledger refused (insufficient points, beyond what is left to reverse, …).
     #[error(transparent)]
     Ledger(#[from] Refusal),
-    /// A burn for a member that never earned.
-    #[error("member {0:?} is unknown: it has never earned points")]
-    UnknownMember(String),
     /// A reversal names a transaction the caller does not have.
     #[error("no transaction {0:?} of this partner")]
     UnknownTransaction(String),
@@ -327,6 +325,8 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError>;
     /// Every lot's issue and fate, for the liability report.
     async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError>;
+    /// Appends a read of a member's data to the access log (before the data is shown).
+    async fn log_access(&self, entry: &access::AccessEntry) -> Result<(), StoreError>;
     /// Operators' overrides of partners' limits and status.
     async fn partner_overrides(&self) -> Result<Vec<PartnerOverride>, StoreError>;
     /// Stores an override (replacing the partner's previous one).

@@ -518,6 +518,9 @@ impl Store for PgStore {
             .violations
             .extend(clearing::verify(&mut PgClearing { conn: &mut tx }, rules, &all).await?);
         report.settlements = all.len() as i64;
+        report
+            .violations
+            .extend(super::access::verify::<sqlx::Postgres>(&mut tx).await?);
         tx.rollback().await?;
         Ok(report)
     }
@@ -580,6 +583,17 @@ impl Store for PgStore {
     async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::lot_fates(&mut c).await
+    }
+
+    async fn log_access(&self, entry: &super::access::AccessEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Appends from every daemon are serialised; readers are not blocked.
+        sqlx::query("LOCK TABLE access_log IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        super::access::append::<sqlx::Postgres>(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {

@@ -535,6 +535,9 @@ impl Store for SqliteStore {
             .violations
             .extend(clearing::verify(&mut SqliteClearing { conn: &mut tx }, rules, &all).await?);
         report.settlements = all.len() as i64;
+        report
+            .violations
+            .extend(super::access::verify::<sqlx::Sqlite>(&mut tx).await?);
         tx.rollback().await?;
         Ok(report)
     }
@@ -614,6 +617,15 @@ impl Store for SqliteStore {
     async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::lot_fates(&mut c).await
+    }
+
+    async fn log_access(&self, entry: &super::access::AccessEntry) -> Result<(), StoreError> {
+        // The one write connection, IMMEDIATE: appends are serialised.
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        super::access::append::<sqlx::Sqlite>(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {

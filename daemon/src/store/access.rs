@@ -1,0 +1,120 @@
+//! The access log: who read which member's data, when and why — append-only, each entry chained
+//! to the one before by SHA-256, written once for both backends and checked by the audit.
+
+use super::StoreError;
+use crate::ledger::Micros;
+use sha2::{Digest, Sha256};
+
+/// One read of a member's data by a finance or operator identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessEntry {
+    /// When.
+    pub at: Micros,
+    /// `finance` or `operator`.
+    pub role: String,
+    /// The certificate's name.
+    pub who: String,
+    /// The member read.
+    pub member: String,
+    /// What was read (the RPC).
+    pub action: String,
+    /// Why, as given by the caller (may be empty).
+    pub reason: String,
+}
+
+/// The hash of entry `seq` chained to `previous`: SHA-256 over an unambiguous JSON encoding.
+pub fn chain_hash(seq: i64, e: &AccessEntry, previous: &str) -> String {
+    let canonical = serde_json::json!([
+        seq, e.at, e.role, e.who, e.member, e.action, e.reason, previous
+    ])
+    .to_string();
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// SQL of the access log (the same on both backends).
+pub mod sql {
+    /// The last entry.
+    pub const LAST: &str = "SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1";
+    /// Appends one.
+    pub const APPEND: &str = "INSERT INTO access_log (seq, at, role, who, member_id, action, reason, previous_hash, hash) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    /// Every entry, in order.
+    pub const ALL: &str = "SELECT seq, at, role, who, member_id, action, reason, previous_hash, hash \
+        FROM access_log ORDER BY seq";
+}
+
+/// Appends `e` inside the caller's write transaction (which must hold the log exclusively).
+pub async fn append<DB>(conn: &mut DB::Connection, e: &AccessEntry) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    let last = sqlx::query(sql::LAST).fetch_optional(&mut *conn).await?;
+    let (seq, previous) = match last {
+        Some(r) => (r.try_get::<i64, _>(0)? + 1, r.try_get::<String, _>(1)?),
+        None => (1, String::new()),
+    };
+    let hash = chain_hash(seq, e, &previous);
+    sqlx::query(sql::APPEND)
+        .bind(seq)
+        .bind(e.at)
+        .bind(e.role.clone())
+        .bind(e.who.clone())
+        .bind(e.member.clone())
+        .bind(e.action.clone())
+        .bind(e.reason.clone())
+        .bind(previous)
+        .bind(hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Recomputes the chain: every entry follows the one before it, numbered without gaps. Returns
+/// what does not hold.
+pub async fn verify<DB>(conn: &mut DB::Connection) -> Result<Vec<String>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    let mut violations = Vec::new();
+    let mut previous = String::new();
+    let mut expected_seq = 1i64;
+    for r in sqlx::query(sql::ALL).fetch_all(&mut *conn).await? {
+        let seq: i64 = r.try_get(0)?;
+        let e = AccessEntry {
+            at: r.try_get(1)?,
+            role: r.try_get(2)?,
+            who: r.try_get(3)?,
+            member: r.try_get(4)?,
+            action: r.try_get(5)?,
+            reason: r.try_get(6)?,
+        };
+        let stored_previous: String = r.try_get(7)?;
+        let hash: String = r.try_get(8)?;
+        if seq != expected_seq {
+            violations.push(format!(
+                "access log: entry {seq} follows entry {} (an entry is missing)",
+                expected_seq - 1
+            ));
+        }
+        if stored_previous != previous || chain_hash(seq, &e, &stored_previous) != hash {
+            violations.push(format!(
+                "access log: entry {seq} does not follow the chain (changed or reordered)"
+            ));
+        }
+        previous = hash;
+        expected_seq = seq + 1;
+    }
+    Ok(violations)
+}
