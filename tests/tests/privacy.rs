@@ -176,3 +176,121 @@ async fn staff_reads_are_in_an_append_only_access_log(b: Backend) {
     let text = t.audit().await.to_string();
     assert!(text.contains("access log: entry 2"), "{text}");
 }
+
+backends!(consent_is_recorded_read_withdrawn_and_kept_apart_between_partners);
+
+async fn consent_is_recorded_read_withdrawn_and_kept_apart_between_partners(b: Backend) {
+    let t = TestDaemon::start(b).await;
+    let (mut air, mut food) = (t.partner("skyways").await, t.partner("bistro").await);
+    let set = |id: &str, purpose: &str, granted: bool| v1::SetConsentRequest {
+        transaction_id: id.into(),
+        member_id: "ALICE".into(),
+        purpose: purpose.into(),
+        granted,
+    };
+    let get = || v1::GetConsentRequest {
+        member_id: "ALICE".into(),
+    };
+    let first = air
+        .set_consent(set("c1", "marketing", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            first.purpose.as_str(),
+            first.partner.as_str(),
+            first.granted,
+            first.captured_by.as_str()
+        ),
+        ("marketing", "skyways", true, "partner/skyways")
+    );
+    // A retry answers the same; the same id with other content is refused.
+    t.clock.advance(std::time::Duration::from_secs(5));
+    let again = air
+        .set_consent(set("c1", "marketing", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    let err = air
+        .set_consent(set("c1", "marketing", false))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::AlreadyExists, "REQUEST_ID_REUSED")
+    );
+    // A purpose that does not exist.
+    let err = air
+        .set_consent(set("c2", "telepathy", true))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::InvalidArgument, "UNKNOWN_PURPOSE")
+    );
+    // Coalition-wide analytics, captured at bistro.
+    food.set_consent(set("k1", "analytics", true))
+        .await
+        .unwrap();
+    // bistro cannot read skyways' marketing consent, and its own marketing change is its own.
+    let seen = food.get_consent(get()).await.unwrap().into_inner();
+    let purposes: Vec<(String, String)> = seen
+        .consents
+        .iter()
+        .map(|c| (c.purpose.clone(), c.partner.clone()))
+        .collect();
+    assert_eq!(purposes, vec![("analytics".into(), String::new())]);
+    food.set_consent(set("k2", "marketing", false))
+        .await
+        .unwrap();
+    let own = air.get_consent(get()).await.unwrap().into_inner();
+    let mk: Vec<(&str, bool)> = own
+        .consents
+        .iter()
+        .filter(|c| c.purpose == "marketing")
+        .map(|c| (c.partner.as_str(), c.granted))
+        .collect();
+    assert_eq!(
+        mk,
+        vec![("skyways", true)],
+        "bistro's change did not touch skyways' consent"
+    );
+    // Withdrawal takes effect at once, for everyone reading after it.
+    air.set_consent(set("c3", "analytics", false))
+        .await
+        .unwrap();
+    for c in [&mut air, &mut food] {
+        let now = c.get_consent(get()).await.unwrap().into_inner();
+        let analytics = now
+            .consents
+            .iter()
+            .find(|c| c.purpose == "analytics")
+            .unwrap();
+        assert!(!analytics.granted);
+        assert_eq!(analytics.captured_by, "partner/skyways");
+    }
+    // The operator records on the member's behalf, and reads everything (logged).
+    let mut ops = t.operator().await;
+    ops.set_member_consent(v1::SetMemberConsentRequest {
+        member_id: "ALICE".into(),
+        purpose: "sharing".into(),
+        partner: String::new(),
+        granted: true,
+        reason: "letter of 2026-11-30".into(),
+    })
+    .await
+    .unwrap();
+    let everything = ops
+        .get_member_consent(v1::MemberBalanceRequest {
+            member_id: "ALICE".into(),
+            reason: "audit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(everything.consents.len(), 4, "{:?}", everything.consents);
+    let report = t.audit().await;
+    assert!(report.ok(), "{report}");
+}

@@ -1,6 +1,7 @@
 //! The gRPC services: wire types in, domain types to the ledger and store, wire types out.
 //! Prost types stay in this module; errors become statuses only in [`error`].
 
+pub mod consent;
 pub mod error;
 pub mod finance;
 pub mod operator;

@@ -191,6 +191,63 @@ impl OperatorService for OperatorApi {
         ))
     }
 
+    async fn set_member_consent(
+        &self,
+        req: Request<pb::SetMemberConsentRequest>,
+    ) -> Result<Response<pb::Consent>, Status> {
+        let who = req
+            .extensions()
+            .get::<coalition_certs::Identity>()
+            .map(|i| i.name.clone())
+            .ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))?;
+        let r = req.get_ref();
+        super::validate::id("member_id", &r.member_id)?;
+        let purpose = super::consent::purpose(&r.purpose)?;
+        if purpose.scoped() && !self.shared.config.partners.contains_key(&r.partner) {
+            return Err(ApiError::field(
+                "partner",
+                "UNKNOWN_PARTNER",
+                format!(
+                    "marketing consent names a partner; {:?} is not one",
+                    r.partner
+                ),
+            )
+            .into());
+        }
+        // An operator's change has no partner id to retry with: each call is its own change.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let request_id = format!(
+            "{}-{}",
+            self.shared.clock.now(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        tracing::info!(member = %r.member_id, purpose = %r.purpose, granted = r.granted, reason = %r.reason, "operator recorded a consent");
+        Ok(Response::new(
+            super::consent::set(
+                &self.shared,
+                format!("operator/{who}"),
+                request_id,
+                &r.member_id,
+                purpose,
+                &r.partner,
+                r.granted,
+            )
+            .await?,
+        ))
+    }
+
+    async fn get_member_consent(
+        &self,
+        req: Request<pb::MemberBalanceRequest>,
+    ) -> Result<Response<pb::ConsentList>, Status> {
+        let caller = req.extensions().get::<coalition_certs::Identity>().cloned();
+        let r = req.get_ref();
+        super::views::log_staff_read(&self.shared, caller.as_ref(), r, "GetMemberConsent").await?;
+        Ok(Response::new(
+            super::consent::all(&self.shared, &r.member_id).await?,
+        ))
+    }
+
     async fn confirm_catch_up(
         &self,
         req: Request<pb::ConfirmCatchUpRequest>,

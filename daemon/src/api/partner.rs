@@ -263,6 +263,41 @@ impl PartnerService for PartnerApi {
         )))
     }
 
+    async fn set_consent(
+        &self,
+        req: Request<pb::SetConsentRequest>,
+    ) -> Result<Response<pb::Consent>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("member_id", &r.member_id)?;
+        let purpose = super::consent::purpose(&r.purpose)?;
+        Ok(Response::new(
+            super::consent::set(
+                &self.shared,
+                format!("partner/{}", partner.id),
+                r.transaction_id.clone(),
+                &r.member_id,
+                purpose,
+                &partner.id,
+                r.granted,
+            )
+            .await?,
+        ))
+    }
+
+    async fn get_consent(
+        &self,
+        req: Request<pb::GetConsentRequest>,
+    ) -> Result<Response<pb::ConsentList>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("member_id", &r.member_id)?;
+        Ok(Response::new(
+            super::consent::for_partner(&self.shared, &partner.id, &r.member_id).await?,
+        ))
+    }
+
     async fn get_transaction(
         &self,
         req: Request<pb::GetTransactionRequest>,

@@ -71,13 +71,14 @@ pub fn balance(
     b
 }
 
-/// A finance or operator read of a member's balance: logged in the access log first (if the log
-/// cannot be written, nothing is shown), then the full view.
-pub async fn staff_balance(
+/// Writes a finance or operator read of a member's data to the access log, before anything is
+/// shown: if the log cannot be written, nothing is.
+pub async fn log_staff_read(
     shared: &super::Shared,
     caller: Option<&coalition_certs::Identity>,
     r: &pb::MemberBalanceRequest,
-) -> Result<pb::Balance, super::error::ApiError> {
+    action: &str,
+) -> Result<(), super::error::ApiError> {
     use super::error::ApiError;
     let caller =
         caller.ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))?;
@@ -89,18 +90,32 @@ pub async fn staff_balance(
             "use at most 500 characters",
         ));
     }
-    let now = shared.clock.now();
     shared
         .store
         .log_access(&crate::store::access::AccessEntry {
-            at: now,
+            at: shared.clock.now(),
             role: caller.role.as_str().to_string(),
             who: caller.name.clone(),
             member: r.member_id.clone(),
-            action: "GetMemberBalance".into(),
+            action: action.into(),
             reason: r.reason.clone(),
         })
         .await?;
+    Ok(())
+}
+
+/// A finance or operator read of a member's balance: logged, then the full view.
+pub async fn staff_balance(
+    shared: &super::Shared,
+    caller: Option<&coalition_certs::Identity>,
+    r: &pb::MemberBalanceRequest,
+) -> Result<pb::Balance, super::error::ApiError> {
+    log_staff_read(shared, caller, r, "GetMemberBalance").await?;
     let m = shared.store.member(&r.member_id).await?;
-    Ok(balance(&r.member_id, m.as_ref(), now, Audience::Staff))
+    Ok(balance(
+        &r.member_id,
+        m.as_ref(),
+        shared.clock.now(),
+        Audience::Staff,
+    ))
 }

@@ -7,6 +7,7 @@ pub mod access;
 pub mod audit;
 pub mod batch;
 pub mod clearing;
+pub mod consent;
 pub mod postgres;
 pub mod rows;
 pub mod sqlite;
@@ -327,6 +328,13 @@ pub trait Store: Send + Sync {
     async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError>;
     /// Appends a read of a member's data to the access log (before the data is shown).
     async fn log_access(&self, entry: &access::AccessEntry) -> Result<(), StoreError>;
+    /// Records a consent change (idempotent by its actor and request id).
+    async fn set_consent(
+        &self,
+        change: &consent::ConsentChange,
+    ) -> Result<consent::ConsentOutcome, StoreError>;
+    /// A member's consents, as last recorded.
+    async fn consents(&self, member: &str) -> Result<Vec<consent::ConsentRecord>, StoreError>;
     /// Operators' overrides of partners' limits and status.
     async fn partner_overrides(&self) -> Result<Vec<PartnerOverride>, StoreError>;
     /// Stores an override (replacing the partner's previous one).

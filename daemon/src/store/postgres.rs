@@ -596,6 +596,35 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn set_consent(
+        &self,
+        change: &super::consent::ConsentChange,
+    ) -> Result<super::consent::ConsentOutcome, StoreError> {
+        // Two daemons racing on one request id: the loser's insert fails on the key; running it
+        // again finds the winner's event and answers as a retry.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.pool.begin().await?;
+            match super::consent::record::<sqlx::Postgres>(&mut tx, change).await {
+                Ok(out) => {
+                    tx.commit().await?;
+                    return Ok(out);
+                }
+                Err(StoreError::Refused(_)) if attempt < 3 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn consents(
+        &self,
+        member: &str,
+    ) -> Result<Vec<super::consent::ConsentRecord>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::consent::list::<sqlx::Postgres>(&mut c, member).await
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::overrides(&mut c).await

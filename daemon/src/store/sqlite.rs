@@ -628,6 +628,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_consent(
+        &self,
+        change: &super::consent::ConsentChange,
+    ) -> Result<super::consent::ConsentOutcome, StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let out = super::consent::record::<sqlx::Sqlite>(&mut tx, change).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn consents(
+        &self,
+        member: &str,
+    ) -> Result<Vec<super::consent::ConsentRecord>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::consent::list::<sqlx::Sqlite>(&mut c, member).await
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::overrides(&mut c).await
