@@ -63,7 +63,16 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     clearing: RawClearing,
+    #[serde(default)]
+    privacy: RawPrivacy,
     partners: Vec<RawPartner>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    retention_days: Option<u32>,
+    retention_check_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -291,6 +300,12 @@ pub struct Config {
     pub panic_on_member: Option<&'static str>,
     /// Clearing settings.
     pub clearing: ClearingConfig,
+    /// Days after a member's last transaction before its id is replaced by a pseudonym
+    /// (`privacy.retention_days`, default 1095: three years).
+    pub retention_days: u32,
+    /// How often the daemon looks for members past retention (`privacy.retention_check_seconds`,
+    /// default 3600).
+    pub retention_check: std::time::Duration,
     /// Partners by id.
     pub partners: BTreeMap<String, Partner>,
 }
@@ -656,6 +671,21 @@ impl Config {
                     _ => return Err(invalid("clearing.max_catch_up_cycles", "use 1..=100000")),
                 },
             },
+            retention_days: match raw.privacy.retention_days.unwrap_or(1095) {
+                d @ 1..=36_500 => d,
+                _ => return Err(invalid("privacy.retention_days", "use 1..=36500 days")),
+            },
+            retention_check: std::time::Duration::from_secs(
+                match raw.privacy.retention_check_seconds.unwrap_or(3600) {
+                    s @ 1..=86_400 => s,
+                    _ => {
+                        return Err(invalid(
+                            "privacy.retention_check_seconds",
+                            "use 1..=86400 seconds",
+                        ));
+                    }
+                },
+            ),
             partners,
         })
     }

@@ -82,6 +82,7 @@ impl Daemon {
             None => None,
         };
         tokio::spawn(crate::ops::refresh_loop(shared.clone(), rx.clone()));
+        tokio::spawn(retention_loop(shared.clone(), rx.clone()));
         tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
         let scheduler = config
             .clearing
@@ -130,6 +131,28 @@ impl Daemon {
                     Err(e) => Err(e.into()),
                 }
             }
+        }
+    }
+}
+
+/// Replaces the ids of members past the retention period by pseudonyms, every
+/// `privacy.retention_check_seconds`.
+async fn retention_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.config.retention_check);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = shared.clock.now();
+        let cutoff = now - i64::from(shared.config.retention_days) * 86_400_000_000;
+        match shared.store.pseudonymize_inactive(cutoff, now).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("coalition_members_pseudonymized_total").increment(n as u64);
+                tracing::info!(members = n, "members past retention pseudonymized");
+            }
+            Err(e) => tracing::warn!(error = %e, "retention run failed; will retry"),
         }
     }
 }

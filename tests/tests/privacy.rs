@@ -294,3 +294,97 @@ async fn consent_is_recorded_read_withdrawn_and_kept_apart_between_partners(b: B
     let report = t.audit().await;
     assert!(report.ok(), "{report}");
 }
+
+backends!(a_member_inactive_past_retention_is_pseudonymized_and_the_books_stay_exact);
+
+async fn a_member_inactive_past_retention_is_pseudonymized_and_the_books_stay_exact(b: Backend) {
+    let t = TestDaemon::start_with(b, |toml| {
+        toml.replace("points_expire_after_days = 730\n", "")
+            .replace("scheduler = true", "scheduler = false")
+            .replace(
+                "retention_check_seconds = 3600",
+                "retention_check_seconds = 1",
+            )
+    })
+    .await;
+    let (mut air, mut food) = (t.partner("skyways").await, t.partner("bistro").await);
+    air.earn(earn_bonus("a1", "ALICE", 700)).await.receipt();
+    food.burn(burn("f1", "ALICE", 200)).await.receipt();
+    air.earn(earn_bonus("a2", "BOB", 50)).await.receipt();
+    food.set_consent(v1::SetConsentRequest {
+        transaction_id: "c1".into(),
+        member_id: "ALICE".into(),
+        purpose: "marketing".into(),
+        granted: true,
+    })
+    .await
+    .unwrap();
+    let cycles = t.config.cycles();
+    let d0 = cycles.cycle_of(t.clock.now()).unwrap();
+    t.advance_to(cycles.close(d0).unwrap() + 1_000_000);
+    let s0 = t.clear(d0).await.unwrap();
+    let before = t.audit().await;
+    // Three years and a day later BOB is active again, ALICE is not.
+    t.clock
+        .advance(std::time::Duration::from_secs(1095 * 86_400 - 3_600));
+    air.earn(earn_bonus("a3", "BOB", 1)).await.receipt();
+    t.clock.advance(std::time::Duration::from_secs(2 * 86_400));
+    let started = std::time::Instant::now();
+    while t.balance("ALICE").await != (0, 0) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "ALICE was not pseudonymized"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        t.balance("BOB").await,
+        (51, 0),
+        "an active member keeps its id"
+    );
+    // The books: the same balances in sum, the same settlement digest, every invariant.
+    let after = t.audit().await;
+    assert!(after.ok(), "{after}");
+    assert_eq!(
+        (after.balances, after.members, after.transactions),
+        (before.balances + 1, before.members, before.transactions + 1)
+    );
+    let again = t.clear(d0).await.unwrap();
+    assert_eq!(again.digest, s0.digest);
+    // ALICE's id is nowhere in the ledger; her points sit under a pseudonym.
+    for table in [
+        "members",
+        "transactions",
+        "lots",
+        "allocations",
+        "consents",
+        "consent_events",
+    ] {
+        assert_eq!(
+            t.execute_sql(&format!(
+                "UPDATE {table} SET member_id = member_id WHERE member_id = 'ALICE'"
+            ))
+            .await,
+            0,
+            "{table} still names ALICE"
+        );
+    }
+    assert_eq!(
+        t.execute_sql("UPDATE members SET member_id = member_id WHERE member_id LIKE '~%'")
+            .await,
+        1
+    );
+    // The partner's own transaction is still there, under the pseudonym.
+    let tx = air
+        .get_transaction(v1::GetTransactionRequest {
+            transaction_id: "a1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tx.receipt.unwrap().member_id.starts_with('~'));
+    // The same id arriving again is a new member.
+    air.earn(earn_bonus("a4", "ALICE", 5)).await.receipt();
+    assert_eq!(t.balance("ALICE").await, (5, 0));
+    t.assert_invariants().await;
+}

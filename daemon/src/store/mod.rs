@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clearing;
 pub mod consent;
 pub mod postgres;
+pub mod retention;
 pub mod rows;
 pub mod sqlite;
 pub mod writer;
@@ -335,6 +336,10 @@ pub trait Store: Send + Sync {
     ) -> Result<consent::ConsentOutcome, StoreError>;
     /// A member's consents, as last recorded.
     async fn consents(&self, member: &str) -> Result<Vec<consent::ConsentRecord>, StoreError>;
+    /// Replaces the ids of members with no transaction since `cutoff` by pseudonyms (at most
+    /// [`retention::MAX_PER_RUN`] a run). Returns how many.
+    async fn pseudonymize_inactive(&self, cutoff: Micros, now: Micros)
+    -> Result<usize, StoreError>;
     /// Operators' overrides of partners' limits and status.
     async fn partner_overrides(&self) -> Result<Vec<PartnerOverride>, StoreError>;
     /// Stores an override (replacing the partner's previous one).

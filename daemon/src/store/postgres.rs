@@ -625,6 +625,32 @@ impl Store for PgStore {
         super::consent::list::<sqlx::Postgres>(&mut c, member).await
     }
 
+    async fn pseudonymize_inactive(
+        &self,
+        cutoff: Micros,
+        now: Micros,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let due = super::retention::inactive::<sqlx::Postgres>(&mut tx, cutoff).await?;
+        // Lock them as batches do (sorted), then check again: one may have come back meanwhile.
+        sqlx::query(
+            "SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
+        )
+        .bind(&due)
+        .fetch_all(&mut *tx)
+        .await?;
+        let still: Vec<String> = super::retention::inactive::<sqlx::Postgres>(&mut tx, cutoff)
+            .await?
+            .into_iter()
+            .filter(|m| due.contains(m))
+            .collect();
+        for m in &still {
+            super::retention::pseudonymize::<sqlx::Postgres>(&mut tx, m, now).await?;
+        }
+        tx.commit().await?;
+        Ok(still.len())
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::overrides(&mut c).await

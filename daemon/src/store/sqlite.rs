@@ -647,6 +647,22 @@ impl Store for SqliteStore {
         super::consent::list::<sqlx::Sqlite>(&mut c, member).await
     }
 
+    async fn pseudonymize_inactive(
+        &self,
+        cutoff: Micros,
+        now: Micros,
+    ) -> Result<usize, StoreError> {
+        // The write lock of the file: no batch is half-way through one of these members.
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let due = super::retention::inactive::<sqlx::Sqlite>(&mut tx, cutoff).await?;
+        for m in &due {
+            super::retention::pseudonymize::<sqlx::Sqlite>(&mut tx, m, now).await?;
+        }
+        tx.commit().await?;
+        Ok(due.len())
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::overrides(&mut c).await
