@@ -73,6 +73,7 @@ struct Raw {
 struct RawPrivacy {
     retention_days: Option<u32>,
     retention_check_seconds: Option<u64>,
+    access_log_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -303,6 +304,8 @@ pub struct Config {
     /// Days after a member's last transaction before its id is replaced by a pseudonym
     /// (`privacy.retention_days`, default 1095: three years).
     pub retention_days: u32,
+    /// Days the access log keeps an entry (`privacy.access_log_days`, default 365).
+    pub access_log_days: u32,
     /// How often the daemon looks for members past retention (`privacy.retention_check_seconds`,
     /// default 3600).
     pub retention_check: std::time::Duration,
@@ -674,6 +677,10 @@ impl Config {
             retention_days: match raw.privacy.retention_days.unwrap_or(1095) {
                 d @ 1..=36_500 => d,
                 _ => return Err(invalid("privacy.retention_days", "use 1..=36500 days")),
+            },
+            access_log_days: match raw.privacy.access_log_days.unwrap_or(365) {
+                d @ 1..=36_500 => d,
+                _ => return Err(invalid("privacy.access_log_days", "use 1..=36500 days")),
             },
             retention_check: std::time::Duration::from_secs(
                 match raw.privacy.retention_check_seconds.unwrap_or(3600) {

@@ -154,6 +154,12 @@ async fn retention_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "retention run failed; will retry"),
         }
+        let cutoff = now - i64::from(shared.config.access_log_days) * 86_400_000_000;
+        match shared.store.prune_access_log(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "access log entries past their period removed"),
+            Err(e) => tracing::warn!(error = %e, "access log prune failed; will retry"),
+        }
     }
 }
 

@@ -388,3 +388,48 @@ async fn a_member_inactive_past_retention_is_pseudonymized_and_the_books_stay_ex
     assert_eq!(t.balance("ALICE").await, (5, 0));
     t.assert_invariants().await;
 }
+
+backends!(the_access_log_keeps_entries_for_its_period_and_stays_verifiable);
+
+async fn the_access_log_keeps_entries_for_its_period_and_stays_verifiable(b: Backend) {
+    let t = TestDaemon::start_with(b, |toml| {
+        toml.replace(
+            "retention_check_seconds = 3600",
+            "retention_check_seconds = 1",
+        )
+        .replace("access_log_days = 365", "access_log_days = 30")
+    })
+    .await;
+    let read = |m: &str| v1::MemberBalanceRequest {
+        member_id: m.into(),
+        reason: String::new(),
+    };
+    let mut fin = t.finance().await;
+    fin.get_member_balance(read("OLD1")).await.unwrap();
+    fin.get_member_balance(read("OLD2")).await.unwrap();
+    t.clock.advance(std::time::Duration::from_secs(31 * 86_400));
+    fin.get_member_balance(read("NEW1")).await.unwrap();
+    fin.get_member_balance(read("NEW2")).await.unwrap();
+    let started = std::time::Instant::now();
+    while t
+        .execute_sql("UPDATE access_log SET seq = seq WHERE member_id LIKE 'OLD%'")
+        .await
+        > 0
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "old entries not removed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let report = t.audit().await;
+    assert!(
+        report.ok(),
+        "the chain is checked from where it was cut: {report}"
+    );
+    // A removal inside the kept period still shows.
+    t.execute_sql("DELETE FROM access_log WHERE member_id = 'NEW1'")
+        .await;
+    let text = t.audit().await.to_string();
+    assert!(text.contains("access log: entry 4"), "{text}");
+}

@@ -41,6 +41,52 @@ pub mod sql {
     /// Every entry, in order.
     pub const ALL: &str = "SELECT seq, at, role, who, member_id, action, reason, previous_hash, hash \
         FROM access_log ORDER BY seq";
+    /// Where the chain starts.
+    pub const ANCHOR: &str = "SELECT pruned_through, hash FROM access_log_anchor WHERE id = 1";
+    /// The newest entry older than $1 (the last one a prune removes).
+    pub const LAST_OLDER: &str =
+        "SELECT seq, hash FROM access_log WHERE at < $1 ORDER BY seq DESC LIMIT 1";
+    /// Removes entries up to $1.
+    pub const PRUNE: &str = "DELETE FROM access_log WHERE seq <= $1";
+    /// Moves the anchor.
+    pub const MOVE_ANCHOR: &str =
+        "UPDATE access_log_anchor SET pruned_through = $1, hash = $2 WHERE id = 1";
+}
+
+/// Removes entries older than `cutoff` (the log is kept for a configured period), inside the
+/// caller's write transaction, and moves the anchor the chain is checked from. Returns how many.
+pub async fn prune<DB>(conn: &mut DB::Connection, cutoff: Micros) -> Result<u64, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    let Some(last) = sqlx::query(sql::LAST_OLDER)
+        .bind(cutoff)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(0);
+    };
+    let (seq, hash): (i64, String) = (last.try_get(0)?, last.try_get(1)?);
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM access_log WHERE seq <= $1")
+        .bind(seq)
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query(sql::PRUNE)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(sql::MOVE_ANCHOR)
+        .bind(seq)
+        .bind(hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(n as u64)
 }
 
 /// Appends `e` inside the caller's write transaction (which must hold the log exclusively).
@@ -57,7 +103,11 @@ where
     let last = sqlx::query(sql::LAST).fetch_optional(&mut *conn).await?;
     let (seq, previous) = match last {
         Some(r) => (r.try_get::<i64, _>(0)? + 1, r.try_get::<String, _>(1)?),
-        None => (1, String::new()),
+        // Empty (or pruned to nothing): go on from the anchor.
+        None => {
+            let a = sqlx::query(sql::ANCHOR).fetch_one(&mut *conn).await?;
+            (a.try_get::<i64, _>(0)? + 1, a.try_get::<String, _>(1)?)
+        }
     };
     let hash = chain_hash(seq, e, &previous);
     sqlx::query(sql::APPEND)
@@ -88,8 +138,9 @@ where
 {
     use sqlx::Row;
     let mut violations = Vec::new();
-    let mut previous = String::new();
-    let mut expected_seq = 1i64;
+    let anchor = sqlx::query(sql::ANCHOR).fetch_one(&mut *conn).await?;
+    let mut expected_seq = anchor.try_get::<i64, _>(0)? + 1;
+    let mut previous: String = anchor.try_get(1)?;
     for r in sqlx::query(sql::ALL).fetch_all(&mut *conn).await? {
         let seq: i64 = r.try_get(0)?;
         let e = AccessEntry {

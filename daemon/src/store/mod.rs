@@ -340,6 +340,8 @@ pub trait Store: Send + Sync {
     /// [`retention::MAX_PER_RUN`] a run). Returns how many.
     async fn pseudonymize_inactive(&self, cutoff: Micros, now: Micros)
     -> Result<usize, StoreError>;
+    /// Removes access log entries older than `cutoff`. Returns how many.
+    async fn prune_access_log(&self, cutoff: Micros) -> Result<u64, StoreError>;
     /// Operators' overrides of partners' limits and status.
     async fn partner_overrides(&self) -> Result<Vec<PartnerOverride>, StoreError>;
     /// Stores an override (replacing the partner's previous one).

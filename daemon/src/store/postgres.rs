@@ -651,6 +651,16 @@ impl Store for PgStore {
         Ok(still.len())
     }
 
+    async fn prune_access_log(&self, cutoff: Micros) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE access_log IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let n = super::access::prune::<sqlx::Postgres>(&mut tx, cutoff).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::overrides(&mut c).await

@@ -663,6 +663,14 @@ impl Store for SqliteStore {
         Ok(due.len())
     }
 
+    async fn prune_access_log(&self, cutoff: Micros) -> Result<u64, StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let n = super::access::prune::<sqlx::Sqlite>(&mut tx, cutoff).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::overrides(&mut c).await
