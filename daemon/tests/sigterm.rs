@@ -114,3 +114,88 @@ async fn sigterm_drains_and_nothing_is_lost_or_doubled() {
         .status();
     let _ = child.wait();
 }
+
+/// Issue 17: a real `coalitiond serve` catching up a long gap (1,500 cycles from a configured first
+/// cycle) exits within 2 s of SIGTERM, and the next start finishes the catch-up: every settlement
+/// chained without a gap and recomputing to its digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_long_catch_up_and_the_next_start_finishes_it() {
+    coalitiond::client::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    coalitiond::demo::write_dev_setup(dir.path(), &addr).unwrap();
+    let path = dir.path().join("coalition.toml");
+    let days = 1500u64;
+    let today = chrono::Utc::now().date_naive();
+    let first = today - chrono::Days::new(days);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("time_zone = \"Europe/Amsterdam\"", "time_zone = \"UTC\"")
+        .replace(
+            "grace_seconds = 300",
+            &format!("grace_seconds = 0\nfirst_cycle = \"{first}\""),
+        )
+        .replace("max_catch_up_cycles = 400", "max_catch_up_cycles = 100000");
+    std::fs::write(&path, text).unwrap();
+    let config = coalitiond::config::Config::load(&path).unwrap();
+    let (store, _) = coalitiond::store::open(&config.database_url).await.unwrap();
+    let count = || async {
+        store
+            .settlements(None, 100_000)
+            .await
+            .map(|s| s.len())
+            .unwrap_or(0)
+    };
+    let mut child = spawn(&path, &addr).await;
+    let started = Instant::now();
+    while count().await < 30 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the catch-up did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = child.wait().unwrap();
+    let took = asked.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "SIGTERM took {took:?} to stop the daemon"
+    );
+    let done = count().await;
+    assert!(
+        (done as u64) < days,
+        "the catch-up was still under way ({done} of {days})"
+    );
+
+    let mut child = spawn(&path, &addr).await;
+    let started = Instant::now();
+    while (count().await as u64) < days {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the catch-up did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = store
+        .audit(
+            coalitiond::clock::Clock::default().now(),
+            &config.clearing_rules(),
+        )
+        .await
+        .unwrap();
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.settlements, days as i64);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
