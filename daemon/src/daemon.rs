@@ -138,7 +138,10 @@ impl Daemon {
 /// Replaces the ids of members past the retention period by pseudonyms, every
 /// `privacy.retention_check_seconds`.
 async fn retention_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(shared.config.retention_check);
+    // First run one period after start, not at start: it scans the transactions, and a restart
+    // (or several daemons starting together) should not pay for that.
+    let period = shared.config.retention_check;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             _ = tick.tick() => {}

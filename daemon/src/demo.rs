@@ -97,18 +97,10 @@ async fn balance(t: &mut Till, member: &str) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let by: Vec<String> = b
-        .by_issuer
-        .iter()
-        .map(|s| format!("{} {}", s.issuer, s.points))
-        .collect();
+    // A partner sees no issuer split: where else the member earns is not its business.
     println!(
-        "  balance of {member}: {} points (debt {}), by issuer: {}; next expiry {} ({} pts)",
-        b.points,
-        b.debt,
-        by.join(", "),
-        b.next_expiry,
-        b.next_expiry_points
+        "  balance of {member} as {} sees it: {} points (debt {}); next expiry {} ({} pts)",
+        t.name, b.points, b.debt, b.next_expiry, b.next_expiry_points
     );
     Ok(())
 }
@@ -277,6 +269,24 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         .await?
         .into_inner();
     crate::finance_cli::print_settlement(&settlement);
+    let full = finance
+        .get_member_balance(pb::MemberBalanceRequest {
+            member_id: m.into(),
+            reason: "demo: where the points came from".into(),
+        })
+        .await?
+        .into_inner();
+    let by: Vec<String> = full
+        .by_issuer
+        .iter()
+        .map(|s| format!("{} {}", s.issuer, s.points))
+        .collect();
+    println!(
+        "\nFinance's view of {m} (written to the access log): {} points in {} lots, by issuer: {}",
+        full.points,
+        full.lots,
+        by.join(", ")
+    );
     let report = daemon.store.audit(daemon.clock.now(), &rules).await?;
     println!("\nLedger audit:\n{report}");
     daemon.shutdown().await?;

@@ -73,9 +73,11 @@ pub enum Progress {
     },
 }
 
-/// The cycles due now: from the first not yet cleared through the last closed (past the grace
-/// period); `None` if nothing is due.
-pub async fn due(shared: &Shared) -> anyhow::Result<Option<(NaiveDate, NaiveDate)>> {
+/// The cycles due now (from the first not yet cleared through the last closed, past the grace
+/// period; `None` if nothing is due), and where clearing stands.
+pub async fn due(
+    shared: &Shared,
+) -> anyhow::Result<(Option<(NaiveDate, NaiveDate)>, crate::store::clearing::Frontier)> {
     let now = shared.clock.now();
     let grace = shared.config.clearing.grace.as_micros() as i64;
     let target = shared.config.cycles().last_closed(now - grace)?;
@@ -88,24 +90,19 @@ pub async fn due(shared: &Shared) -> anyhow::Result<Option<(NaiveDate, NaiveDate
         (Some(l), Some(first)) => coalition_clearing::next_day(l)?.max(first),
         (Some(l), None) => coalition_clearing::next_day(l)?,
         (None, Some(first)) => first,
-        (None, None) => return Ok(None),
+        (None, None) => return Ok((None, f)),
     };
-    Ok((start <= target).then_some((start, target)))
+    Ok(((start <= target).then_some((start, target)), f))
 }
 
 /// Clears every closed cycle (past the grace period) that has no settlement yet, oldest first,
 /// one transaction each, stopping between cycles when `stop` turns true.
 pub async fn catch_up(shared: &Shared, stop: &watch::Receiver<bool>) -> anyhow::Result<Progress> {
-    let Some((start, target)) = due(shared).await? else {
+    let (Some((start, target)), frontier) = due(shared).await? else {
         return Ok(Progress::Idle);
     };
     let todo = (target - start).num_days() as u64 + 1;
-    let confirmed = shared
-        .store
-        .clearing_frontier()
-        .await?
-        .confirmed_through
-        .is_some_and(|c| c >= target);
+    let confirmed = frontier.confirmed_through.is_some_and(|c| c >= target);
     if todo > u64::from(shared.config.clearing.max_catch_up_cycles) && !confirmed {
         return Ok(Progress::Blocked {
             from: start,

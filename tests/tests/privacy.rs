@@ -293,6 +293,11 @@ async fn consent_is_recorded_read_withdrawn_and_kept_apart_between_partners(b: B
     assert_eq!(everything.consents.len(), 4, "{:?}", everything.consents);
     let report = t.audit().await;
     assert!(report.ok(), "{report}");
+    // A consent changed by hand no longer follows its recorded changes: the audit says so.
+    t.execute_sql("UPDATE consents SET granted = NOT granted WHERE purpose = 'sharing'")
+        .await;
+    let text = t.audit().await.to_string();
+    assert!(text.contains("each consent is the last change recorded"), "{text}");
 }
 
 backends!(a_member_inactive_past_retention_is_pseudonymized_and_the_books_stay_exact);
@@ -432,4 +437,77 @@ async fn the_access_log_keeps_entries_for_its_period_and_stays_verifiable(b: Bac
         .await;
     let text = t.audit().await.to_string();
     assert!(text.contains("access log: entry 4"), "{text}");
+}
+
+backends!(consents_follow_a_model_over_random_changes);
+
+/// A property over random consent changes by two partners (retries and reused ids among them):
+/// what each partner reads is what a plain model of "last change per member, purpose and scope"
+/// says, filtered to what that partner may see, and the audit agrees with the stored state.
+async fn consents_follow_a_model_over_random_changes(b: Backend) {
+    use std::collections::BTreeMap;
+    let t = TestDaemon::start(b).await;
+    let partners = ["skyways", "bistro"];
+    let mut clients = vec![t.partner(partners[0]).await, t.partner(partners[1]).await];
+    let purposes = ["marketing", "analytics", "sharing"];
+    // A small deterministic generator (xorshift), several seeds: no flakiness, many orders.
+    for seed in 1..=4u64 {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let member = format!("M{seed}");
+        let mut model: BTreeMap<(String, String), bool> = BTreeMap::new();
+        let mut sent: Vec<(usize, v1::SetConsentRequest)> = Vec::new();
+        for i in 0..40 {
+            let p = next(2) as usize;
+            let req = if next(5) == 0 && !sent.is_empty() {
+                // A retry of an earlier change by the same partner, or its id with other content.
+                let (q, old) = sent[next(sent.len() as u64) as usize].clone();
+                let mut r = old;
+                if next(2) == 0 {
+                    r.granted = !r.granted;
+                    let err = clients[q].set_consent(r).await.unwrap_err();
+                    assert_eq!(reason(&err), "REQUEST_ID_REUSED");
+                } else {
+                    clients[q].set_consent(r).await.unwrap();
+                }
+                continue;
+            } else {
+                v1::SetConsentRequest {
+                    transaction_id: format!("s{seed}-{i}"),
+                    member_id: member.clone(),
+                    purpose: purposes[next(3) as usize].into(),
+                    granted: next(2) == 0,
+                }
+            };
+            let scope = if req.purpose == "marketing" { partners[p] } else { "" };
+            model.insert((req.purpose.clone(), scope.to_string()), req.granted);
+            let answer = clients[p].set_consent(req.clone()).await.unwrap().into_inner();
+            assert_eq!((answer.partner.as_str(), answer.granted), (scope, req.granted));
+            sent.push((p, req));
+        }
+        for (p, c) in clients.iter_mut().enumerate() {
+            let got: BTreeMap<(String, String), bool> = c
+                .get_consent(v1::GetConsentRequest { member_id: member.clone() })
+                .await
+                .unwrap()
+                .into_inner()
+                .consents
+                .into_iter()
+                .map(|c| ((c.purpose, c.partner), c.granted))
+                .collect();
+            let want: BTreeMap<(String, String), bool> = model
+                .iter()
+                .filter(|((_, scope), _)| scope.is_empty() || scope == partners[p])
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            assert_eq!(got, want, "seed {seed}, as {}", partners[p]);
+        }
+    }
+    let report = t.audit().await;
+    assert!(report.ok(), "{report}");
 }

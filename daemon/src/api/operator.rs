@@ -261,6 +261,7 @@ impl OperatorService for OperatorApi {
         let cycles = match crate::scheduler::due(&self.shared)
             .await
             .map_err(|e| ApiError::Store(crate::store::StoreError::Unavailable(e.to_string())))?
+            .0
         {
             Some((start, target)) if start <= through => {
                 (target.min(through) - start).num_days() + 1

@@ -74,6 +74,17 @@ pub const CHECKS: &[(&str, &str)] = &[
          OR (b.txn_id IS NOT NULL AND (t.id IS NULL OR t.kind <> 'reverse_earn' OR t.original_id <> b.lot_id OR b.points > 0))",
     ),
     (
+        "each consent is the last change recorded for its member, purpose and scope",
+        "SELECT (SELECT COUNT(*) FROM consents c WHERE NOT EXISTS (SELECT 1 FROM consent_events e \
+         WHERE e.member_id = c.member_id AND e.purpose = c.purpose AND e.scope = c.scope \
+         AND e.granted = c.granted AND e.at = c.captured_at AND e.actor = c.captured_by \
+         AND NOT EXISTS (SELECT 1 FROM consent_events l WHERE l.member_id = e.member_id \
+         AND l.purpose = e.purpose AND l.scope = e.scope AND l.at > e.at))) \
+         + (SELECT COUNT(*) FROM (SELECT DISTINCT member_id, purpose, scope FROM consent_events) k \
+         WHERE NOT EXISTS (SELECT 1 FROM consents c WHERE c.member_id = k.member_id \
+         AND c.purpose = k.purpose AND c.scope = k.scope))",
+    ),
+    (
         "every reversal points at a transaction of the kind it reverses",
         "SELECT COUNT(*) FROM transactions t LEFT JOIN transactions o ON o.id = t.original_id \
          WHERE t.kind IN ('reverse_earn', 'reverse_burn') AND (o.id IS NULL OR o.member_id <> t.member_id \
