@@ -77,7 +77,10 @@ pub enum Progress {
 /// period; `None` if nothing is due), and where clearing stands.
 pub async fn due(
     shared: &Shared,
-) -> anyhow::Result<(Option<(NaiveDate, NaiveDate)>, crate::store::clearing::Frontier)> {
+) -> anyhow::Result<(
+    Option<(NaiveDate, NaiveDate)>,
+    crate::store::clearing::Frontier,
+)> {
     let now = shared.clock.now();
     let grace = shared.config.clearing.grace.as_micros() as i64;
     let target = shared.config.cycles().last_closed(now - grace)?;

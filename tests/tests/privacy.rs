@@ -297,7 +297,10 @@ async fn consent_is_recorded_read_withdrawn_and_kept_apart_between_partners(b: B
     t.execute_sql("UPDATE consents SET granted = NOT granted WHERE purpose = 'sharing'")
         .await;
     let text = t.audit().await.to_string();
-    assert!(text.contains("each consent is the last change recorded"), "{text}");
+    assert!(
+        text.contains("each consent is the last change recorded"),
+        "{text}"
+    );
 }
 
 backends!(a_member_inactive_past_retention_is_pseudonymized_and_the_books_stay_exact);
@@ -484,15 +487,28 @@ async fn consents_follow_a_model_over_random_changes(b: Backend) {
                     granted: next(2) == 0,
                 }
             };
-            let scope = if req.purpose == "marketing" { partners[p] } else { "" };
+            let scope = if req.purpose == "marketing" {
+                partners[p]
+            } else {
+                ""
+            };
             model.insert((req.purpose.clone(), scope.to_string()), req.granted);
-            let answer = clients[p].set_consent(req.clone()).await.unwrap().into_inner();
-            assert_eq!((answer.partner.as_str(), answer.granted), (scope, req.granted));
+            let answer = clients[p]
+                .set_consent(req.clone())
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (answer.partner.as_str(), answer.granted),
+                (scope, req.granted)
+            );
             sent.push((p, req));
         }
         for (p, c) in clients.iter_mut().enumerate() {
             let got: BTreeMap<(String, String), bool> = c
-                .get_consent(v1::GetConsentRequest { member_id: member.clone() })
+                .get_consent(v1::GetConsentRequest {
+                    member_id: member.clone(),
+                })
                 .await
                 .unwrap()
                 .into_inner()
