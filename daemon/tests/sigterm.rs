@@ -7,13 +7,8 @@ use coalitiond::client::{ClientPem, connect};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::free_port;
 
 async fn spawn(config: &std::path::Path, addr: &str) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_coalitiond"))
