@@ -451,7 +451,7 @@ async fn consents_follow_a_model_over_random_changes(b: Backend) {
     use std::collections::BTreeMap;
     let t = TestDaemon::start(b).await;
     let partners = ["skyways", "bistro"];
-    let mut clients = vec![t.partner(partners[0]).await, t.partner(partners[1]).await];
+    let mut clients = [t.partner(partners[0]).await, t.partner(partners[1]).await];
     let purposes = ["marketing", "analytics", "sharing"];
     // A small deterministic generator (xorshift), several seeds: no flakiness, many orders.
     for seed in 1..=4u64 {
