@@ -1,7 +1,14 @@
 //! Cycles: one business day in the coalition's time zone, from one cut-off to the next. A cycle is
-//! named by its business date D and closes at the cut-off of D (with a cut-off of 00:00, at the
-//! midnight that ends D, so the cycle is the calendar day D). Days of 23 or 25 hours are cycles like
-//! any other; a cut-off that falls in a DST gap moves to the first instant after the gap.
+//! named by the calendar date that holds most of it:
+//!
+//! - a cut-off before noon (00:00, a night audit at 04:00) *opens* business day D on D: the cycle
+//!   from 04:00 on the 22nd to 04:00 on the 23rd is the 22nd (with 00:00, the calendar day itself);
+//! - a cut-off at noon or later (an evening cut-off at 23:00) *closes* business day D on D: the
+//!   cycle from 23:00 on the 21st to 23:00 on the 22nd is the 22nd.
+//!
+//! Either way a transaction at noon on D belongs to cycle D, which is what a person reading a
+//! statement expects. Days of 23 or 25 hours are cycles like any other; a cut-off that falls in a
+//! DST gap moves to the first instant after the gap.
 //!
 //! The calendar is total over [`FIRST_CYCLE`]..=[`LAST_CYCLE`]: every date maths function returns an
 //! error outside that range instead of panicking, so a date typed by a person can never stop a
@@ -46,6 +53,12 @@ pub struct Cycles {
     tz: Tz,
     cutoff: NaiveTime,
 }
+
+/// Noon: cut-offs before it open the business day they name, later ones close it.
+const NOON: NaiveTime = match NaiveTime::from_hms_opt(12, 0, 0) {
+    Some(t) => t,
+    None => panic!("a valid constant time"),
+};
 
 fn in_range(d: NaiveDate) -> Result<NaiveDate, CycleError> {
     if (FIRST_CYCLE..=LAST_CYCLE).contains(&d) {
@@ -92,10 +105,15 @@ impl Cycles {
         Err(CycleError::OutOfRange(date))
     }
 
+    /// Whether the cut-off opens the business day it names (before noon) or closes it.
+    pub fn named_by_opening(&self) -> bool {
+        self.cutoff < NOON
+    }
+
     /// The instant cycle `d` closes (exclusive end).
     pub fn close(&self, d: NaiveDate) -> Result<Micros, CycleError> {
         let d = in_range(d)?;
-        if self.cutoff == NaiveTime::MIN {
+        if self.named_by_opening() {
             let next = d.succ_opt().ok_or(CycleError::OutOfRange(d))?;
             self.instant(next, self.cutoff)
         } else {
@@ -107,7 +125,7 @@ impl Cycles {
     pub fn open(&self, d: NaiveDate) -> Result<Micros, CycleError> {
         let d = in_range(d)?;
         let before = d.pred_opt().ok_or(CycleError::OutOfRange(d))?;
-        if self.cutoff == NaiveTime::MIN {
+        if self.named_by_opening() {
             self.instant(d, self.cutoff)
         } else {
             self.instant(before, self.cutoff)
@@ -190,16 +208,134 @@ mod tests {
 
     #[test]
     fn a_cutoff_in_the_dst_gap_moves_past_it() {
-        // 02:30 does not exist in Amsterdam on 2026-03-29.
+        // 02:30 does not exist in Amsterdam on 2026-03-29: the 28th closes (and the 29th opens)
+        // at 03:00 local, 01:00 UTC.
         let c = Cycles::new(chrono_tz::Europe::Amsterdam, 2 * 60 + 30).unwrap();
-        let close = c.close(d("2026-03-29")).unwrap();
-        assert_eq!(
-            chrono::DateTime::from_timestamp_micros(close)
-                .unwrap()
-                .to_rfc3339(),
-            "2026-03-29T01:00:00+00:00"
+        let close = c.close(d("2026-03-28")).unwrap();
+        assert_eq!(utc(close), "2026-03-29T01:00:00+00:00");
+        assert_eq!(c.cycle_of(close).unwrap(), d("2026-03-29"));
+        assert_eq!(c.open(d("2026-03-29")).unwrap(), close);
+    }
+
+    fn utc(at: Micros) -> String {
+        chrono::DateTime::from_timestamp_micros(at)
+            .unwrap()
+            .to_rfc3339()
+    }
+
+    /// The instant of a local wall time in Amsterdam (the earlier when ambiguous).
+    fn ams(s: &str) -> Micros {
+        let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
+        chrono_tz::Europe::Amsterdam
+            .from_local_datetime(&naive)
+            .earliest()
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    /// Checks, for a cut-off in Amsterdam, each (local time, cycle) pair, and that every cycle of
+    /// `days` opens where the one before closes, lasting `hours`.
+    fn check(cutoff: u32, at: &[(&str, &str)], days: &[(&str, i64)]) {
+        let c = Cycles::new(chrono_tz::Europe::Amsterdam, cutoff).unwrap();
+        for (local, cycle) in at {
+            assert_eq!(
+                c.cycle_of(ams(local)).unwrap(),
+                d(cycle),
+                "cut-off {cutoff}: {local} local"
+            );
+        }
+        for (day, hours) in days {
+            let (open, close) = (c.open(d(day)).unwrap(), c.close(d(day)).unwrap());
+            assert_eq!(c.close(previous_day(d(day)).unwrap()).unwrap(), open);
+            assert_eq!((close - open) / 3_600_000_000, *hours, "cycle {day}");
+            assert_eq!(c.cycle_of(open).unwrap(), d(day));
+            assert_eq!(c.cycle_of(close - 1).unwrap(), d(day));
+        }
+    }
+
+    #[test]
+    fn midnight_cutoff_in_amsterdam_around_both_dst_days() {
+        check(
+            0,
+            &[
+                ("2026-03-28 23:59", "2026-03-28"),
+                ("2026-03-29 00:00", "2026-03-29"),
+                ("2026-03-29 03:30", "2026-03-29"),
+                ("2026-03-29 23:59", "2026-03-29"),
+                ("2026-10-25 02:30", "2026-10-25"),
+                ("2026-10-25 23:59", "2026-10-25"),
+                ("2026-10-26 00:00", "2026-10-26"),
+            ],
+            &[
+                ("2026-03-28", 24),
+                ("2026-03-29", 23),
+                ("2026-03-30", 24),
+                ("2026-10-24", 24),
+                ("2026-10-25", 25),
+                ("2026-10-26", 24),
+            ],
         );
-        assert_eq!(c.cycle_of(close).unwrap(), d("2026-03-30"));
+    }
+
+    #[test]
+    fn night_audit_at_four_names_the_day_it_opens() {
+        // The business day that starts at 04:00 on the 22nd is the 22nd.
+        check(
+            4 * 60,
+            &[
+                ("2026-11-22 03:59", "2026-11-21"),
+                ("2026-11-22 04:00", "2026-11-22"),
+                ("2026-11-22 12:00", "2026-11-22"),
+                ("2026-11-23 03:59", "2026-11-22"),
+                ("2026-11-23 04:00", "2026-11-23"),
+                // Spring: the night of the 28th to the 29th loses its 02:00-03:00 hour.
+                ("2026-03-29 01:59", "2026-03-28"),
+                ("2026-03-29 03:00", "2026-03-28"),
+                ("2026-03-29 03:59", "2026-03-28"),
+                ("2026-03-29 04:00", "2026-03-29"),
+                // Autumn: 02:00-03:00 happens twice in the night of the 24th to the 25th.
+                ("2026-10-25 02:30", "2026-10-24"),
+                ("2026-10-25 03:59", "2026-10-24"),
+                ("2026-10-25 04:00", "2026-10-25"),
+            ],
+            &[
+                ("2026-03-27", 24),
+                ("2026-03-28", 23),
+                ("2026-03-29", 24),
+                ("2026-10-23", 24),
+                ("2026-10-24", 25),
+                ("2026-10-25", 24),
+            ],
+        );
+    }
+
+    #[test]
+    fn evening_cutoff_at_23_names_the_day_it_closes() {
+        // The business day from 23:00 on the 21st to 23:00 on the 22nd is the 22nd.
+        check(
+            23 * 60,
+            &[
+                ("2026-11-21 22:59", "2026-11-21"),
+                ("2026-11-21 23:00", "2026-11-22"),
+                ("2026-11-22 12:00", "2026-11-22"),
+                ("2026-11-22 22:59", "2026-11-22"),
+                ("2026-11-22 23:00", "2026-11-23"),
+                ("2026-03-28 23:00", "2026-03-29"),
+                ("2026-03-29 03:00", "2026-03-29"),
+                ("2026-03-29 22:59", "2026-03-29"),
+                ("2026-10-24 23:00", "2026-10-25"),
+                ("2026-10-25 02:30", "2026-10-25"),
+                ("2026-10-25 22:59", "2026-10-25"),
+            ],
+            &[
+                ("2026-03-28", 24),
+                ("2026-03-29", 23),
+                ("2026-03-30", 24),
+                ("2026-10-24", 24),
+                ("2026-10-25", 25),
+                ("2026-10-26", 24),
+            ],
+        );
     }
 
     #[test]
