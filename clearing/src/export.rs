@@ -30,9 +30,7 @@ pub enum ExportError {
 }
 
 fn fixed(d: Decimal, minor_units: u32) -> String {
-    let mut d = d;
-    d.rescale(minor_units);
-    d.to_string()
+    crate::settle::fixed_point(d, minor_units).to_string()
 }
 
 /// The first 16 characters of a digest (whole if shorter: a stored value is never trusted).
@@ -57,6 +55,8 @@ impl<'a> From<&'a str> for Cell<'a> {
 
 impl From<Decimal> for Cell<'_> {
     fn from(d: Decimal) -> Self {
+        // Zero has one spelling: a cancelled sum keeps Decimal's sign bit, which prints `-0`.
+        let d = if d.is_zero() { Decimal::new(0, d.scale()) } else { d };
         Cell::Number(d.to_string())
     }
 }
@@ -180,36 +180,168 @@ pub fn settlement_json(s: &Settlement) -> String {
     serde_json::to_string_pretty(s).unwrap_or_default()
 }
 
-/// One allocation behind a partner's statement.
+/// What a statement line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// One allocation in which the participant is issuer or redeemer.
+    Allocation,
+    /// Issuance fees at one fee per point: paid by the issuer, received by the operator.
+    Fee,
+    /// The rounding of the exact net to minor units (with its share of the residual).
+    Rounding,
+}
+
+impl LineKind {
+    /// As written in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::Allocation => "allocation",
+            LineKind::Fee => "fee",
+            LineKind::Rounding => "rounding",
+        }
+    }
+}
+
+/// One line of a participant's statement.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StatementLine {
-    /// The transaction (ledger id) that made the allocation.
+    /// Allocation, fee or rounding.
+    pub kind: LineKind,
+    /// The transaction (ledger id) that made the allocation (0 for other lines).
     pub ledger_id: i64,
     /// Its place in that transaction.
     pub seq: i32,
     /// The partner's own id of the transaction, if it was this partner's.
     pub transaction_id: String,
-    /// Acceptance instant, RFC 3339.
+    /// Acceptance instant, RFC 3339 (empty for other lines).
     pub accepted_at: String,
-    /// Who owes.
+    /// Who owes (fees: the issuer).
     pub issuer: String,
-    /// Who is owed.
+    /// Who is owed (fees: the operator).
     pub redeemer: String,
-    /// Points (negative: reversal).
+    /// Points (negative: reversal; fees: points issued net of reversals).
     pub points: i64,
-    /// Money per point.
+    /// Money per point (fees: the fee in force at issue).
     pub rate: Decimal,
-    /// points × rate, exact.
+    /// points × rate, exact (rounding: the adjustment).
     pub value: Decimal,
+    /// What the line does to the participant's net: positive when it is owed.
+    pub signed_value: Decimal,
 }
 
-/// A partner's statement as CSV: every allocation in which it is issuer or redeemer, then a
-/// `TOTAL` row (count, points, receivable − payable) with the settlement's digest.
+impl StatementLine {
+    /// An allocation line as the store reads it; its signed value is set by [`statement`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn allocation(
+        ledger_id: i64,
+        seq: i32,
+        transaction_id: String,
+        accepted_at: String,
+        issuer: String,
+        redeemer: String,
+        points: i64,
+        rate: Decimal,
+    ) -> StatementLine {
+        StatementLine {
+            kind: LineKind::Allocation,
+            ledger_id,
+            seq,
+            transaction_id,
+            accepted_at,
+            issuer,
+            redeemer,
+            points,
+            rate,
+            value: crate::settle::exact(Decimal::from(points) * rate),
+            signed_value: Decimal::ZERO,
+        }
+    }
+}
+
+/// A participant's statement: its allocations (as given, in order), then its issuance fees, then
+/// the rounding adjustment; the signed values sum to its rounded net, which is its payment.
+pub fn statement(s: &Settlement, participant: &str, allocations: &[StatementLine]) -> Vec<StatementLine> {
+    let mut lines: Vec<StatementLine> = allocations
+        .iter()
+        .cloned()
+        .map(|mut l| {
+            // Owed for points redeemed here, owing for its points redeemed elsewhere; a
+            // self-redemption moves nothing.
+            l.signed_value = if l.issuer == l.redeemer {
+                Decimal::ZERO
+            } else if l.redeemer == participant {
+                l.value
+            } else {
+                -l.value
+            };
+            l.signed_value = crate::settle::exact(l.signed_value);
+            l
+        })
+        .collect();
+    for f in &s.fees {
+        let signed = if participant == OPERATOR {
+            f.value
+        } else if f.issuer == participant {
+            -f.value
+        } else {
+            continue;
+        };
+        lines.push(StatementLine {
+            kind: LineKind::Fee,
+            ledger_id: 0,
+            seq: 0,
+            transaction_id: String::new(),
+            accepted_at: String::new(),
+            issuer: f.issuer.clone(),
+            redeemer: OPERATOR.to_string(),
+            points: f.points,
+            rate: f.fee_rate,
+            value: f.value,
+            signed_value: signed,
+        });
+    }
+    let (net_exact, net) = s
+        .positions
+        .iter()
+        .find(|p| p.participant == participant)
+        .map_or((Decimal::ZERO, Decimal::ZERO), |p| (p.net_exact, p.net));
+    let rounding = crate::settle::exact(net - net_exact);
+    lines.push(StatementLine {
+        kind: LineKind::Rounding,
+        ledger_id: 0,
+        seq: 0,
+        transaction_id: String::new(),
+        accepted_at: String::new(),
+        issuer: String::new(),
+        redeemer: String::new(),
+        points: 0,
+        rate: Decimal::ZERO,
+        value: rounding,
+        signed_value: rounding,
+    });
+    lines
+}
+
+/// A participant's net in a settlement, rounded (`0.00` for one that is not in it).
+pub fn net_of(s: &Settlement, participant: &str) -> Decimal {
+    let net = s
+        .positions
+        .iter()
+        .find(|p| p.participant == participant)
+        .map_or(Decimal::ZERO, |p| p.net);
+    crate::settle::fixed_point(net, s.minor_units)
+}
+
+/// A participant's statement as CSV: the lines of [`statement`], then a `TOTAL` row (line count,
+/// net points of its allocations, and the net, which is its settlement position and payment) with
+/// the settlement's digest.
 pub fn statement_csv(s: &Settlement, partner: &str, lines: &[StatementLine]) -> String {
     let mut w = CsvWriter::default();
     w.header(&[
         "cycle",
         "partner",
+        "line",
         "ledger_id",
         "seq",
         "transaction_id",
@@ -223,21 +355,15 @@ pub fn statement_csv(s: &Settlement, partner: &str, lines: &[StatementLine]) -> 
         "digest",
     ]);
     let cycle = s.cycle.to_string();
-    let (mut points, mut net) = (0i64, Decimal::ZERO);
+    let mut points = 0i64;
     for l in lines {
-        // Positive for the partner when it is owed, negative when it owes; self-redemptions move nothing.
-        let signed = if l.issuer == l.redeemer {
-            Decimal::ZERO
-        } else if l.redeemer == partner {
-            l.value
-        } else {
-            -l.value
-        };
-        points = points.saturating_add(l.points);
-        net += signed;
+        if l.kind == LineKind::Allocation {
+            points = points.saturating_add(l.points);
+        }
         w.row([
             Cell::Text(&cycle),
             Cell::Text(partner),
+            Cell::Text(l.kind.as_str()),
             l.ledger_id.into(),
             i64::from(l.seq).into(),
             Cell::Text(&l.transaction_id),
@@ -247,7 +373,7 @@ pub fn statement_csv(s: &Settlement, partner: &str, lines: &[StatementLine]) -> 
             l.points.into(),
             l.rate.into(),
             l.value.into(),
-            signed.into(),
+            l.signed_value.into(),
             Cell::Text(&s.digest),
         ]);
     }
@@ -260,10 +386,102 @@ pub fn statement_csv(s: &Settlement, partner: &str, lines: &[StatementLine]) -> 
         Cell::Text(""),
         Cell::Text(""),
         Cell::Text(""),
+        Cell::Text(""),
         points.into(),
         Cell::Text(""),
         Cell::Text(""),
-        net.into(),
+        net_of(s, partner).into(),
+        Cell::Text(&s.digest),
+    ]);
+    w.finish()
+}
+
+/// One participant that must pay into the coalition's settlement account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayIn {
+    /// The participant.
+    pub participant: String,
+    /// Amount, positive, in minor units' precision.
+    pub amount: Decimal,
+    /// The day the money must be on the settlement account.
+    pub due: NaiveDate,
+    /// The reference the payer quotes in its transfer.
+    pub reference: String,
+}
+
+/// The reference a payer quotes: cycle, participant and the settlement's digest prefix.
+pub fn pay_in_reference(s: &Settlement, participant: &str) -> String {
+    format!(
+        "CLR-{}-{}-{}",
+        s.cycle.format("%Y%m%d"),
+        digest_prefix(&s.digest),
+        participant
+    )
+}
+
+/// The pay-ins of a settlement, due on `due`.
+pub fn pay_ins(s: &Settlement, due: NaiveDate) -> Vec<PayIn> {
+    s.payments
+        .iter()
+        .filter(|p| p.direction == Direction::PaysIn)
+        .map(|p| PayIn {
+            participant: p.participant.clone(),
+            amount: crate::settle::fixed_point(p.amount, s.minor_units),
+            due,
+            reference: pay_in_reference(s, &p.participant),
+        })
+        .collect()
+}
+
+/// Who must pay in, as CSV: one row per payer (amount, currency, due date, the account to pay,
+/// the reference to quote), then a `TOTAL` row with the count and the sum, which equals the sum
+/// the coalition pays out. A bank or finance's own tooling collects these; the daemon does not
+/// debit anyone.
+pub fn pay_ins_csv(s: &Settlement, due: NaiveDate, settlement_account: &Account) -> String {
+    let mut w = CsvWriter::default();
+    w.header(&[
+        "cycle",
+        "payer",
+        "amount",
+        "currency",
+        "due_date",
+        "pay_to_iban",
+        "pay_to_bic",
+        "pay_to_name",
+        "reference",
+        "record_count",
+        "digest",
+    ]);
+    let cycle = s.cycle.to_string();
+    let due_s = due.to_string();
+    let rows = pay_ins(s, due);
+    for p in &rows {
+        w.row([
+            Cell::Text(&cycle),
+            Cell::Text(&p.participant),
+            Cell::Number(fixed(p.amount, s.minor_units)),
+            Cell::Text(&s.currency),
+            Cell::Text(&due_s),
+            Cell::Text(&settlement_account.iban),
+            Cell::Text(&settlement_account.bic),
+            Cell::Text(&settlement_account.name),
+            Cell::Text(&p.reference),
+            Cell::Text(""),
+            Cell::Text(&s.digest),
+        ]);
+    }
+    let total: Decimal = rows.iter().map(|p| p.amount).sum();
+    w.row([
+        Cell::Text(&cycle),
+        Cell::Text("TOTAL"),
+        Cell::Number(fixed(total, s.minor_units)),
+        Cell::Text(&s.currency),
+        Cell::Text(&due_s),
+        Cell::Text(""),
+        Cell::Text(""),
+        Cell::Text(""),
+        Cell::Text(""),
+        (rows.len() as i64).into(),
         Cell::Text(&s.digest),
     ]);
     w.finish()

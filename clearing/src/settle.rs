@@ -27,15 +27,19 @@ pub struct Slice {
     pub allocations: i64,
 }
 
-/// Points a partner issued in the cycle and its issuance fee per point, owed to the operator.
+/// Points a partner issued in the cycle at one issuance fee per point, owed to the operator: each
+/// earn is charged the fee in force when it was accepted, and its reversal refunds that same fee.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issuance {
     /// The issuing partner.
     pub issuer: String,
-    /// Points issued net of earn reversals in the cycle (may be negative).
+    /// Points issued at this fee net of their earns' reversals in the cycle (may be negative).
     pub points: i64,
     /// Fee per point.
     pub fee_rate: Decimal,
+    /// points × fee_rate, exact (filled in by [`settle`]).
+    #[serde(default)]
+    pub value: Decimal,
 }
 
 /// How net positions are rounded to minor units.
@@ -89,11 +93,10 @@ pub struct Input {
     pub minor_units: u32,
     /// Rounding of net positions.
     pub rounding: Rounding,
-    /// Every partner of the coalition (so that quiet partners appear with zero).
-    pub partners: Vec<String>,
     /// The cycle's allocations.
     pub slices: Vec<Slice>,
-    /// The cycle's issuance, for fees.
+    /// The cycle's issuance per issuer and fee, for fees (rows at a fee of zero make their issuer a
+    /// participant and charge nothing).
     pub issuance: Vec<Issuance>,
     /// Counts for the control totals.
     pub counts: Counts,
@@ -196,6 +199,9 @@ pub struct Settlement {
     pub rounding: Rounding,
     /// G[A][B], A ≠ B, sorted by (issuer, redeemer).
     pub gross: Vec<Cell>,
+    /// Issuance fees charged, per issuer and fee in force at issue, sorted (zero fees left out).
+    #[serde(default)]
+    pub fees: Vec<Issuance>,
     /// Redemptions at the issuing partner itself: reported, move no money.
     pub self_redemptions: Vec<Cell>,
     /// Bilateral nets, sorted by (from, to).
@@ -218,9 +224,6 @@ pub enum SettleError {
     /// A money sum left Decimal's range.
     #[error("amounts overflow the decimal range")]
     Overflow,
-    /// An input names a participant not in `partners`.
-    #[error("unknown participant {0:?}")]
-    UnknownParticipant(String),
     /// A rate or fee has more decimals than a settlement can carry exactly.
     #[error("rate {0} has more than {MAX_RATE_DECIMALS} decimals")]
     RateTooPrecise(Decimal),
@@ -263,17 +266,13 @@ fn value(points: i64, rate: Decimal) -> Result<Decimal, SettleError> {
     Decimal::try_from_i128_with_scale(m, rate.scale()).map_err(|_| SettleError::Inexact)
 }
 
-/// Clears one cycle.
+/// Clears one cycle. Its participants are who moved money or points in it: every issuer and
+/// redeemer of its allocations, every partner that issued points, and the operator when fees are
+/// due — never a list of today's partners, so a partner that joined or left later changes nothing.
 pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
-    let known = |p: &str| p == OPERATOR || input.partners.iter().any(|x| x == p);
     // Gross matrix: every slice lands in exactly one cell, keyed (issuer, redeemer).
     let mut cells: BTreeMap<(String, String), Cell> = BTreeMap::new();
     for s in &input.slices {
-        for p in [&s.issuer, &s.redeemer] {
-            if !known(p) {
-                return Err(SettleError::UnknownParticipant(p.clone()));
-            }
-        }
         let cell = cells
             .entry((s.issuer.clone(), s.redeemer.clone()))
             .or_insert_with(|| Cell {
@@ -293,22 +292,45 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
     let (self_redemptions, gross): (Vec<Cell>, Vec<Cell>) =
         cells.into_values().partition(|c| c.issuer == c.redeemer);
 
-    // Fees per issuer.
-    let mut fees: BTreeMap<String, Decimal> = BTreeMap::new();
+    // Fees per issuer and fee rate, then per issuer.
+    let mut fee_lines: BTreeMap<(String, Decimal), i64> = BTreeMap::new();
     for i in &input.issuance {
-        if !known(&i.issuer) {
-            return Err(SettleError::UnknownParticipant(i.issuer.clone()));
+        let points = fee_lines
+            .entry((i.issuer.clone(), i.fee_rate.normalize()))
+            .or_default();
+        *points = points.checked_add(i.points).ok_or(SettleError::Overflow)?;
+    }
+    let mut fee_list = Vec::new();
+    let mut fees: BTreeMap<String, Decimal> = BTreeMap::new();
+    for ((issuer, fee_rate), points) in &fee_lines {
+        let v = value(*points, *fee_rate)?;
+        if fee_rate.is_zero() || *points == 0 {
+            continue;
         }
-        let f = fees.entry(i.issuer.clone()).or_default();
-        *f = add(*f, value(i.points, i.fee_rate)?)?;
+        let f = fees.entry(issuer.clone()).or_default();
+        *f = add(*f, v)?;
+        fee_list.push(Issuance {
+            issuer: issuer.clone(),
+            points: *points,
+            fee_rate: *fee_rate,
+            value: v,
+        });
     }
     let total_fees = fees.values().try_fold(Decimal::ZERO, |a, b| add(a, *b))?;
 
-    // Multilateral positions.
-    let mut participants: Vec<String> = input.partners.clone();
-    participants.push(OPERATOR.to_string());
+    let mut participants: Vec<String> = input
+        .slices
+        .iter()
+        .flat_map(|s| [s.issuer.clone(), s.redeemer.clone()])
+        .chain(input.issuance.iter().map(|i| i.issuer.clone()))
+        .collect();
+    if !fee_list.is_empty() {
+        participants.push(OPERATOR.to_string());
+    }
     participants.sort();
     participants.dedup();
+
+    // Multilateral positions.
     let mut positions = Vec::with_capacity(participants.len());
     for p in &participants {
         let mut receivable = Decimal::ZERO;
@@ -408,6 +430,7 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
         minor_units: input.minor_units,
         rounding: input.rounding,
         gross,
+        fees: fee_list,
         self_redemptions,
         bilateral,
         positions,
@@ -427,36 +450,57 @@ impl Settlement {
     /// terms; the canonical form must not.
     fn normalize(&mut self) {
         let mu = self.minor_units;
-        let fixed = |d: &mut Decimal| {
-            *d = d.round_dp(mu);
-            d.rescale(mu);
-        };
+        let fixed = |d: &mut Decimal| *d = fixed_point(*d, mu);
+        for f in &mut self.fees {
+            f.fee_rate = exact(f.fee_rate);
+            f.value = exact(f.value);
+        }
         for c in self
             .gross
             .iter_mut()
             .chain(self.self_redemptions.iter_mut())
         {
-            c.value = c.value.normalize();
+            c.value = exact(c.value);
         }
         for b in &mut self.bilateral {
-            b.amount = b.amount.normalize();
+            b.amount = exact(b.amount);
         }
         for p in &mut self.positions {
-            p.receivable = p.receivable.normalize();
-            p.payable = p.payable.normalize();
-            p.fees = p.fees.normalize();
-            p.net_exact = p.net_exact.normalize();
+            p.receivable = exact(p.receivable);
+            p.payable = exact(p.payable);
+            p.fees = exact(p.fees);
+            p.net_exact = exact(p.net_exact);
             fixed(&mut p.net);
         }
         for p in &mut self.payments {
             fixed(&mut p.amount);
         }
         let t = &mut self.totals;
-        t.gross_value = t.gross_value.normalize();
-        t.self_redemption_value = t.self_redemption_value.normalize();
-        t.fees = t.fees.normalize();
+        t.gross_value = exact(t.gross_value);
+        t.self_redemption_value = exact(t.self_redemption_value);
+        t.fees = exact(t.fees);
         fixed(&mut t.settled);
     }
+}
+
+/// An exact amount in its one spelling: no trailing zeros, and zero is `0`, never `-0` (a sum
+/// that cancels out keeps Decimal's sign bit).
+pub fn exact(d: Decimal) -> Decimal {
+    if d.is_zero() {
+        Decimal::ZERO
+    } else {
+        d.normalize()
+    }
+}
+
+/// A rounded amount with exactly `minor_units` decimals (`0.00`, never `-0.00`).
+pub fn fixed_point(d: Decimal, minor_units: u32) -> Decimal {
+    let mut d = d.round_dp(minor_units);
+    if d.is_zero() {
+        d = Decimal::ZERO;
+    }
+    d.rescale(minor_units);
+    d
 }
 
 /// Rounds each exact net to minor units, then spreads the residual one minor unit at a time by
@@ -477,11 +521,11 @@ fn round_positions(
         .try_fold(Decimal::ZERO, |a, p| add(a, p.net))?;
     // Each net moved by less than one unit, so the residual is fewer units than participants.
     let steps = (residual / unit).abs().trunc().to_u64().unwrap_or(u64::MAX);
-    if steps >= positions.len() as u64 {
-        return Err(SettleError::Unbalanced(residual));
-    }
     if steps == 0 {
         return Ok(());
+    }
+    if steps >= positions.len() as u64 {
+        return Err(SettleError::Unbalanced(residual));
     }
     // Residual > 0: rounding gave too much away; take a unit back from those rounded up the most.
     let mut order: Vec<usize> = (0..positions.len()).collect();

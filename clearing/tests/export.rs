@@ -14,7 +14,6 @@ fn sample() -> Settlement {
         currency: "EUR".into(),
         minor_units: 2,
         rounding: Rounding::HalfAwayFromZero,
-        partners: vec!["air".into(), "food".into(), "shop".into()],
         slices: vec![
             Slice {
                 issuer: "air".into(),
@@ -42,6 +41,7 @@ fn sample() -> Settlement {
             issuer: "air".into(),
             points: 1003,
             fee_rate: d("0.0015"),
+            value: Decimal::ZERO,
         }],
         counts: Counts::default(),
         previous_digest: String::new(),
@@ -229,22 +229,24 @@ fn csv_cells_that_look_like_formulas_are_neutralised_and_numbers_stay_numbers() 
     let lines: Vec<StatementLine> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| StatementLine {
-            ledger_id: i as i64 + 1,
-            seq: 0,
-            transaction_id: id.to_string(),
-            accepted_at: "2026-11-21T10:00:00.000000Z".into(),
-            issuer: if i % 2 == 0 || i == 3 {
-                "air".into()
-            } else {
-                "food".into()
-            },
-            redeemer: "food".into(),
-            points: if i == 3 { -1250 } else { 100 },
-            rate: Decimal::from_str("0.0125").unwrap(),
-            value: Decimal::from_str(if i == 3 { "-15.625" } else { "1.25" }).unwrap(),
+        .map(|(i, id)| {
+            StatementLine::allocation(
+                i as i64 + 1,
+                0,
+                id.to_string(),
+                "2026-11-21T10:00:00.000000Z".into(),
+                if i % 2 == 0 || i == 3 {
+                    "air".into()
+                } else {
+                    "food".into()
+                },
+                "food".into(),
+                if i == 3 { -1250 } else { 100 },
+                Decimal::from_str("0.0125").unwrap(),
+            )
         })
         .collect();
+    let lines = statement(&s, "food", &lines);
     let csv = statement_csv(&s, "food", &lines);
     let mut r = csv::Reader::from_reader(csv.as_bytes());
     let header = r.headers().unwrap().clone();
@@ -258,7 +260,8 @@ fn csv_cells_that_look_like_formulas_are_neutralised_and_numbers_stay_numbers() 
         "signed_value",
     ];
     let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
-    assert_eq!(rows.len(), ids.len() + 1);
+    // The allocations, the rounding line, TOTAL.
+    assert_eq!(rows.len(), ids.len() + 2);
     for (row, id) in rows.iter().zip(ids) {
         let got = &row[col("transaction_id")];
         if formula_like(id) {

@@ -27,7 +27,6 @@ fn input(slices: Vec<Slice>, issuance: Vec<Issuance>) -> Input {
         currency: "EUR".into(),
         minor_units: 2,
         rounding: Rounding::HalfAwayFromZero,
-        partners: vec!["air".into(), "food".into(), "shop".into()],
         slices,
         issuance,
         counts: Counts::default(),
@@ -58,6 +57,7 @@ fn worked_example_to_the_cent() {
         issuer: "air".into(),
         points: 1003,
         fee_rate: dec("0.0015"),
+        value: Decimal::ZERO,
     }];
     let mut i = input(slices, issuance);
     // An expiry: 75 points of shop's expired in the cycle. Breakage is counted, no money moves.
@@ -259,6 +259,7 @@ fn ledger() -> impl Strategy<Value = (Vec<Slice>, Vec<Issuance>)> {
             issuer: i,
             points: p,
             fee_rate: f,
+            value: Decimal::ZERO,
         }),
         0..4,
     );
@@ -341,4 +342,73 @@ proptest! {
         }
         prop_assert!(out.payments.is_empty());
     }
+
+    #[test]
+    fn every_statement_adds_up_to_its_payment((slices, issuance) in ledger(), mu in 0u32..4) {
+        let mut i = input(slices.clone(), issuance);
+        i.minor_units = mu;
+        let s = settle(&i).unwrap();
+        for p in &s.positions {
+            let mine: Vec<export::StatementLine> = slices
+                .iter()
+                .filter(|x| x.issuer == p.participant || x.redeemer == p.participant)
+                .map(|x| export::StatementLine::allocation(1, 0, String::new(), String::new(), x.issuer.clone(), x.redeemer.clone(), x.points, x.rate))
+                .collect();
+            let lines = export::statement(&s, &p.participant, &mine);
+            let sum: Decimal = lines.iter().map(|l| l.signed_value).sum();
+            prop_assert_eq!(sum, p.net, "statement of {} does not add up", p.participant);
+            let paid = s.payments.iter().find(|x| x.participant == p.participant).map_or(Decimal::ZERO, |x| match x.direction {
+                Direction::PaidOut => x.amount,
+                Direction::PaysIn => -x.amount,
+            });
+            prop_assert_eq!(paid, p.net);
+            let csv = export::statement_csv(&s, &p.participant, &lines);
+            let total = csv.lines().last().unwrap().split(',').nth(12).unwrap().to_string();
+            prop_assert_eq!(Decimal::from_str(&total).unwrap(), p.net);
+        }
+        // Zero has one spelling in everything written.
+        for text in [canonical(&s), export::settlement_csv(&s), export::settlement_json(&s)] {
+            prop_assert!(!negative_zero(&text), "-0 in {}", text);
+        }
+    }
+}
+
+/// Whether a text holds a negative zero number (`-0`, `-0.00`, `"-0.000"`).
+fn negative_zero(text: &str) -> bool {
+    text.match_indices("-0").any(|(i, _)| {
+        let rest = &text[i + 1..];
+        let number: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let before_ok = i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric();
+        before_ok && number.chars().all(|c| c == '0' || c == '.') && !number.is_empty()
+    })
+}
+
+#[test]
+fn a_cancelled_cycle_writes_zero_without_a_sign() {
+    // air's burn at food is reversed in full: every amount is zero, and zero is 0.00.
+    let s = settle(&input(
+        vec![slice("air", "food", 125, "0.0125"), slice("air", "food", -125, "0.0125")],
+        vec![Issuance {
+            issuer: "shop".into(),
+            points: 0,
+            fee_rate: dec("0"),
+            value: Decimal::ZERO,
+        }],
+    ))
+    .unwrap();
+    assert_eq!(
+        s.positions.iter().map(|p| p.participant.as_str()).collect::<Vec<_>>(),
+        ["air", "food", "shop"],
+        "participants are who moved points, the operator only when fees are due"
+    );
+    for p in &s.positions {
+        assert_eq!(p.net.to_string(), "0.00");
+    }
+    for text in [canonical(&s), export::settlement_csv(&s), export::statement_csv(&s, "air", &[])] {
+        assert!(!negative_zero(&text), "{text}");
+    }
+    assert!(negative_zero("x,-0.00,y") && negative_zero("\"-0\"") && !negative_zero("2026-03-29") && !negative_zero("a-0b"));
 }
