@@ -491,9 +491,6 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
         currency: "EUR".into(),
         minor_units: 2,
         rounding: coalition_clearing::Rounding::HalfAwayFromZero,
-        partners: (0..args.partners)
-            .map(|i| (format!("p{i}"), rust_decimal::Decimal::new(5, 4)))
-            .collect(),
         skip_if_busy: false,
         first_cycle: None,
     };

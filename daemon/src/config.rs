@@ -86,6 +86,8 @@ struct RawClearing {
     operator_account: Option<RawAccount>,
     first_cycle: Option<String>,
     max_catch_up_cycles: Option<u32>,
+    business_days: Option<Vec<String>>,
+    holidays: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -144,6 +146,12 @@ struct RawPartner {
     iban: Option<String>,
     #[serde(default)]
     bic: Option<String>,
+    #[serde(default)]
+    liability_value: Option<String>,
+    #[serde(default)]
+    retired_from: Option<String>,
+    #[serde(default)]
+    points_expire_on: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +184,14 @@ pub struct Partner {
     pub burst: u32,
     /// Where payouts to this partner go.
     pub account: Option<coalition_clearing::export::Account>,
+    /// IFRS 15 value of one of its outstanding points (liability report); default its
+    /// redemption rate.
+    pub liability_value: Decimal,
+    /// Retired from the opening of this business date: it no longer earns or burns, and still
+    /// pays and receives in settlements.
+    pub retired_from: Option<chrono::NaiveDate>,
+    /// Its points still held by members expire at the opening of this business date.
+    pub points_expire_on: Option<chrono::NaiveDate>,
 }
 
 /// How and when cycles are cleared.
@@ -197,6 +213,31 @@ pub struct ClearingConfig {
     /// The most cycles the scheduler clears by itself in one catch-up; beyond, it waits for an
     /// operator to confirm (`clearing.max_catch_up_cycles`, default 400).
     pub max_catch_up_cycles: u32,
+    /// Days of the week banks execute payments (`clearing.business_days`, default Mon–Fri).
+    pub business_days: Vec<chrono::Weekday>,
+    /// Dates banks do not execute payments (`clearing.holidays`).
+    pub holidays: Vec<chrono::NaiveDate>,
+}
+
+impl ClearingConfig {
+    /// The first banking day after the cycle `after` and not before `earliest`: the requested
+    /// execution date of its payouts and the due date of its pay-ins.
+    pub fn next_business_day(
+        &self,
+        after: chrono::NaiveDate,
+        earliest: chrono::NaiveDate,
+    ) -> Option<chrono::NaiveDate> {
+        let mut d = after.succ_opt()?.max(earliest);
+        // Bounded: a year of holidays cannot hide every day of a working week.
+        for _ in 0..400 {
+            use chrono::Datelike;
+            if self.business_days.contains(&d.weekday()) && !self.holidays.contains(&d) {
+                return Some(d);
+            }
+            d = d.succ_opt()?;
+        }
+        None
+    }
 }
 
 /// A settlement currency: its ISO 4217 code and minor-unit exponent.
@@ -412,11 +453,6 @@ impl Config {
             currency: self.currency.code.to_string(),
             minor_units: self.currency.minor_units,
             rounding: self.clearing.rounding,
-            partners: self
-                .partners
-                .values()
-                .map(|p| (p.id.clone(), p.issuance_fee))
-                .collect(),
             first_cycle: self.clearing.first_cycle,
         }
     }
@@ -584,6 +620,26 @@ impl Config {
                 (None, None) => None,
                 _ => return Err(invalid(key("iban"), "give both iban and bic, or neither")),
             };
+            let date = |k: &str, v: &Option<String>| {
+                v.as_deref()
+                    .map(|s| {
+                        crate::api::validate::cycle("date", s)
+                            .map_err(|e| invalid(key(k), e.to_string()))
+                    })
+                    .transpose()
+            };
+            let retired_from = date("retired_from", &p.retired_from)?;
+            let points_expire_on = date("points_expire_on", &p.points_expire_on)?;
+            if points_expire_on.is_some() && retired_from.is_none() {
+                return Err(invalid(
+                    key("points_expire_on"),
+                    "only a retired partner's points expire early: set retired_from too",
+                ));
+            }
+            let liability_value = match &p.liability_value {
+                Some(s) => decimal(key("liability_value"), s)?,
+                None => redemption_rate,
+            };
             let partner = Partner {
                 id: p.id.clone(),
                 name: p.name,
@@ -595,6 +651,9 @@ impl Config {
                 rate_per_second: p.rate_limit.per_second,
                 burst: p.rate_limit.burst,
                 account: partner_account,
+                liability_value,
+                retired_from,
+                points_expire_on,
             };
             if partners.insert(p.id.clone(), partner).is_some() {
                 return Err(invalid(
@@ -673,6 +732,40 @@ impl Config {
                     n @ 1..=100_000 => n,
                     _ => return Err(invalid("clearing.max_catch_up_cycles", "use 1..=100000")),
                 },
+                business_days: match &raw.clearing.business_days {
+                    None => {
+                        use chrono::Weekday::*;
+                        vec![Mon, Tue, Wed, Thu, Fri]
+                    }
+                    Some(days) => {
+                        let mut out = Vec::new();
+                        for d in days {
+                            out.push(d.parse::<chrono::Weekday>().map_err(|_| {
+                                invalid(
+                                    "clearing.business_days",
+                                    format!("{d:?} is not a day of the week (mon, tue, …)"),
+                                )
+                            })?);
+                        }
+                        if out.is_empty() {
+                            return Err(invalid(
+                                "clearing.business_days",
+                                "name at least one day banks work",
+                            ));
+                        }
+                        out
+                    }
+                },
+                holidays: raw
+                    .clearing
+                    .holidays
+                    .iter()
+                    .flatten()
+                    .map(|s| {
+                        crate::api::validate::cycle("clearing.holidays", s)
+                            .map_err(|e| invalid("clearing.holidays", e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?,
             },
             retention_days: match raw.privacy.retention_days.unwrap_or(1095) {
                 d @ 1..=36_500 => d,

@@ -46,9 +46,13 @@ impl Daemon {
                 .map(|p| (p.id.clone(), p.rate_per_second, p.burst, false)),
         ));
         crate::ops::apply_overrides(&*store, &limits).await?;
+        // Before the writer starts: the registry, price versions and their backfill follow the
+        // config, so the first batch is priced.
+        let prices = Arc::new(crate::prices::sync(&*store, &config, clock.now()).await?);
         let (writer, writer_task) = Writer::spawn(
             backend,
             WriterConfig {
+                prices: prices.clone(),
                 max_batch: config.max_batch,
                 queue_depth: config.queue_depth,
                 expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),
@@ -75,6 +79,7 @@ impl Daemon {
             clock: clock.clone(),
             limits,
             tls: tls.clone(),
+            prices,
         };
         let (shutdown, rx) = watch::channel(false);
         let metrics_addr = match config.metrics_listen {

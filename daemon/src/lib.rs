@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod ops;
 pub mod ops_cli;
+pub mod prices;
 pub mod scheduler;
 pub mod server;
 pub mod store;

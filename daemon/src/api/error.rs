@@ -129,6 +129,7 @@ impl ApiError {
                 Rejection::WrongKind { .. } => (Code::FailedPrecondition, "WRONG_TRANSACTION_KIND"),
                 Rejection::FullyReversed(_) => (Code::FailedPrecondition, "ALREADY_FULLY_REVERSED"),
                 Rejection::IdReused(_) => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
+                Rejection::Unpriced(_) => (Code::FailedPrecondition, "PARTNER_NOT_PRICED"),
             },
         }
     }

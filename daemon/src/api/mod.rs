@@ -30,6 +30,8 @@ pub struct Shared {
     pub limits: Arc<crate::ops::limits::Limits>,
     /// The TLS configuration in force (reloadable).
     pub tls: Arc<crate::server::tls::TlsState>,
+    /// Price versions (re-read every few seconds).
+    pub prices: Arc<crate::prices::PriceBook>,
 }
 
 /// The authenticated partner of a call, put in the request extensions by the identity layer.

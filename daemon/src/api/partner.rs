@@ -187,7 +187,6 @@ impl PartnerService for PartnerApi {
         let op = Op::Burn {
             member: r.member_id.clone(),
             points,
-            rate: partner.redemption_rate,
         };
         let receipt = self
             .submit(partner, &r.transaction_id, op, canonical)
@@ -210,7 +209,6 @@ impl PartnerService for PartnerApi {
         let op = Op::ReverseEarn {
             original: r.original_transaction_id.clone(),
             points,
-            rate: partner.redemption_rate,
         };
         let receipt = self
             .submit(partner, &r.transaction_id, op, canonical)

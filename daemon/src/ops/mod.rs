@@ -38,5 +38,9 @@ pub async fn refresh_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
         if let Err(e) = apply_overrides(&*shared.store, &shared.limits).await {
             tracing::warn!(error = %e, "could not refresh partner overrides");
         }
+        match shared.store.price_versions().await {
+            Ok(v) => shared.prices.replace(v),
+            Err(e) => tracing::warn!(error = %e, "could not refresh price versions"),
+        }
     }
 }

@@ -204,7 +204,7 @@ where
         at: now,
         ..Default::default()
     };
-    for (name, sql) in CHECKS {
+    for (name, sql) in CHECKS.iter().chain(super::registry::CHECKS) {
         let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *conn).await?;
         if n != 0 {
             r.violations.push(format!("{name}: {n} violations"));

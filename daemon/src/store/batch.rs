@@ -7,8 +7,11 @@ use crate::ledger::{self, Kind, MemberLedger, Micros, NewEarn, Receipt, Refusal,
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// What a batch needs to know besides the requests.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Context {
+    /// Price versions: every burn is priced, every earn charged its fee, by the version in force
+    /// at `now`.
+    pub prices: std::sync::Arc<crate::prices::PriceBook>,
     /// The acceptance instant of every transaction in the batch.
     pub now: Micros,
     /// Lifetime of new lots; `None`: never expire.
@@ -226,6 +229,14 @@ pub async fn apply(
     Ok(out)
 }
 
+/// The prices in force for `partner` at `at`, or the request is refused (a partner the daemon
+/// has no price for cannot move money).
+fn prices(ctx: &Context, partner: &str, at: Micros) -> Result<crate::prices::Prices, Rejection> {
+    ctx.prices
+        .at(partner, at)
+        .ok_or_else(|| Rejection::Unpriced(partner.to_string()))
+}
+
 fn decide(
     ids: &mut VecDeque<i64>,
     r: &Request,
@@ -242,6 +253,7 @@ fn decide(
             points,
             purchase,
         } => {
+            let fee = prices(ctx, &r.partner, now)?.issuance_fee;
             let m = ledgers
                 .entry(member.clone())
                 .or_insert_with(|| MemberLedger::new_member(member));
@@ -267,6 +279,12 @@ fn decide(
                 original_transaction_id: None,
             };
             writes.allocations.extend(effect.repayments);
+            writes.issuance.push(super::IssuanceRow {
+                txn: id,
+                issuer: r.partner.clone(),
+                fee_rate: fee,
+                points: *points,
+            });
             Ok(record(
                 r,
                 id,
@@ -278,11 +296,8 @@ fn decide(
                 receipt,
             ))
         }
-        Op::Burn {
-            member,
-            points,
-            rate,
-        } => {
+        Op::Burn { member, points } => {
+            let rate = &prices(ctx, &r.partner, now)?.redemption_rate;
             // An unknown member is refused exactly like a member with nothing: no member oracle.
             let m = ledgers.get_mut(member).ok_or(Refusal::InsufficientPoints {
                 balance: 0,
@@ -325,14 +340,14 @@ fn decide(
                 receipt,
             ))
         }
-        Op::ReverseEarn {
-            original,
-            points,
-            rate,
-        } => {
+        Op::ReverseEarn { original, points } => {
             let o = original_of(txns, r, original, Kind::Earn)?;
             let (orig_id, member, remaining) =
                 (o.id, o.member.clone(), o.points - o.reversed_points);
+            // A shortfall taken from other lots is redeemed here at today's rate; the fee refunded
+            // is the one charged when the earn was accepted.
+            let rate = &prices(ctx, &r.partner, now)?.redemption_rate;
+            let fee = prices(ctx, &r.partner, o.accepted_at)?.issuance_fee;
             let points = whole_if_zero(*points, remaining, original)?;
             let m = ledgers
                 .get_mut(&member)
@@ -369,6 +384,12 @@ fn decide(
                 });
             }
             writes.allocations.extend(effect.allocations);
+            writes.issuance.push(super::IssuanceRow {
+                txn: id,
+                issuer: r.partner.clone(),
+                fee_rate: fee,
+                points: -points,
+            });
             Ok(record(
                 r,
                 id,

@@ -11,7 +11,6 @@ use chrono::NaiveDate;
 use coalition_clearing::{
     Counts, Cycles, Input, Issuance, Rounding, SettleError, Settlement, Slice,
 };
-use rust_decimal::Decimal;
 
 /// Draft or final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +70,6 @@ pub struct Plan {
     pub minor_units: u32,
     /// Rounding of net positions.
     pub rounding: Rounding,
-    /// Partners and their issuance fee per point.
-    pub partners: Vec<(String, Decimal)>,
     /// Run only if no other daemon is clearing right now (the scheduler); finance runs wait.
     pub skip_if_busy: bool,
     /// The coalition's first business day from config, if set.
@@ -91,8 +88,6 @@ pub struct Rules {
     pub minor_units: u32,
     /// Rounding of net positions.
     pub rounding: Rounding,
-    /// Partners and their issuance fee per point.
-    pub partners: Vec<(String, Decimal)>,
     /// The coalition's first business day, if the config sets one.
     pub first_cycle: Option<NaiveDate>,
 }
@@ -107,26 +102,9 @@ impl Rules {
             currency: self.currency.clone(),
             minor_units: self.minor_units,
             rounding: self.rounding,
-            partners: self.partners.clone(),
             skip_if_busy,
             first_cycle: self.first_cycle,
         }
-    }
-
-    /// A settlement's participants (as stored) with their fee per point under these rules.
-    fn participants_of(&self, s: &Settlement) -> Vec<(String, Decimal)> {
-        s.positions
-            .iter()
-            .filter(|p| p.participant != coalition_clearing::OPERATOR)
-            .map(|p| {
-                let fee = self
-                    .partners
-                    .iter()
-                    .find(|(id, _)| *id == p.participant)
-                    .map_or(Decimal::ZERO, |(_, f)| *f);
-                (p.participant.clone(), fee)
-            })
-            .collect()
     }
 }
 
@@ -173,7 +151,7 @@ pub async fn verify(
             ));
         }
         let plan = rules.plan(cycle, 0, false);
-        match settle_from(tx, &plan, &rules.participants_of(s), s.previous_digest.clone()).await {
+        match settle_from(tx, &plan, s.previous_digest.clone()).await {
             Ok(again) if again.digest == s.digest => {}
             Ok(again) => violations.push(format!(
                 "settlement of {cycle}: stored digest {} but the ledger gives {} now (control totals stored {:?}, now {:?})",
@@ -272,8 +250,9 @@ pub trait ClearingTx: Send {
     async fn first_transaction_cycle(&mut self) -> Result<Option<NaiveDate>, StoreError>;
     /// The cycle's allocations.
     async fn slices(&mut self, cycle: NaiveDate) -> Result<Vec<Slice>, StoreError>;
-    /// Points issued per partner in the cycle, net of earn reversals.
-    async fn issued(&mut self, cycle: NaiveDate) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The cycle's issuance per issuer and fee charged at issue (earns, and their reversals
+    /// refunding that fee).
+    async fn issuance(&mut self, cycle: NaiveDate) -> Result<Vec<Issuance>, StoreError>;
     /// The cycle's counts.
     async fn counts(&mut self, cycle: NaiveDate) -> Result<Counts, StoreError>;
     /// Stores (inserts or replaces a draft).
@@ -337,7 +316,6 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
     let settlement = settle_from(
         tx,
         plan,
-        &plan.partners,
         previous.map(|p| p.settlement.digest).unwrap_or_default(),
     )
     .await?;
@@ -380,40 +358,23 @@ pub fn first_cycle(
     }
 }
 
-/// Settles `plan.cycle` from what the ledger holds for it now: its allocations, issuance, counts
-/// and breakage facts (nothing is swept here). `partners` are the participants with their fee
-/// per point; `previous_digest` chains it.
+/// Settles `plan.cycle` from what the ledger holds for it now: its allocations (each priced when
+/// it was made), its issuance (each earn charged the fee in force when it was accepted), counts
+/// and breakage facts (nothing is swept here). Nothing comes from today's config but the calendar,
+/// currency and rounding: a price change or a partner leaving never changes a cycle already past.
+/// `previous_digest` chains it.
 pub async fn settle_from(
     tx: &mut dyn ClearingTx,
     plan: &Plan,
-    partners: &[(String, Decimal)],
     previous_digest: String,
 ) -> Result<Settlement, ClearingError> {
-    let fee_of = |p: &str| {
-        partners
-            .iter()
-            .find(|(id, _)| id == p)
-            .map_or(Decimal::ZERO, |(_, f)| *f)
-    };
-    let issuance = tx
-        .issued(plan.cycle)
-        .await?
-        .into_iter()
-        .filter(|(p, _)| !fee_of(p).is_zero())
-        .map(|(issuer, points)| Issuance {
-            fee_rate: fee_of(&issuer),
-            issuer,
-            points,
-        })
-        .collect();
     let input = Input {
         cycle: plan.cycle,
         currency: plan.currency.clone(),
         minor_units: plan.minor_units,
         rounding: plan.rounding,
-        partners: partners.iter().map(|(p, _)| p.clone()).collect(),
         slices: tx.slices(plan.cycle).await?,
-        issuance,
+        issuance: tx.issuance(plan.cycle).await?,
         counts: tx.counts(plan.cycle).await?,
         previous_digest,
     };
@@ -441,9 +402,6 @@ pub mod sql {
     /// every allocation in a group has the same rate, and a few rows instead of millions.
     pub const SLICES: &str = "SELECT issuer, redeemer, rate, CAST(SUM(points) AS BIGINT), COUNT(*) FROM allocations \
         WHERE cycle = $1 GROUP BY issuer, redeemer, rate";
-    /// Points issued per partner in cycle $1, net of earn reversals.
-    pub const ISSUED: &str = "SELECT partner_id, CAST(SUM(CASE kind WHEN 'earn' THEN points ELSE -points END) AS BIGINT) \
-        FROM cycle_totals WHERE cycle = $1 AND kind IN ('earn', 'reverse_earn') GROUP BY partner_id ORDER BY partner_id";
     /// Counts and points per kind in cycle $1.
     pub const COUNTS: &str = "SELECT kind, CAST(SUM(transactions) AS BIGINT), CAST(SUM(points) AS BIGINT) \
         FROM cycle_totals WHERE cycle = $1 GROUP BY kind";
@@ -689,21 +647,6 @@ where
             .execute(&mut *conn)
             .await?;
         Ok(())
-    }
-
-    /// Points issued per partner in the cycle, net of earn reversals.
-    pub async fn issued(
-        conn: &mut DB::Connection,
-        cycle: NaiveDate,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
-        use sqlx::Row;
-        let rows = sqlx::query(sql::ISSUED)
-            .bind(cycle.to_string())
-            .fetch_all(&mut *conn)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
     }
 
     /// The cycle's counts, from `cycle_totals` and the sweep.

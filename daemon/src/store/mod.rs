@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clearing;
 pub mod consent;
 pub mod postgres;
+pub mod registry;
 pub mod retention;
 pub mod rows;
 pub mod sqlite;
@@ -95,14 +96,12 @@ pub enum Op {
         /// The purchase, if the points came from one: amount and currency.
         purchase: Option<(Decimal, String)>,
     },
-    /// Spend points at the caller.
+    /// Spend points at the caller (priced by the writer at the instant it accepts the burn).
     Burn {
         /// The member.
         member: String,
         /// Points to spend.
         points: i64,
-        /// The caller's redemption rate now.
-        rate: Decimal,
     },
     /// Take back points of one of the caller's earns.
     ReverseEarn {
@@ -110,8 +109,6 @@ pub enum Op {
         original: String,
         /// Points to take back; 0 for all that is left.
         points: i64,
-        /// The caller's redemption rate now (prices a shortfall taken from other lots).
-        rate: Decimal,
     },
     /// Give back points of one of the caller's burns.
     ReverseBurn {
@@ -147,6 +144,9 @@ pub enum Rejection {
     /// The transaction id was already used for a request with other content.
     #[error("transaction id {0:?} was already used for a different request")]
     IdReused(String),
+    /// No price version of the partner is in force (it cannot move money).
+    #[error("partner {0:?} has no price in force")]
+    Unpriced(String),
 }
 
 /// One stored transaction.
@@ -200,6 +200,22 @@ pub struct Writes {
     pub cycle_totals: Vec<(String, &'static str, i64, i64)>,
     /// Breakage undone by earn reversals that took swept points back (negative facts).
     pub breakage: Vec<BreakageFact>,
+    /// The issuance fee each earn was charged and each earn reversal refunded.
+    pub issuance: Vec<IssuanceRow>,
+}
+
+/// The issuance row of one earn (positive points) or earn reversal (negative points, refunded at
+/// the fee its earn was charged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuanceRow {
+    /// The transaction.
+    pub txn: i64,
+    /// The issuing partner.
+    pub issuer: String,
+    /// Fee per point.
+    pub fee_rate: Decimal,
+    /// Points (negative for a reversal).
+    pub points: i64,
 }
 
 /// One change of a lot's breakage in one cycle: a sweep (positive) or an earn reversal taking
@@ -350,6 +366,31 @@ pub trait Store: Send + Sync {
     async fn clearing_frontier(&self) -> Result<clearing::Frontier, StoreError>;
     /// Records an operator's confirmation of a long catch-up.
     async fn confirm_catch_up(&self, through: chrono::NaiveDate) -> Result<(), StoreError>;
+    /// Registers the config's partners (a partner the config no longer names stays registered).
+    async fn sync_partners(
+        &self,
+        records: &[crate::prices::PartnerRecord],
+        now: Micros,
+    ) -> Result<(), StoreError>;
+    /// Every partner the coalition has had.
+    async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError>;
+    /// Every price version.
+    async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError>;
+    /// Records a version, replacing one at the same instant only while that is still ahead.
+    async fn upsert_future_price(
+        &self,
+        v: &crate::prices::PriceVersion,
+        now: Micros,
+    ) -> Result<(), StoreError>;
+    /// Records a version unless one takes effect at that instant; returns what is stored there.
+    async fn add_price(
+        &self,
+        v: &crate::prices::PriceVersion,
+    ) -> Result<crate::prices::PriceVersion, StoreError>;
+    /// Gives earns and earn reversals accepted before prices had history their issuance rows.
+    async fn backfill_issuance(&self) -> Result<u64, StoreError>;
+    /// Makes a retired issuer's lots expire at `at` at the latest.
+    async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError>;
 }
 
 /// An operator's override of a partner's quota and status.

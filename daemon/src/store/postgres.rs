@@ -410,6 +410,20 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         .execute(&mut *conn)
         .await?;
     }
+    if !w.issuance.is_empty() {
+        let i = &w.issuance;
+        sqlx::query(
+            "INSERT INTO issuance (txn_id, cycle, issuer, fee_rate, points) \
+             SELECT t, $2, s, f, p FROM UNNEST($1::bigint[], $3::text[], $4::text[], $5::bigint[]) AS x(t, s, f, p)",
+        )
+        .bind(i.iter().map(|i| i.txn).collect::<Vec<_>>())
+        .bind(w.cycle.to_string())
+        .bind(i.iter().map(|i| i.issuer.clone()).collect::<Vec<_>>())
+        .bind(i.iter().map(|i| i.fee_rate.normalize().to_string()).collect::<Vec<_>>())
+        .bind(i.iter().map(|i| i.points).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     if !w.breakage.is_empty() {
         let b = &w.breakage;
         sqlx::query(
@@ -521,6 +535,9 @@ impl Store for PgStore {
         report
             .violations
             .extend(super::access::verify::<sqlx::Postgres>(&mut tx).await?);
+        report.violations.extend(
+            super::registry::RegistrySql::<sqlx::Postgres>::verify_prices(&mut tx).await?,
+        );
         tx.rollback().await?;
         Ok(report)
     }
@@ -680,6 +697,62 @@ impl Store for PgStore {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::confirm_catch_up(&mut c, through).await
     }
+
+    async fn sync_partners(
+        &self,
+        records: &[crate::prices::PartnerRecord],
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        super::registry::RegistrySql::<sqlx::Postgres>::sync_partners(&mut tx, records, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::registry::RegistrySql::<sqlx::Postgres>::partners(&mut c).await
+    }
+
+    async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::registry::RegistrySql::<sqlx::Postgres>::price_versions(&mut c).await
+    }
+
+    async fn upsert_future_price(
+        &self,
+        v: &crate::prices::PriceVersion,
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        super::registry::RegistrySql::<sqlx::Postgres>::upsert_future_price(&mut tx, v, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_price(
+        &self,
+        v: &crate::prices::PriceVersion,
+    ) -> Result<crate::prices::PriceVersion, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = super::registry::RegistrySql::<sqlx::Postgres>::add_price(&mut tx, v).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn backfill_issuance(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = super::registry::RegistrySql::<sqlx::Postgres>::backfill_issuance(&mut tx).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = super::registry::RegistrySql::<sqlx::Postgres>::expire_issuer_points(&mut tx, issuer, at).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
 }
 
 /// A clearing run's transaction on PostgreSQL.
@@ -783,8 +856,11 @@ impl clearing::ClearingTx for PgClearing<'_> {
             .collect()
     }
 
-    async fn issued(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {
-        clearing::SharedSql::<sqlx::Postgres>::issued(self.conn, cycle).await
+    async fn issuance(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Vec<coalition_clearing::Issuance>, StoreError> {
+        super::registry::RegistrySql::<sqlx::Postgres>::cycle_issuance(self.conn, cycle).await
     }
 
     async fn counts(

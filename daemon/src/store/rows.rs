@@ -135,19 +135,16 @@ where
     pub fn statement_line(
         row: &DB::Row,
     ) -> Result<coalition_clearing::export::StatementLine, sqlx::Error> {
-        let points: i64 = row.try_get("points")?;
-        let rate = rate::<DB>(row)?;
-        Ok(coalition_clearing::export::StatementLine {
-            ledger_id: row.try_get("txn_id")?,
-            seq: row.try_get("seq")?,
-            transaction_id: row.try_get("tid")?,
-            accepted_at: crate::clock::rfc3339(row.try_get("accepted_at")?),
-            issuer: row.try_get("issuer")?,
-            redeemer: row.try_get("redeemer")?,
-            points,
-            rate,
-            value: (Decimal::from(points) * rate).normalize(),
-        })
+        Ok(coalition_clearing::export::StatementLine::allocation(
+            row.try_get("txn_id")?,
+            row.try_get("seq")?,
+            row.try_get("tid")?,
+            crate::clock::rfc3339(row.try_get("accepted_at")?),
+            row.try_get("issuer")?,
+            row.try_get("redeemer")?,
+            row.try_get("points")?,
+            rate::<DB>(row)?,
+        ))
     }
 }
 

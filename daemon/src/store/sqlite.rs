@@ -408,6 +408,19 @@ impl LedgerTx for SqliteTx<'_> {
             );
             qb.build().execute(&mut *conn).await?;
         }
+        for chunk in w.issuance.chunks(MAX_BINDS / 5) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO issuance (txn_id, cycle, issuer, fee_rate, points) ",
+            );
+            qb.push_values(chunk, |mut b, i| {
+                b.push_bind(i.txn)
+                    .push_bind(w.cycle.to_string())
+                    .push_bind(&i.issuer)
+                    .push_bind(i.fee_rate.normalize().to_string())
+                    .push_bind(i.points);
+            });
+            qb.build().execute(&mut *conn).await?;
+        }
         for chunk in w.breakage.chunks(MAX_BINDS / 6) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO breakage (lot_id, member_id, issuer, cycle, points, txn_id) ",
@@ -538,6 +551,9 @@ impl Store for SqliteStore {
         report
             .violations
             .extend(super::access::verify::<sqlx::Sqlite>(&mut tx).await?);
+        report.violations.extend(
+            super::registry::RegistrySql::<sqlx::Sqlite>::verify_prices(&mut tx).await?,
+        );
         tx.rollback().await?;
         Ok(report)
     }
@@ -690,6 +706,67 @@ impl Store for SqliteStore {
         let mut conn = self.clearing.lock().await;
         clearing::SharedSql::<sqlx::Sqlite>::confirm_catch_up(&mut conn, through).await
     }
+
+    async fn sync_partners(
+        &self,
+        records: &[crate::prices::PartnerRecord],
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        super::registry::RegistrySql::<sqlx::Sqlite>::sync_partners(&mut tx, records, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::registry::RegistrySql::<sqlx::Sqlite>::partners(&mut c).await
+    }
+
+    async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::registry::RegistrySql::<sqlx::Sqlite>::price_versions(&mut c).await
+    }
+
+    async fn upsert_future_price(
+        &self,
+        v: &crate::prices::PriceVersion,
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        super::registry::RegistrySql::<sqlx::Sqlite>::upsert_future_price(&mut tx, v, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_price(
+        &self,
+        v: &crate::prices::PriceVersion,
+    ) -> Result<crate::prices::PriceVersion, StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let stored = super::registry::RegistrySql::<sqlx::Sqlite>::add_price(&mut tx, v).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn backfill_issuance(&self) -> Result<u64, StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let n = super::registry::RegistrySql::<sqlx::Sqlite>::backfill_issuance(&mut tx).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let n = super::registry::RegistrySql::<sqlx::Sqlite>::expire_issuer_points(&mut tx, issuer, at).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
 }
 
 /// A clearing run's transaction on SQLite (on the store's own write connection; SQLite's write
@@ -774,8 +851,11 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
             .collect()
     }
 
-    async fn issued(&mut self, cycle: chrono::NaiveDate) -> Result<Vec<(String, i64)>, StoreError> {
-        clearing::SharedSql::<sqlx::Sqlite>::issued(self.conn, cycle).await
+    async fn issuance(
+        &mut self,
+        cycle: chrono::NaiveDate,
+    ) -> Result<Vec<coalition_clearing::Issuance>, StoreError> {
+        super::registry::RegistrySql::<sqlx::Sqlite>::cycle_issuance(self.conn, cycle).await
     }
 
     async fn counts(

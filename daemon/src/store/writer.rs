@@ -55,8 +55,10 @@ pub struct Writer {
 }
 
 /// How the writer batches.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriterConfig {
+    /// Price versions (refreshed by the daemon; read at each batch's instant).
+    pub prices: std::sync::Arc<crate::prices::PriceBook>,
     /// Most requests in one commit.
     pub max_batch: usize,
     /// Requests queued before submitters wait.
@@ -81,6 +83,7 @@ async fn run(
     while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
         let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
         let ctx = batch::Context {
+            prices: config.prices.clone(),
             now: clock.now(),
             expire_after: config.expire_after,
             pause_before_commit: config.pause_before_commit,
@@ -112,7 +115,7 @@ async fn run(
                 for job in jobs.drain(..) {
                     let ctx = batch::Context {
                         now: clock.now(),
-                        ..ctx
+                        ..ctx.clone()
                     };
                     let answer =
                         apply_guarded(&mut backend, std::slice::from_ref(&job.request), &ctx).await;
