@@ -408,6 +408,15 @@ pub fn valid_partner_id(id: &str) -> bool {
 /// Largest rate, fee or earn rate per point (or per unit of money) the config accepts.
 pub const MAX_RATE: i64 = 1000;
 
+/// A rate typed by a person (an operator's price change): the same rules as the config's,
+/// with the reason in the error text.
+pub fn rate(s: &str) -> Result<Decimal, String> {
+    decimal(String::new(), s).map_err(|e| match e {
+        ConfigError::Invalid { message, .. } => message,
+        other => other.to_string(),
+    })
+}
+
 /// A rate: a plain decimal, not negative, below [`MAX_RATE`], with at most
 /// [`coalition_clearing::MAX_RATE_DECIMALS`] decimals, so that every amount a settlement
 /// computes from it is exact (Decimal would round silently past 28 digits).

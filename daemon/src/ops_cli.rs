@@ -85,6 +85,31 @@ pub enum OpsCommand {
         #[arg(long)]
         through: String,
     },
+    /// Price versions of every partner (or one), oldest first; `*` marks the one in force.
+    Prices {
+        #[command(flatten)]
+        conn: Connection,
+        /// One partner only.
+        #[arg(long)]
+        partner: Option<String>,
+    },
+    /// A new version of a partner's prices, from the next cycle's opening or from --effective.
+    SetPrices {
+        #[command(flatten)]
+        conn: Connection,
+        /// The partner.
+        #[arg(long)]
+        partner: String,
+        /// Money per point paid to it for each point burned there (unchanged if left out).
+        #[arg(long)]
+        redemption_rate: Option<String>,
+        /// Money per point it pays the operator for each point it issues (unchanged if left out).
+        #[arg(long)]
+        issuance_fee: Option<String>,
+        /// RFC 3339 instant, at least 60 s ahead (default: the next cycle's opening).
+        #[arg(long)]
+        effective: Option<String>,
+    },
     /// Re-read the server certificate, CA and CRL (as SIGHUP does).
     ReloadCerts {
         #[command(flatten)]
@@ -236,6 +261,52 @@ pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
             println!(
                 "confirmed: the scheduler clears {} cycle(s) through {}",
                 r.cycles, r.through
+            );
+        }
+        OpsCommand::Prices { conn, partner } => {
+            let r = client(&conn)
+                .await?
+                .list_prices(pb::ListPricesRequest {
+                    partner: partner.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{:<2}{:<16} {:<28} {:>16} {:>14}  {}",
+                "", "PARTNER", "EFFECTIVE FROM", "REDEMPTION RATE", "ISSUANCE FEE", "SET BY"
+            );
+            for v in r.versions {
+                println!(
+                    "{:<2}{:<16} {:<28} {:>16} {:>14}  {}",
+                    if v.in_force { "*" } else { "" },
+                    v.partner,
+                    v.effective_from,
+                    v.redemption_rate,
+                    v.issuance_fee,
+                    v.set_by
+                );
+            }
+        }
+        OpsCommand::SetPrices {
+            conn,
+            partner,
+            redemption_rate,
+            issuance_fee,
+            effective,
+        } => {
+            let v = client(&conn)
+                .await?
+                .set_prices(pb::SetPricesRequest {
+                    partner,
+                    redemption_rate: redemption_rate.unwrap_or_default(),
+                    issuance_fee: issuance_fee.unwrap_or_default(),
+                    effective_from: effective.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{}: redemption rate {}, issuance fee {} from {} (set by {})",
+                v.partner, v.redemption_rate, v.issuance_fee, v.effective_from, v.set_by
             );
         }
         OpsCommand::ReloadCerts { conn } => {

@@ -52,6 +52,17 @@ pub enum ApiError {
     /// New certificates could not be loaded; the previous ones stay in force.
     #[error("certificate reload refused, the previous configuration stays in force: {0}")]
     ReloadRefused(String),
+    /// Any other refusal with its own code and reason (a draft asked for a payment file, a
+    /// retired partner's write, a price change too soon).
+    #[error("{message}")]
+    Refused {
+        /// The gRPC code.
+        code: Code,
+        /// UPPER_SNAKE reason.
+        reason: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Over the partner's rate limit.
     #[error("partner {partner} is over its rate limit; retry in {} ms", retry_after.as_millis().max(1))]
     Throttled {
@@ -76,9 +87,19 @@ impl ApiError {
         }
     }
 
+    /// A refusal with its own code and reason.
+    pub fn refused(code: Code, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Refused {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
     fn code_and_reason(&self) -> (Code, &'static str) {
         match self {
             ApiError::InvalidField { reason, .. } => (Code::InvalidArgument, reason),
+            ApiError::Refused { code, reason, .. } => (*code, reason),
             ApiError::NotFound { reason, .. } => (Code::NotFound, reason),
             ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             ApiError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),

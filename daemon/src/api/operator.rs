@@ -5,6 +5,7 @@
 use super::Shared;
 use super::error::ApiError;
 use crate::ops::limits::LimitState;
+use crate::prices::PriceVersion;
 use crate::store::PartnerOverride;
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::operator_service_server::OperatorService;
@@ -288,4 +289,147 @@ impl OperatorService for OperatorApi {
             revoked: revoked as u32,
         }))
     }
+
+    async fn set_prices(
+        &self,
+        req: Request<pb::SetPricesRequest>,
+    ) -> Result<Response<pb::PriceVersion>, Status> {
+        let by = req
+            .extensions()
+            .get::<coalition_certs::Identity>()
+            .map_or_else(|| "operator".to_string(), |i| i.to_string());
+        let v = set_prices(&self.shared, req.get_ref(), by).await?;
+        Ok(Response::new(price_pb(&self.shared, &v)))
+    }
+
+    async fn list_prices(
+        &self,
+        req: Request<pb::ListPricesRequest>,
+    ) -> Result<Response<pb::ListPricesResponse>, Status> {
+        let partner = req.get_ref().partner.as_str();
+        let versions = self
+            .shared
+            .store
+            .price_versions()
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListPricesResponse {
+            versions: versions
+                .iter()
+                .filter(|v| partner.is_empty() || v.partner == partner)
+                .map(|v| price_pb(&self.shared, v))
+                .collect(),
+        }))
+    }
+}
+
+/// A price version on the wire.
+fn price_pb(shared: &Shared, v: &PriceVersion) -> pb::PriceVersion {
+    let now = shared.clock.now();
+    let versions = shared.prices.versions(Some(&v.partner));
+    let in_force = crate::prices::in_force(&versions, now)
+        .is_some_and(|f| f.effective_from == v.effective_from);
+    pb::PriceVersion {
+        partner: v.partner.clone(),
+        effective_from: crate::clock::rfc3339(v.effective_from),
+        redemption_rate: v.redemption_rate.to_string(),
+        issuance_fee: v.issuance_fee.to_string(),
+        set_at: crate::clock::rfc3339(v.set_at),
+        set_by: v.set_by.clone(),
+        in_force,
+    }
+}
+
+/// Validates and records a new price version; refreshes this daemon's book at once.
+async fn set_prices(
+    shared: &Shared,
+    r: &pb::SetPricesRequest,
+    set_by: String,
+) -> Result<PriceVersion, ApiError> {
+    let now = shared.clock.now();
+    let known = shared
+        .store
+        .partners()
+        .await?
+        .into_iter()
+        .any(|p| p.id == r.partner);
+    if !known {
+        return Err(ApiError::NotFound {
+            reason: "UNKNOWN_PARTNER",
+            message: format!("no partner {:?} in the coalition", r.partner),
+        });
+    }
+    let cycles = shared.config.cycles();
+    let effective_from = if r.effective_from.is_empty() {
+        cycles
+            .cycle_of(now)
+            .and_then(|c| cycles.close(c))
+            .map_err(|e| ApiError::Store(crate::store::StoreError::Unavailable(e.to_string())))?
+    } else {
+        chrono::DateTime::parse_from_rfc3339(&r.effective_from)
+            .map_err(|_| {
+                ApiError::field(
+                    "effective_from",
+                    "MALFORMED_INSTANT",
+                    format!(
+                        "{:?} is not an RFC 3339 instant like 2026-12-01T00:00:00+01:00",
+                        r.effective_from
+                    ),
+                )
+            })?
+            .timestamp_micros()
+    };
+    if effective_from < now + crate::prices::MIN_LEAD {
+        return Err(ApiError::refused(
+            tonic::Code::FailedPrecondition,
+            "PRICE_CHANGE_TOO_SOON",
+            crate::prices::PriceError::TooSoon {
+                at: crate::clock::rfc3339(effective_from),
+            }
+            .to_string(),
+        ));
+    }
+    let current = shared.prices.at(&r.partner, effective_from);
+    let rate = |field: &'static str, s: &str, was: Option<rust_decimal::Decimal>| {
+        if s.is_empty() {
+            return was.ok_or_else(|| {
+                ApiError::field(field, "MISSING_PRICE", "the partner has no price yet: give both")
+            });
+        }
+        crate::config::rate(s).map_err(|m| ApiError::field(field, "MALFORMED_RATE", m))
+    };
+    let v = PriceVersion {
+        partner: r.partner.clone(),
+        effective_from,
+        redemption_rate: rate(
+            "redemption_rate",
+            &r.redemption_rate,
+            current.map(|c| c.redemption_rate),
+        )?
+        .normalize(),
+        issuance_fee: rate(
+            "issuance_fee",
+            &r.issuance_fee,
+            current.map(|c| c.issuance_fee),
+        )?
+        .normalize(),
+        set_at: now,
+        set_by,
+    };
+    let stored = shared.store.add_price(&v).await?;
+    if stored.redemption_rate != v.redemption_rate || stored.issuance_fee != v.issuance_fee {
+        return Err(ApiError::refused(
+            tonic::Code::AlreadyExists,
+            "PRICE_VERSION_EXISTS",
+            crate::prices::PriceError::Conflict {
+                partner: v.partner.clone(),
+                at: crate::clock::rfc3339(effective_from),
+            }
+            .to_string(),
+        ));
+    }
+    shared.prices.replace(shared.store.price_versions().await?);
+    tracing::warn!(partner = %stored.partner, redemption_rate = %stored.redemption_rate, issuance_fee = %stored.issuance_fee,
+        effective_from = %crate::clock::rfc3339(stored.effective_from), set_by = %stored.set_by, "price version recorded");
+    Ok(stored)
 }
