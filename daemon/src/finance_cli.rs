@@ -31,8 +31,10 @@ pub enum Format {
     Csv,
     /// The whole settlement.
     Json,
-    /// ISO 20022 pain.001.001.09 payouts.
+    /// ISO 20022 pain.001.001.09 payouts (final settlements only).
     Pain001,
+    /// Who must pay in, how much, by when, with the reference to quote.
+    Payins,
 }
 
 /// `coalitiond clearing …`
@@ -76,10 +78,14 @@ pub enum ClearingCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// The points liability (IFRS 15) per issuer and month of issue, as of now.
+    /// The points liability (IFRS 15) per issuer and month of issue, in points and money, as of
+    /// now or as of the close of a business day (`--as-of 2026-10-31`).
     Liability {
         #[command(flatten)]
         conn: Connection,
+        /// YYYY-MM-DD: as of the close of that business day.
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// A partner's statement for a cycle (every allocation behind its amounts).
     Statement {
@@ -262,6 +268,7 @@ pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
                 Format::Csv => pb::ExportFormat::Csv,
                 Format::Json => pb::ExportFormat::Json,
                 Format::Pain001 => pb::ExportFormat::Pain001,
+                Format::Payins => pb::ExportFormat::Payins,
             };
             let f = client(&conn)
                 .await?
@@ -273,23 +280,42 @@ pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
                 .into_inner();
             write_out(&out, &f.filename, &f.content)?;
         }
-        ClearingCommand::Liability { conn } => {
+        ClearingCommand::Liability { conn, as_of } => {
             let r = client(&conn)
                 .await?
-                .get_liability_report(pb::LiabilityReportRequest {})
+                .get_liability_report(pb::LiabilityReportRequest {
+                    as_of: as_of.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             println!("Points liability as of {}", r.as_of);
             println!(
-                "{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}",
-                "issuer", "month", "issued", "redeemed", "reversed", "expired", "outstanding"
+                "{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12} {:>10} {:>14}",
+                "issuer",
+                "month",
+                "issued",
+                "redeemed",
+                "reversed",
+                "expired",
+                "outstanding",
+                "per point",
+                "value"
             );
             for x in r.rows {
                 println!(
-                    "{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12}",
-                    x.issuer, x.month, x.issued, x.redeemed, x.reversed, x.expired, x.outstanding
+                    "{:<12} {:<8} {:>12} {:>12} {:>10} {:>10} {:>12} {:>10} {:>14}",
+                    x.issuer,
+                    x.month,
+                    x.issued,
+                    x.redeemed,
+                    x.reversed,
+                    x.expired,
+                    x.outstanding,
+                    x.value_per_point,
+                    x.outstanding_value
                 );
             }
+            println!("total outstanding value: {} {}", r.total_outstanding_value, r.currency);
         }
         ClearingCommand::Statement {
             conn,

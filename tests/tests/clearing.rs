@@ -83,7 +83,7 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
 
     // The points liability per issuer and month of issue.
     let report = fin
-        .get_liability_report(v1::LiabilityReportRequest {})
+        .get_liability_report(v1::LiabilityReportRequest::default())
         .await
         .unwrap()
         .into_inner();

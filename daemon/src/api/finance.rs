@@ -118,6 +118,44 @@ async fn stored(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> {
         })
 }
 
+/// The coalition's settlement account, which pays out and is paid into.
+fn settlement_account(shared: &Shared) -> Result<export::Account, ApiError> {
+    shared
+        .config
+        .clearing
+        .settlement_account
+        .clone()
+        .ok_or_else(|| {
+            ApiError::Export(export::ExportError::NoAccount(
+                "the coalition (clearing.settlement_account)".into(),
+            ))
+        })
+}
+
+/// When a payment file is made (RFC 3339 with the coalition's offset, as `CreDtTm`) and the
+/// banking day its payments are due: the first business day after the cycle, not before today.
+fn payment_dates(shared: &Shared, cycle: NaiveDate) -> Result<(String, NaiveDate), ApiError> {
+    let now = shared.clock.now();
+    let local = chrono::DateTime::from_timestamp_micros(now)
+        .unwrap_or_default()
+        .with_timezone(&shared.config.time_zone);
+    let due = shared
+        .config
+        .clearing
+        .next_business_day(cycle, local.date_naive())
+        .ok_or_else(|| {
+            ApiError::refused(
+                tonic::Code::FailedPrecondition,
+                "NO_BUSINESS_DAY",
+                "clearing.business_days and clearing.holidays leave no banking day within a year",
+            )
+        })?;
+    Ok((
+        local.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        due,
+    ))
+}
+
 /// A partner's statement for a cleared cycle.
 pub async fn statement(
     shared: &Shared,
@@ -125,23 +163,31 @@ pub async fn statement(
     partner: &str,
 ) -> Result<pb::Statement, ApiError> {
     let s = stored(shared, cycle).await?;
+    // A partner that did not take part in the cycle has an empty statement at 0.00.
     let position = s
         .settlement
         .positions
         .iter()
         .find(|p| p.participant == partner)
-        .ok_or_else(|| ApiError::NotFound {
-            reason: "UNKNOWN_PARTNER",
-            message: format!("{partner:?} is not a participant of the settlement of {cycle}"),
-        })?;
-    let lines = shared.store.statement_lines(cycle, partner).await?;
+        .cloned()
+        .unwrap_or_else(|| coalition_clearing::Position {
+            participant: partner.to_string(),
+            receivable: Default::default(),
+            payable: Default::default(),
+            fees: Default::default(),
+            net_exact: Default::default(),
+            net: coalition_clearing::fixed_point(Default::default(), s.settlement.minor_units),
+        });
+    let allocations = shared.store.statement_lines(cycle, partner).await?;
+    let lines = export::statement(&s.settlement, partner, &allocations);
     Ok(pb::Statement {
         cycle: cycle.to_string(),
         partner: partner.to_string(),
         status: status_pb(s.status) as i32,
         digest: s.settlement.digest.clone(),
-        position: Some(position_pb(position)),
+        position: Some(position_pb(&position)),
         csv: export::statement_csv(&s.settlement, partner, &lines),
+        net: export::net_of(&s.settlement, partner).to_string(),
         lines: lines
             .iter()
             .map(|l| pb::StatementLine {
@@ -154,6 +200,8 @@ pub async fn statement(
                 points: l.points,
                 rate: l.rate.to_string(),
                 value: l.value.to_string(),
+                kind: l.kind.as_str().to_string(),
+                signed_value: l.signed_value.to_string(),
             })
             .collect(),
     })
@@ -173,18 +221,22 @@ pub async fn run(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> 
     })
 }
 
-/// The points liability per issuer and month of issue (in the coalition's time zone), at `now`.
+/// The points liability per issuer and month of issue (in the coalition's time zone), as of
+/// `as_of`: a lot's points left by then are outstanding, or expired if its expiry had come (swept
+/// or not). Outstanding points are valued at their issuer's `value_per_point` (0 if unknown).
 pub fn liability(
     lots: &[crate::store::clearing::LotFate],
     tz: chrono_tz::Tz,
-    now: i64,
+    as_of: i64,
+    value_per_point: &BTreeMap<String, rust_decimal::Decimal>,
 ) -> Vec<pb::LiabilityRow> {
     let mut rows: BTreeMap<(String, String), pb::LiabilityRow> = BTreeMap::new();
     for l in lots {
         let month = chrono::DateTime::from_timestamp_micros(l.earned_at)
             .map(|t| t.with_timezone(&tz).format("%Y-%m").to_string())
             .unwrap_or_default();
-        let live = l.expires_at.is_none_or(|e| now < e);
+        let live = l.expires_at.is_none_or(|e| as_of < e);
+        let left = l.points - l.redeemed - l.reversed;
         let r = rows
             .entry((l.issuer.clone(), month.clone()))
             .or_insert_with(|| pb::LiabilityRow {
@@ -193,13 +245,24 @@ pub fn liability(
                 ..Default::default()
             });
         r.issued += l.points;
-        // points = left + reversed + expired (swept) + net allocations
-        r.redeemed += l.points - l.points_left - l.reversed - l.expired;
+        r.redeemed += l.redeemed;
         r.reversed += l.reversed;
-        r.expired += l.expired + if live { 0 } else { l.points_left };
-        r.outstanding += if live { l.points_left } else { 0 };
+        r.expired += if live { 0 } else { left };
+        r.outstanding += if live { left } else { 0 };
     }
-    rows.into_values().collect()
+    rows.into_values()
+        .map(|mut r| {
+            let v = value_per_point
+                .get(&r.issuer)
+                .copied()
+                .unwrap_or_default();
+            r.value_per_point = coalition_clearing::exact(v).to_string();
+            r.outstanding_value =
+                coalition_clearing::exact(rust_decimal::Decimal::from(r.outstanding) * v)
+                    .to_string();
+            r
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -216,18 +279,55 @@ impl FinanceService for FinanceApi {
 
     async fn get_liability_report(
         &self,
-        _req: Request<pb::LiabilityReportRequest>,
+        req: Request<pb::LiabilityReportRequest>,
     ) -> Result<Response<pb::LiabilityReport>, GrpcStatus> {
+        let now = self.shared.clock.now();
+        let as_of = match req.get_ref().as_of.as_str() {
+            "" => now,
+            day => {
+                let day = parse_cycle("as_of", day)?;
+                let cut = self
+                    .shared
+                    .config
+                    .cycles()
+                    .close(day)
+                    .map_err(|e| ApiError::field("as_of", "MALFORMED_CYCLE", e.to_string()))?;
+                if cut > now {
+                    return Err(ApiError::refused(
+                        tonic::Code::FailedPrecondition,
+                        "CUT_IN_THE_FUTURE",
+                        format!("business day {day} has not closed yet; ask for a day that has"),
+                    )
+                    .into());
+                }
+                cut
+            }
+        };
         let lots = self
             .shared
             .store
-            .lot_fates()
+            .lot_fates(as_of)
             .await
             .map_err(ApiError::from)?;
-        let now = self.shared.clock.now();
+        let values: BTreeMap<String, rust_decimal::Decimal> = self
+            .shared
+            .store
+            .partners()
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|p| (p.id, p.liability_value))
+            .collect();
+        let rows = liability(&lots, self.shared.config.time_zone, as_of, &values);
+        let total: rust_decimal::Decimal = rows
+            .iter()
+            .filter_map(|r| r.outstanding_value.parse::<rust_decimal::Decimal>().ok())
+            .sum();
         Ok(Response::new(pb::LiabilityReport {
-            as_of: rfc3339(now),
-            rows: liability(&lots, self.shared.config.time_zone, now),
+            as_of: rfc3339(as_of),
+            rows,
+            total_outstanding_value: coalition_clearing::exact(total).to_string(),
+            currency: self.shared.config.currency.code.to_string(),
         }))
     }
 
@@ -343,37 +443,48 @@ impl FinanceService for FinanceApi {
                     export::settlement_json(st),
                 ),
                 pb::ExportFormat::Pain001 => {
-                    let c = &self.shared.config;
-                    let debtor = c.clearing.settlement_account.clone().ok_or_else(|| {
-                        ApiError::Export(export::ExportError::NoAccount(
-                            "the coalition (clearing.settlement_account)".into(),
-                        ))
-                    })?;
-                    let mut accounts: BTreeMap<String, export::Account> = c
-                        .partners
-                        .values()
-                        .filter_map(|p| p.account.clone().map(|a| (p.id.clone(), a)))
+                    if s.status != Status::Final {
+                        return Err(ApiError::refused(
+                            tonic::Code::FailedPrecondition,
+                            "SETTLEMENT_NOT_FINAL",
+                            format!(
+                                "the settlement of {cycle} is a draft: finalize it (FinalizeSettlement) before making its payment file"
+                            ),
+                        )
+                        .into());
+                    }
+                    let debtor = settlement_account(&self.shared)?;
+                    let mut accounts: BTreeMap<String, export::Account> = self
+                        .shared
+                        .store
+                        .partners()
+                        .await
+                        .map_err(ApiError::from)?
+                        .into_iter()
+                        .filter_map(|p| p.account.map(|a| (p.id, a)))
                         .collect();
-                    if let Some(op) = &c.clearing.operator_account {
+                    if let Some(op) = &self.shared.config.clearing.operator_account {
                         accounts.insert(coalition_clearing::OPERATOR.to_string(), op.clone());
                     }
-                    let now = self.shared.clock.now();
-                    let created = chrono::DateTime::from_timestamp_micros(now).unwrap_or_default();
-                    let xml = export::pain001(
-                        st,
-                        &debtor,
-                        &accounts,
-                        &created.format("%Y-%m-%dT%H:%M:%S").to_string(),
-                        created.date_naive().succ_opt().unwrap_or(cycle),
-                    )
-                    .map_err(ApiError::from)?;
+                    let (created, due) = payment_dates(&self.shared, cycle)?;
+                    let xml = export::pain001(st, &debtor, &accounts, &created, due)
+                        .map_err(ApiError::from)?;
                     (format!("{stem}.pain.001.xml"), "application/xml", xml)
+                }
+                pb::ExportFormat::Payins => {
+                    let debtor = settlement_account(&self.shared)?;
+                    let (_, due) = payment_dates(&self.shared, cycle)?;
+                    (
+                        format!("{stem}.payins.csv"),
+                        "text/csv",
+                        export::pay_ins_csv(st, due, &debtor),
+                    )
                 }
                 pb::ExportFormat::Unspecified => {
                     return Err(ApiError::field(
                         "format",
                         "MISSING_FORMAT",
-                        "choose CSV, JSON or PAIN001",
+                        "choose CSV, JSON, PAIN001 or PAYINS",
                     )
                     .into());
                 }

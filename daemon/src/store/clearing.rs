@@ -421,10 +421,17 @@ pub mod sql {
     pub const SAVE: &str = "INSERT INTO settlements (cycle, status, digest, previous_digest, content, created_at, finalized_at) \
         VALUES ($1, 'draft', $2, $3, $4, $5, NULL) ON CONFLICT (cycle) DO UPDATE SET digest = excluded.digest, \
         previous_digest = excluded.previous_digest, content = excluded.content WHERE settlements.status = 'draft'";
-    /// Every lot, for the liability report; breakage from its facts.
-    pub const LOT_FATES: &str = "SELECT l.issuer, l.earned_at, l.points, l.points_left, l.reversed, \
-        CAST(COALESCE(b.s, 0) AS BIGINT), l.expires_at FROM lots l \
-        LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM breakage GROUP BY lot_id) b ON b.lot_id = l.id";
+    /// Every lot issued before $1, with what had happened to it by $1: points redeemed from it
+    /// (its allocations, burn reversals netted), and points its own earn's reversals took back
+    /// from it (a reversal's points less what it took from other lots and the debt it left).
+    pub const LOT_FATES: &str = "SELECT l.issuer, l.earned_at, l.points, \
+        CAST(COALESCE(a.s, 0) AS BIGINT), CAST(COALESCE(r.s, 0) AS BIGINT), l.expires_at FROM lots l \
+        LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM allocations WHERE accepted_at < $1 GROUP BY lot_id) a \
+        ON a.lot_id = l.id \
+        LEFT JOIN (SELECT t.original_id AS lot_id, SUM(t.points - t.debt_created - COALESCE(x.s, 0)) AS s \
+        FROM transactions t LEFT JOIN (SELECT txn_id, SUM(points) AS s FROM allocations GROUP BY txn_id) x \
+        ON x.txn_id = t.id WHERE t.kind = 'reverse_earn' AND t.accepted_at < $1 GROUP BY t.original_id) r \
+        ON r.lot_id = l.id WHERE l.earned_at < $1";
     /// Seal a cycle.
     pub const SEAL: &str = "UPDATE clearing_state SET sealed_through = $1 WHERE id = 1";
     /// Finalize a draft.
@@ -454,7 +461,7 @@ pub struct Frontier {
     pub confirmed_through: Option<NaiveDate>,
 }
 
-/// What became of one lot's points (for the liability report).
+/// What had become of one lot's points by an instant (for the liability report).
 #[derive(Debug, Clone)]
 pub struct LotFate {
     /// The issuer.
@@ -463,12 +470,10 @@ pub struct LotFate {
     pub earned_at: Micros,
     /// Points issued.
     pub points: i64,
-    /// Points left.
-    pub points_left: i64,
-    /// Points taken back by earn reversals.
+    /// Points redeemed from it by then, net of burns given back.
+    pub redeemed: i64,
+    /// Points its earn's reversals had taken back from it by then.
     pub reversed: i64,
-    /// Points swept as breakage.
-    pub expired: i64,
     /// Expiry instant.
     pub expires_at: Option<Micros>,
 }
@@ -710,21 +715,25 @@ where
         Self::settlement(conn, cycle).await
     }
 
-    /// Every lot's issue and what became of its points: (issuer, earned_at, points, points_left,
-    /// reversed, expired, expires_at).
-    pub async fn lot_fates(conn: &mut DB::Connection) -> Result<Vec<LotFate>, StoreError> {
+    /// Every lot issued before `as_of` and what had become of its points by then.
+    pub async fn lot_fates(
+        conn: &mut DB::Connection,
+        as_of: Micros,
+    ) -> Result<Vec<LotFate>, StoreError> {
         use sqlx::Row;
-        let rows = sqlx::query(sql::LOT_FATES).fetch_all(&mut *conn).await?;
+        let rows = sqlx::query(sql::LOT_FATES)
+            .bind(as_of)
+            .fetch_all(&mut *conn)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(LotFate {
                     issuer: r.try_get(0)?,
                     earned_at: r.try_get(1)?,
                     points: r.try_get(2)?,
-                    points_left: r.try_get(3)?,
+                    redeemed: r.try_get(3)?,
                     reversed: r.try_get(4)?,
-                    expired: r.try_get(5)?,
-                    expires_at: r.try_get(6)?,
+                    expires_at: r.try_get(5)?,
                 })
             })
             .collect()

@@ -341,8 +341,8 @@ pub trait Store: Send + Sync {
         cycle: chrono::NaiveDate,
         partner: &str,
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError>;
-    /// Every lot's issue and fate, for the liability report.
-    async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError>;
+    /// Every lot issued before `as_of` and its fate by then, for the liability report.
+    async fn lot_fates(&self, as_of: Micros) -> Result<Vec<clearing::LotFate>, StoreError>;
     /// Appends a read of a member's data to the access log (before the data is shown).
     async fn log_access(&self, entry: &access::AccessEntry) -> Result<(), StoreError>;
     /// Records a consent change (idempotent by its actor and request id).

@@ -597,9 +597,9 @@ impl Store for PgStore {
             .collect::<Result<_, _>>()?)
     }
 
-    async fn lot_fates(&self) -> Result<Vec<clearing::LotFate>, StoreError> {
+    async fn lot_fates(&self, as_of: Micros) -> Result<Vec<clearing::LotFate>, StoreError> {
         let mut c = self.pool.acquire().await?;
-        clearing::SharedSql::<sqlx::Postgres>::lot_fates(&mut c).await
+        clearing::SharedSql::<sqlx::Postgres>::lot_fates(&mut c, as_of).await
     }
 
     async fn log_access(&self, entry: &super::access::AccessEntry) -> Result<(), StoreError> {
