@@ -56,7 +56,11 @@ impl<'a> From<&'a str> for Cell<'a> {
 impl From<Decimal> for Cell<'_> {
     fn from(d: Decimal) -> Self {
         // Zero has one spelling: a cancelled sum keeps Decimal's sign bit, which prints `-0`.
-        let d = if d.is_zero() { Decimal::new(0, d.scale()) } else { d };
+        let d = if d.is_zero() {
+            Decimal::new(0, d.scale())
+        } else {
+            d
+        };
         Cell::Number(d.to_string())
     }
 }
@@ -261,7 +265,11 @@ impl StatementLine {
 
 /// A participant's statement: its allocations (as given, in order), then its issuance fees, then
 /// the rounding adjustment; the signed values sum to its rounded net, which is its payment.
-pub fn statement(s: &Settlement, participant: &str, allocations: &[StatementLine]) -> Vec<StatementLine> {
+pub fn statement(
+    s: &Settlement,
+    participant: &str,
+    allocations: &[StatementLine],
+) -> Vec<StatementLine> {
     let mut lines: Vec<StatementLine> = allocations
         .iter()
         .cloned()

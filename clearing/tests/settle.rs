@@ -390,7 +390,10 @@ fn negative_zero(text: &str) -> bool {
 fn a_cancelled_cycle_writes_zero_without_a_sign() {
     // air's burn at food is reversed in full: every amount is zero, and zero is 0.00.
     let s = settle(&input(
-        vec![slice("air", "food", 125, "0.0125"), slice("air", "food", -125, "0.0125")],
+        vec![
+            slice("air", "food", 125, "0.0125"),
+            slice("air", "food", -125, "0.0125"),
+        ],
         vec![Issuance {
             issuer: "shop".into(),
             points: 0,
@@ -400,15 +403,27 @@ fn a_cancelled_cycle_writes_zero_without_a_sign() {
     ))
     .unwrap();
     assert_eq!(
-        s.positions.iter().map(|p| p.participant.as_str()).collect::<Vec<_>>(),
+        s.positions
+            .iter()
+            .map(|p| p.participant.as_str())
+            .collect::<Vec<_>>(),
         ["air", "food", "shop"],
         "participants are who moved points, the operator only when fees are due"
     );
     for p in &s.positions {
         assert_eq!(p.net.to_string(), "0.00");
     }
-    for text in [canonical(&s), export::settlement_csv(&s), export::statement_csv(&s, "air", &[])] {
+    for text in [
+        canonical(&s),
+        export::settlement_csv(&s),
+        export::statement_csv(&s, "air", &[]),
+    ] {
         assert!(!negative_zero(&text), "{text}");
     }
-    assert!(negative_zero("x,-0.00,y") && negative_zero("\"-0\"") && !negative_zero("2026-03-29") && !negative_zero("a-0b"));
+    assert!(
+        negative_zero("x,-0.00,y")
+            && negative_zero("\"-0\"")
+            && !negative_zero("2026-03-29")
+            && !negative_zero("a-0b")
+    );
 }

@@ -315,7 +315,10 @@ pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
                     x.outstanding_value
                 );
             }
-            println!("total outstanding value: {} {}", r.total_outstanding_value, r.currency);
+            println!(
+                "total outstanding value: {} {}",
+                r.total_outstanding_value, r.currency
+            );
         }
         ClearingCommand::Statement {
             conn,

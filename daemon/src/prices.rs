@@ -11,8 +11,8 @@
 //! The registry keeps every partner the coalition has had (name, account, liability value,
 //! retirement), so a partner that leaves the config still clears, pays and is paid.
 
-use crate::ledger::Micros;
 use crate::config::Config;
+use crate::ledger::Micros;
 use crate::store::{Store, StoreError};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
@@ -146,9 +146,9 @@ pub fn records_of(config: &Config) -> Vec<PartnerRecord> {
 
 /// The versions to add so that the book follows the config: a partner without any version gets
 /// the config's prices since the beginning; a partner whose config prices differ from the last
-/// version loaded from the config gets them from `next_cycle_opens` (a change never lands
-/// mid-cycle). Versions an operator set are left alone: editing the config is a change, keeping
-/// it is not.
+/// version loaded from the config gets the changed ones from `next_cycle_opens` (a change never
+/// lands mid-cycle), keeping the other price as it will stand then. Versions an operator set are
+/// left alone: editing the config is a change, keeping it is not.
 pub fn from_config(
     config: &Config,
     existing: &[PriceVersion],
@@ -158,28 +158,47 @@ pub fn from_config(
     let mut out = Vec::new();
     for p in config.partners.values() {
         let mine: Vec<&PriceVersion> = existing.iter().filter(|v| v.partner == p.id).collect();
-        let wanted = |effective_from| PriceVersion {
-            partner: p.id.clone(),
-            effective_from,
-            redemption_rate: p.redemption_rate.normalize(),
-            issuance_fee: p.issuance_fee.normalize(),
-            set_at: now,
-            set_by: SET_BY_CONFIG.to_string(),
-        };
+        let version =
+            |effective_from, redemption_rate: Decimal, issuance_fee: Decimal| PriceVersion {
+                partner: p.id.clone(),
+                effective_from,
+                redemption_rate: redemption_rate.normalize(),
+                issuance_fee: issuance_fee.normalize(),
+                set_at: now,
+                set_by: SET_BY_CONFIG.to_string(),
+            };
         if mine.is_empty() {
-            out.push(wanted(0));
+            out.push(version(0, p.redemption_rate, p.issuance_fee));
             continue;
         }
         let last_from_config = mine
             .iter()
             .filter(|v| v.set_by == SET_BY_CONFIG)
             .max_by_key(|v| v.effective_from);
-        let same = last_from_config.is_some_and(|v| {
-            v.redemption_rate == p.redemption_rate && v.issuance_fee == p.issuance_fee
-        });
-        if !same {
-            out.push(wanted(next_cycle_opens));
+        let rate_changed = last_from_config.is_none_or(|v| v.redemption_rate != p.redemption_rate);
+        let fee_changed = last_from_config.is_none_or(|v| v.issuance_fee != p.issuance_fee);
+        if !rate_changed && !fee_changed {
+            continue;
         }
+        let sorted: Vec<PriceVersion> = {
+            let mut v: Vec<PriceVersion> = mine.iter().map(|v| (*v).clone()).collect();
+            v.sort_by_key(|v| v.effective_from);
+            v
+        };
+        let then = in_force(&sorted, next_cycle_opens);
+        out.push(version(
+            next_cycle_opens,
+            if rate_changed {
+                p.redemption_rate
+            } else {
+                then.map_or(p.redemption_rate, |v| v.redemption_rate)
+            },
+            if fee_changed {
+                p.issuance_fee
+            } else {
+                then.map_or(p.issuance_fee, |v| v.issuance_fee)
+            },
+        ));
     }
     out
 }
@@ -212,7 +231,11 @@ pub enum PriceError {
 /// Brings the database in line with the config at start: registry records, new price versions,
 /// the issuance rows of transactions accepted before prices had history, and the early expiry of
 /// retired partners' points. Returns the book.
-pub async fn sync(store: &dyn Store, config: &Config, now: Micros) -> Result<PriceBook, StoreError> {
+pub async fn sync(
+    store: &dyn Store,
+    config: &Config,
+    now: Micros,
+) -> Result<PriceBook, StoreError> {
     let cycles = config.cycles();
     store.sync_partners(&records_of(config), now).await?;
     let existing = store.price_versions().await?;
@@ -228,9 +251,9 @@ pub async fn sync(store: &dyn Store, config: &Config, now: Micros) -> Result<Pri
     store.backfill_issuance().await?;
     for p in config.partners.values() {
         if let Some(day) = p.points_expire_on {
-            let at = cycles
-                .open(day)
-                .map_err(|e| StoreError::Unavailable(format!("partners.{}.points_expire_on: {e}", p.id)))?;
+            let at = cycles.open(day).map_err(|e| {
+                StoreError::Unavailable(format!("partners.{}.points_expire_on: {e}", p.id))
+            })?;
             let n = store.expire_issuer_points(&p.id, at).await?;
             if n > 0 {
                 tracing::info!(partner = %p.id, lots = n, expire_on = %day, "retired partner's points set to expire");
@@ -259,9 +282,18 @@ mod tests {
     fn the_version_in_force_is_the_latest_that_has_taken_effect() {
         let book = PriceBook::new(vec![v(100, "0.02"), v(0, "0.01"), v(200, "0.03")]);
         assert_eq!(book.at("p", 0).unwrap().redemption_rate.to_string(), "0.01");
-        assert_eq!(book.at("p", 99).unwrap().redemption_rate.to_string(), "0.01");
-        assert_eq!(book.at("p", 100).unwrap().redemption_rate.to_string(), "0.02");
-        assert_eq!(book.at("p", 10_000).unwrap().redemption_rate.to_string(), "0.03");
+        assert_eq!(
+            book.at("p", 99).unwrap().redemption_rate.to_string(),
+            "0.01"
+        );
+        assert_eq!(
+            book.at("p", 100).unwrap().redemption_rate.to_string(),
+            "0.02"
+        );
+        assert_eq!(
+            book.at("p", 10_000).unwrap().redemption_rate.to_string(),
+            "0.03"
+        );
         assert!(book.at("q", 100).is_none());
         let late = PriceBook::new(vec![v(100, "0.02")]);
         assert!(late.at("p", 99).is_none());

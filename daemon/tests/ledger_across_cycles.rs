@@ -97,7 +97,10 @@ impl World {
 fn price(p: usize, v: usize) -> (Decimal, Decimal) {
     let rate = [Decimal::new(10, 3), Decimal::new(12, 3), Decimal::new(8, 3)][p];
     let fee = [Decimal::new(5, 4), Decimal::ZERO, Decimal::new(1, 3)][p];
-    (rate + Decimal::new(v as i64 * 3, 4), fee + Decimal::new(v as i64, 4))
+    (
+        rate + Decimal::new(v as i64 * 3, 4),
+        fee + Decimal::new(v as i64, 4),
+    )
 }
 
 impl World {
@@ -241,7 +244,9 @@ async fn run(url: &str, steps: Vec<Step>, expire_days: i64) -> Result<(), TestCa
             }
             Step::Reprice(p, v) => {
                 let cycles = w.rules.cycles;
-                let next = cycles.close(cycles.cycle_of(w.clock.now()).unwrap()).unwrap();
+                let next = cycles
+                    .close(cycles.cycle_of(w.clock.now()).unwrap())
+                    .unwrap();
                 w.reprice(p, v, next).await;
             }
             Step::Wait(d) => {

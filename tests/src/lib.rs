@@ -360,6 +360,23 @@ impl TestDaemon {
             .expect("count")
     }
 
+    /// Edits the config file, reloads it and restarts the daemon on it (same database).
+    pub async fn reconfigure(&mut self, edit: impl FnOnce(String) -> String) {
+        let path = self.dir.path().join("coalition.toml");
+        std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+        self.config = Config::load(&path).expect("edited config loads");
+        self.restart().await;
+    }
+
+    /// A partner client with a certificate of this CA for `partner` (configured or not).
+    pub async fn partner_as(&self, partner: &str) -> PartnerClient {
+        PartnerServiceClient::new(
+            connect(&self.addr, &self.issue(Role::Partner, partner, 30))
+                .await
+                .expect("connect"),
+        )
+    }
+
     /// Restarts the daemon on the same config and database.
     pub async fn restart(&mut self) {
         self.stop().await;

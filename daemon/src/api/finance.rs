@@ -252,10 +252,7 @@ pub fn liability(
     }
     rows.into_values()
         .map(|mut r| {
-            let v = value_per_point
-                .get(&r.issuer)
-                .copied()
-                .unwrap_or_default();
+            let v = value_per_point.get(&r.issuer).copied().unwrap_or_default();
             r.value_per_point = coalition_clearing::exact(v).to_string();
             r.outstanding_value =
                 coalition_clearing::exact(rust_decimal::Decimal::from(r.outstanding) * v)
@@ -430,21 +427,22 @@ impl FinanceService for FinanceApi {
         let s = stored(&self.shared, cycle).await?;
         let st = &s.settlement;
         let stem = format!("settlement-{cycle}");
-        let (filename, content_type, content) =
-            match pb::ExportFormat::try_from(r.format).unwrap_or_default() {
-                pb::ExportFormat::Csv => (
-                    format!("{stem}.csv"),
-                    "text/csv",
-                    export::settlement_csv(st),
-                ),
-                pb::ExportFormat::Json => (
-                    format!("{stem}.json"),
-                    "application/json",
-                    export::settlement_json(st),
-                ),
-                pb::ExportFormat::Pain001 => {
-                    if s.status != Status::Final {
-                        return Err(ApiError::refused(
+        let (filename, content_type, content) = match pb::ExportFormat::try_from(r.format)
+            .unwrap_or_default()
+        {
+            pb::ExportFormat::Csv => (
+                format!("{stem}.csv"),
+                "text/csv",
+                export::settlement_csv(st),
+            ),
+            pb::ExportFormat::Json => (
+                format!("{stem}.json"),
+                "application/json",
+                export::settlement_json(st),
+            ),
+            pb::ExportFormat::Pain001 => {
+                if s.status != Status::Final {
+                    return Err(ApiError::refused(
                             tonic::Code::FailedPrecondition,
                             "SETTLEMENT_NOT_FINAL",
                             format!(
@@ -452,43 +450,43 @@ impl FinanceService for FinanceApi {
                             ),
                         )
                         .into());
-                    }
-                    let debtor = settlement_account(&self.shared)?;
-                    let mut accounts: BTreeMap<String, export::Account> = self
-                        .shared
-                        .store
-                        .partners()
-                        .await
-                        .map_err(ApiError::from)?
-                        .into_iter()
-                        .filter_map(|p| p.account.map(|a| (p.id, a)))
-                        .collect();
-                    if let Some(op) = &self.shared.config.clearing.operator_account {
-                        accounts.insert(coalition_clearing::OPERATOR.to_string(), op.clone());
-                    }
-                    let (created, due) = payment_dates(&self.shared, cycle)?;
-                    let xml = export::pain001(st, &debtor, &accounts, &created, due)
-                        .map_err(ApiError::from)?;
-                    (format!("{stem}.pain.001.xml"), "application/xml", xml)
                 }
-                pb::ExportFormat::Payins => {
-                    let debtor = settlement_account(&self.shared)?;
-                    let (_, due) = payment_dates(&self.shared, cycle)?;
-                    (
-                        format!("{stem}.payins.csv"),
-                        "text/csv",
-                        export::pay_ins_csv(st, due, &debtor),
-                    )
+                let debtor = settlement_account(&self.shared)?;
+                let mut accounts: BTreeMap<String, export::Account> = self
+                    .shared
+                    .store
+                    .partners()
+                    .await
+                    .map_err(ApiError::from)?
+                    .into_iter()
+                    .filter_map(|p| p.account.map(|a| (p.id, a)))
+                    .collect();
+                if let Some(op) = &self.shared.config.clearing.operator_account {
+                    accounts.insert(coalition_clearing::OPERATOR.to_string(), op.clone());
                 }
-                pb::ExportFormat::Unspecified => {
-                    return Err(ApiError::field(
-                        "format",
-                        "MISSING_FORMAT",
-                        "choose CSV, JSON, PAIN001 or PAYINS",
-                    )
-                    .into());
-                }
-            };
+                let (created, due) = payment_dates(&self.shared, cycle)?;
+                let xml = export::pain001(st, &debtor, &accounts, &created, due)
+                    .map_err(ApiError::from)?;
+                (format!("{stem}.pain.001.xml"), "application/xml", xml)
+            }
+            pb::ExportFormat::Payins => {
+                let debtor = settlement_account(&self.shared)?;
+                let (_, due) = payment_dates(&self.shared, cycle)?;
+                (
+                    format!("{stem}.payins.csv"),
+                    "text/csv",
+                    export::pay_ins_csv(st, due, &debtor),
+                )
+            }
+            pb::ExportFormat::Unspecified => {
+                return Err(ApiError::field(
+                    "format",
+                    "MISSING_FORMAT",
+                    "choose CSV, JSON, PAIN001 or PAYINS",
+                )
+                .into());
+            }
+        };
         Ok(Response::new(pb::ExportFile {
             filename,
             content_type: content_type.into(),

@@ -393,7 +393,11 @@ async fn set_prices(
     let rate = |field: &'static str, s: &str, was: Option<rust_decimal::Decimal>| {
         if s.is_empty() {
             return was.ok_or_else(|| {
-                ApiError::field(field, "MISSING_PRICE", "the partner has no price yet: give both")
+                ApiError::field(
+                    field,
+                    "MISSING_PRICE",
+                    "the partner has no price yet: give both",
+                )
             });
         }
         crate::config::rate(s).map_err(|m| ApiError::field(field, "MALFORMED_RATE", m))

@@ -52,6 +52,78 @@ impl PartnerApi {
         Ok(())
     }
 
+    /// An earn's fields judged by today's rules: the operation and its canonical content.
+    fn earn_validated(
+        &self,
+        partner: &Partner,
+        r: &pb::EarnRequest,
+    ) -> Result<(Op, String), ApiError> {
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("member_id", &r.member_id)?;
+        let (points, purchase, grant) = match &r.grant {
+            Some(pb::earn_request::Grant::Purchase(m)) => {
+                let amount = validate::money(
+                    "purchase.amount",
+                    &m.amount,
+                    &m.currency,
+                    self.shared.config.currency,
+                )?;
+                let points = validate::purchase_points(amount, partner)?;
+                (
+                    points,
+                    Some((amount, m.currency.clone())),
+                    format!("purchase:{}:{}", amount.normalize(), m.currency),
+                )
+            }
+            Some(pb::earn_request::Grant::BonusPoints(p)) => {
+                (validate::bonus(*p, partner)?, None, format!("bonus:{p}"))
+            }
+            None => {
+                return Err(ApiError::field(
+                    "grant",
+                    "MISSING_GRANT",
+                    "set either purchase or bonus_points",
+                ));
+            }
+        };
+        let canonical = format!("earn\n{}\n{grant}", r.member_id);
+        let op = Op::Earn {
+            member: r.member_id.clone(),
+            points,
+            purchase,
+        };
+        Ok((op, canonical))
+    }
+
+    /// A retry is matched by its id before its fields are judged by today's rules: if the
+    /// partner already has a transaction with this id and the same content, its stored receipt
+    /// is the answer even when today's config (a lower bonus cap, another currency) would refuse
+    /// the request. Called only when validation failed, so the common path reads nothing.
+    async fn replay(
+        &self,
+        partner: &Partner,
+        transaction_id: &str,
+        canonical: Option<String>,
+        refused: ApiError,
+    ) -> Result<Receipt, ApiError> {
+        let Some(canonical) = canonical else {
+            return Err(refused);
+        };
+        if validate::id("transaction_id", transaction_id).is_err() {
+            return Err(refused);
+        }
+        let hash: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
+        match self
+            .shared
+            .store
+            .transaction(&partner.id, transaction_id)
+            .await?
+        {
+            Some(t) if t.request_hash == hash => Ok(t.receipt),
+            _ => Err(refused),
+        }
+    }
+
     async fn submit(
         &self,
         partner: &Partner,
@@ -69,6 +141,19 @@ impl PartnerApi {
         };
         Ok(self.shared.writer.submit(request).await??)
     }
+}
+
+/// An earn's canonical content from its fields as sent (no rule applied), to match a retry.
+fn earn_canonical(r: &pb::EarnRequest) -> Option<String> {
+    let grant = match &r.grant {
+        Some(pb::earn_request::Grant::Purchase(m)) => {
+            let amount: rust_decimal::Decimal = m.amount.trim().parse().ok()?;
+            format!("purchase:{}:{}", amount.normalize(), m.currency)
+        }
+        Some(pb::earn_request::Grant::BonusPoints(p)) => format!("bonus:{p}"),
+        None => return None,
+    };
+    Some(format!("earn\n{}\n{grant}", r.member_id))
 }
 
 fn kind_to_pb(k: Kind) -> pb::TransactionKind {
@@ -152,49 +237,20 @@ impl PartnerService for PartnerApi {
     ) -> Result<Response<pb::EarnResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
-        validate::id("transaction_id", &r.transaction_id)?;
-        validate::id("member_id", &r.member_id)?;
-        let (points, purchase, grant) = match &r.grant {
-            Some(pb::earn_request::Grant::Purchase(m)) => {
-                let amount = validate::money(
-                    "purchase.amount",
-                    &m.amount,
-                    &m.currency,
-                    self.shared.config.currency,
-                )?;
-                let points = validate::purchase_points(amount, partner)?;
-                (
-                    points,
-                    Some((amount, m.currency.clone())),
-                    format!("purchase:{}:{}", amount.normalize(), m.currency),
-                )
+        let receipt = match self.earn_validated(partner, r) {
+            Ok((op, canonical)) => {
+                self.submit(partner, &r.transaction_id, op, canonical)
+                    .await?
             }
-            Some(pb::earn_request::Grant::BonusPoints(p)) => {
-                (validate::bonus(*p, partner)?, None, format!("bonus:{p}"))
-            }
-            None => {
-                return Err(ApiError::field(
-                    "grant",
-                    "MISSING_GRANT",
-                    "set either purchase or bonus_points",
-                )
-                .into());
+            Err(refused) => {
+                self.replay(partner, &r.transaction_id, earn_canonical(r), refused)
+                    .await?
             }
         };
-        let canonical = format!("earn\n{}\n{grant}", r.member_id);
-        let op = Op::Earn {
-            member: r.member_id.clone(),
-            points,
-            purchase,
-        };
-        let receipt = self
-            .submit(partner, &r.transaction_id, op, canonical)
-            .await?;
         Ok(Response::new(pb::EarnResponse {
             receipt: Some(receipt_to_pb(&receipt)),
         }))
     }
-
     async fn burn(
         &self,
         req: Request<pb::BurnRequest>,

@@ -535,9 +535,9 @@ impl Store for PgStore {
         report
             .violations
             .extend(super::access::verify::<sqlx::Postgres>(&mut tx).await?);
-        report.violations.extend(
-            super::registry::RegistrySql::<sqlx::Postgres>::verify_prices(&mut tx).await?,
-        );
+        report
+            .violations
+            .extend(super::registry::RegistrySql::<sqlx::Postgres>::verify_prices(&mut tx).await?);
         tx.rollback().await?;
         Ok(report)
     }
@@ -704,7 +704,8 @@ impl Store for PgStore {
         now: Micros,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        super::registry::RegistrySql::<sqlx::Postgres>::sync_partners(&mut tx, records, now).await?;
+        super::registry::RegistrySql::<sqlx::Postgres>::sync_partners(&mut tx, records, now)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -725,7 +726,8 @@ impl Store for PgStore {
         now: Micros,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        super::registry::RegistrySql::<sqlx::Postgres>::upsert_future_price(&mut tx, v, now).await?;
+        super::registry::RegistrySql::<sqlx::Postgres>::upsert_future_price(&mut tx, v, now)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -749,7 +751,10 @@ impl Store for PgStore {
 
     async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let n = super::registry::RegistrySql::<sqlx::Postgres>::expire_issuer_points(&mut tx, issuer, at).await?;
+        let n = super::registry::RegistrySql::<sqlx::Postgres>::expire_issuer_points(
+            &mut tx, issuer, at,
+        )
+        .await?;
         tx.commit().await?;
         Ok(n)
     }

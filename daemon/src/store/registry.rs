@@ -110,7 +110,9 @@ where
     }
 
     /// Every price version, per partner oldest first.
-    pub async fn price_versions(conn: &mut DB::Connection) -> Result<Vec<PriceVersion>, StoreError> {
+    pub async fn price_versions(
+        conn: &mut DB::Connection,
+    ) -> Result<Vec<PriceVersion>, StoreError> {
         let rows = sqlx::query(sql::PRICES).fetch_all(&mut *conn).await?;
         rows.iter().map(Self::version).collect()
     }
@@ -192,13 +194,13 @@ where
                 let iban: Option<String> = r.try_get(3)?;
                 let bic: Option<String> = r.try_get(4)?;
                 Ok(PartnerRecord {
-                    account: iban.zip(bic).map(|(iban, bic)| {
-                        coalition_clearing::export::Account {
+                    account: iban
+                        .zip(bic)
+                        .map(|(iban, bic)| coalition_clearing::export::Account {
                             name: name.clone(),
                             iban,
                             bic,
-                        }
-                    }),
+                        }),
                     kind: r.try_get(2)?,
                     liability_value: decimal(
                         "partners.liability_value",
@@ -275,7 +277,11 @@ where
                 let until = vs.get(i + 1).map_or(i64::MAX, |n| n.effective_from);
                 for (what, query, expected) in [
                     ("issuance fee", sql::EARN_FEES_BETWEEN, v.issuance_fee),
-                    ("redemption rate", sql::BURN_RATES_BETWEEN, v.redemption_rate),
+                    (
+                        "redemption rate",
+                        sql::BURN_RATES_BETWEEN,
+                        v.redemption_rate,
+                    ),
                 ] {
                     let rows = sqlx::query(query)
                         .bind(partner.to_string())

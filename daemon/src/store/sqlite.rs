@@ -551,9 +551,9 @@ impl Store for SqliteStore {
         report
             .violations
             .extend(super::access::verify::<sqlx::Sqlite>(&mut tx).await?);
-        report.violations.extend(
-            super::registry::RegistrySql::<sqlx::Sqlite>::verify_prices(&mut tx).await?,
-        );
+        report
+            .violations
+            .extend(super::registry::RegistrySql::<sqlx::Sqlite>::verify_prices(&mut tx).await?);
         tx.rollback().await?;
         Ok(report)
     }
@@ -763,7 +763,9 @@ impl Store for SqliteStore {
     async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError> {
         let mut conn = self.clearing.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let n = super::registry::RegistrySql::<sqlx::Sqlite>::expire_issuer_points(&mut tx, issuer, at).await?;
+        let n =
+            super::registry::RegistrySql::<sqlx::Sqlite>::expire_issuer_points(&mut tx, issuer, at)
+                .await?;
         tx.commit().await?;
         Ok(n)
     }
