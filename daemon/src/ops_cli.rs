@@ -272,8 +272,8 @@ pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!(
-                "{:<2}{:<16} {:<28} {:>16} {:>14}  {}",
-                "", "PARTNER", "EFFECTIVE FROM", "REDEMPTION RATE", "ISSUANCE FEE", "SET BY"
+                "  {:<16} {:<28} {:>16} {:>14}  SET BY",
+                "PARTNER", "EFFECTIVE FROM", "REDEMPTION RATE", "ISSUANCE FEE"
             );
             for v in r.versions {
                 println!(

@@ -57,6 +57,7 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
     ));
     let config = t.dir.path().join("coalition.toml");
     let out = t.dir.path().join("payouts.xml");
+    let payins = t.dir.path().join("payins.csv");
     let cycle = d0.to_string();
     let base = ["coalitiond", "clearing"];
     let conn = ["--config", config.to_str().unwrap(), "--addr", &t.addr];
@@ -65,7 +66,17 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
         vec!["show"],
         vec!["statement", "--cycle", &cycle, "--partner", "bistro"],
         vec!["liability"],
+        vec!["liability", "--as-of", &cycle],
         vec!["finalize", "--cycle", &cycle],
+        vec![
+            "export",
+            "--cycle",
+            &cycle,
+            "--format",
+            "payins",
+            "--out",
+            payins.to_str().unwrap(),
+        ],
         vec![
             "export",
             "--cycle",
@@ -87,6 +98,9 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
             .await
             .unwrap_or_else(|e| panic!("{argv:?}: {e:#}"));
     }
+    // skyways pays in what is paid out.
+    let payins = std::fs::read_to_string(&payins).unwrap();
+    assert!(payins.lines().nth(1).unwrap().contains(",skyways,0.53,EUR,"), "{payins}");
     let xml = std::fs::read_to_string(&out).unwrap();
     // bistro 40 × 0.012 = 0.48 and the operator 100 × 0.0005 = 0.05 are paid out.
     assert!(
@@ -129,6 +143,14 @@ async fn ops_cli_lists_changes_and_suspends() {
         ],
         vec!["suspend", "--partner", "bistro"],
         vec!["reload-certs"],
+        vec![
+            "set-prices",
+            "--partner",
+            "freshmart",
+            "--redemption-rate",
+            "0.0091",
+        ],
+        vec!["prices", "--partner", "freshmart"],
     ] {
         let argv: Vec<&str> = ["coalitiond", "ops"]
             .iter()
@@ -160,6 +182,22 @@ async fn ops_cli_lists_changes_and_suspends() {
             .unwrap()
             .suspended
     );
+    let prices = t
+        .operator()
+        .await
+        .list_prices(v1::ListPricesRequest {
+            partner: "freshmart".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let next = prices.last().unwrap();
+    assert_eq!(
+        (prices.len(), next.redemption_rate.as_str(), next.in_force),
+        (2, "0.0091", false)
+    );
+    assert!(next.set_by.starts_with("operator/"), "{next:?}");
     let table = coalitiond::ops_cli::limits_table(&limits);
     assert!(
         table.contains("SUSPENDED") && table.lines().count() == 4,
