@@ -838,6 +838,40 @@ mod tests {
         assert!(c.database_url.starts_with("sqlite:///etc/coalition/"));
     }
 
+    #[test]
+    fn payments_execute_on_the_next_banking_day() {
+        let c = Config::parse(GOOD, Path::new("/etc/coalition")).unwrap();
+        let d = |s: &str| s.parse::<chrono::NaiveDate>().unwrap();
+        let next = |after: &str, earliest: &str| {
+            c.clearing
+                .next_business_day(d(after), d(earliest))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(next("2026-11-30", "2026-12-01"), "2026-12-01"); // Mon → Tue
+        assert_eq!(next("2026-12-04", "2026-12-05"), "2026-12-07"); // Fri → Mon
+        assert_eq!(next("2026-12-24", "2026-12-25"), "2026-12-28"); // Christmas, Sat, Sun
+        assert_eq!(next("2026-12-01", "2026-12-09"), "2026-12-09"); // not before the file
+        let text = GOOD.replace(
+            "business_days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]",
+            "business_days = [\"Sunday\", \"mon\"]",
+        );
+        let c = Config::parse(&text, Path::new(".")).unwrap();
+        assert_eq!(
+            c.clearing.next_business_day(d("2026-12-01"), d("2026-12-01")),
+            Some(d("2026-12-06"))
+        );
+        let bad = GOOD.replace("\"wed\"", "\"someday\"");
+        let e = Config::parse(&bad, Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("clearing.business_days") && e.contains("someday"), "{e}");
+        let early = GOOD.replace(
+            "# points_expire_on = \"2027-12-31\"",
+            "points_expire_on = \"2027-12-31\"",
+        );
+        let e = Config::parse(&early, Path::new(".")).unwrap_err().to_string();
+        assert!(e.contains("retired_from"), "{e}");
+    }
+
     proptest::proptest! {
         /// Random text as a config: an error, never a panic.
         #[test]

@@ -298,4 +298,38 @@ mod tests {
         let late = PriceBook::new(vec![v(100, "0.02")]);
         assert!(late.at("p", 99).is_none());
     }
+
+    #[test]
+    fn the_config_versions_only_what_it_changed() {
+        let example = include_str!("../../coalition.example.toml");
+        let config = |text: &str| Config::parse(text, std::path::Path::new(".")).unwrap();
+        let c = config(example);
+        // A fresh database: every partner's config prices since the beginning.
+        let first = from_config(&c, &[], 5, 100);
+        assert_eq!(first.len(), 3);
+        assert!(first.iter().all(|v| v.effective_from == 0 && v.set_by == SET_BY_CONFIG));
+        // Unchanged config: nothing new, even after an operator's change.
+        let mut existing = first.clone();
+        let sky = |v: &PriceVersion| v.partner == "skyways";
+        let operator = PriceVersion {
+            partner: "skyways".into(),
+            effective_from: 50,
+            redemption_rate: "0.02".parse().unwrap(),
+            issuance_fee: "0.001".parse().unwrap(),
+            set_at: 10,
+            set_by: "operator/ops".into(),
+        };
+        existing.push(operator);
+        assert!(from_config(&c, &existing, 60, 100).is_empty());
+        // The config's fee changes: a new version of the fee from the next opening, keeping the
+        // operator's rate.
+        let changed = config(&example.replace("issuance_fee = \"0.0005\"", "issuance_fee = \"0.0007\""));
+        let new = from_config(&changed, &existing, 60, 100);
+        assert_eq!(new.len(), 1);
+        assert!(sky(&new[0]) && new[0].effective_from == 100);
+        assert_eq!(
+            (new[0].redemption_rate.to_string(), new[0].issuance_fee.to_string()),
+            ("0.02".to_string(), "0.0007".to_string())
+        );
+    }
 }

@@ -432,7 +432,8 @@ backends!(liability_at_a_past_month_end);
 ///
 /// As of M's last day: skyways/M issued 1000, redeemed 350, reversed 100, expired 550,
 /// outstanding 0; bistro/M issued 200, outstanding 200 × 0.0095 = 1.90.
-/// As of day 0: skyways/M issued 1000, redeemed 300, outstanding 700 × 0.010 = 7.00.
+/// As of day 0: skyways/M issued 1000, redeemed 300, outstanding 700 × 0.009 = 6.30 (skyways'
+/// `liability_value` in the example config; bistro's is set to 0.0095 here).
 async fn liability_at_a_past_month_end(b: Backend) {
     let t = TestDaemon::start_with(b, |toml| {
         no_scheduler(toml)
