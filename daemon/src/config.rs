@@ -858,17 +858,23 @@ mod tests {
         );
         let c = Config::parse(&text, Path::new(".")).unwrap();
         assert_eq!(
-            c.clearing.next_business_day(d("2026-12-01"), d("2026-12-01")),
+            c.clearing
+                .next_business_day(d("2026-12-01"), d("2026-12-01")),
             Some(d("2026-12-06"))
         );
         let bad = GOOD.replace("\"wed\"", "\"someday\"");
         let e = Config::parse(&bad, Path::new(".")).unwrap_err().to_string();
-        assert!(e.contains("clearing.business_days") && e.contains("someday"), "{e}");
+        assert!(
+            e.contains("clearing.business_days") && e.contains("someday"),
+            "{e}"
+        );
         let early = GOOD.replace(
             "# points_expire_on = \"2027-12-31\"",
             "points_expire_on = \"2027-12-31\"",
         );
-        let e = Config::parse(&early, Path::new(".")).unwrap_err().to_string();
+        let e = Config::parse(&early, Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("retired_from"), "{e}");
     }
 

@@ -307,7 +307,11 @@ mod tests {
         // A fresh database: every partner's config prices since the beginning.
         let first = from_config(&c, &[], 5, 100);
         assert_eq!(first.len(), 3);
-        assert!(first.iter().all(|v| v.effective_from == 0 && v.set_by == SET_BY_CONFIG));
+        assert!(
+            first
+                .iter()
+                .all(|v| v.effective_from == 0 && v.set_by == SET_BY_CONFIG)
+        );
         // Unchanged config: nothing new, even after an operator's change.
         let mut existing = first.clone();
         let sky = |v: &PriceVersion| v.partner == "skyways";
@@ -323,12 +327,16 @@ mod tests {
         assert!(from_config(&c, &existing, 60, 100).is_empty());
         // The config's fee changes: a new version of the fee from the next opening, keeping the
         // operator's rate.
-        let changed = config(&example.replace("issuance_fee = \"0.0005\"", "issuance_fee = \"0.0007\""));
+        let changed =
+            config(&example.replace("issuance_fee = \"0.0005\"", "issuance_fee = \"0.0007\""));
         let new = from_config(&changed, &existing, 60, 100);
         assert_eq!(new.len(), 1);
         assert!(sky(&new[0]) && new[0].effective_from == 100);
         assert_eq!(
-            (new[0].redemption_rate.to_string(), new[0].issuance_fee.to_string()),
+            (
+                new[0].redemption_rate.to_string(),
+                new[0].issuance_fee.to_string()
+            ),
             ("0.02".to_string(), "0.0007".to_string())
         );
     }

@@ -100,7 +100,14 @@ async fn finance_cli_runs_shows_finalizes_and_exports() {
     }
     // skyways pays in what is paid out.
     let payins = std::fs::read_to_string(&payins).unwrap();
-    assert!(payins.lines().nth(1).unwrap().contains(",skyways,0.53,EUR,"), "{payins}");
+    assert!(
+        payins
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains(",skyways,0.53,EUR,"),
+        "{payins}"
+    );
     let xml = std::fs::read_to_string(&out).unwrap();
     // bistro 40 × 0.012 = 0.48 and the operator 100 × 0.0005 = 0.05 are paid out.
     assert!(

@@ -512,7 +512,7 @@ async fn liability_at_a_past_month_end(b: Backend) {
     let end = report(&month_end.to_string()).await;
     assert_eq!(
         row(&end, "skyways", &month),
-        (1000, 350, 100, 550, 0, "0.01".into(), "0".into())
+        (1000, 350, 100, 550, 0, "0.009".into(), "0".into())
     );
     assert_eq!(
         row(&end, "bistro", &month),
@@ -530,7 +530,7 @@ async fn liability_at_a_past_month_end(b: Backend) {
     let day0 = report(&start.to_string()).await;
     assert_eq!(
         row(&day0, "skyways", &month),
-        (1000, 300, 0, 0, 700, "0.01".into(), "7".into())
+        (1000, 300, 0, 0, 700, "0.009".into(), "6.3".into())
     );
     assert_eq!(day0.rows.len(), 1);
     // Now: bistro's lot gave 100 to the burn after the cut.
@@ -570,4 +570,47 @@ async fn a_retry_is_matched_before_todays_rules(b: Backend) {
     }
     assert_eq!(t.balance("ann").await.0, 4000);
     t.assert_invariants().await;
+}
+
+backends!(a_night_audit_cutoff_names_the_day_it_opens);
+
+/// With a 04:00 cut-off, the business day that opens at 04:00 on D is cycle D: a purchase at 03:59
+/// the next morning still belongs to it, one at 04:00 to the next.
+async fn a_night_audit_cutoff_names_the_day_it_opens(b: Backend) {
+    let t = TestDaemon::start_with(b, |toml| {
+        no_scheduler(toml).replace("cutoff = \"00:00\"", "cutoff = \"04:00\"")
+    })
+    .await;
+    let cycles = t.config.cycles();
+    let d = today(&t);
+    let opens = cycles.open(d).unwrap();
+    let local = |at: i64| {
+        chrono::DateTime::from_timestamp_micros(at)
+            .unwrap()
+            .with_timezone(&t.config.time_zone)
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    assert_eq!(local(opens), format!("{d} 04:00"));
+    let mut sky = t.partner("skyways").await;
+    sky.earn(earn_bonus("evening", "ann", 10)).await.receipt();
+    let next_opens = cycles.close(d).unwrap();
+    t.advance_to(next_opens - 60_000_000);
+    assert_eq!(local(t.clock.now()).get(11..), Some("03:59"));
+    sky.earn(earn_bonus("before-four", "ann", 20))
+        .await
+        .receipt();
+    t.advance_to(next_opens);
+    sky.earn(earn_bonus("at-four", "ann", 40)).await.receipt();
+    t.advance_to(cycles.close(d + chrono::Duration::days(1)).unwrap());
+    let s = t.clear(d).await.unwrap();
+    let totals = s.totals.unwrap();
+    assert_eq!((totals.transactions, totals.earned), (2, 30), "cycle {d}");
+    let next = t
+        .clear(d + chrono::Duration::days(1))
+        .await
+        .unwrap()
+        .totals
+        .unwrap();
+    assert_eq!((next.transactions, next.earned), (1, 40));
 }
