@@ -207,10 +207,19 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
         .into_inner();
     assert_eq!(st.position.unwrap().net, "3.28");
     assert_eq!(
-        st.lines.len(),
+        st.lines.iter().filter(|l| l.kind == "allocation").count(),
         5,
         "bistro is in 5 allocations: 2 of the burn, 2 of the refund, 1 of the shortfall"
     );
+    // Then its rounding (bistro pays no fee), and the lines add up to its net.
+    assert_eq!(st.lines.last().unwrap().kind, "rounding");
+    assert_eq!(st.lines.len(), 6);
+    let sum: rust_decimal::Decimal = st
+        .lines
+        .iter()
+        .map(|l| l.signed_value.parse::<rust_decimal::Decimal>().unwrap())
+        .sum();
+    assert_eq!(sum.to_string(), st.net);
     assert!(
         st.lines
             .iter()
@@ -236,18 +245,21 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
             .unwrap()
             .starts_with("cycle,participant,")
     );
-    let pain = fin
-        .export_settlement(v1::ExportRequest {
-            cycle: d0.to_string(),
-            format: v1::ExportFormat::Pain001 as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let xml = String::from_utf8(pain.content).unwrap();
-    assert!(
-        xml.contains("<NbOfTxs>3</NbOfTxs>") && xml.contains("<CtrlSum>3.81</CtrlSum>"),
-        "{xml}"
+    let pain = |fin: &mut FinanceClient| {
+        let mut fin = fin.clone();
+        async move {
+            fin.export_settlement(v1::ExportRequest {
+                cycle: d0.to_string(),
+                format: v1::ExportFormat::Pain001 as i32,
+            })
+            .await
+        }
+    };
+    // No payment file from a draft.
+    let draft = pain(&mut fin).await.unwrap_err();
+    assert_eq!(
+        (draft.code(), reason(&draft).as_str()),
+        (Code::FailedPrecondition, "SETTLEMENT_NOT_FINAL")
     );
 
     // A partner certificate cannot use the finance API.
@@ -288,6 +300,11 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
         .await
         .unwrap()
         .into_inner();
+    let xml = String::from_utf8(pain(&mut fin).await.unwrap().into_inner().content).unwrap();
+    assert!(
+        xml.contains("<NbOfTxs>3</NbOfTxs>") && xml.contains("<CtrlSum>3.81</CtrlSum>"),
+        "{xml}"
+    );
     assert_eq!(
         (fin_s.status, fin_s.digest.clone()),
         (v1::SettlementStatus::Final as i32, s.digest.clone())

@@ -146,7 +146,12 @@ async fn exports_neutralise_formulas_and_round_trip(b: Backend) {
         "parses back equal"
     );
 
-    // pain.001: valid, and the names come back as configured.
+    // pain.001 (from the final settlement only): valid, and the names come back as configured.
+    fin.finalize_settlement(v1::CycleRequest {
+        cycle: d0.to_string(),
+    })
+    .await
+    .unwrap();
     let pain = fin
         .export_settlement(export(v1::ExportFormat::Pain001))
         .await
