@@ -295,6 +295,19 @@ async fn prices_change_and_partners_join_and_leave(b: Backend) {
     assert_eq!(s2.previous_digest, s1.digest);
     statements_add_up(&t, &s0).await;
     statements_add_up(&t, &s1).await;
+    // A partner quiet in a cycle has an empty statement at 0.00; a name never seen is NOT_FOUND.
+    let quiet = statement(&t, d2, "freshmart").await;
+    assert_eq!((quiet.net.as_str(), quiet.lines.len()), ("0.00", 1));
+    let unknown = t
+        .finance()
+        .await
+        .get_statement(v1::StatementRequest {
+            cycle: d2.to_string(),
+            partner: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&unknown), "UNKNOWN_PARTNER");
 
     // Every draft again, after two price changes and two config changes: the same digests.
     for s in [&s0, &s1, &s2] {

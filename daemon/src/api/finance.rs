@@ -163,6 +163,25 @@ pub async fn statement(
     partner: &str,
 ) -> Result<pb::Statement, ApiError> {
     let s = stored(shared, cycle).await?;
+    let participant = s
+        .settlement
+        .positions
+        .iter()
+        .any(|p| p.participant == partner);
+    if !participant
+        && partner != coalition_clearing::OPERATOR
+        && !shared
+            .store
+            .partners()
+            .await?
+            .iter()
+            .any(|p| p.id == partner)
+    {
+        return Err(ApiError::NotFound {
+            reason: "UNKNOWN_PARTNER",
+            message: format!("{partner:?} is not a partner of this coalition"),
+        });
+    }
     // A partner that did not take part in the cycle has an empty statement at 0.00.
     let position = s
         .settlement
