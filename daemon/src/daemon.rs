@@ -53,6 +53,7 @@ impl Daemon {
             backend,
             WriterConfig {
                 prices: prices.clone(),
+                retired: Arc::new(crate::prices::retirements(&config)?),
                 max_batch: config.max_batch,
                 queue_depth: config.queue_depth,
                 expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),

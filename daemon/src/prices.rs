@@ -126,6 +126,23 @@ pub struct PartnerRecord {
     pub in_config: bool,
 }
 
+/// Retired partners of the config and the instant each retired (its `retired_from` day's
+/// opening).
+pub fn retirements(config: &Config) -> Result<BTreeMap<String, Micros>, StoreError> {
+    let cycles = config.cycles();
+    config
+        .partners
+        .values()
+        .filter_map(|p| p.retired_from.map(|d| (p, d)))
+        .map(|(p, d)| {
+            let at = cycles.open(d).map_err(|e| {
+                StoreError::Unavailable(format!("partners.{}.retired_from: {e}", p.id))
+            })?;
+            Ok((p.id.clone(), at))
+        })
+        .collect()
+}
+
 /// What the config says of each partner, as registry records.
 pub fn records_of(config: &Config) -> Vec<PartnerRecord> {
     config

@@ -132,6 +132,7 @@ async fn world(url: &str, expire_days: i64) -> World {
         backend,
         WriterConfig {
             prices: prices.clone(),
+            retired: Default::default(),
             max_batch: 64,
             queue_depth: 64,
             expire_after: Some(expire_days * 24 * HOUR),

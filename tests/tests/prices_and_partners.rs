@@ -627,3 +627,76 @@ async fn a_night_audit_cutoff_names_the_day_it_opens(b: Backend) {
         .unwrap();
     assert_eq!((next.transactions, next.earned), (1, 40));
 }
+
+backends!(retirement_takes_effect_at_its_instant);
+
+/// A partner retired from tomorrow: a call accepted a second before tomorrow opens is applied, one
+/// at the opening is refused, and a retry of the earlier call still gets its receipt.
+async fn retirement_takes_effect_at_its_instant(b: Backend) {
+    let mut t = TestDaemon::start_with(b, no_scheduler).await;
+    let tomorrow = today(&t) + chrono::Duration::days(1);
+    t.reconfigure(|toml| {
+        toml.replace(
+            "id = \"bistro\"",
+            &format!("id = \"bistro\"\nretired_from = \"{tomorrow}\""),
+        )
+    })
+    .await;
+    let opens = t.config.cycles().open(tomorrow).unwrap();
+    t.advance_to(opens - 1_000_000);
+    let mut bistro = t.partner("bistro").await;
+    let last = bistro.earn(earn_bonus("last", "ann", 30)).await.receipt();
+    t.advance_to(opens);
+    let refused = bistro
+        .earn(earn_bonus("late", "ann", 30))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (tonic::Code::PermissionDenied, "PARTNER_RETIRED")
+    );
+    let burn_refused = bistro.burn(burn("late-burn", "ann", 1)).await.unwrap_err();
+    assert_eq!(reason(&burn_refused), "PARTNER_RETIRED");
+    assert_eq!(
+        bistro.earn(earn_bonus("last", "ann", 30)).await.receipt(),
+        last
+    );
+    // Its points are still spendable elsewhere; its reads still work.
+    let mut sky = t.partner("skyways").await;
+    sky.burn(burn("spend", "ann", 30)).await.receipt();
+    bistro
+        .get_transaction(v1::GetTransactionRequest {
+            transaction_id: "last".into(),
+        })
+        .await
+        .unwrap();
+    t.assert_invariants().await;
+}
+
+backends!(an_upgraded_ledger_gets_its_issuance_back);
+
+/// A ledger from before prices had history has no issuance rows: the next start gives every earn
+/// and earn reversal its row at the fee then in force, and the settlement is unchanged.
+async fn an_upgraded_ledger_gets_its_issuance_back(b: Backend) {
+    let mut t = TestDaemon::start_with(b, no_scheduler).await;
+    let d0 = today(&t);
+    let mut sky = t.partner("skyways").await;
+    sky.earn(earn_bonus("e1", "ann", 1003)).await.receipt();
+    sky.reverse_earn(reverse_earn("r1", "e1", 3))
+        .await
+        .receipt();
+    t.partner("bistro")
+        .await
+        .earn(earn_bonus("e2", "bob", 10))
+        .await
+        .receipt();
+    go_to(&t, d0, 1, 1);
+    let s = t.clear(d0).await.unwrap();
+    assert_eq!(s.totals.as_ref().unwrap().fees, "0.5");
+    assert_eq!(t.execute_sql("DELETE FROM issuance").await, 3);
+    assert!(!t.audit().await.ok(), "the audit misses the rows");
+    t.restart().await;
+    t.assert_invariants().await;
+    let again = t.clear(d0).await.unwrap();
+    assert_eq!(again.digest, s.digest);
+}

@@ -151,6 +151,7 @@ impl ApiError {
                 Rejection::FullyReversed(_) => (Code::FailedPrecondition, "ALREADY_FULLY_REVERSED"),
                 Rejection::IdReused(_) => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
                 Rejection::Unpriced(_) => (Code::FailedPrecondition, "PARTNER_NOT_PRICED"),
+                Rejection::Retired { .. } => (Code::PermissionDenied, "PARTNER_RETIRED"),
             },
         }
     }

@@ -32,26 +32,6 @@ impl PartnerApi {
         })
     }
 
-    /// A retired partner no longer earns, burns or reverses (its reads still work).
-    fn not_retired(&self, partner: &Partner) -> Result<(), ApiError> {
-        let Some(day) = partner.retired_from else {
-            return Ok(());
-        };
-        let cycles = self.shared.config.cycles();
-        let from = cycles.open(day).unwrap_or(i64::MIN);
-        if self.shared.clock.now() >= from {
-            return Err(ApiError::refused(
-                tonic::Code::PermissionDenied,
-                "PARTNER_RETIRED",
-                format!(
-                    "partner {} retired on {day}: it can no longer earn, burn or reverse; its members' points and its settlements are unaffected",
-                    partner.id
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// An earn's fields judged by today's rules: the operation and its canonical content.
     fn earn_validated(
         &self,
@@ -131,7 +111,6 @@ impl PartnerApi {
         op: Op,
         canonical: String,
     ) -> Result<Receipt, ApiError> {
-        self.not_retired(partner)?;
         let hash: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
         let request = LedgerRequest {
             partner: partner.id.clone(),

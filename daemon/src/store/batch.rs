@@ -12,6 +12,8 @@ pub struct Context {
     /// Price versions: every burn is priced, every earn charged its fee, by the version in force
     /// at `now`.
     pub prices: std::sync::Arc<crate::prices::PriceBook>,
+    /// Retired partners and the instant from which they no longer earn, burn or reverse.
+    pub retired: std::sync::Arc<std::collections::BTreeMap<String, Micros>>,
     /// The acceptance instant of every transaction in the batch.
     pub now: Micros,
     /// Lifetime of new lots; `None`: never expire.
@@ -247,6 +249,16 @@ fn decide(
     writes: &mut Writes,
 ) -> Result<TxnRecord, Rejection> {
     let now = ctx.now;
+    // Judged at the acceptance instant, inside the transaction: a call that commits after the
+    // retirement opens is refused, however early it reached the daemon.
+    if let Some(&since) = ctx.retired.get(&r.partner)
+        && now >= since
+    {
+        return Err(Rejection::Retired {
+            partner: r.partner.clone(),
+            since: crate::clock::rfc3339(since),
+        });
+    }
     match &r.op {
         Op::Earn {
             member,

@@ -147,6 +147,16 @@ pub enum Rejection {
     /// No price version of the partner is in force (it cannot move money).
     #[error("partner {0:?} has no price in force")]
     Unpriced(String),
+    /// The partner is retired: it no longer earns, burns or reverses.
+    #[error(
+        "partner {partner} retired at {since}: it can no longer earn, burn or reverse; its members' points and its settlements are unaffected"
+    )]
+    Retired {
+        /// The partner.
+        partner: String,
+        /// RFC 3339.
+        since: String,
+    },
 }
 
 /// One stored transaction.

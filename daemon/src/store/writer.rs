@@ -59,6 +59,8 @@ pub struct Writer {
 pub struct WriterConfig {
     /// Price versions (refreshed by the daemon; read at each batch's instant).
     pub prices: std::sync::Arc<crate::prices::PriceBook>,
+    /// Retired partners and the instant they retired.
+    pub retired: std::sync::Arc<std::collections::BTreeMap<String, Micros>>,
     /// Most requests in one commit.
     pub max_batch: usize,
     /// Requests queued before submitters wait.
@@ -84,6 +86,7 @@ async fn run(
         let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
         let ctx = batch::Context {
             prices: config.prices.clone(),
+            retired: config.retired.clone(),
             now: clock.now(),
             expire_after: config.expire_after,
             pause_before_commit: config.pause_before_commit,
