@@ -248,6 +248,23 @@ async fn prices_change_and_partners_join_and_leave(b: Backend) {
     })
     .await;
     assert!(!t.config.partners.contains_key("bistro"));
+    let listed = t
+        .operator()
+        .await
+        .list_partners(v1::ListPartnersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .partners;
+    let status = |id: &str| {
+        listed
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.status.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(status("bistro"), "left (not in the config)");
+    assert_eq!(status("newco"), "active");
     go_to(&t, d0, 2, 1);
     let s1 = t.clear(d1).await.unwrap();
     assert_eq!(s1.previous_digest, s0.digest);

@@ -38,10 +38,21 @@ impl OperatorApi {
             id: p.id.clone(),
             name: p.name.clone(),
             kind: p.kind.clone(),
-            status: if s.suspended {
-                "suspended".into()
-            } else {
-                "active".into()
+            status: match p.retired_from {
+                Some(d)
+                    if self
+                        .shared
+                        .config
+                        .cycles()
+                        .open(d)
+                        .is_ok_and(|at| self.shared.clock.now() >= at) =>
+                {
+                    format!("retired since {d}")
+                }
+                Some(d) if s.suspended => format!("suspended, retiring on {d}"),
+                Some(d) => format!("active, retiring on {d}"),
+                None if s.suspended => "suspended".into(),
+                None => "active".into(),
             },
             per_second: s.per_second,
             burst: s.burst,
@@ -122,13 +133,27 @@ impl OperatorService for OperatorApi {
         &self,
         _req: Request<pb::ListPartnersRequest>,
     ) -> Result<Response<pb::ListPartnersResponse>, Status> {
-        let partners = self
+        let mut partners = self
             .shared
             .config
             .partners
             .keys()
             .map(|p| self.info(p))
             .collect::<Result<Vec<_>, _>>()?;
+        // Partners that left the config still settle what they took part in.
+        for r in self.shared.store.partners().await.map_err(ApiError::from)? {
+            if !self.shared.config.partners.contains_key(&r.id) {
+                partners.push(pb::PartnerInfo {
+                    id: r.id,
+                    name: r.name,
+                    kind: r.kind,
+                    status: "left (not in the config)".into(),
+                    per_second: 0,
+                    burst: 0,
+                });
+            }
+        }
+        partners.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Response::new(pb::ListPartnersResponse { partners }))
     }
 
