@@ -152,6 +152,8 @@ struct RawPartner {
     retired_from: Option<String>,
     #[serde(default)]
     points_expire_on: Option<String>,
+    #[serde(default)]
+    points_taken_over: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +194,8 @@ pub struct Partner {
     pub retired_from: Option<chrono::NaiveDate>,
     /// Its points still held by members expire at the opening of this business date.
     pub points_expire_on: Option<chrono::NaiveDate>,
+    /// The operator takes its points over as issuer when it retires.
+    pub points_taken_over: bool,
 }
 
 /// How and when cycles are cleared.
@@ -645,6 +649,19 @@ impl Config {
                     "only a retired partner's points expire early: set retired_from too",
                 ));
             }
+            let points_taken_over = p.points_taken_over.unwrap_or(false);
+            if points_taken_over && retired_from.is_none() {
+                return Err(invalid(
+                    key("points_taken_over"),
+                    "only a retired partner's points are taken over: set retired_from too",
+                ));
+            }
+            if points_taken_over && points_expire_on.is_some() {
+                return Err(invalid(
+                    key("points_taken_over"),
+                    "choose one rule for a retired partner's points: points_expire_on or points_taken_over",
+                ));
+            }
             let liability_value = match &p.liability_value {
                 Some(s) => decimal(key("liability_value"), s)?,
                 None => redemption_rate,
@@ -663,6 +680,7 @@ impl Config {
                 liability_value,
                 retired_from,
                 points_expire_on,
+                points_taken_over,
             };
             if partners.insert(p.id.clone(), partner).is_some() {
                 return Err(invalid(
@@ -876,6 +894,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("retired_from"), "{e}");
+        let both = GOOD.replace(
+            "# retired_from = \"2027-06-30\"\n# points_expire_on = \"2027-12-31\"",
+            "retired_from = \"2027-06-30\"\npoints_expire_on = \"2027-12-31\"\npoints_taken_over = true",
+        );
+        let e = Config::parse(&both, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("choose one rule"), "{e}");
+        let takeover = both.replace("points_expire_on = \"2027-12-31\"\n", "");
+        let c = Config::parse(&takeover, Path::new(".")).unwrap();
+        assert!(c.partners["skyways"].points_taken_over);
     }
 
     proptest::proptest! {

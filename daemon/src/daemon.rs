@@ -54,6 +54,7 @@ impl Daemon {
             WriterConfig {
                 prices: prices.clone(),
                 retired: Arc::new(crate::prices::retirements(&config)?),
+                taken_over: Arc::new(crate::prices::takeovers(&config)?),
                 max_batch: config.max_batch,
                 queue_depth: config.queue_depth,
                 expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),

@@ -122,6 +122,8 @@ pub struct PartnerRecord {
     pub retired_from: Option<chrono::NaiveDate>,
     /// Its points expire at the opening of this business date.
     pub points_expire_on: Option<chrono::NaiveDate>,
+    /// From this instant the operator is the issuer of its points.
+    pub points_taken_over_at: Option<Micros>,
     /// Whether today's config names it.
     pub in_config: bool,
 }
@@ -129,10 +131,23 @@ pub struct PartnerRecord {
 /// Retired partners of the config and the instant each retired (its `retired_from` day's
 /// opening).
 pub fn retirements(config: &Config) -> Result<BTreeMap<String, Micros>, StoreError> {
+    retirements_where(config, |_| true)
+}
+
+/// Retired partners whose points the operator takes over as issuer, and from when.
+pub fn takeovers(config: &Config) -> Result<BTreeMap<String, Micros>, StoreError> {
+    retirements_where(config, |p| p.points_taken_over)
+}
+
+fn retirements_where(
+    config: &Config,
+    keep: impl Fn(&crate::config::Partner) -> bool,
+) -> Result<BTreeMap<String, Micros>, StoreError> {
     let cycles = config.cycles();
     config
         .partners
         .values()
+        .filter(|p| keep(p))
         .filter_map(|p| p.retired_from.map(|d| (p, d)))
         .map(|(p, d)| {
             let at = cycles.open(d).map_err(|e| {
@@ -156,6 +171,10 @@ pub fn records_of(config: &Config) -> Vec<PartnerRecord> {
             liability_value: p.liability_value,
             retired_from: p.retired_from,
             points_expire_on: p.points_expire_on,
+            points_taken_over_at: p
+                .retired_from
+                .filter(|_| p.points_taken_over)
+                .and_then(|d| config.cycles().open(d).ok()),
             in_config: true,
         })
         .collect()

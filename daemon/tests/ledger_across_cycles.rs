@@ -133,6 +133,7 @@ async fn world(url: &str, expire_days: i64) -> World {
         WriterConfig {
             prices: prices.clone(),
             retired: Default::default(),
+            taken_over: Default::default(),
             max_batch: 64,
             queue_depth: 64,
             expire_after: Some(expire_days * 24 * HOUR),

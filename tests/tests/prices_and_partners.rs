@@ -717,3 +717,73 @@ async fn an_upgraded_ledger_gets_its_issuance_back(b: Backend) {
     let again = t.clear(d0).await.unwrap();
     assert_eq!(again.digest, s.digest);
 }
+
+backends!(a_retired_partners_points_taken_over_by_the_operator);
+
+/// bistro retires with `points_taken_over`: from its retirement the operator owes for bistro's
+/// points redeemed anywhere, while a reversal of a burn made before gives the money back to bistro.
+async fn a_retired_partners_points_taken_over_by_the_operator(b: Backend) {
+    let mut t = TestDaemon::start_with(b, no_scheduler).await;
+    let d0 = today(&t);
+    t.partner("bistro")
+        .await
+        .earn(earn_bonus("b1", "ann", 500))
+        .await
+        .receipt();
+    let mut sky = t.partner("skyways").await;
+    sky.burn(burn("s1", "ann", 100)).await.receipt(); // bistro owes skyways 100 × 0.010
+    let d1 = d0 + chrono::Duration::days(1);
+    t.reconfigure(|toml| {
+        toml.replace(
+            "id = \"bistro\"",
+            &format!("id = \"bistro\"\nretired_from = \"{d1}\"\npoints_taken_over = true"),
+        )
+    })
+    .await;
+    go_to(&t, d0, 1, 2);
+    let r = t
+        .partner("freshmart")
+        .await
+        .burn(burn("f1", "ann", 200))
+        .await
+        .receipt();
+    assert_eq!(slices(&r), [("operator".to_string(), 200)]);
+    t.partner("skyways")
+        .await
+        .reverse_burn(reverse_burn("s1-back", "s1", 0))
+        .await
+        .receipt();
+    go_to(&t, d0, 2, 1);
+    let s0 = t.clear(d0).await.unwrap();
+    let s1 = t.clear(d1).await.unwrap();
+    let net = |s: &v1::Settlement, p: &str| {
+        s.positions
+            .iter()
+            .find(|x| x.participant == p)
+            .map(|x| dec(&x.net_exact))
+    };
+    assert_eq!(net(&s0, "bistro"), Some(dec("-1")));
+    // Cycle 1: the operator owes freshmart 200 × 0.008; skyways gives bistro its 1.00 back.
+    assert_eq!(net(&s1, "operator"), Some(dec("-1.6")));
+    assert_eq!(net(&s1, "freshmart"), Some(dec("1.6")));
+    assert_eq!(net(&s1, "bistro"), Some(dec("1")));
+    assert_eq!(net(&s1, "skyways"), Some(dec("-1")));
+    assert_eq!(t.balance("ann").await.0, 300);
+    t.assert_invariants().await;
+    let again = t.clear(d1).await.unwrap();
+    assert_eq!(again.digest, s1.digest);
+    // Before the takeover, the operator owed nothing for bistro's points: an edit saying so shows.
+    t.execute_sql(
+        "UPDATE allocations SET issuer = 'operator' WHERE txn_id = \
+         (SELECT id FROM transactions WHERE partner_txn_id = 's1')",
+    )
+    .await;
+    let report = t.audit().await;
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.starts_with("every allocation points at a real lot")),
+        "{report}"
+    );
+}

@@ -244,7 +244,7 @@ mod tests {
                 id: "p".into(), name: "P".into(), kind: "k".into(),
                 earn_rate: Decimal::new(999_999_999, 6), redemption_rate: Decimal::ONE,
                 issuance_fee: Decimal::ZERO, max_bonus_points: 100, rate_per_second: 1, burst: 1,
-                account: None, liability_value: Decimal::ONE, retired_from: None, points_expire_on: None,
+                account: None, liability_value: Decimal::ONE, retired_from: None, points_expire_on: None, points_taken_over: false,
             };
             let _ = bonus(n, &partner);
             if let Ok(amount) = money("f", &text, "EUR", EUR) {

@@ -32,9 +32,11 @@ pub const CHECKS: &[(&str, &str)] = &[
          + (SELECT COUNT(*) FROM debts x WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.member_id = x.member_id))",
     ),
     (
-        "every allocation points at a real lot of its issuer and member, and a real transaction",
+        "every allocation points at a real lot of its issuer (or of the operator once it took the issuer's points over) and member, and a real transaction",
         "SELECT COUNT(*) FROM allocations a LEFT JOIN lots l ON l.id = a.lot_id LEFT JOIN transactions t ON t.id = a.txn_id \
-         WHERE l.id IS NULL OR t.id IS NULL OR l.issuer <> a.issuer OR l.member_id <> a.member_id",
+         WHERE l.id IS NULL OR t.id IS NULL OR l.member_id <> a.member_id OR (l.issuer <> a.issuer AND NOT ( \
+         a.issuer = 'operator' AND EXISTS (SELECT 1 FROM partners p WHERE p.partner_id = l.issuer \
+         AND p.points_taken_over_at IS NOT NULL AND a.accepted_at >= p.points_taken_over_at)))",
     ),
     (
         "every reversing allocation undoes a real allocation of the same lot",

@@ -14,6 +14,8 @@ pub struct Context {
     pub prices: std::sync::Arc<crate::prices::PriceBook>,
     /// Retired partners and the instant from which they no longer earn, burn or reverse.
     pub retired: std::sync::Arc<std::collections::BTreeMap<String, Micros>>,
+    /// Retired partners whose points the operator took over as issuer, and from when.
+    pub taken_over: std::sync::Arc<std::collections::BTreeMap<String, Micros>>,
     /// The acceptance instant of every transaction in the batch.
     pub now: Micros,
     /// Lifetime of new lots; `None`: never expire.
@@ -126,6 +128,19 @@ pub async fn apply(
             && !m.lots.iter().any(|l| l.id == lot.id)
         {
             m.lots.push(lot);
+        }
+    }
+    // From a takeover on, the operator owes for a retired issuer's points: its lots allocate in
+    // the operator's name (the lot rows keep their issuer of record; the upsert never changes it).
+    if !ctx.taken_over.is_empty() {
+        for lot in ledgers.values_mut().flat_map(|m| m.lots.iter_mut()) {
+            if ctx
+                .taken_over
+                .get(&lot.issuer)
+                .is_some_and(|&t| ctx.now >= t)
+            {
+                lot.issuer = coalition_clearing::OPERATOR.to_string();
+            }
         }
     }
     let t_load = t0.elapsed();

@@ -26,15 +26,17 @@ pub mod sql {
         FROM prices WHERE partner_id = $1 AND effective_from = $2";
     /// Registers a partner of the config (or updates what the config says of it).
     pub const UPSERT_PARTNER: &str = "INSERT INTO partners (partner_id, name, kind, iban, bic, liability_value, \
-        retired_from, points_expire_on, in_config, first_seen, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $9) \
+        retired_from, points_expire_on, points_taken_over_at, in_config, first_seen, updated_at) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, TRUE, $9, $9) \
         ON CONFLICT (partner_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, iban = excluded.iban, \
         bic = excluded.bic, liability_value = excluded.liability_value, retired_from = excluded.retired_from, \
-        points_expire_on = excluded.points_expire_on, in_config = TRUE, updated_at = excluded.updated_at";
+        points_expire_on = excluded.points_expire_on, points_taken_over_at = excluded.points_taken_over_at, \
+        in_config = TRUE, updated_at = excluded.updated_at";
     /// Before the config's partners are registered again: none is in the config.
     pub const LEFT_CONFIG: &str = "UPDATE partners SET in_config = FALSE WHERE in_config";
     /// Every registered partner.
     pub const PARTNERS: &str = "SELECT partner_id, name, kind, iban, bic, liability_value, retired_from, \
-        points_expire_on, in_config FROM partners ORDER BY partner_id";
+        points_expire_on, in_config, points_taken_over_at FROM partners ORDER BY partner_id";
     /// The issuance row of every earn and earn reversal that has none (accepted before prices had
     /// history): the fee in force at the earn's acceptance, refunded at that fee by its reversals.
     pub const BACKFILL_ISSUANCE: &str = "INSERT INTO issuance (txn_id, cycle, issuer, fee_rate, points) \
@@ -94,6 +96,7 @@ where
     bool: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
     String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
     Option<String>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
     DB::QueryResult: RowsAffected,
 {
@@ -177,6 +180,7 @@ where
                 .bind(p.retired_from.map(|d| d.to_string()))
                 .bind(p.points_expire_on.map(|d| d.to_string()))
                 .bind(now)
+                .bind(p.points_taken_over_at)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -209,6 +213,7 @@ where
                     retired_from: date("partners.retired_from", r.try_get(6)?)?,
                     points_expire_on: date("partners.points_expire_on", r.try_get(7)?)?,
                     in_config: r.try_get(8)?,
+                    points_taken_over_at: r.try_get(9)?,
                     id,
                     name,
                 })

@@ -61,6 +61,8 @@ pub struct WriterConfig {
     pub prices: std::sync::Arc<crate::prices::PriceBook>,
     /// Retired partners and the instant they retired.
     pub retired: std::sync::Arc<std::collections::BTreeMap<String, Micros>>,
+    /// Retired partners whose points the operator took over, and from when.
+    pub taken_over: std::sync::Arc<std::collections::BTreeMap<String, Micros>>,
     /// Most requests in one commit.
     pub max_batch: usize,
     /// Requests queued before submitters wait.
@@ -87,6 +89,7 @@ async fn run(
         let ctx = batch::Context {
             prices: config.prices.clone(),
             retired: config.retired.clone(),
+            taken_over: config.taken_over.clone(),
             now: clock.now(),
             expire_after: config.expire_after,
             pause_before_commit: config.pause_before_commit,
