@@ -377,6 +377,19 @@ impl TestDaemon {
         )
     }
 
+    /// A partner's price versions, oldest first, as the operator API lists them.
+    pub async fn price_versions(&self, partner: &str) -> Vec<v1::PriceVersion> {
+        self.operator()
+            .await
+            .list_prices(v1::ListPricesRequest {
+                partner: partner.into(),
+            })
+            .await
+            .expect("list prices")
+            .into_inner()
+            .versions
+    }
+
     /// Restarts the daemon on the same config and database.
     pub async fn restart(&mut self) {
         self.stop().await;

@@ -189,16 +189,7 @@ async fn ops_cli_lists_changes_and_suspends() {
             .unwrap()
             .suspended
     );
-    let prices = t
-        .operator()
-        .await
-        .list_prices(v1::ListPricesRequest {
-            partner: "freshmart".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let prices = t.price_versions("freshmart").await;
     let next = prices.last().unwrap();
     assert_eq!(
         (prices.len(), next.redemption_rate.as_str(), next.in_force),

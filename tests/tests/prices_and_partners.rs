@@ -179,14 +179,7 @@ async fn prices_change_and_partners_join_and_leave(b: Backend) {
     sky.reverse_earn(reverse_earn("s-r1", "s-e1", 100))
         .await
         .receipt(); // refund 100 × 0.0005
-    let listed = ops
-        .list_prices(v1::ListPricesRequest {
-            partner: "freshmart".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let listed = t.price_versions("freshmart").await;
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed[1].in_force && !listed[0].in_force && listed[0].set_by == "config");
 
@@ -214,15 +207,7 @@ async fn prices_change_and_partners_join_and_leave(b: Backend) {
     newco.earn(earn_bonus("n-e1", "cid", 50)).await.receipt();
     let r = newco.burn(burn("n-b1", "cid", 300)).await.receipt();
     assert_eq!(r.balance_after, 50);
-    let mut ops = t.operator().await;
-    let sky_versions = ops
-        .list_prices(v1::ListPricesRequest {
-            partner: "skyways".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
+    let sky_versions = t.price_versions("skyways").await;
     let from_config = sky_versions.last().unwrap();
     assert_eq!(
         (
