@@ -170,6 +170,19 @@ pub fn print_settlement(s: &pb::Settlement) {
                 .join("; ")
         );
     }
+    if !s.fees.is_empty() {
+        println!(
+            "  fees: {}",
+            s.fees
+                .iter()
+                .map(|f| format!(
+                    "{} {} pts × {} = {}",
+                    f.issuer, f.points, f.fee_rate, f.value
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     if let Some(t) = &s.totals {
         println!(
             "  control: {} transactions, earned {}, burned {}, burns reversed {}, earns reversed {}, expired {}, {} allocations, gross {}, fees {}, settled {}",

@@ -281,6 +281,25 @@ async fn prices_change_and_partners_join_and_leave(b: Backend) {
     assert_eq!(net(&s0, "freshmart"), dec("3.216"));
     assert_eq!(net(&s0, "operator"), dec("0.5015"));
     assert_eq!(net(&s0, "bistro"), dec("-2"));
+    let fee_lines: Vec<(&str, i64, &str, &str)> = s1
+        .fees
+        .iter()
+        .map(|f| {
+            (
+                f.issuer.as_str(),
+                f.points,
+                f.fee_rate.as_str(),
+                f.value.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fee_lines,
+        [
+            ("skyways", -100, "0.0005", "-0.05"),
+            ("skyways", 1000, "0.001", "1")
+        ]
+    );
     let sky1 = statement(&t, d1, "skyways").await;
     let fees: Vec<(i64, String)> = sky1
         .lines

@@ -76,6 +76,16 @@ pub fn settlement_pb(s: &Stored) -> pb::Settlement {
         previous_digest: st.previous_digest.clone(),
         gross: st.gross.iter().map(cell_pb).collect(),
         self_redemptions: st.self_redemptions.iter().map(cell_pb).collect(),
+        fees: st
+            .fees
+            .iter()
+            .map(|f| pb::FeeLine {
+                issuer: f.issuer.clone(),
+                points: f.points,
+                fee_rate: f.fee_rate.to_string(),
+                value: f.value.to_string(),
+            })
+            .collect(),
         positions: st.positions.iter().map(position_pb).collect(),
         payments: st
             .payments
