@@ -71,6 +71,19 @@ impl From<i64> for Cell<'_> {
     }
 }
 
+/// Whether a written text holds a negative zero number (`-0`, `-0.00`): what a check of any
+/// output looks for, since zero must have one spelling.
+pub fn has_negative_zero(text: &str) -> bool {
+    text.match_indices("-0").any(|(i, _)| {
+        let number: String = text[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let starts = i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric();
+        starts && !number.is_empty() && number.chars().all(|c| c == '0' || c == '.')
+    })
+}
+
 /// Whether a spreadsheet would read `s` as the start of a formula (OWASP CSV injection).
 pub fn formula_like(s: &str) -> bool {
     s.starts_with(['=', '+', '-', '@', '\t', '\r'])

@@ -124,8 +124,43 @@ pub struct PartnerRecord {
     pub points_expire_on: Option<chrono::NaiveDate>,
     /// From this instant the operator is the issuer of its points.
     pub points_taken_over_at: Option<Micros>,
-    /// Whether today's config names it.
-    pub in_config: bool,
+}
+
+/// A partner's prices as the config states them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPrices {
+    /// The partner.
+    pub partner: String,
+    /// Redemption rate.
+    pub redemption_rate: Decimal,
+    /// Issuance fee.
+    pub issuance_fee: Decimal,
+}
+
+/// What the start-up sync brings into the database, in one transaction.
+#[derive(Debug, Clone)]
+pub struct Sync {
+    /// The config's partners, registered (or updated).
+    pub partners: Vec<PartnerRecord>,
+    /// The config's prices (see [`from_config`]).
+    pub prices: Vec<ConfigPrices>,
+    /// Retired issuers whose lots expire at an instant.
+    pub expiries: Vec<(String, Micros)>,
+    /// Now.
+    pub now: Micros,
+    /// The next cycle's opening: where a changed config price takes effect.
+    pub next_cycle_opens: Micros,
+}
+
+/// What the start-up sync did.
+#[derive(Debug, Clone, Default)]
+pub struct Synced {
+    /// Price versions added from the config.
+    pub new_versions: Vec<PriceVersion>,
+    /// Issuance rows given to transactions from before prices had history.
+    pub backfilled: u64,
+    /// Lots of retired issuers set to expire earlier.
+    pub expiring_lots: u64,
 }
 
 /// Retired partners of the config and the instant each retired (its `retired_from` day's
@@ -175,7 +210,19 @@ pub fn records_of(config: &Config) -> Vec<PartnerRecord> {
                 .retired_from
                 .filter(|_| p.points_taken_over)
                 .and_then(|d| config.cycles().open(d).ok()),
-            in_config: true,
+        })
+        .collect()
+}
+
+/// The config's prices.
+pub fn config_prices(config: &Config) -> Vec<ConfigPrices> {
+    config
+        .partners
+        .values()
+        .map(|p| ConfigPrices {
+            partner: p.id.clone(),
+            redemption_rate: p.redemption_rate,
+            issuance_fee: p.issuance_fee,
         })
         .collect()
 }
@@ -186,17 +233,17 @@ pub fn records_of(config: &Config) -> Vec<PartnerRecord> {
 /// lands mid-cycle), keeping the other price as it will stand then. Versions an operator set are
 /// left alone: editing the config is a change, keeping it is not.
 pub fn from_config(
-    config: &Config,
+    config: &[ConfigPrices],
     existing: &[PriceVersion],
     now: Micros,
     next_cycle_opens: Micros,
 ) -> Vec<PriceVersion> {
     let mut out = Vec::new();
-    for p in config.partners.values() {
-        let mine: Vec<&PriceVersion> = existing.iter().filter(|v| v.partner == p.id).collect();
+    for p in config {
+        let mine: Vec<&PriceVersion> = existing.iter().filter(|v| v.partner == p.partner).collect();
         let version =
             |effective_from, redemption_rate: Decimal, issuance_fee: Decimal| PriceVersion {
-                partner: p.id.clone(),
+                partner: p.partner.clone(),
                 effective_from,
                 redemption_rate: redemption_rate.normalize(),
                 issuance_fee: issuance_fee.normalize(),
@@ -264,37 +311,52 @@ pub enum PriceError {
     Store(#[from] StoreError),
 }
 
-/// Brings the database in line with the config at start: registry records, new price versions,
-/// the issuance rows of transactions accepted before prices had history, and the early expiry of
-/// retired partners' points. Returns the book.
+/// Brings the database in line with the config at start, in one transaction: registry records,
+/// new price versions, the issuance rows of transactions accepted before prices had history, and
+/// the early expiry of retired partners' points. Returns the book.
 pub async fn sync(
     store: &dyn Store,
     config: &Config,
     now: Micros,
 ) -> Result<PriceBook, StoreError> {
     let cycles = config.cycles();
-    store.sync_partners(&records_of(config), now).await?;
-    let existing = store.price_versions().await?;
-    let next_open = cycles
+    let next_cycle_opens = cycles
         .cycle_of(now)
         .and_then(|c| cycles.close(c))
         .map_err(|e| StoreError::Unavailable(format!("the clock is outside the calendar: {e}")))?;
-    for v in from_config(config, &existing, now, next_open) {
-        tracing::info!(partner = %v.partner, redemption_rate = %v.redemption_rate, issuance_fee = %v.issuance_fee,
-            effective_from = %crate::clock::rfc3339(v.effective_from), "price version loaded from the config");
-        store.upsert_future_price(&v, now).await?;
-    }
-    store.backfill_issuance().await?;
+    let mut expiries = Vec::new();
     for p in config.partners.values() {
         if let Some(day) = p.points_expire_on {
             let at = cycles.open(day).map_err(|e| {
                 StoreError::Unavailable(format!("partners.{}.points_expire_on: {e}", p.id))
             })?;
-            let n = store.expire_issuer_points(&p.id, at).await?;
-            if n > 0 {
-                tracing::info!(partner = %p.id, lots = n, expire_on = %day, "retired partner's points set to expire");
-            }
+            expiries.push((p.id.clone(), at));
         }
+    }
+    let done = store
+        .sync_registry(&Sync {
+            partners: records_of(config),
+            prices: config_prices(config),
+            expiries,
+            now,
+            next_cycle_opens,
+        })
+        .await?;
+    for v in &done.new_versions {
+        tracing::info!(partner = %v.partner, redemption_rate = %v.redemption_rate, issuance_fee = %v.issuance_fee,
+            effective_from = %crate::clock::rfc3339(v.effective_from), "price version loaded from the config");
+    }
+    if done.backfilled > 0 {
+        tracing::info!(
+            transactions = done.backfilled,
+            "issuance rows given to earns from before prices had history"
+        );
+    }
+    if done.expiring_lots > 0 {
+        tracing::info!(
+            lots = done.expiring_lots,
+            "retired partners' points set to expire"
+        );
     }
     Ok(PriceBook::new(store.price_versions().await?))
 }
@@ -339,7 +401,7 @@ mod tests {
     fn the_config_versions_only_what_it_changed() {
         let example = include_str!("../../coalition.example.toml");
         let config = |text: &str| Config::parse(text, std::path::Path::new(".")).unwrap();
-        let c = config(example);
+        let c = config_prices(&config(example));
         // A fresh database: every partner's config prices since the beginning.
         let first = from_config(&c, &[], 5, 100);
         assert_eq!(first.len(), 3);
@@ -363,8 +425,9 @@ mod tests {
         assert!(from_config(&c, &existing, 60, 100).is_empty());
         // The config's fee changes: a new version of the fee from the next opening, keeping the
         // operator's rate.
-        let changed =
-            config(&example.replace("issuance_fee = \"0.0005\"", "issuance_fee = \"0.0007\""));
+        let changed = config_prices(&config(
+            &example.replace("issuance_fee = \"0.0005\"", "issuance_fee = \"0.0007\""),
+        ));
         let new = from_config(&changed, &existing, 60, 100);
         assert_eq!(new.len(), 1);
         assert!(sky(&new[0]) && new[0].effective_from == 100);

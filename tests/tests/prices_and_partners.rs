@@ -5,7 +5,7 @@
 //! settlements; the pay-in listing; no `-0.00` anywhere; the liability report at a past month-end;
 //! a retry matched by id before today's rules.
 
-use coalition_clearing::export::element_texts;
+use coalition_clearing::export::{element_texts, has_negative_zero};
 use coalition_tests::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -29,18 +29,6 @@ fn go_to(t: &TestDaemon, from: chrono::NaiveDate, days: i64, hours: i64) -> chro
     t.advance_to(t.config.cycles().open(d).unwrap() + hours * 3_600_000_000);
     assert_eq!(today(t), d);
     d
-}
-
-/// Whether a text holds a negative zero number (`-0`, `-0.00`).
-fn negative_zero(text: &str) -> bool {
-    text.match_indices("-0").any(|(i, _)| {
-        let number: String = text[i + 1..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        let starts = i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric();
-        starts && !number.is_empty() && number.chars().all(|c| c == '0' || c == '.')
-    })
 }
 
 async fn export(
@@ -110,7 +98,7 @@ async fn statements_add_up(t: &TestDaemon, s: &v1::Settlement) {
             .unwrap()
             .to_string();
         assert_eq!(dec(&total), dec(&p.net), "CSV TOTAL of {}", p.participant);
-        assert!(!negative_zero(&st.csv), "{}", st.csv);
+        assert!(!has_negative_zero(&st.csv), "{}", st.csv);
     }
 }
 
@@ -448,7 +436,7 @@ async fn payment_files_only_from_final_settlements(b: Backend) {
         outputs.push(statement(&t, d0, &p.participant).await.csv);
     }
     for o in &outputs {
-        assert!(!negative_zero(o), "{o}");
+        assert!(!has_negative_zero(o), "{o}");
     }
     statements_add_up(&t, &s).await;
 }

@@ -37,7 +37,6 @@ CREATE TABLE partners (
     retired_from      TEXT,
     -- business date at whose opening its points still held by members expire
     points_expire_on  TEXT,
-    in_config         BOOLEAN NOT NULL,
     first_seen        BIGINT NOT NULL,
     updated_at        BIGINT NOT NULL
 );

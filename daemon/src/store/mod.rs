@@ -376,31 +376,20 @@ pub trait Store: Send + Sync {
     async fn clearing_frontier(&self) -> Result<clearing::Frontier, StoreError>;
     /// Records an operator's confirmation of a long catch-up.
     async fn confirm_catch_up(&self, through: chrono::NaiveDate) -> Result<(), StoreError>;
-    /// Registers the config's partners (a partner the config no longer names stays registered).
-    async fn sync_partners(
+    /// The start-up sync with the config, in one transaction (see [`registry::RegistrySql::sync`]).
+    async fn sync_registry(
         &self,
-        records: &[crate::prices::PartnerRecord],
-        now: Micros,
-    ) -> Result<(), StoreError>;
+        sync: &crate::prices::Sync,
+    ) -> Result<crate::prices::Synced, StoreError>;
     /// Every partner the coalition has had.
     async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError>;
     /// Every price version.
     async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError>;
-    /// Records a version, replacing one at the same instant only while that is still ahead.
-    async fn upsert_future_price(
-        &self,
-        v: &crate::prices::PriceVersion,
-        now: Micros,
-    ) -> Result<(), StoreError>;
     /// Records a version unless one takes effect at that instant; returns what is stored there.
     async fn add_price(
         &self,
         v: &crate::prices::PriceVersion,
     ) -> Result<crate::prices::PriceVersion, StoreError>;
-    /// Gives earns and earn reversals accepted before prices had history their issuance rows.
-    async fn backfill_issuance(&self) -> Result<u64, StoreError>;
-    /// Makes a retired issuer's lots expire at `at` at the latest.
-    async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError>;
 }
 
 /// An operator's override of a partner's quota and status.

@@ -698,16 +698,14 @@ impl Store for PgStore {
         clearing::SharedSql::<sqlx::Postgres>::confirm_catch_up(&mut c, through).await
     }
 
-    async fn sync_partners(
+    async fn sync_registry(
         &self,
-        records: &[crate::prices::PartnerRecord],
-        now: Micros,
-    ) -> Result<(), StoreError> {
+        sync: &crate::prices::Sync,
+    ) -> Result<crate::prices::Synced, StoreError> {
         let mut tx = self.pool.begin().await?;
-        super::registry::RegistrySql::<sqlx::Postgres>::sync_partners(&mut tx, records, now)
-            .await?;
+        let done = super::registry::RegistrySql::<sqlx::Postgres>::sync(&mut tx, sync).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(done)
     }
 
     async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError> {
@@ -720,18 +718,6 @@ impl Store for PgStore {
         super::registry::RegistrySql::<sqlx::Postgres>::price_versions(&mut c).await
     }
 
-    async fn upsert_future_price(
-        &self,
-        v: &crate::prices::PriceVersion,
-        now: Micros,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        super::registry::RegistrySql::<sqlx::Postgres>::upsert_future_price(&mut tx, v, now)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn add_price(
         &self,
         v: &crate::prices::PriceVersion,
@@ -740,23 +726,6 @@ impl Store for PgStore {
         let stored = super::registry::RegistrySql::<sqlx::Postgres>::add_price(&mut tx, v).await?;
         tx.commit().await?;
         Ok(stored)
-    }
-
-    async fn backfill_issuance(&self) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = super::registry::RegistrySql::<sqlx::Postgres>::backfill_issuance(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = super::registry::RegistrySql::<sqlx::Postgres>::expire_issuer_points(
-            &mut tx, issuer, at,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(n)
     }
 }
 

@@ -26,17 +26,20 @@ pub mod sql {
         FROM prices WHERE partner_id = $1 AND effective_from = $2";
     /// Registers a partner of the config (or updates what the config says of it).
     pub const UPSERT_PARTNER: &str = "INSERT INTO partners (partner_id, name, kind, iban, bic, liability_value, \
-        retired_from, points_expire_on, points_taken_over_at, in_config, first_seen, updated_at) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, TRUE, $9, $9) \
+        retired_from, points_expire_on, points_taken_over_at, first_seen, updated_at) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $9, $9) \
         ON CONFLICT (partner_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, iban = excluded.iban, \
         bic = excluded.bic, liability_value = excluded.liability_value, retired_from = excluded.retired_from, \
         points_expire_on = excluded.points_expire_on, points_taken_over_at = excluded.points_taken_over_at, \
-        in_config = TRUE, updated_at = excluded.updated_at";
-    /// Before the config's partners are registered again: none is in the config.
-    pub const LEFT_CONFIG: &str = "UPDATE partners SET in_config = FALSE WHERE in_config";
+        updated_at = excluded.updated_at";
     /// Every registered partner.
     pub const PARTNERS: &str = "SELECT partner_id, name, kind, iban, bic, liability_value, retired_from, \
-        points_expire_on, in_config, points_taken_over_at FROM partners ORDER BY partner_id";
+        points_expire_on, points_taken_over_at FROM partners ORDER BY partner_id";
+    /// Whether some earn or earn reversal may lack its issuance row: one older than the oldest row
+    /// (rows appear in id order from the upgrade on, and the backfill fills every older one at
+    /// once), a short range read instead of an anti-join over the whole ledger at every start.
+    pub const NEEDS_BACKFILL: &str = "SELECT EXISTS (SELECT 1 FROM transactions WHERE kind IN ('earn', 'reverse_earn') \
+        AND id < COALESCE((SELECT MIN(txn_id) FROM issuance), 9223372036854775807))";
     /// The issuance row of every earn and earn reversal that has none (accepted before prices had
     /// history): the fee in force at the earn's acceptance, refunded at that fee by its reversals.
     pub const BACKFILL_ISSUANCE: &str = "INSERT INTO issuance (txn_id, cycle, issuer, fee_rate, points) \
@@ -168,7 +171,6 @@ where
         records: &[PartnerRecord],
         now: Micros,
     ) -> Result<(), StoreError> {
-        sqlx::query(sql::LEFT_CONFIG).execute(&mut *conn).await?;
         for p in records {
             sqlx::query(sql::UPSERT_PARTNER)
                 .bind(p.id.clone())
@@ -212,8 +214,7 @@ where
                     )?,
                     retired_from: date("partners.retired_from", r.try_get(6)?)?,
                     points_expire_on: date("partners.points_expire_on", r.try_get(7)?)?,
-                    in_config: r.try_get(8)?,
-                    points_taken_over_at: r.try_get(9)?,
+                    points_taken_over_at: r.try_get(8)?,
                     id,
                     name,
                 })
@@ -222,12 +223,44 @@ where
     }
 
     /// Gives every earn and earn reversal without an issuance row its row (see
-    /// [`sql::BACKFILL_ISSUANCE`]). Returns how many.
+    /// [`sql::BACKFILL_ISSUANCE`]), if any may lack one. Returns how many.
     pub async fn backfill_issuance(conn: &mut DB::Connection) -> Result<u64, StoreError> {
+        let needed: bool = sqlx::query_scalar(sql::NEEDS_BACKFILL)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !needed {
+            return Ok(0);
+        }
         let r = sqlx::query(sql::BACKFILL_ISSUANCE)
             .execute(&mut *conn)
             .await?;
         Ok(sqlx_rows(r))
+    }
+
+    /// The start-up sync with the config, all or nothing: registry records, the config's new
+    /// price versions (computed against what is stored now, see [`crate::prices::from_config`]),
+    /// the issuance backfill, and retired issuers' early expiry.
+    pub async fn sync(
+        conn: &mut DB::Connection,
+        s: &crate::prices::Sync,
+    ) -> Result<crate::prices::Synced, StoreError> {
+        Self::sync_partners(conn, &s.partners, s.now).await?;
+        let existing = Self::price_versions(conn).await?;
+        let new_versions =
+            crate::prices::from_config(&s.prices, &existing, s.now, s.next_cycle_opens);
+        for v in &new_versions {
+            Self::upsert_future_price(conn, v, s.now).await?;
+        }
+        let backfilled = Self::backfill_issuance(conn).await?;
+        let mut expiring_lots = 0;
+        for (issuer, at) in &s.expiries {
+            expiring_lots += Self::expire_issuer_points(conn, issuer, *at).await?;
+        }
+        Ok(crate::prices::Synced {
+            new_versions,
+            backfilled,
+            expiring_lots,
+        })
     }
 
     /// Sets a retired issuer's lots to expire at `at` at the latest. Returns how many changed.

@@ -707,16 +707,15 @@ impl Store for SqliteStore {
         clearing::SharedSql::<sqlx::Sqlite>::confirm_catch_up(&mut conn, through).await
     }
 
-    async fn sync_partners(
+    async fn sync_registry(
         &self,
-        records: &[crate::prices::PartnerRecord],
-        now: Micros,
-    ) -> Result<(), StoreError> {
+        sync: &crate::prices::Sync,
+    ) -> Result<crate::prices::Synced, StoreError> {
         let mut conn = self.clearing.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        super::registry::RegistrySql::<sqlx::Sqlite>::sync_partners(&mut tx, records, now).await?;
+        let done = super::registry::RegistrySql::<sqlx::Sqlite>::sync(&mut tx, sync).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(done)
     }
 
     async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError> {
@@ -729,18 +728,6 @@ impl Store for SqliteStore {
         super::registry::RegistrySql::<sqlx::Sqlite>::price_versions(&mut c).await
     }
 
-    async fn upsert_future_price(
-        &self,
-        v: &crate::prices::PriceVersion,
-        now: Micros,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.clearing.lock().await;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        super::registry::RegistrySql::<sqlx::Sqlite>::upsert_future_price(&mut tx, v, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     async fn add_price(
         &self,
         v: &crate::prices::PriceVersion,
@@ -750,24 +737,6 @@ impl Store for SqliteStore {
         let stored = super::registry::RegistrySql::<sqlx::Sqlite>::add_price(&mut tx, v).await?;
         tx.commit().await?;
         Ok(stored)
-    }
-
-    async fn backfill_issuance(&self) -> Result<u64, StoreError> {
-        let mut conn = self.clearing.lock().await;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let n = super::registry::RegistrySql::<sqlx::Sqlite>::backfill_issuance(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    async fn expire_issuer_points(&self, issuer: &str, at: Micros) -> Result<u64, StoreError> {
-        let mut conn = self.clearing.lock().await;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let n =
-            super::registry::RegistrySql::<sqlx::Sqlite>::expire_issuer_points(&mut tx, issuer, at)
-                .await?;
-        tx.commit().await?;
-        Ok(n)
     }
 }
 
