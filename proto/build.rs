@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "coalition/v1/partner.proto",
         "coalition/v1/finance.proto",
         "coalition/v1/operator.proto",
+        "coalition/v1/programme.proto",
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);

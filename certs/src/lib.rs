@@ -35,6 +35,8 @@ pub enum Role {
     Finance,
     /// The coalition's on-call operators.
     Operator,
+    /// The programme team (tiers, campaigns).
+    Programme,
 }
 
 impl Role {
@@ -44,6 +46,7 @@ impl Role {
             Role::Partner => "partner",
             Role::Finance => "finance",
             Role::Operator => "operator",
+            Role::Programme => "programme",
         }
     }
 
@@ -53,6 +56,7 @@ impl Role {
             "partner" => Some(Role::Partner),
             "finance" => Some(Role::Finance),
             "operator" => Some(Role::Operator),
+            "programme" => Some(Role::Programme),
             _ => None,
         }
     }

@@ -156,6 +156,7 @@ async fn drive(
                                     transaction_id: txn,
                                     member_id: member,
                                     grant: Some(grant),
+                                    category: String::new(),
                                 })
                                 .await
                                 .map(|_| ())
@@ -573,6 +574,7 @@ async fn paced(
                         transaction_id: txn,
                         member_id: format!("iso-{}", seq % 1000),
                         grant: Some(pb::earn_request::Grant::BonusPoints(5)),
+                        category: String::new(),
                     })
                     .await;
                 (t0.elapsed(), r.map(|_| ()).map_err(|e| e.code()))

@@ -75,6 +75,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::ops_cli::OpsCommand,
     },
+    /// The programme team: campaigns (over mTLS, with the programme or an operator certificate).
+    Programme {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::programme_cli::ProgrammeCommand,
+    },
 }
 
 /// `coalitiond certs …`
@@ -105,7 +111,7 @@ pub enum CertsCommand {
         /// The config file.
         #[arg(long, default_value = "coalition.toml")]
         config: PathBuf,
-        /// partner, finance or operator.
+        /// partner, finance, operator or programme.
         #[arg(long)]
         role: String,
         /// The partner id or identity name.
@@ -121,7 +127,7 @@ pub enum CertsCommand {
 pub fn cert_stem(id: &Identity) -> String {
     match id.role {
         Role::Partner => format!("partner-{}", id.name),
-        Role::Finance | Role::Operator => id.role.as_str().to_string(),
+        Role::Finance | Role::Operator | Role::Programme => id.role.as_str().to_string(),
     }
 }
 
@@ -203,6 +209,10 @@ pub fn certs_init(config: &Config, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         role: Role::Operator,
         name: "oncall".into(),
     });
+    ids.push(Identity {
+        role: Role::Programme,
+        name: "programme".into(),
+    });
     for id in ids {
         let issued = ca.issue_client(&config.coalition, &id, 365)?;
         let stem = cert_stem(&id);
@@ -282,7 +292,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let config = Config::load(&config)?;
-            let role = Role::parse(&role).context("--role must be partner, finance or operator")?;
+            let role = Role::parse(&role)
+                .context("--role must be partner, finance, operator or programme")?;
             let dir = config
                 .ca_cert
                 .parent()
@@ -316,6 +327,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchClearing(args) => crate::bench::clearing(args).await,
         Command::BenchLimits(args) => crate::bench::limits(args).await,
         Command::Clearing { command } => crate::finance_cli::run(command).await,
+        Command::Programme { command } => crate::programme_cli::run(command).await,
         Command::Ops { command } => crate::ops_cli::run(command).await,
     }
 }

@@ -65,7 +65,26 @@ struct Raw {
     clearing: RawClearing,
     #[serde(default)]
     privacy: RawPrivacy,
+    #[serde(default)]
+    programme: Option<RawProgramme>,
     partners: Vec<RawPartner>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProgramme {
+    tiers: Option<Vec<RawTier>>,
+    tier_bonus_funder: Option<String>,
+    qualifying_window_months: Option<u32>,
+    review_months: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    name: String,
+    threshold: i64,
+    multiplier: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -356,6 +375,88 @@ pub struct Config {
     pub retention_check: std::time::Duration,
     /// Partners by id.
     pub partners: BTreeMap<String, Partner>,
+    /// The tier ladder, when the coalition runs tiers (`[programme]`).
+    pub ladder: Option<crate::programme::Ladder>,
+}
+
+fn ladder(raw: Option<RawProgramme>) -> Result<Option<crate::programme::Ladder>, ConfigError> {
+    use crate::programme::{Ladder, MAX_MULTIPLIER, Tier};
+    let Some(raw) = raw else { return Ok(None) };
+    let mut l = Ladder::default_ladder();
+    if let Some(tiers) = raw.tiers {
+        l.tiers = Vec::new();
+        for (i, t) in tiers.into_iter().enumerate() {
+            let key = |f: &str| format!("programme.tiers[{i}].{f}");
+            if !valid_partner_id(&t.name) {
+                return Err(invalid(
+                    key("name"),
+                    "use 1..=32 lowercase letters, digits or '-'",
+                ));
+            }
+            let multiplier = decimal(key("multiplier"), &t.multiplier)?;
+            if multiplier < Decimal::ONE || multiplier > Decimal::from(MAX_MULTIPLIER) {
+                return Err(invalid(
+                    key("multiplier"),
+                    format!("use 1..={MAX_MULTIPLIER} (1: no bonus)"),
+                ));
+            }
+            let previous = l.tiers.last().map(|p: &Tier| p.threshold);
+            let ok = match previous {
+                None => t.threshold == 0,
+                Some(p) => {
+                    t.threshold > p && t.threshold <= crate::ledger::MAX_POINTS_PER_TRANSACTION
+                }
+            };
+            if !ok {
+                return Err(invalid(
+                    key("threshold"),
+                    "the first tier starts at 0 and each next one higher",
+                ));
+            }
+            if l.tiers.iter().any(|x| x.name == t.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("tier {:?} is named twice", t.name),
+                ));
+            }
+            l.tiers.push(Tier {
+                name: t.name,
+                threshold: t.threshold,
+                multiplier,
+            });
+        }
+        if l.tiers.is_empty() {
+            return Err(invalid("programme.tiers", "name at least one tier"));
+        }
+    }
+    if let Some(f) = raw.tier_bonus_funder {
+        l.funder = crate::ledger::Funder::parse(&f).ok_or_else(|| {
+            invalid(
+                "programme.tier_bonus_funder",
+                format!("{f:?} is neither \"partner\" nor \"operator\""),
+            )
+        })?;
+    }
+    for (key, v, slot) in [
+        (
+            "programme.qualifying_window_months",
+            raw.qualifying_window_months,
+            &mut l.window_months,
+        ),
+        (
+            "programme.review_months",
+            raw.review_months,
+            &mut l.review_months,
+        ),
+    ] {
+        if let Some(v) = v {
+            if !(1..=120).contains(&v) {
+                return Err(invalid(key, "use 1..=120 months"));
+            }
+            *slot = v;
+        }
+    }
+    Ok(Some(l))
 }
 
 fn account(
@@ -450,6 +551,14 @@ fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
 }
 
 impl Config {
+    /// Each configured partner's kind.
+    pub fn partner_kinds(&self) -> BTreeMap<String, String> {
+        self.partners
+            .values()
+            .map(|p| (p.id.clone(), p.kind.clone()))
+            .collect()
+    }
+
     /// The cycle calendar of this coalition.
     pub fn cycles(&self) -> coalition_clearing::Cycles {
         // The cut-off was validated at load (`parse_hhmm` gives < 24 h); fall back to midnight
@@ -689,7 +798,9 @@ impl Config {
                 ));
             }
         }
+        let ladder = ladder(raw.programme)?;
         Ok(Config {
+            ladder,
             coalition: raw.coalition,
             listen,
             currency,

@@ -61,6 +61,8 @@ impl Daemon {
                 pause_before_commit: config.pause_before_commit,
                 panic_on_member: config.panic_on_member,
                 cycles: config.cycles(),
+                ladder: config.ladder.clone().map(Arc::new),
+                partner_kinds: Arc::new(config.partner_kinds()),
             },
             clock.clone(),
         )

@@ -148,6 +148,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
             transaction_id: "sky-0001".into(),
             member_id: m.into(),
             grant: money("420.00"),
+            category: String::new(),
         })
         .await?;
     show(
@@ -160,6 +161,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
             transaction_id: "fm-0001".into(),
             member_id: m.into(),
             grant: money("85.40"),
+            category: String::new(),
         })
         .await?;
     show(
@@ -172,6 +174,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
             transaction_id: "bi-0001".into(),
             member_id: m.into(),
             grant: Some(pb::earn_request::Grant::BonusPoints(250)),
+            category: String::new(),
         })
         .await?;
     show(

@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod ops;
 pub mod ops_cli;
 pub mod prices;
+pub mod programme;
+pub mod programme_cli;
 pub mod scheduler;
 pub mod server;
 pub mod store;

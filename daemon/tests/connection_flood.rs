@@ -93,6 +93,7 @@ async fn a_flood_of_silent_connections_does_not_lock_partners_out() {
             transaction_id: format!("during-flood-{i}"),
             member_id: "m1".into(),
             grant: Some(pb::earn_request::Grant::BonusPoints(5)),
+            ..Default::default()
         })
         .await
         .expect("earn during the flood");

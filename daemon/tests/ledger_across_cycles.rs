@@ -140,6 +140,8 @@ async fn world(url: &str, expire_days: i64) -> World {
             pause_before_commit: None,
             panic_on_member: None,
             cycles,
+            ladder: None,
+            partner_kinds: Default::default(),
         },
         clock.clone(),
     )
@@ -178,6 +180,7 @@ async fn run(url: &str, steps: Vec<Step>, expire_days: i64) -> Result<(), TestCa
         member: "bug3".into(),
         points,
         purchase: None,
+        category: None,
     };
     w.submit("air", earn(100)).await.unwrap();
     let first_earn = format!("t{}", w.n);
@@ -212,6 +215,7 @@ async fn run(url: &str, steps: Vec<Step>, expire_days: i64) -> Result<(), TestCa
                     member: format!("m{m}"),
                     points: n,
                     purchase: None,
+                    category: None,
                 };
                 if w.submit(PARTNERS[p], op).await.is_ok() {
                     earns.push((p, format!("t{}", w.n)));

@@ -34,6 +34,7 @@ fn earn(i: u64) -> pb::EarnRequest {
         transaction_id: format!("e{i}"),
         member_id: "m1".into(),
         grant: Some(pb::earn_request::Grant::BonusPoints(1 + i as i64)),
+        ..Default::default()
     }
 }
 

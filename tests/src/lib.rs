@@ -428,6 +428,7 @@ pub fn earn_purchase(txn: &str, member: &str, amount: &str) -> pb::EarnRequest {
             amount: amount.into(),
             currency: "EUR".into(),
         })),
+        ..Default::default()
     }
 }
 
@@ -437,6 +438,7 @@ pub fn earn_bonus(txn: &str, member: &str, points: i64) -> pb::EarnRequest {
         transaction_id: txn.into(),
         member_id: member.into(),
         grant: Some(pb::earn_request::Grant::BonusPoints(points)),
+        ..Default::default()
     }
 }
 

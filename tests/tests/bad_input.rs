@@ -27,6 +27,7 @@ fn purchase(amount: &str, currency: &str) -> v1::EarnRequest {
             amount: amount.into(),
             currency: currency.into(),
         })),
+        ..Default::default()
     }
 }
 
@@ -247,6 +248,7 @@ async fn every_bad_request_is_refused_and_changes_nothing(b: Backend) {
                         transaction_id: "bad-1".into(),
                         member_id: "m1".into(),
                         grant: None,
+                        ..Default::default()
                     },
                 )
             }),

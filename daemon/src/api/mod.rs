@@ -6,6 +6,7 @@ pub mod error;
 pub mod finance;
 pub mod operator;
 pub mod partner;
+pub mod programme;
 pub mod validate;
 pub mod views;
 

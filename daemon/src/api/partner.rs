@@ -66,11 +66,13 @@ impl PartnerApi {
                 ));
             }
         };
-        let canonical = format!("earn\n{}\n{grant}", r.member_id);
+        let category = validate::category(&r.category)?;
+        let canonical = canonical_earn(&r.member_id, &grant, &r.category);
         let op = Op::Earn {
             member: r.member_id.clone(),
             points,
             purchase,
+            category,
         };
         Ok((op, canonical))
     }
@@ -104,6 +106,37 @@ impl PartnerApi {
         }
     }
 
+    /// A member's programme state and the campaigns in force at `now`, as an earn at `partner`
+    /// would see them.
+    async fn programme_state(
+        &self,
+        member: &str,
+        partner: &str,
+        now: crate::ledger::Micros,
+    ) -> Result<
+        (
+            crate::programme::MemberProgramme,
+            Vec<crate::programme::Campaign>,
+        ),
+        ApiError,
+    > {
+        use crate::store::programme::{ProgrammeCall, ProgrammeReply};
+        let call = ProgrammeCall::State {
+            member: member.to_string(),
+            partner: partner.to_string(),
+            ladder: self.shared.config.ladder.clone(),
+            now,
+        };
+        match self.shared.store.programme(call).await? {
+            ProgrammeReply::State(m, c) => Ok((m, c)),
+            _ => Err(ApiError::refused(
+                tonic::Code::Internal,
+                "INTERNAL",
+                "the store answered another question",
+            )),
+        }
+    }
+
     async fn submit(
         &self,
         partner: &Partner,
@@ -132,7 +165,17 @@ fn earn_canonical(r: &pb::EarnRequest) -> Option<String> {
         Some(pb::earn_request::Grant::BonusPoints(p)) => format!("bonus:{p}"),
         None => return None,
     };
-    Some(format!("earn\n{}\n{grant}", r.member_id))
+    Some(canonical_earn(&r.member_id, &grant, &r.category))
+}
+
+/// An earn's canonical content; the category joins it only when sent, so that earns stored
+/// before categories existed still match their retries.
+fn canonical_earn(member: &str, grant: &str, category: &str) -> String {
+    if category.is_empty() {
+        format!("earn\n{member}\n{grant}")
+    } else {
+        format!("earn\n{member}\n{grant}\ncategory:{category}")
+    }
 }
 
 fn kind_to_pb(k: Kind) -> pb::TransactionKind {
@@ -144,8 +187,21 @@ fn kind_to_pb(k: Kind) -> pb::TransactionKind {
     }
 }
 
-/// A receipt on the wire.
-pub fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
+/// An earn's parts on the wire, each funder named by its issuer id.
+pub fn parts_to_pb(parts: &[crate::ledger::Part], partner: &str) -> Vec<pb::EarnPart> {
+    parts
+        .iter()
+        .map(|p| pb::EarnPart {
+            kind: p.kind.as_str().to_string(),
+            source: p.source.clone(),
+            funder: p.funder.issuer(partner).to_string(),
+            points: p.points,
+        })
+        .collect()
+}
+
+/// A receipt on the wire (`partner`: the partner that made the transaction).
+pub fn receipt_to_pb(r: &Receipt, partner: &str) -> pb::Receipt {
     pb::Receipt {
         transaction_id: r.transaction_id.clone(),
         ledger_id: r.ledger_id,
@@ -165,12 +221,14 @@ pub fn receipt_to_pb(r: &Receipt) -> pb::Receipt {
         debt_created: r.debt_created,
         debt_repaid: r.debt_repaid,
         original_transaction_id: r.original_transaction_id.clone().unwrap_or_default(),
+        parts: parts_to_pb(&r.parts, partner),
+        tier: r.tier.clone().unwrap_or_default(),
     }
 }
 
 fn transaction_to_pb(t: &TxnRecord) -> pb::Transaction {
     pb::Transaction {
-        receipt: Some(receipt_to_pb(&t.receipt)),
+        receipt: Some(receipt_to_pb(&t.receipt, &t.partner)),
         reversed_points: t.reversed_points,
         purchase: t.purchase.as_ref().map(|(amount, currency)| pb::Money {
             amount: amount.clone(),
@@ -227,7 +285,7 @@ impl PartnerService for PartnerApi {
             }
         };
         Ok(Response::new(pb::EarnResponse {
-            receipt: Some(receipt_to_pb(&receipt)),
+            receipt: Some(receipt_to_pb(&receipt, &partner.id)),
         }))
     }
     async fn burn(
@@ -248,7 +306,7 @@ impl PartnerService for PartnerApi {
             .submit(partner, &r.transaction_id, op, canonical)
             .await?;
         Ok(Response::new(pb::BurnResponse {
-            receipt: Some(receipt_to_pb(&receipt)),
+            receipt: Some(receipt_to_pb(&receipt, &partner.id)),
         }))
     }
 
@@ -270,7 +328,7 @@ impl PartnerService for PartnerApi {
             .submit(partner, &r.transaction_id, op, canonical)
             .await?;
         Ok(Response::new(pb::ReverseResponse {
-            receipt: Some(receipt_to_pb(&receipt)),
+            receipt: Some(receipt_to_pb(&receipt, &partner.id)),
         }))
     }
 
@@ -292,7 +350,7 @@ impl PartnerService for PartnerApi {
             .submit(partner, &r.transaction_id, op, canonical)
             .await?;
         Ok(Response::new(pb::ReverseResponse {
-            receipt: Some(receipt_to_pb(&receipt)),
+            receipt: Some(receipt_to_pb(&receipt, &partner.id)),
         }))
     }
 
@@ -315,6 +373,169 @@ impl PartnerService for PartnerApi {
             self.shared.clock.now(),
             super::views::Audience::Partner,
         )))
+    }
+
+    async fn get_member(
+        &self,
+        req: Request<pb::GetMemberRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("member_id", &r.member_id)?;
+        let now = self.shared.clock.now();
+        let ledger = self
+            .shared
+            .store
+            .member(&r.member_id)
+            .await
+            .map_err(ApiError::from)?;
+        let balance = super::views::balance(
+            &r.member_id,
+            ledger.as_ref(),
+            now,
+            super::views::Audience::Partner,
+        );
+        let (state, _) = self.programme_state(&r.member_id, &partner.id, now).await?;
+        let mut m = pb::Member {
+            member_id: r.member_id.clone(),
+            balance: balance.points,
+            debt: balance.debt,
+            next_expiry_points: balance.next_expiry_points,
+            next_expiry_at: balance.next_expiry,
+            campaigns: state
+                .granted
+                .iter()
+                .filter(|(_, p)| **p != 0)
+                .map(|(c, p)| pb::CampaignUse {
+                    campaign_id: c.clone(),
+                    points: *p,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(l) = self.shared.config.ladder.as_ref() {
+            let tier = state.tier_index().min(l.tiers.len() - 1);
+            let qualifying = state.qualifying_at(l, now);
+            m.tier = l.tiers[tier].name.clone();
+            m.qualifying_points = qualifying;
+            if let Some(next) = l.tiers.get(tier + 1) {
+                m.next_tier = next.name.clone();
+                m.points_to_next_tier = (next.threshold - qualifying).max(0);
+            }
+            if let Some(t) = state.tier.as_ref().filter(|t| t.tier > 0) {
+                m.next_review_at = rfc3339(t.review_at);
+                m.tier_at_review_today = l.tiers[state.review_today(l, now)].name.clone();
+            }
+        }
+        Ok(Response::new(m))
+    }
+
+    async fn quote_earn(
+        &self,
+        req: Request<pb::EarnRequest>,
+    ) -> Result<Response<pb::EarnQuote>, Status> {
+        let partner = self.caller(&req)?;
+        let mut r = req.get_ref().clone();
+        if r.transaction_id.is_empty() {
+            r.transaction_id = "quote".into();
+        }
+        let (op, _) = self.earn_validated(partner, &r)?;
+        let Op::Earn {
+            member,
+            points: base,
+            purchase,
+            category,
+        } = op
+        else {
+            return Err(ApiError::refused(
+                tonic::Code::Internal,
+                "INTERNAL",
+                "an earn validated into another operation",
+            )
+            .into());
+        };
+        let now = self.shared.clock.now();
+        let (mut state, campaigns) = self.programme_state(&member, &partner.id, now).await?;
+        let ladder = self.shared.config.ladder.as_ref();
+        let tier = ladder.map(|l| {
+            l.tiers[state.tier_index().min(l.tiers.len() - 1)]
+                .name
+                .clone()
+        });
+        let kind = partner.kind.clone();
+        let facts = crate::programme::EarnFacts {
+            partner: &partner.id,
+            partner_kind: &kind,
+            base,
+            amount: purchase.as_ref().map(|(a, _)| *a),
+            category: category.as_deref(),
+            tier: tier.as_deref(),
+            earned_here_before: state.earned_at.contains(&partner.id),
+            now,
+        };
+        let parts =
+            crate::programme::price_earn(ladder, &campaigns, &state, &facts).map_err(|e| {
+                ApiError::refused(
+                    tonic::Code::InvalidArgument,
+                    "POINTS_OVERFLOW",
+                    e.to_string(),
+                )
+            })?;
+        let tier_after =
+            crate::programme::record_earn(ladder, &mut state, &partner.id, &parts, now);
+        Ok(Response::new(pb::EarnQuote {
+            points: parts.iter().map(|p| p.points).sum(),
+            parts: parts_to_pb(&parts, &partner.id),
+            tier: tier_after.unwrap_or_default(),
+        }))
+    }
+
+    async fn quote_burn(
+        &self,
+        req: Request<pb::QuoteBurnRequest>,
+    ) -> Result<Response<pb::BurnQuote>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("member_id", &r.member_id)?;
+        if r.points < 0 {
+            return Err(ApiError::field(
+                "points",
+                "POINTS_NOT_POSITIVE",
+                format!("{} is negative; 0 prices the whole balance", r.points),
+            )
+            .into());
+        }
+        let now = self.shared.clock.now();
+        let ledger = self
+            .shared
+            .store
+            .member(&r.member_id)
+            .await
+            .map_err(ApiError::from)?;
+        let burnable = ledger.as_ref().map_or(0, |m| m.balance(now)).max(0);
+        let points = if r.points == 0 { burnable } else { r.points };
+        let rate = self
+            .shared
+            .prices
+            .at(&partner.id, now)
+            .ok_or_else(|| {
+                ApiError::refused(
+                    tonic::Code::FailedPrecondition,
+                    "PARTNER_NOT_PRICED",
+                    format!("partner {} has no price in force", partner.id),
+                )
+            })?
+            .redemption_rate;
+        let value = (rate * rust_decimal::Decimal::from(points))
+            .round_dp(self.shared.config.currency.minor_units);
+        Ok(Response::new(pb::BurnQuote {
+            points,
+            value: Some(pb::Money {
+                amount: value.to_string(),
+                currency: self.shared.config.currency.code.to_string(),
+            }),
+            burnable,
+        }))
     }
 
     async fn set_consent(

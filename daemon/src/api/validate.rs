@@ -316,3 +316,22 @@ mod tests {
         assert!(money("m", "1", "USD", EUR).is_err());
     }
 }
+
+/// A purchase category sent by a till (empty: none): 1..=64 letters, digits, '-', '_' or '.'.
+pub fn category(c: &str) -> Result<Option<String>, ApiError> {
+    if c.is_empty() {
+        return Ok(None);
+    }
+    if c.len() > 64
+        || !c
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ApiError::field(
+            "category",
+            "MALFORMED_CATEGORY",
+            "use 1..=64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    Ok(Some(c.to_string()))
+}

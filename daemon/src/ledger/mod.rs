@@ -8,8 +8,11 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub mod parts;
 #[cfg(test)]
 mod tests;
+
+pub use parts::{Funder, Part, PartKind};
 
 /// Unix time in microseconds, UTC. The daemon's one representation of an instant.
 pub type Micros = i64;
@@ -171,10 +174,12 @@ pub struct EarnEffect {
 /// What an earn reversal did.
 #[derive(Debug, Clone)]
 pub struct ReverseEarnEffect {
-    /// Points taken back from the earn's own lot (unspent points, live, expired or swept).
+    /// Points taken back from the earn's own lots (unspent points, live, expired or swept).
     pub from_own_lot: i64,
     /// Of those, points the sweep had booked as breakage: their breakage is undone.
     pub unswept: i64,
+    /// Per funder, what its own lot gave back.
+    pub own: Vec<OwnTake>,
     /// Shortfall taken from the member's other lots, redeemed at the reversing partner.
     pub allocations: Vec<Allocation>,
     /// Points the member could not cover and now owes.
@@ -251,7 +256,7 @@ impl MemberLedger {
         rate: Decimal,
         mut points: i64,
         now: Micros,
-        skip_lot: Option<i64>,
+        skip: &[i64],
     ) -> (Vec<Allocation>, i64) {
         let mut out = Vec::new();
         for i in self.spendable_order(now) {
@@ -259,7 +264,7 @@ impl MemberLedger {
                 break;
             }
             let lot = &mut self.lots[i];
-            if Some(lot.id) == skip_lot {
+            if skip.contains(&lot.id) {
                 continue;
             }
             let k = lot.points_left.min(points);
@@ -282,58 +287,81 @@ impl MemberLedger {
         (out, points)
     }
 
-    /// Grants `e.points` in a new lot, and pays open debts off first (oldest debt first), each
-    /// repayment an allocation of the new lot redeemed at the partner owed.
+    /// Grants `e.points` in a new lot of `e.issuer` (see [`MemberLedger::earn_funded`]).
     pub fn earn(&mut self, e: NewEarn<'_>) -> Result<EarnEffect, Refusal> {
-        if e.points < 1 {
-            return Err(Refusal::NonPositive(e.points));
+        self.earn_funded(e, 0)
+    }
+
+    /// Grants an earn of `e.points` funded by the partner `e.issuer` and `operator_points` funded
+    /// by the operator: one lot per funder with points (the partner's has the earn's id, the
+    /// operator's its negation). Open debts are paid off first (oldest debt first, the partner's
+    /// lot before the operator's), each repayment an allocation redeemed at the one owed.
+    pub fn earn_funded(
+        &mut self,
+        e: NewEarn<'_>,
+        operator_points: i64,
+    ) -> Result<EarnEffect, Refusal> {
+        if e.points < 0 || operator_points < 0 {
+            return Err(Refusal::NonPositive(e.points.min(operator_points)));
+        }
+        let points = e
+            .points
+            .checked_add(operator_points)
+            .ok_or(Refusal::Overflow(e.points))?;
+        if points < 1 {
+            return Err(Refusal::NonPositive(points));
         }
         let total: i64 = self.lots.iter().map(|l| l.points_left).sum();
-        total
-            .checked_add(e.points)
-            .ok_or(Refusal::Overflow(e.points))?;
-        let mut lot = Lot {
-            id: e.txn,
-            member: self.member.clone(),
-            issuer: e.issuer.to_string(),
-            points: e.points,
-            points_left: e.points,
-            reversed: 0,
-            expired: 0,
-            earned_at: e.now,
-            expires_at: e.expires_at,
-            dirty: true,
-        };
+        total.checked_add(points).ok_or(Refusal::Overflow(points))?;
         let mut repayments = Vec::new();
         let mut repaid = 0;
         self.debts.sort_by_key(|d| (d.created_at, d.txn));
-        for debt in self.debts.iter_mut().filter(|d| d.points_left > 0) {
-            if lot.points_left == 0 {
-                break;
+        for (funder, p) in [
+            (Funder::Partner, e.points),
+            (Funder::Operator, operator_points),
+        ] {
+            if p == 0 {
+                continue;
             }
-            let k = debt.points_left.min(lot.points_left);
-            debt.points_left -= k;
-            debt.dirty = true;
-            lot.points_left -= k;
-            repaid += k;
-            repayments.push(Allocation {
-                txn: e.txn,
-                seq: repayments.len() as i32,
-                lot: lot.id,
+            let mut lot = Lot {
+                id: funder.lot_of(e.txn),
                 member: self.member.clone(),
-                issuer: lot.issuer.clone(),
-                redeemer: debt.owed_to.clone(),
-                points: k,
-                rate: debt.rate,
-                reverses: None,
-                accepted_at: e.now,
-            });
+                issuer: funder.issuer(e.issuer).to_string(),
+                points: p,
+                points_left: p,
+                reversed: 0,
+                expired: 0,
+                earned_at: e.now,
+                expires_at: e.expires_at,
+                dirty: true,
+            };
+            for debt in self.debts.iter_mut().filter(|d| d.points_left > 0) {
+                if lot.points_left == 0 {
+                    break;
+                }
+                let k = debt.points_left.min(lot.points_left);
+                debt.points_left -= k;
+                debt.dirty = true;
+                lot.points_left -= k;
+                repaid += k;
+                repayments.push(Allocation {
+                    txn: e.txn,
+                    seq: repayments.len() as i32,
+                    lot: lot.id,
+                    member: self.member.clone(),
+                    issuer: lot.issuer.clone(),
+                    redeemer: debt.owed_to.clone(),
+                    points: k,
+                    rate: debt.rate,
+                    reverses: None,
+                    accepted_at: e.now,
+                });
+            }
+            self.lots.push(lot);
         }
-        let id = lot.id;
-        self.lots.push(lot);
         self.known = true;
         Ok(EarnEffect {
-            lot: id,
+            lot: e.txn,
             repayments,
             debt_repaid: repaid,
         })
@@ -359,7 +387,7 @@ impl MemberLedger {
                 requested: points,
             });
         }
-        let (allocations, short) = self.take_from_lots(txn, redeemer, rate, points, now, None);
+        let (allocations, short) = self.take_from_lots(txn, redeemer, rate, points, now, &[]);
         assert_eq!(short, 0, "balance check guarantees the lots cover the burn");
         Ok(allocations)
     }
@@ -417,23 +445,53 @@ impl MemberLedger {
         Ok(out)
     }
 
-    /// Takes `points` of the earn that made lot `lot_id` back: first what the lot still holds of
-    /// them, expired or not (unswept points simply leave the lot; swept ones undo their breakage),
-    /// then — only for points the member already spent — from the member's other lots soonest
-    /// expiry first (allocations redeemed at `reverser`), and whatever is still short becomes debt
-    /// owed to `reverser`. `remaining` is how much of the earn is not yet reversed.
+    /// Takes `points` of the partner-funded earn `earn` back (see
+    /// [`MemberLedger::reverse_earn_funded`]).
     #[allow(clippy::too_many_arguments)]
     pub fn reverse_earn(
         &mut self,
         txn: i64,
-        lot_id: i64,
+        earn: i64,
         reverser: &str,
         rate: Decimal,
         points: i64,
         remaining: i64,
         now: Micros,
     ) -> Result<ReverseEarnEffect, Refusal> {
-        if points < 1 {
+        self.reverse_earn_funded(
+            txn,
+            earn,
+            reverser,
+            rate,
+            &[(Funder::Partner, points)],
+            remaining,
+            now,
+        )
+    }
+
+    /// Takes back, of earn `earn`, `shares` points per funder. For each funder, first what its lot
+    /// still holds of them, expired or not (unswept points simply leave the lot; swept ones undo
+    /// their breakage); then — only for points the member already spent — from the member's other
+    /// lots soonest expiry first, as allocations redeemed at the funder (`reverser` for the
+    /// partner's share, the operator for the operator's: the member gives back the value to
+    /// whoever paid for it), at `rate`; whatever is still short becomes debt owed to the funder.
+    /// `remaining` is how much of the earn is not yet reversed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reverse_earn_funded(
+        &mut self,
+        txn: i64,
+        earn: i64,
+        reverser: &str,
+        rate: Decimal,
+        shares: &[(Funder, i64)],
+        remaining: i64,
+        now: Micros,
+    ) -> Result<ReverseEarnEffect, Refusal> {
+        let points = shares
+            .iter()
+            .try_fold(0i64, |a, (_, p)| a.checked_add(*p))
+            .ok_or(Refusal::Overflow(remaining))?;
+        if points < 1 || shares.iter().any(|(_, p)| *p < 0) {
             return Err(Refusal::NonPositive(points));
         }
         if points > remaining {
@@ -442,35 +500,77 @@ impl MemberLedger {
                 requested: points,
             });
         }
-        let lot = self.lot_mut(lot_id);
-        let from_left = lot.points_left.min(points);
-        let unswept = lot.expired.min(points - from_left);
-        lot.points_left -= from_left;
-        lot.expired -= unswept;
-        lot.reversed += from_left + unswept;
-        lot.dirty = true;
-        let from_own = from_left + unswept;
-        let (allocations, short) =
-            self.take_from_lots(txn, reverser, rate, points - from_own, now, Some(lot_id));
-        if short > 0 {
-            self.debts.push(Debt {
-                member: self.member.clone(),
-                owed_to: reverser.to_string(),
-                points: short,
-                points_left: short,
-                rate,
-                txn,
-                created_at: now,
-                dirty: true,
+        let siblings = [Funder::Partner.lot_of(earn), Funder::Operator.lot_of(earn)];
+        // Own lots first for every funder, so that no funder's shortfall takes a sibling's points.
+        let mut own = Vec::new();
+        for &(funder, share) in shares.iter().filter(|(_, p)| *p > 0) {
+            let id = funder.lot_of(earn);
+            // A funder with a share has a lot of at least that many points: the store loads it.
+            let lot = self.lot_mut(id);
+            let from_left = lot.points_left.min(share);
+            let unswept = lot.expired.min(share - from_left);
+            lot.points_left -= from_left;
+            lot.expired -= unswept;
+            lot.reversed += from_left + unswept;
+            lot.dirty = true;
+            own.push(OwnTake {
+                funder,
+                lot: id,
+                from_own: from_left + unswept,
+                unswept,
+                short: share - from_left - unswept,
             });
         }
+        let mut allocations = Vec::new();
+        let mut debt_created = 0;
+        for take in &own {
+            if take.short == 0 {
+                continue;
+            }
+            let creditor = take.funder.issuer(reverser).to_string();
+            let (taken, short) =
+                self.take_from_lots(txn, &creditor, rate, take.short, now, &siblings);
+            allocations.extend(taken);
+            if short > 0 {
+                debt_created += short;
+                self.debts.push(Debt {
+                    member: self.member.clone(),
+                    owed_to: creditor,
+                    points: short,
+                    points_left: short,
+                    rate,
+                    txn: take.funder.lot_of(txn),
+                    created_at: now,
+                    dirty: true,
+                });
+            }
+        }
+        for (i, a) in allocations.iter_mut().enumerate() {
+            a.seq = i as i32;
+        }
         Ok(ReverseEarnEffect {
-            from_own_lot: from_own,
-            unswept,
+            from_own_lot: own.iter().map(|t| t.from_own).sum(),
+            unswept: own.iter().map(|t| t.unswept).sum(),
+            own,
             allocations,
-            debt_created: short,
+            debt_created,
         })
     }
+}
+
+/// What an earn reversal took from one funder's own lot.
+#[derive(Debug, Clone)]
+pub struct OwnTake {
+    /// The funder.
+    pub funder: Funder,
+    /// Its lot.
+    pub lot: i64,
+    /// Points taken back from the lot (live, expired or swept).
+    pub from_own: i64,
+    /// Of those, points the sweep had booked as breakage.
+    pub unswept: i64,
+    /// Points of the funder's share the lot could not give back.
+    pub short: i64,
 }
 
 /// Sums allocations by issuer, in first-seen order (what a receipt shows at the till).
@@ -547,4 +647,11 @@ pub struct Receipt {
     pub debt_repaid: i64,
     /// The partner's id of the reversed transaction (reversals).
     pub original_transaction_id: Option<String>,
+    /// Earns: the parts the points are made of, each with its funder. Earn reversals: what was
+    /// taken back of each part. Empty for burns and burn reversals.
+    #[serde(default)]
+    pub parts: Vec<Part>,
+    /// Earns, when the coalition runs tiers: the member's tier right after the earn.
+    #[serde(default)]
+    pub tier: Option<String>,
 }

@@ -15,6 +15,8 @@ use tonic::{Request, Status};
 pub struct RequireRole {
     config: Arc<Config>,
     role: Role,
+    /// A second role admitted as well (operators may hold the programme role's rights).
+    also: Option<Role>,
     limits: Option<Arc<crate::ops::limits::Limits>>,
 }
 
@@ -24,8 +26,15 @@ impl RequireRole {
         RequireRole {
             config,
             role,
+            also: None,
             limits: None,
         }
+    }
+
+    /// Also admits `role`.
+    pub fn or(mut self, role: Role) -> RequireRole {
+        self.also = Some(role);
+        self
     }
 
     /// Also checks each partner's suspension and rate limit, before any handler runs.
@@ -39,7 +48,7 @@ impl RequireRole {
             Some(id) => id.clone(), // read once by the observe layer
             None => self.identity_of(req)?,
         };
-        if id.role != self.role {
+        if id.role != self.role && Some(id.role) != self.also {
             return Err(ApiError::PermissionDenied(format!(
                 "{id} may not call the {} API",
                 self.role.as_str()

@@ -13,6 +13,7 @@ use crate::api::partner::PartnerApi;
 use coalition_proto::v1::finance_service_server::FinanceServiceServer;
 use coalition_proto::v1::operator_service_server::OperatorServiceServer;
 use coalition_proto::v1::partner_service_server::PartnerServiceServer;
+use coalition_proto::v1::programme_service_server::ProgrammeServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +117,12 @@ pub async fn serve(
             tonic_health::ServingStatus::Serving,
         )
         .await;
+    health
+        .set_service_status(
+            "coalition.v1.ProgrammeService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coalition_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -137,6 +144,12 @@ pub async fn serve(
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Finance),
     );
+    let programme = tonic::service::interceptor::InterceptedService::new(
+        ProgrammeServiceServer::new(crate::api::programme::ProgrammeApi::new(shared.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Programme)
+            .or(coalition_certs::Role::Operator),
+    );
     tonic::transport::Server::builder()
         .layer(observe::ObserveLayer::new(&shared.config.coalition))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -146,6 +159,7 @@ pub async fn serve(
         .add_service(partner)
         .add_service(finance)
         .add_service(operator)
+        .add_service(programme)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })

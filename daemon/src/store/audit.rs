@@ -22,9 +22,12 @@ pub const CHECKS: &[(&str, &str)] = &[
          WHERE t.flow <> COALESCE(l.s, 0) - COALESCE(d.s, 0)",
     ),
     (
-        "every lot is the lot of an earn of the same member, issuer and points",
-        "SELECT COUNT(*) FROM lots l LEFT JOIN transactions t ON t.id = l.id \
-         WHERE t.id IS NULL OR t.kind <> 'earn' OR t.member_id <> l.member_id OR t.partner_id <> l.issuer OR t.points <> l.points",
+        "every lot is a lot of an earn of the same member (the partner's with the earn's id, the operator's with its negation), and an earn's lots hold its points",
+        "SELECT (SELECT COUNT(*) FROM lots l LEFT JOIN transactions t ON t.id = ABS(l.id) \
+         WHERE t.id IS NULL OR t.kind <> 'earn' OR t.member_id <> l.member_id \
+         OR (l.id > 0 AND t.partner_id <> l.issuer) OR (l.id < 0 AND l.issuer <> 'operator')) \
+         + (SELECT COUNT(*) FROM transactions t LEFT JOIN (SELECT ABS(id) AS e, SUM(points) AS s FROM lots GROUP BY ABS(id)) l \
+         ON l.e = t.id WHERE t.kind = 'earn' AND COALESCE(l.s, 0) <> t.points)",
     ),
     (
         "every lot and debt belongs to a known member",
@@ -73,7 +76,7 @@ pub const CHECKS: &[(&str, &str)] = &[
         "SELECT COUNT(*) FROM breakage b LEFT JOIN lots l ON l.id = b.lot_id LEFT JOIN transactions t ON t.id = b.txn_id \
          WHERE l.id IS NULL OR l.member_id <> b.member_id OR l.issuer <> b.issuer \
          OR (b.txn_id IS NULL AND b.points < 0) \
-         OR (b.txn_id IS NOT NULL AND (t.id IS NULL OR t.kind <> 'reverse_earn' OR t.original_id <> b.lot_id OR b.points > 0))",
+         OR (b.txn_id IS NOT NULL AND (t.id IS NULL OR t.kind <> 'reverse_earn' OR t.original_id <> ABS(b.lot_id) OR b.points > 0))",
     ),
     (
         "each consent is the last change recorded for its member, purpose and scope",
@@ -212,6 +215,8 @@ where
             r.violations.push(format!("{name}: {n} violations"));
         }
     }
+    r.violations
+        .extend(super::programme::verify::<DB>(&mut *conn).await?);
     for row in sqlx::query(TOTALS_BY_KIND).fetch_all(&mut *conn).await? {
         let kind: String = row.try_get(0)?;
         let total: i64 = row.try_get(1)?;

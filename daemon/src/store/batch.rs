@@ -3,7 +3,10 @@
 //! in one batch see each other), and hand the backend one set of [`Writes`].
 
 use super::{LedgerTx, Op, Rejection, Request, StoreError, TxnRecord, Writes};
-use crate::ledger::{self, Kind, MemberLedger, Micros, NewEarn, Receipt, Refusal, Reversible};
+use crate::ledger::{
+    self, Funder, Kind, MemberLedger, Micros, NewEarn, Part, PartKind, Receipt, Refusal, Reversible,
+};
+use crate::programme::{self, Campaign, Ladder, MemberProgramme};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// What a batch needs to know besides the requests.
@@ -27,6 +30,20 @@ pub struct Context {
     /// Test hook: panic inside the open transaction when a request names this member (to prove
     /// that a panic on the write path leaves no transaction open and the writer serving).
     pub panic_on_member: Option<&'static str>,
+    /// The tier ladder, when the coalition runs tiers.
+    pub ladder: Option<std::sync::Arc<Ladder>>,
+    /// Each partner's kind (campaign scopes).
+    pub partner_kinds: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+}
+
+/// The programme as one batch sees it: the campaigns in force at its instant and the state of the
+/// members it earns for, updated request by request.
+#[derive(Debug, Default)]
+struct Programme {
+    /// Whether any rule can apply (tiers run or a campaign is in force).
+    on: bool,
+    campaigns: Vec<Campaign>,
+    members: HashMap<String, MemberProgramme>,
 }
 
 type Key = (String, String);
@@ -112,7 +129,9 @@ pub async fn apply(
     let mut extra_lots = Vec::new();
     if !earn_originals.is_empty() {
         // A lot's id is the id of the earn that made it.
-        extra_lots.extend(tx.load_lots(&earn_originals).await?);
+        // A lot's id is its earn's, negated for the operator-funded lot.
+        let lot_ids: Vec<i64> = earn_originals.iter().flat_map(|&e| [e, -e]).collect();
+        extra_lots.extend(tx.load_lots(&lot_ids).await?);
     }
     let mut slices: HashMap<i64, Vec<Reversible>> = HashMap::new();
     if !burn_originals.is_empty() {
@@ -143,6 +162,36 @@ pub async fn apply(
             }
         }
     }
+    let earners: Vec<(String, String)> = requests
+        .iter()
+        .filter_map(|r| match &r.op {
+            Op::Earn { member, .. } => Some((member.clone(), r.partner.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut prog = Programme::default();
+    if !earners.is_empty() {
+        prog.campaigns = tx.live_campaigns(ctx.now).await?;
+        prog.on = ctx.ladder.is_some() || !prog.campaigns.is_empty();
+    }
+    if prog.on {
+        let mut who: Vec<String> = earners.iter().map(|(m, _)| m.clone()).collect();
+        who.sort();
+        who.dedup();
+        prog.members = tx
+            .load_programme(&who, ctx.ladder.as_deref(), ctx.now)
+            .await?;
+        if prog.campaigns.iter().any(|c| c.welcome) {
+            let mut pairs = earners.clone();
+            pairs.sort();
+            pairs.dedup();
+            for (m, p) in tx.earned_before(&pairs).await? {
+                if let Some(state) = prog.members.get_mut(&m) {
+                    state.earned_at.insert(p);
+                }
+            }
+        }
+    }
     let t_load = t0.elapsed();
     let known_before: HashSet<String> = ledgers.keys().cloned().collect();
 
@@ -152,7 +201,7 @@ pub async fn apply(
         cycle,
         ..Writes::default()
     };
-    let mut reversed: HashMap<i64, i64> = HashMap::new();
+    let mut reversed: HashMap<i64, (i64, Vec<i64>)> = HashMap::new();
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         let k = key(&r.partner, &r.transaction_id);
@@ -172,6 +221,7 @@ pub async fn apply(
             &mut txns,
             &mut slices,
             &mut writes,
+            &mut prog,
         );
         match decided {
             Ok(record) => {
@@ -181,7 +231,11 @@ pub async fn apply(
                         .find(|t| t.id == orig)
                         .expect("original is loaded");
                     o.reversed_points += record.points;
-                    reversed.insert(orig, o.reversed_points);
+                    // An earn reversal's parts are its earn's, each with what it took back.
+                    for (done, p) in o.parts_reversed.iter_mut().zip(&record.receipt.parts) {
+                        *done += p.points;
+                    }
+                    reversed.insert(orig, (o.reversed_points, o.parts_reversed.clone()));
                 }
                 out.push(Ok(record.receipt.clone()));
                 writes.new_txns.push(record.clone());
@@ -194,8 +248,9 @@ pub async fn apply(
     // 4. Collect what changed. Reversal counters of transactions new in this batch are already
     //    in their records.
     for t in writes.new_txns.iter_mut() {
-        if let Some(r) = reversed.remove(&t.id) {
+        if let Some((r, parts)) = reversed.remove(&t.id) {
             t.reversed_points = r;
+            t.parts_reversed = parts;
         }
     }
     let mut totals: std::collections::BTreeMap<(String, &'static str), (i64, i64)> =
@@ -217,8 +272,30 @@ pub async fn apply(
         .into_iter()
         .map(|((p, k), (n, pts))| (p, k, n, pts))
         .collect();
-    writes.reversed = reversed.into_iter().collect();
-    writes.reversed.sort();
+    let mut changed: Vec<(i64, (i64, Vec<i64>))> = reversed.into_iter().collect();
+    changed.sort();
+    for (id, (points, parts)) in changed {
+        let stored = txns.values().find(|t| t.id == id).and_then(|t| {
+            let mut t = t.clone();
+            t.parts_reversed = parts;
+            super::encode_parts_reversed(&t)
+        });
+        writes.reversed.push((id, points, stored));
+    }
+    if let Some(l) = ctx.ladder.as_deref() {
+        let mut dirty: Vec<(&String, &MemberProgramme)> =
+            prog.members.iter().filter(|(_, m)| m.tier_dirty).collect();
+        dirty.sort_by(|a, b| a.0.cmp(b.0));
+        for (member, m) in dirty {
+            if let Some(t) = &m.tier {
+                let name = l.tiers[t.tier.min(l.tiers.len() - 1)].name.clone();
+                writes
+                    .programme
+                    .tiers
+                    .push((member.clone(), name, t.clone()));
+            }
+        }
+    }
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
     touched.sort_by(|a, b| a.member.cmp(&b.member));
     for m in touched {
@@ -254,6 +331,7 @@ fn prices(ctx: &Context, partner: &str, at: Micros) -> Result<crate::prices::Pri
         .ok_or_else(|| Rejection::Unpriced(partner.to_string()))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decide(
     ids: &mut VecDeque<i64>,
     r: &Request,
@@ -262,6 +340,7 @@ fn decide(
     txns: &mut HashMap<Key, TxnRecord>,
     slices: &mut HashMap<i64, Vec<Reversible>>,
     writes: &mut Writes,
+    prog: &mut Programme,
 ) -> Result<TxnRecord, Rejection> {
     let now = ctx.now;
     // Judged at the acceptance instant, inside the transaction: a call that commits after the
@@ -277,47 +356,104 @@ fn decide(
     match &r.op {
         Op::Earn {
             member,
-            points,
+            points: base,
             purchase,
+            category,
         } => {
             let fee = prices(ctx, &r.partner, now)?.issuance_fee;
+            let ladder = ctx.ladder.as_deref();
+            let parts = if prog.on {
+                let state = prog.members.entry(member.clone()).or_default();
+                let tier = ladder.map(|l| {
+                    l.tiers[state.tier_index().min(l.tiers.len() - 1)]
+                        .name
+                        .as_str()
+                });
+                let facts = programme::EarnFacts {
+                    partner: &r.partner,
+                    partner_kind: ctx.partner_kinds.get(&r.partner).map_or("", |k| k.as_str()),
+                    base: *base,
+                    amount: purchase.as_ref().map(|(a, _)| *a),
+                    category: category.as_deref(),
+                    tier,
+                    earned_here_before: state.earned_at.contains(&r.partner),
+                    now,
+                };
+                programme::price_earn(ladder, &prog.campaigns, state, &facts)
+                    .map_err(|_| Refusal::Overflow(*base))?
+            } else {
+                vec![Part::base(*base)]
+            };
+            let funded = ledger::parts::by_funder(&parts);
+            let share = |f: Funder| funded.iter().find(|(x, _)| *x == f).map_or(0, |(_, p)| *p);
+            let (partner_points, operator_points) =
+                (share(Funder::Partner), share(Funder::Operator));
+            let points = partner_points + operator_points;
             let m = ledgers
                 .entry(member.clone())
                 .or_insert_with(|| MemberLedger::new_member(member));
             let id = ids.pop_front().expect("one id reserved per request");
-            let effect = m.earn(NewEarn {
-                txn: id,
-                issuer: &r.partner,
-                points: *points,
-                now,
-                expires_at: ctx.expire_after.map(|d| now + d),
-            })?;
+            let effect = m.earn_funded(
+                NewEarn {
+                    txn: id,
+                    issuer: &r.partner,
+                    points: partner_points,
+                    now,
+                    expires_at: ctx.expire_after.map(|d| now + d),
+                },
+                operator_points,
+            )?;
+            let tier = if prog.on {
+                let state = prog.members.entry(member.clone()).or_default();
+                let tier = programme::record_earn(ladder, state, &r.partner, &parts, now);
+                if ladder.is_some() {
+                    *writes
+                        .programme
+                        .qualifying
+                        .entry((member.clone(), programme::day_of(now)))
+                        .or_default() += points;
+                }
+                for p in parts.iter().filter(|p| p.kind == PartKind::Campaign) {
+                    *writes
+                        .programme
+                        .grants
+                        .entry((p.source.clone(), member.clone()))
+                        .or_default() += p.points;
+                }
+                tier
+            } else {
+                None
+            };
             let receipt = Receipt {
                 transaction_id: r.transaction_id.clone(),
                 ledger_id: id,
                 kind: Kind::Earn,
                 member_id: member.clone(),
-                points: *points,
+                points,
                 balance_after: m.balance(now),
                 accepted_at: now,
                 slices: vec![],
                 debt_created: 0,
                 debt_repaid: effect.debt_repaid,
                 original_transaction_id: None,
+                parts,
+                tier,
             };
             writes.allocations.extend(effect.repayments);
-            writes.issuance.push(super::IssuanceRow {
-                txn: id,
-                issuer: r.partner.clone(),
-                fee_rate: fee,
-                points: *points,
-            });
+            if partner_points > 0 {
+                writes.issuance.push(super::IssuanceRow {
+                    txn: id,
+                    issuer: r.partner.clone(),
+                    fee_rate: fee,
+                    points: partner_points,
+                });
+            }
             Ok(record(
                 r,
                 id,
                 Kind::Earn,
                 member,
-                *points,
+                points,
                 None,
                 purchase.clone(),
                 receipt,
@@ -344,6 +480,8 @@ fn decide(
                 debt_created: 0,
                 debt_repaid: 0,
                 original_transaction_id: None,
+                parts: vec![],
+                tier: None,
             };
             slices.insert(
                 id,
@@ -369,23 +507,89 @@ fn decide(
         }
         Op::ReverseEarn { original, points } => {
             let o = original_of(txns, r, original, Kind::Earn)?;
-            let (orig_id, member, remaining) =
-                (o.id, o.member.clone(), o.points - o.reversed_points);
+            let (orig_id, member, remaining, earned_at) = (
+                o.id,
+                o.member.clone(),
+                o.points - o.reversed_points,
+                o.accepted_at,
+            );
+            let earn_parts = o.receipt.parts.clone();
+            let left: Vec<i64> = earn_parts
+                .iter()
+                .zip(&o.parts_reversed)
+                .map(|(p, done)| p.points - done)
+                .collect();
             // A shortfall taken from other lots is redeemed here at today's rate; the fee refunded
             // is the one charged when the earn was accepted.
             let rate = &prices(ctx, &r.partner, now)?.redemption_rate;
             let fee = prices(ctx, &r.partner, o.accepted_at)?.issuance_fee;
             let points = whole_if_zero(*points, remaining, original)?;
+            // Every part gives back its share, in proportion to what is left of it.
+            let shares = ledger::parts::split(points, &left).ok_or(Refusal::BeyondRemaining {
+                remaining,
+                requested: points,
+            })?;
+            let taken: Vec<Part> = earn_parts
+                .iter()
+                .zip(&shares)
+                .map(|(p, s)| Part {
+                    points: *s,
+                    ..p.clone()
+                })
+                .collect();
+            let funded = ledger::parts::by_funder(&taken);
             let m = ledgers
                 .get_mut(&member)
                 .expect("member of a loaded original is loaded");
             let id = ids.pop_front().expect("one id reserved per request");
-            let effect = m.reverse_earn(id, orig_id, &r.partner, *rate, points, remaining, now)?;
+            let effect =
+                m.reverse_earn_funded(id, orig_id, &r.partner, *rate, &funded, remaining, now)?;
             let mut slices_shown = vec![];
-            if effect.from_own_lot > 0 {
-                slices_shown.push((r.partner.clone(), effect.from_own_lot));
+            for take in effect.own.iter().filter(|t| t.from_own > 0) {
+                slices_shown.push((take.funder.issuer(&r.partner).to_string(), take.from_own));
             }
             slices_shown.extend(ledger::by_issuer(&effect.allocations));
+            for take in effect.own.iter().filter(|t| t.unswept > 0) {
+                if let Some(lot) = m.lots.iter().find(|l| l.id == take.lot) {
+                    writes.breakage.push(super::BreakageFact {
+                        lot: lot.id,
+                        member: lot.member.clone(),
+                        issuer: lot.issuer.clone(),
+                        points: -take.unswept,
+                        txn: Some(id),
+                    });
+                }
+            }
+            // Qualifying points and campaign grants go back on the day and campaign they came from.
+            if ctx.ladder.is_some() {
+                *writes
+                    .programme
+                    .qualifying
+                    .entry((member.clone(), programme::day_of(earned_at)))
+                    .or_default() -= points;
+            }
+            if let Some(state) = prog.members.get_mut(&member) {
+                if ctx.ladder.is_some() {
+                    state.add_qualifying(earned_at, -points);
+                }
+                for p in taken.iter().filter(|p| p.kind == PartKind::Campaign) {
+                    *state.granted.entry(p.source.clone()).or_default() -= p.points;
+                }
+            }
+            for p in taken
+                .iter()
+                .filter(|p| p.kind == PartKind::Campaign && p.points > 0)
+            {
+                *writes
+                    .programme
+                    .grants
+                    .entry((p.source.clone(), member.clone()))
+                    .or_default() -= p.points;
+            }
+            let partner_share = funded
+                .iter()
+                .find(|(f, _)| *f == Funder::Partner)
+                .map_or(0, |(_, p)| *p);
             let receipt = Receipt {
                 transaction_id: r.transaction_id.clone(),
                 ledger_id: id,
@@ -398,25 +602,18 @@ fn decide(
                 debt_created: effect.debt_created,
                 debt_repaid: 0,
                 original_transaction_id: Some(original.clone()),
+                parts: taken,
+                tier: None,
             };
-            if effect.unswept > 0
-                && let Some(lot) = m.lots.iter().find(|l| l.id == orig_id)
-            {
-                writes.breakage.push(super::BreakageFact {
-                    lot: lot.id,
-                    member: lot.member.clone(),
-                    issuer: lot.issuer.clone(),
-                    points: -effect.unswept,
-                    txn: Some(id),
+            writes.allocations.extend(effect.allocations);
+            if partner_share > 0 {
+                writes.issuance.push(super::IssuanceRow {
+                    txn: id,
+                    issuer: r.partner.clone(),
+                    fee_rate: fee,
+                    points: -partner_share,
                 });
             }
-            writes.allocations.extend(effect.allocations);
-            writes.issuance.push(super::IssuanceRow {
-                txn: id,
-                issuer: r.partner.clone(),
-                fee_rate: fee,
-                points: -points,
-            });
             Ok(record(
                 r,
                 id,
@@ -453,6 +650,8 @@ fn decide(
                 debt_created: 0,
                 debt_repaid: 0,
                 original_transaction_id: Some(original.clone()),
+                parts: vec![],
+                tier: None,
             };
             writes.allocations.extend(allocations);
             Ok(record(
@@ -519,6 +718,11 @@ fn record(
         member: member.to_string(),
         points,
         reversed_points: 0,
+        parts_reversed: if kind == Kind::Earn {
+            vec![0; receipt.parts.len()]
+        } else {
+            vec![]
+        },
         original_id,
         purchase: purchase.map(|(a, c)| (a.to_string(), c)),
         request_hash: r.hash.to_vec(),

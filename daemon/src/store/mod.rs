@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clearing;
 pub mod consent;
 pub mod postgres;
+pub mod programme;
 pub mod registry;
 pub mod retention;
 pub mod rows;
@@ -95,6 +96,8 @@ pub enum Op {
         points: i64,
         /// The purchase, if the points came from one: amount and currency.
         purchase: Option<(Decimal, String)>,
+        /// The purchase category the till sent (campaign conditions).
+        category: Option<String>,
     },
     /// Spend points at the caller (priced by the writer at the instant it accepts the burn).
     Burn {
@@ -176,6 +179,8 @@ pub struct TxnRecord {
     pub points: i64,
     /// Earns and burns: points reversed so far.
     pub reversed_points: i64,
+    /// Earns: points reversed so far per part (the receipt's parts' order).
+    pub parts_reversed: Vec<i64>,
     /// Reversals: the ledger id of the reversed transaction.
     pub original_id: Option<i64>,
     /// Earns from purchases: the amount (decimal string) and currency.
@@ -195,8 +200,9 @@ pub struct Writes {
     pub cycle: chrono::NaiveDate,
     /// New transactions.
     pub new_txns: Vec<TxnRecord>,
-    /// Existing transactions whose reversed points changed: (id, reversed_points).
-    pub reversed: Vec<(i64, i64)>,
+    /// Existing transactions whose reversed points changed: (id, reversed_points, per part as
+    /// stored — `None` for a plain earn or a burn).
+    pub reversed: Vec<(i64, i64, Option<String>)>,
     /// New or changed lots.
     pub lots: Vec<Lot>,
     /// New allocations.
@@ -212,6 +218,8 @@ pub struct Writes {
     pub breakage: Vec<BreakageFact>,
     /// The issuance fee each earn was charged and each earn reversal refunded.
     pub issuance: Vec<IssuanceRow>,
+    /// Tiers, qualifying points and campaign grants the batch changed.
+    pub programme: programme::ProgrammeWrites,
 }
 
 /// The issuance row of one earn (positive points) or earn reversal (negative points, refunded at
@@ -265,10 +273,27 @@ pub trait LedgerTx: Send {
     /// Members with their lots that have points left and their open debts; locks them where the
     /// backend needs locks. Unknown members are absent.
     async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError>;
-    /// Lots by id (a lot's id is its earn's id).
+    /// Lots by id (a lot's id is its earn's id, negated for the operator-funded lot).
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError>;
     /// The allocations of these burns, in the order made, with what is left to reverse of each.
     async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError>;
+    /// Campaigns in force at `now`.
+    async fn live_campaigns(
+        &mut self,
+        now: Micros,
+    ) -> Result<Vec<crate::programme::Campaign>, StoreError>;
+    /// The programme state of these members at `now` (see [`programme::ProgrammeSql::load`]).
+    async fn load_programme(
+        &mut self,
+        members: &[String],
+        ladder: Option<&crate::programme::Ladder>,
+        now: Micros,
+    ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>;
+    /// Which (member, partner) pairs have an earn.
+    async fn earned_before(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError>;
     /// `n` fresh transaction ids, increasing.
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
     /// Writes the batch's changes.
@@ -385,6 +410,11 @@ pub trait Store: Send + Sync {
     async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError>;
     /// Every price version.
     async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError>;
+    /// Reads or changes the programme (campaigns, a member's programme state).
+    async fn programme(
+        &self,
+        call: programme::ProgrammeCall,
+    ) -> Result<programme::ProgrammeReply, StoreError>;
     /// Records a version unless one takes effect at that instant; returns what is stored there.
     async fn add_price(
         &self,
@@ -443,6 +473,14 @@ pub fn parse_date(column: &str, s: Option<&str>) -> Result<Option<chrono::NaiveD
 pub fn encode_slices(slices: &[(String, i64)]) -> String {
     let parts: Vec<String> = slices.iter().map(|(i, p)| format!("{i}:{p}")).collect();
     parts.join(";")
+}
+
+/// An earn's points reversed per part as stored: nothing for a plain earn (or any other kind).
+pub fn encode_parts_reversed(t: &TxnRecord) -> Option<String> {
+    if t.kind != Kind::Earn || crate::ledger::Part::is_plain(&t.receipt.parts) {
+        return None;
+    }
+    serde_json::to_string(&t.parts_reversed).ok()
 }
 
 /// Reads stored receipt slices back.

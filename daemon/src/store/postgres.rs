@@ -297,6 +297,37 @@ impl LedgerTx for PgTx<'_> {
             .collect()
     }
 
+    async fn live_campaigns(
+        &mut self,
+        now: Micros,
+    ) -> Result<Vec<crate::programme::Campaign>, StoreError> {
+        super::programme::ProgrammeSql::<sqlx::Postgres>::live_campaigns(&mut *self.conn, now).await
+    }
+
+    async fn load_programme(
+        &mut self,
+        members: &[String],
+        ladder: Option<&crate::programme::Ladder>,
+        now: Micros,
+    ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>
+    {
+        super::programme::ProgrammeSql::<sqlx::Postgres>::load(
+            &mut *self.conn,
+            members,
+            ladder,
+            now,
+        )
+        .await
+    }
+
+    async fn earned_before(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        super::programme::ProgrammeSql::<sqlx::Postgres>::earned_before(&mut *self.conn, pairs)
+            .await
+    }
+
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
         let r = sqlx::query_scalar("SELECT nextval('transaction_ids') FROM generate_series(1, $1)")
             .bind(n as i64)
@@ -307,7 +338,14 @@ impl LedgerTx for PgTx<'_> {
 
     async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
         let r = write(self.conn, w).await;
-        r.map_err(|e| self.fail(e))
+        r.map_err(|e| self.fail(e))?;
+        if !w.programme.is_empty() {
+            let r =
+                super::programme::ProgrammeSql::<sqlx::Postgres>::write(self.conn, &w.programme)
+                    .await;
+            r.map_err(|e| self.fail(e))?;
+        }
+        Ok(())
     }
 }
 
@@ -352,10 +390,10 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
              original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
-             debt_created, debt_repaid, accepted_at, cycle) \
-             SELECT *, $18 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+             debt_created, debt_repaid, accepted_at, parts, parts_reversed, tier, cycle) \
+             SELECT *, $21 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
              $7::bigint[], $8::bigint[], $9::text[], $10::numeric[], $11::text[], $12::bytea[], $13::bigint[], \
-             $14::text[], $15::bigint[], $16::bigint[], $17::bigint[])",
+             $14::text[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[], $20::text[])",
         )
         .bind(t.iter().map(|t| t.id).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.partner.clone()).collect::<Vec<_>>())
@@ -374,18 +412,21 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         .bind(t.iter().map(|t| t.receipt.debt_created).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.receipt.debt_repaid).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.accepted_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| crate::ledger::parts::encode(&t.receipt.parts)).collect::<Vec<_>>())
+        .bind(t.iter().map(super::encode_parts_reversed).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| t.receipt.tier.clone()).collect::<Vec<_>>())
         .bind(w.cycle.to_string())
         .execute(&mut *conn)
         .await?;
     }
     if !w.reversed.is_empty() {
-        let (ids, reversed): (Vec<i64>, Vec<i64>) = w.reversed.iter().cloned().unzip();
         sqlx::query(
-            "UPDATE transactions t SET reversed_points = v.reversed FROM UNNEST($1::bigint[], $2::bigint[]) \
-             AS v(id, reversed) WHERE t.id = v.id",
+            "UPDATE transactions t SET reversed_points = v.reversed, parts_reversed = v.parts \
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) AS v(id, reversed, parts) WHERE t.id = v.id",
         )
-        .bind(ids)
-        .bind(reversed)
+        .bind(w.reversed.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(w.reversed.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(w.reversed.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -711,6 +752,14 @@ impl Store for PgStore {
     async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError> {
         let mut c = self.pool.acquire().await?;
         super::registry::RegistrySql::<sqlx::Postgres>::partners(&mut c).await
+    }
+
+    async fn programme(
+        &self,
+        call: super::programme::ProgrammeCall,
+    ) -> Result<super::programme::ProgrammeReply, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::programme::ProgrammeSql::<sqlx::Postgres>::call(&mut c, call).await
     }
 
     async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError> {

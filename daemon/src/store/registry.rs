@@ -65,10 +65,13 @@ pub mod sql {
 /// Issuance checks in SQL, run with the audit's other checks.
 pub const CHECKS: &[(&str, &str)] = &[
     (
-        "every earn and earn reversal has one issuance row of its cycle, issuer and (signed) points, and nothing else has one",
-        "SELECT (SELECT COUNT(*) FROM transactions t LEFT JOIN issuance i ON i.txn_id = t.id \
-         WHERE t.kind IN ('earn', 'reverse_earn') AND (i.txn_id IS NULL OR i.cycle <> t.cycle OR i.issuer <> t.partner_id \
-         OR i.points <> CASE t.kind WHEN 'earn' THEN t.points ELSE -t.points END)) \
+        "every earn has one issuance row of its cycle, issuer and the points of the partner's lot, every earn reversal of a partner-funded earn one of minus its points (those with operator parts: checked part by part), and nothing else has one",
+        "SELECT (SELECT COUNT(*) FROM transactions t LEFT JOIN issuance i ON i.txn_id = t.id LEFT JOIN lots l ON l.id = t.id \
+         WHERE t.kind = 'earn' AND (i.txn_id IS NULL OR l.id IS NULL OR i.cycle <> t.cycle OR i.issuer <> t.partner_id \
+         OR i.points <> l.points)) \
+         + (SELECT COUNT(*) FROM transactions t LEFT JOIN issuance i ON i.txn_id = t.id \
+         WHERE t.kind = 'reverse_earn' AND NOT EXISTS (SELECT 1 FROM lots o WHERE o.id = -t.original_id) \
+         AND (i.txn_id IS NULL OR i.cycle <> t.cycle OR i.issuer <> t.partner_id OR i.points <> -t.points)) \
          + (SELECT COUNT(*) FROM issuance i LEFT JOIN transactions t ON t.id = i.txn_id \
          WHERE t.id IS NULL OR t.kind NOT IN ('earn', 'reverse_earn'))",
     ),

@@ -102,18 +102,40 @@ where
         let amount = DB::decimal(row, "purchase_amount")?;
         let currency: Option<String> = row.try_get("purchase_currency")?;
         let slices: String = row.try_get("slices")?;
+        let points: i64 = row.try_get("points")?;
+        let reversed_points: i64 = row.try_get("reversed_points")?;
+        let stored_parts: Option<String> = row.try_get("parts")?;
+        let parts = match kind {
+            Kind::Earn | Kind::ReverseEarn => {
+                crate::ledger::parts::decode(stored_parts.as_deref(), points)
+                    .map_err(StoreError::Corrupt)?
+            }
+            _ => vec![],
+        };
+        let parts_reversed = match row.try_get::<Option<String>, _>("parts_reversed")? {
+            Some(s) if kind == Kind::Earn => serde_json::from_str::<Vec<i64>>(&s)
+                .ok()
+                .filter(|v| v.len() == parts.len())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("transactions.parts_reversed holds {s:?}"))
+                })?,
+            _ if kind == Kind::Earn => vec![reversed_points],
+            _ => vec![],
+        };
         let receipt = Receipt {
             transaction_id: row.try_get("partner_txn_id")?,
             ledger_id: row.try_get("id")?,
             kind,
             member_id: row.try_get("member_id")?,
-            points: row.try_get("points")?,
+            points,
             balance_after: row.try_get("balance_after")?,
             accepted_at: row.try_get("accepted_at")?,
             slices: decode_slices(&slices)?,
             debt_created: row.try_get("debt_created")?,
             debt_repaid: row.try_get("debt_repaid")?,
             original_transaction_id: row.try_get("original_txn_id")?,
+            parts,
+            tier: row.try_get("tier")?,
         };
         Ok(TxnRecord {
             id: receipt.ledger_id,
@@ -122,7 +144,8 @@ where
             kind,
             member: receipt.member_id.clone(),
             points: receipt.points,
-            reversed_points: row.try_get("reversed_points")?,
+            reversed_points,
+            parts_reversed,
             original_id: row.try_get("original_id")?,
             purchase: amount.map(|a| a.to_string()).zip(currency),
             request_hash: row.try_get("request_hash")?,

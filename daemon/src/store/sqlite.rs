@@ -342,6 +342,31 @@ impl LedgerTx for SqliteTx<'_> {
         Ok(()) // the one writer holds the file's write lock for the whole batch
     }
 
+    async fn live_campaigns(
+        &mut self,
+        now: Micros,
+    ) -> Result<Vec<crate::programme::Campaign>, StoreError> {
+        super::programme::ProgrammeSql::<sqlx::Sqlite>::live_campaigns(&mut *self.conn, now).await
+    }
+
+    async fn load_programme(
+        &mut self,
+        members: &[String],
+        ladder: Option<&crate::programme::Ladder>,
+        now: Micros,
+    ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>
+    {
+        super::programme::ProgrammeSql::<sqlx::Sqlite>::load(&mut *self.conn, members, ladder, now)
+            .await
+    }
+
+    async fn earned_before(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+        super::programme::ProgrammeSql::<sqlx::Sqlite>::earned_before(&mut *self.conn, pairs).await
+    }
+
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
         let first = self.ids.txn + 1;
         self.ids.txn += n as i64;
@@ -350,11 +375,11 @@ impl LedgerTx for SqliteTx<'_> {
 
     async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
         let conn = &mut *self.conn;
-        for chunk in w.new_txns.chunks(MAX_BINDS / 18) {
+        for chunk in w.new_txns.chunks(MAX_BINDS / 21) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
                  original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
-                 debt_created, debt_repaid, accepted_at, cycle) ",
+                 debt_created, debt_repaid, accepted_at, parts, parts_reversed, tier, cycle) ",
             );
             qb.push_values(chunk, |mut b, t| {
                 let (amount, currency) = t.purchase.clone().unzip();
@@ -376,16 +401,22 @@ impl LedgerTx for SqliteTx<'_> {
                     .push_bind(r.debt_created)
                     .push_bind(r.debt_repaid)
                     .push_bind(t.accepted_at)
+                    .push_bind(crate::ledger::parts::encode(&r.parts))
+                    .push_bind(super::encode_parts_reversed(t))
+                    .push_bind(&r.tier)
                     .push_bind(w.cycle.to_string());
             });
             qb.build().execute(&mut *conn).await?;
         }
-        for (id, reversed) in &w.reversed {
-            sqlx::query("UPDATE transactions SET reversed_points = ? WHERE id = ?")
-                .bind(reversed)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
+        for (id, reversed, parts) in &w.reversed {
+            sqlx::query(
+                "UPDATE transactions SET reversed_points = ?, parts_reversed = ? WHERE id = ?",
+            )
+            .bind(reversed)
+            .bind(parts)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
         }
         for chunk in w.lots.chunks(MAX_BINDS / 9) {
             let mut qb = QueryBuilder::<Sqlite>::new(
@@ -496,6 +527,9 @@ impl LedgerTx for SqliteTx<'_> {
                 b.push_bind(m).push_bind(seen);
             });
             qb.build().execute(&mut *conn).await?;
+        }
+        if !w.programme.is_empty() {
+            super::programme::ProgrammeSql::<Sqlite>::write(&mut *conn, &w.programme).await?;
         }
         Ok(())
     }
@@ -721,6 +755,14 @@ impl Store for SqliteStore {
     async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError> {
         let mut c = self.pool.acquire().await?;
         super::registry::RegistrySql::<sqlx::Sqlite>::partners(&mut c).await
+    }
+
+    async fn programme(
+        &self,
+        call: super::programme::ProgrammeCall,
+    ) -> Result<super::programme::ProgrammeReply, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::programme::ProgrammeSql::<sqlx::Sqlite>::call(&mut c, call).await
     }
 
     async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError> {

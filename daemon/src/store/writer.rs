@@ -75,6 +75,10 @@ pub struct WriterConfig {
     pub panic_on_member: Option<&'static str>,
     /// The cycle calendar.
     pub cycles: coalition_clearing::Cycles,
+    /// The tier ladder, when the coalition runs tiers.
+    pub ladder: Option<std::sync::Arc<crate::programme::Ladder>>,
+    /// Each partner's kind (campaign scopes).
+    pub partner_kinds: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 async fn run(
@@ -95,6 +99,8 @@ async fn run(
             pause_before_commit: config.pause_before_commit,
             cycles: config.cycles,
             panic_on_member: config.panic_on_member,
+            ladder: config.ladder.clone(),
+            partner_kinds: config.partner_kinds.clone(),
         };
         let started = std::time::Instant::now();
         let result = apply_guarded(&mut backend, &requests, &ctx).await;

@@ -1,0 +1,569 @@
+//! The programme's state in SQL, once for both backends: campaigns, members' tiers, qualifying
+//! points per day and campaign grants. The batch reads and writes it inside its transaction; the
+//! read pool uses the same reads for `GetMember` and quotes.
+
+use super::StoreError;
+use crate::ledger::{Funder, Micros};
+use crate::programme::{Campaign, Effect, Ladder, MemberProgramme, TierState};
+use rust_decimal::Decimal;
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+/// What a batch changes of the programme's state.
+#[derive(Debug, Default, Clone)]
+pub struct ProgrammeWrites {
+    /// Members' tiers after a promotion or a review: (member, tier name, state).
+    pub tiers: Vec<(String, String, TierState)>,
+    /// Qualifying points to add: (member, UTC day, points; negative for reversals).
+    pub qualifying: BTreeMap<(String, i64), i64>,
+    /// Campaign grants to add: (campaign, member) → points (negative for reversals).
+    pub grants: BTreeMap<(String, String), i64>,
+}
+
+impl ProgrammeWrites {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty() && self.qualifying.is_empty() && self.grants.is_empty()
+    }
+}
+
+const CAMPAIGN_COLUMNS: &str = "campaign_id, name, starts_at, ends_at, partners, partner_kinds, min_amount, tiers, \
+    category, welcome, multiplier, bonus_points, cap_per_member, funder, created_at, created_by, ended_at";
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn decimal(column: &str, s: Option<String>) -> Result<Option<Decimal>, StoreError> {
+    s.map(|s| {
+        Decimal::from_str(&s).map_err(|_| StoreError::Corrupt(format!("{column} holds {s:?}")))
+    })
+    .transpose()
+}
+
+/// The programme SQL, generic over the sqlx database.
+pub struct ProgrammeSql<DB>(std::marker::PhantomData<DB>);
+
+impl<DB> ProgrammeSql<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    bool: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<String>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    fn campaign(row: &DB::Row) -> Result<Campaign, StoreError> {
+        let multiplier = decimal("campaigns.multiplier", row.try_get(10)?)?;
+        let bonus: Option<i64> = row.try_get(11)?;
+        let effect = match (multiplier, bonus) {
+            (Some(m), None) => Effect::Multiplier(m),
+            (None, Some(b)) => Effect::Bonus(b),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "a campaign has both or neither of multiplier and bonus_points".into(),
+                ));
+            }
+        };
+        let funder: String = row.try_get(13)?;
+        Ok(Campaign {
+            id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            starts_at: row.try_get(2)?,
+            ends_at: row.try_get(3)?,
+            partners: list(&row.try_get::<String, _>(4)?),
+            partner_kinds: list(&row.try_get::<String, _>(5)?),
+            min_amount: decimal("campaigns.min_amount", row.try_get(6)?)?,
+            tiers: list(&row.try_get::<String, _>(7)?),
+            category: row.try_get(8)?,
+            welcome: row.try_get(9)?,
+            effect,
+            cap_per_member: row.try_get(12)?,
+            funder: Funder::parse(&funder)
+                .ok_or_else(|| StoreError::Corrupt(format!("campaigns.funder holds {funder:?}")))?,
+            created_at: row.try_get(14)?,
+            created_by: row.try_get(15)?,
+            ended_at: row.try_get(16)?,
+        })
+    }
+
+    /// Campaigns in force at `now`.
+    pub async fn live_campaigns(
+        conn: &mut DB::Connection,
+        now: Micros,
+    ) -> Result<Vec<Campaign>, StoreError> {
+        let sql = format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE ends_at > $1 AND starts_at <= $1 \
+             AND (ended_at IS NULL OR ended_at > $1) ORDER BY campaign_id"
+        );
+        let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *conn).await?;
+        rows.iter().map(Self::campaign).collect()
+    }
+
+    /// Every campaign, or those not over by `now`, by start.
+    pub async fn campaigns(
+        conn: &mut DB::Connection,
+        not_over_at: Option<Micros>,
+    ) -> Result<Vec<Campaign>, StoreError> {
+        let sql = format!(
+            "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE ends_at > $1 AND (ended_at IS NULL OR ended_at > $1) \
+             ORDER BY starts_at, campaign_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(not_over_at.unwrap_or(i64::MIN))
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(Self::campaign).collect()
+    }
+
+    /// One campaign.
+    pub async fn campaign_by_id(
+        conn: &mut DB::Connection,
+        id: &str,
+    ) -> Result<Option<Campaign>, StoreError> {
+        let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE campaign_id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.as_ref().map(Self::campaign).transpose()
+    }
+
+    /// Stores a new campaign: `Ok` with the stored one if it is new or has the same terms,
+    /// `Err` with the existing one if another campaign has its id.
+    pub async fn insert_campaign(
+        conn: &mut DB::Connection,
+        c: &Campaign,
+    ) -> Result<Result<Campaign, Campaign>, StoreError> {
+        let (multiplier, bonus) = match &c.effect {
+            Effect::Multiplier(m) => (Some(m.normalize().to_string()), None),
+            Effect::Bonus(b) => (None, Some(*b)),
+        };
+        let sql = format!(
+            "INSERT INTO campaigns ({CAMPAIGN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13, $14, $15, $16, $17) ON CONFLICT (campaign_id) DO NOTHING"
+        );
+        sqlx::query(&sql)
+            .bind(c.id.clone())
+            .bind(c.name.clone())
+            .bind(c.starts_at)
+            .bind(c.ends_at)
+            .bind(c.partners.join(","))
+            .bind(c.partner_kinds.join(","))
+            .bind(c.min_amount.map(|a| a.normalize().to_string()))
+            .bind(c.tiers.join(","))
+            .bind(c.category.clone())
+            .bind(c.welcome)
+            .bind(multiplier)
+            .bind(bonus)
+            .bind(c.cap_per_member)
+            .bind(c.funder.as_str().to_string())
+            .bind(c.created_at)
+            .bind(c.created_by.clone())
+            .bind(c.ended_at)
+            .execute(&mut *conn)
+            .await?;
+        let stored = Self::campaign_by_id(conn, &c.id).await?.ok_or_else(|| {
+            StoreError::Unavailable("a stored campaign cannot be read back".into())
+        })?;
+        Ok(if stored.same_terms(c) {
+            Ok(stored)
+        } else {
+            Err(stored)
+        })
+    }
+
+    /// Ends a campaign at `now` (no earn accepted from then on gets it). `None` if unknown.
+    pub async fn end_campaign(
+        conn: &mut DB::Connection,
+        id: &str,
+        now: Micros,
+        by: &str,
+    ) -> Result<Option<Campaign>, StoreError> {
+        sqlx::query(
+            "UPDATE campaigns SET ended_at = $2, ended_by = $3 WHERE campaign_id = $1 AND ended_at IS NULL AND ends_at > $2",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(by.to_string())
+        .execute(&mut *conn)
+        .await?;
+        Self::campaign_by_id(conn, id).await
+    }
+
+    /// The programme state of `members` at `now`: stored tiers, qualifying points of every day a
+    /// window ending now or at a due review counts, campaign grants.
+    pub async fn load(
+        conn: &mut DB::Connection,
+        members: &[String],
+        ladder: Option<&Ladder>,
+        now: Micros,
+    ) -> Result<HashMap<String, MemberProgramme>, StoreError> {
+        let mut out: HashMap<String, MemberProgramme> = members
+            .iter()
+            .map(|m| (m.clone(), MemberProgramme::default()))
+            .collect();
+        if members.is_empty() {
+            return Ok(out);
+        }
+        for chunk in members.chunks(1000) {
+            // `$2, $3, …`: the members (`$1` is the statement's own first parameter).
+            let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let marks = marks.join(", ");
+            if let Some(l) = ladder {
+                let sql = format!(
+                    "SELECT member_id, tier, since, review_at FROM member_tiers WHERE $1 = 1 AND member_id IN ({marks})"
+                );
+                let mut q = sqlx::query(&sql).bind(1i64);
+                for m in chunk {
+                    q = q.bind(m.clone());
+                }
+                let mut earliest = now;
+                for row in q.fetch_all(&mut *conn).await? {
+                    let member: String = row.try_get(0)?;
+                    let name: String = row.try_get(1)?;
+                    // A tier no longer on the ladder counts as the lowest rung.
+                    let tier = l.index(&name).unwrap_or(0);
+                    let state = TierState {
+                        tier,
+                        since: row.try_get(2)?,
+                        review_at: row.try_get(3)?,
+                    };
+                    earliest = earliest.min(state.review_at);
+                    if let Some(m) = out.get_mut(&member) {
+                        m.tier = Some(state);
+                    }
+                }
+                let sql = format!(
+                    "SELECT member_id, day, points FROM qualifying WHERE day >= $1 AND member_id IN ({marks})"
+                );
+                let mut q = sqlx::query(&sql).bind(l.first_counted_day(earliest));
+                for m in chunk {
+                    q = q.bind(m.clone());
+                }
+                for row in q.fetch_all(&mut *conn).await? {
+                    let member: String = row.try_get(0)?;
+                    if let Some(m) = out.get_mut(&member) {
+                        m.days.insert(row.try_get(1)?, row.try_get(2)?);
+                    }
+                }
+            }
+            let sql = format!(
+                "SELECT member_id, campaign_id, points FROM campaign_grants WHERE $1 = 1 AND member_id IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(1i64);
+            for m in chunk {
+                q = q.bind(m.clone());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let member: String = row.try_get(0)?;
+                if let Some(m) = out.get_mut(&member) {
+                    m.granted.insert(row.try_get(1)?, row.try_get(2)?);
+                }
+            }
+        }
+        if let Some(l) = ladder {
+            for m in out.values_mut() {
+                m.apply_reviews(l, now);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which of these (member, partner) pairs have an earn (for welcome campaigns).
+    pub async fn earned_before(
+        conn: &mut DB::Connection,
+        pairs: &[(String, String)],
+    ) -> Result<HashSet<(String, String)>, StoreError> {
+        let mut out = HashSet::new();
+        for (member, partner) in pairs {
+            // The activity index (partner, member, …) answers each pair with one probe.
+            let row = sqlx::query(
+                "SELECT 1 FROM transactions WHERE partner_id = $1 AND member_id = $2 AND kind = 'earn' LIMIT 1",
+            )
+            .bind(partner.clone())
+            .bind(member.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
+            if row.is_some() {
+                out.insert((member.clone(), partner.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes what a batch changed.
+    pub async fn write(conn: &mut DB::Connection, w: &ProgrammeWrites) -> Result<(), sqlx::Error> {
+        for (member, name, t) in &w.tiers {
+            sqlx::query(
+                "INSERT INTO member_tiers (member_id, tier, since, review_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (member_id) DO UPDATE SET tier = excluded.tier, since = excluded.since, review_at = excluded.review_at",
+            )
+            .bind(member.clone())
+            .bind(name.clone())
+            .bind(t.since)
+            .bind(t.review_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for ((member, day), points) in &w.qualifying {
+            sqlx::query(
+                "INSERT INTO qualifying (member_id, day, points) VALUES ($1, $2, $3) \
+                 ON CONFLICT (member_id, day) DO UPDATE SET points = qualifying.points + excluded.points",
+            )
+            .bind(member.clone())
+            .bind(*day)
+            .bind(*points)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for ((campaign, member), points) in &w.grants {
+            sqlx::query(
+                "INSERT INTO campaign_grants (campaign_id, member_id, points) VALUES ($1, $2, $3) \
+                 ON CONFLICT (member_id, campaign_id) DO UPDATE SET points = campaign_grants.points + excluded.points",
+            )
+            .bind(campaign.clone())
+            .bind(member.clone())
+            .bind(*points)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A read or change of the programme through the read pool (one store method for all of them).
+#[derive(Debug, Clone)]
+pub enum ProgrammeCall {
+    /// A member's state at `now` and the campaigns in force then, as an earn at `partner` would
+    /// see them.
+    State {
+        /// The member.
+        member: String,
+        /// The partner asking.
+        partner: String,
+        /// The ladder.
+        ladder: Option<Ladder>,
+        /// The instant.
+        now: Micros,
+    },
+    /// Every campaign not over at the instant (all, if `None`).
+    Campaigns {
+        /// The instant.
+        not_over_at: Option<Micros>,
+    },
+    /// Stores a campaign unless one with its id exists.
+    Create(Campaign),
+    /// Ends a campaign now.
+    End {
+        /// Its id.
+        id: String,
+        /// The instant.
+        now: Micros,
+        /// Who ends it.
+        by: String,
+    },
+}
+
+/// The answer to a [`ProgrammeCall`].
+#[derive(Debug, Clone)]
+pub enum ProgrammeReply {
+    /// The member's state and the campaigns in force.
+    State(MemberProgramme, Vec<Campaign>),
+    /// Campaigns.
+    Campaigns(Vec<Campaign>),
+    /// The stored campaign: `Ok` if it is the one given (new, or the same terms again), `Err` if
+    /// another campaign has its id.
+    Created(Result<Campaign, Campaign>),
+    /// The campaign after ending it (`None`: unknown).
+    Ended(Option<Campaign>),
+}
+
+impl<DB> ProgrammeSql<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    bool: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<String>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    /// Answers a [`ProgrammeCall`].
+    pub async fn call(
+        conn: &mut DB::Connection,
+        call: ProgrammeCall,
+    ) -> Result<ProgrammeReply, StoreError> {
+        Ok(match call {
+            ProgrammeCall::State {
+                member,
+                partner,
+                ladder,
+                now,
+            } => {
+                let members = [member.clone()];
+                let mut state = Self::load(conn, &members, ladder.as_ref(), now).await?;
+                let mut m = state.remove(&member).unwrap_or_default();
+                let campaigns = Self::live_campaigns(conn, now).await?;
+                if campaigns.iter().any(|c| c.welcome)
+                    && !Self::earned_before(conn, &[(member, partner.clone())])
+                        .await?
+                        .is_empty()
+                {
+                    m.earned_at.insert(partner);
+                }
+                ProgrammeReply::State(m, campaigns)
+            }
+            ProgrammeCall::Campaigns { not_over_at } => {
+                ProgrammeReply::Campaigns(Self::campaigns(conn, not_over_at).await?)
+            }
+            ProgrammeCall::Create(c) => {
+                ProgrammeReply::Created(Self::insert_campaign(conn, &c).await?)
+            }
+            ProgrammeCall::End { id, now, by } => {
+                ProgrammeReply::Ended(Self::end_campaign(conn, &id, now, &by).await?)
+            }
+        })
+    }
+}
+
+/// Checks the earns with parts against what was stored beside them (recomputed, not trusted):
+/// an earn's parts sum to its points and each funder's parts to that funder's lot; what its
+/// reversals took back of each part sums to the part's reversed points, never beyond the part; a
+/// reversal's parts sum to its points and its partner share to its issuance row; campaign grants
+/// are what the earns and reversals gave and took back of each campaign.
+pub async fn verify<DB>(conn: &mut DB::Connection) -> Result<Vec<String>, sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use crate::ledger::{Funder, PartKind, parts};
+    let mut bad = Vec::new();
+    let rows = sqlx::query(
+        "SELECT t.id, t.kind, t.member_id, t.points, t.reversed_points, t.original_id, t.parts, t.parts_reversed, \
+         (SELECT CAST(COALESCE(SUM(i.points), 0) AS BIGINT) FROM issuance i WHERE i.txn_id = t.id) \
+         FROM transactions t WHERE t.parts IS NOT NULL ORDER BY t.id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let lots: HashMap<i64, i64> = sqlx::query(
+        "SELECT l.id, l.points FROM lots l JOIN transactions t ON t.id = ABS(l.id) WHERE t.parts IS NOT NULL",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    // Per earn: its parts and what reversals took of each.
+    let mut earns: HashMap<i64, (Vec<i64>, Vec<i64>)> = HashMap::new();
+    let mut grants: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for row in &rows {
+        let id: i64 = row.try_get(0)?;
+        let kind: String = row.try_get(1)?;
+        let member: String = row.try_get(2)?;
+        let points: i64 = row.try_get(3)?;
+        let stored: Option<String> = row.try_get(6)?;
+        let issued: i64 = row.try_get(8)?;
+        let ps = match parts::decode(stored.as_deref(), points) {
+            Ok(p) => p,
+            Err(e) => {
+                bad.push(format!("transaction {id}: {e}"));
+                continue;
+            }
+        };
+        if ps.iter().map(|p| p.points).sum::<i64>() != points {
+            bad.push(format!(
+                "transaction {id}: its parts do not sum to its {points} points"
+            ));
+        }
+        let sign = if kind == "earn" { 1 } else { -1 };
+        for p in ps.iter().filter(|p| p.kind == PartKind::Campaign) {
+            *grants
+                .entry((p.source.clone(), member.clone()))
+                .or_default() += sign * p.points;
+        }
+        let partner_share: i64 = ps
+            .iter()
+            .filter(|p| p.funder == Funder::Partner)
+            .map(|p| p.points)
+            .sum();
+        if issued != sign * partner_share {
+            bad.push(format!(
+                "transaction {id}: issuance row of {issued} points, but the partner funds {partner_share}"
+            ));
+        }
+        if kind == "earn" {
+            for (f, p) in parts::by_funder(&ps) {
+                if lots.get(&f.lot_of(id)) != Some(&p) {
+                    bad.push(format!(
+                        "earn {id}: the {} lot does not hold its {p} points",
+                        f.as_str()
+                    ));
+                }
+            }
+            let reversed: Option<String> = row.try_get(7)?;
+            let done: Vec<i64> = reversed
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+            let entry = earns
+                .entry(id)
+                .or_insert_with(|| (vec![0; ps.len()], vec![]));
+            entry.1 = ps.iter().map(|p| p.points).collect();
+            if done.len() != ps.len()
+                || done.iter().sum::<i64>() != row.try_get::<i64, _>(4)?
+                || done.iter().zip(&ps).any(|(d, p)| *d < 0 || *d > p.points)
+                || entry.0.len() != done.len()
+            {
+                bad.push(format!(
+                    "earn {id}: its reversed points per part are not its reversals'"
+                ));
+            }
+            entry.0 = entry.0.iter().zip(&done).map(|(a, d)| a - d).collect();
+        } else if let Some(orig) = row.try_get::<Option<i64>, _>(5)? {
+            let entry = earns
+                .entry(orig)
+                .or_insert_with(|| (vec![0; ps.len()], vec![]));
+            if entry.0.len() != ps.len() {
+                bad.push(format!("reversal {id}: its parts are not its earn's"));
+                continue;
+            }
+            for (a, p) in entry.0.iter_mut().zip(&ps) {
+                *a += p.points;
+            }
+        }
+    }
+    // What reversals took (added) minus the earn's stored reversed points (subtracted): zero.
+    for (earn, (diff, _)) in &earns {
+        if diff.iter().any(|d| *d != 0) {
+            bad.push(format!(
+                "earn {earn}: its reversals took {diff:?} per part beyond its reversed points"
+            ));
+        }
+    }
+    let stored: BTreeMap<(String, String), i64> =
+        sqlx::query("SELECT campaign_id, member_id, points FROM campaign_grants")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get::<i64, _>(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+    grants.retain(|_, v| *v != 0);
+    let stored_nonzero: BTreeMap<_, _> = stored.into_iter().filter(|(_, v)| *v != 0).collect();
+    if grants != stored_nonzero {
+        bad.push("campaign grants differ from what the earns and reversals gave and took".into());
+    }
+    Ok(bad)
+}
