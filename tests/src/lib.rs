@@ -148,6 +148,9 @@ pub type PartnerClient = PartnerServiceClient<Channel>;
 /// An operator API client.
 pub type OperatorClient =
     coalition_proto::v1::operator_service_client::OperatorServiceClient<Channel>;
+/// A programme API client.
+pub type ProgrammeClient =
+    coalition_proto::v1::programme_service_client::ProgrammeServiceClient<Channel>;
 /// A finance API client.
 pub type FinanceClient = coalition_proto::v1::finance_service_client::FinanceServiceClient<Channel>;
 
@@ -268,6 +271,18 @@ impl TestDaemon {
     pub async fn operator(&self) -> OperatorClient {
         let pem = ClientPem::from_dir(&certs_dir(&self.config), "operator").expect("operator cert");
         OperatorClient::new(connect(&self.addr, &pem).await.expect("connect"))
+    }
+
+    /// A programme client (the dev programme certificate).
+    pub async fn programme(&self) -> ProgrammeClient {
+        let pem =
+            ClientPem::from_dir(&certs_dir(&self.config), "programme").expect("programme cert");
+        ProgrammeClient::new(connect(&self.addr, &pem).await.expect("connect"))
+    }
+
+    /// A programme client presenting `pem` (any role, to see who is refused).
+    pub async fn programme_as(&self, pem: &ClientPem) -> ProgrammeClient {
+        ProgrammeClient::new(connect(&self.addr, pem).await.expect("connect"))
     }
 
     /// Moves the daemon's clock forward to at least `at` (wall time keeps running after it).

@@ -761,6 +761,15 @@ impl Store for SqliteStore {
         &self,
         call: super::programme::ProgrammeCall,
     ) -> Result<super::programme::ProgrammeReply, StoreError> {
+        use super::programme::ProgrammeCall;
+        if matches!(call, ProgrammeCall::Create(_) | ProgrammeCall::End { .. }) {
+            // Changes go through the one writable connection outside the writer.
+            let mut conn = self.clearing.lock().await;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+            let out = super::programme::ProgrammeSql::<sqlx::Sqlite>::call(&mut tx, call).await?;
+            tx.commit().await?;
+            return Ok(out);
+        }
         let mut c = self.pool.acquire().await?;
         super::programme::ProgrammeSql::<sqlx::Sqlite>::call(&mut c, call).await
     }
