@@ -150,6 +150,21 @@ struct RawLimits {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawStamps {
+    every: u32,
+    #[serde(default)]
+    min_purchase: Option<String>,
+    within_days: u32,
+    #[serde(default)]
+    reward_points: Option<i64>,
+    #[serde(default)]
+    voucher: Option<String>,
+    #[serde(default)]
+    voucher_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPartner {
     id: String,
     name: String,
@@ -160,6 +175,8 @@ struct RawPartner {
     issuance_fee: Option<String>,
     #[serde(default)]
     max_bonus_points: Option<i64>,
+    #[serde(default)]
+    stamps: Option<RawStamps>,
     rate_limit: RawRateLimit,
     #[serde(default)]
     iban: Option<String>,
@@ -199,6 +216,8 @@ pub struct Partner {
     pub issuance_fee: Decimal,
     /// Largest explicit bonus grant.
     pub max_bonus_points: i64,
+    /// Its stamp card rule ("every Nth purchase…"), if it runs one.
+    pub stamps: Option<crate::programme::StampRule>,
     /// Requests per second allowed.
     pub rate_per_second: u32,
     /// Burst allowed above the rate.
@@ -551,6 +570,14 @@ fn decimal(key: String, s: &str) -> Result<Decimal, ConfigError> {
 }
 
 impl Config {
+    /// Each configured partner's stamp card rule.
+    pub fn stamp_rules(&self) -> BTreeMap<String, crate::programme::StampRule> {
+        self.partners
+            .values()
+            .filter_map(|p| Some((p.id.clone(), p.stamps.clone()?)))
+            .collect()
+    }
+
     /// Each configured partner's kind.
     pub fn partner_kinds(&self) -> BTreeMap<String, String> {
         self.partners
@@ -775,7 +802,51 @@ impl Config {
                 Some(s) => decimal(key("liability_value"), s)?,
                 None => redemption_rate,
             };
+            let stamps = match p.stamps {
+                None => None,
+                Some(st) => {
+                    use crate::programme::{StampReward, StampRule};
+                    if !(2..=1000).contains(&st.every) {
+                        return Err(invalid(key("stamps.every"), "use 2..=1000 purchases"));
+                    }
+                    if !(1..=3650).contains(&st.within_days) {
+                        return Err(invalid(key("stamps.within_days"), "use 1..=3650 days"));
+                    }
+                    let min_amount = match &st.min_purchase {
+                        Some(a) => decimal(key("stamps.min_purchase"), a)?,
+                        None => Decimal::ZERO,
+                    };
+                    let reward = match (st.reward_points, st.voucher) {
+                        (Some(pts), None)
+                            if (1..=crate::ledger::MAX_POINTS_PER_TRANSACTION).contains(&pts) =>
+                        {
+                            StampReward::Points(pts)
+                        }
+                        (None, Some(what))
+                            if !what.trim().is_empty() && what.chars().count() <= 200 =>
+                        {
+                            StampReward::Voucher {
+                                what,
+                                days: st.voucher_days.unwrap_or(90).clamp(1, 3650),
+                            }
+                        }
+                        _ => {
+                            return Err(invalid(
+                                key("stamps"),
+                                "give either reward_points (1 or more) or voucher (what it is worth, 1..=200 characters)",
+                            ));
+                        }
+                    };
+                    Some(StampRule {
+                        every: st.every,
+                        min_amount,
+                        within_days: st.within_days,
+                        reward,
+                    })
+                }
+            };
             let partner = Partner {
+                stamps,
                 id: p.id.clone(),
                 name: p.name,
                 kind: p.kind,

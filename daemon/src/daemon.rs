@@ -63,6 +63,7 @@ impl Daemon {
                 cycles: config.cycles(),
                 ladder: config.ladder.clone().map(Arc::new),
                 partner_kinds: Arc::new(config.partner_kinds()),
+                stamp_rules: Arc::new(config.stamp_rules()),
             },
             clock.clone(),
         )

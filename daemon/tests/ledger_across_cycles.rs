@@ -142,6 +142,7 @@ async fn world(url: &str, expire_days: i64) -> World {
             cycles,
             ladder: None,
             partner_kinds: Default::default(),
+            stamp_rules: Default::default(),
         },
         clock.clone(),
     )

@@ -585,3 +585,141 @@ async fn a_campaign_created_on_one_daemon_applies_on_another_at_once() {
     assert_eq!(parts(&r)[1], part("campaign", "shared", "bistro", 7));
     t.assert_invariants().await;
 }
+
+fn with_stamps(toml: String) -> String {
+    no_scheduler(toml)
+        .replace(
+            "max_bonus_points = 5000",
+            "max_bonus_points = 5000\nstamps = { every = 3, min_purchase = \"10.00\", within_days = 30, voucher = \"a free dessert\", voucher_days = 10 }",
+        )
+        .replace(
+            "earn_rate = \"2\"",
+            "earn_rate = \"2\"\nstamps = { every = 2, within_days = 30, reward_points = 50 }",
+        )
+}
+
+fn stamp_of(r: &v1::Receipt) -> Option<(String, i64)> {
+    r.parts
+        .iter()
+        .find(|p| p.kind == "stamp")
+        .map(|p| (p.source.clone(), p.points))
+}
+
+async fn redeem(
+    c: &mut PartnerClient,
+    txn: &str,
+    voucher: &str,
+) -> Result<v1::VoucherRedemption, tonic::Status> {
+    c.redeem_voucher(v1::RedeemVoucherRequest {
+        transaction_id: txn.into(),
+        voucher_id: voucher.into(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+backends!(stamp_cards_complete_on_the_nth_purchase_and_vouchers_redeem_once);
+
+async fn stamp_cards_complete_on_the_nth_purchase_and_vouchers_redeem_once(b: Backend) {
+    let t = TestDaemon::start_with(b, with_stamps).await;
+    let mut bistro = t.partner("bistro").await;
+    let mut sky = t.partner("skyways").await;
+    let mut fresh = t.partner("freshmart").await;
+    let earn = |txn: &'static str, amount: &'static str| earn_purchase(txn, "s", amount);
+    let r = bistro.earn(earn("s1", "12.00")).await.receipt();
+    assert_eq!(stamp_of(&r), Some(("1/3".into(), 0)));
+    let r = bistro.earn(earn("small", "5.00")).await.receipt();
+    assert_eq!(stamp_of(&r), None, "below the minimum: no stamp");
+    let r = bistro.earn(earn("s2", "20.00")).await.receipt();
+    assert_eq!(stamp_of(&r), Some(("2/3".into(), 0)));
+    // A reversal before completion takes the stamp back (a partial one does not).
+    bistro
+        .reverse_earn(reverse_earn("s2-r", "s2", 0))
+        .await
+        .receipt();
+    let r = bistro.earn(earn("s3", "10.00")).await.receipt();
+    assert_eq!(stamp_of(&r), Some(("2/3".into(), 0)));
+    let q = bistro
+        .quote_earn(earn("", "10.00"))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = bistro.earn(earn("s4", "10.00")).await.receipt();
+    let (source, points) = stamp_of(&r).unwrap();
+    let voucher = source.strip_prefix("3/3 voucher ").unwrap().to_string();
+    assert_eq!(points, 0, "a voucher, not points");
+    assert_eq!(q.points, r.points);
+    let m = member(&mut bistro, "s").await;
+    assert_eq!(
+        (m.stamp_cards[0].stamps, m.stamp_cards[0].every),
+        (0, 3),
+        "a completed card starts over"
+    );
+    assert_eq!(m.vouchers.len(), 1);
+    assert_eq!(
+        (
+            m.vouchers[0].voucher_id.as_str(),
+            m.vouchers[0].what.as_str()
+        ),
+        (voucher.as_str(), "a free dessert")
+    );
+    // Only bistro redeems it; a retry returns the first answer; another redemption is refused.
+    let e = redeem(&mut sky, "rv0", &voucher).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::PermissionDenied, "VOUCHER_OF_ANOTHER_PARTNER")
+    );
+    let first = redeem(&mut bistro, "rv1", &voucher).await.unwrap();
+    assert_eq!(redeem(&mut bistro, "rv1", &voucher).await.unwrap(), first);
+    let e = redeem(&mut bistro, "rv2", &voucher).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::FailedPrecondition, "VOUCHER_ALREADY_REDEEMED")
+    );
+    // The completing purchase returned in full after the voucher was used: the card goes below
+    // zero, the member's points are not touched beyond that earn's own.
+    bistro
+        .reverse_earn(reverse_earn("s4-r", "s4", 0))
+        .await
+        .receipt();
+    let m = member(&mut bistro, "s").await;
+    assert_eq!(m.stamp_cards[0].stamps, -1);
+    assert!(m.vouchers.is_empty(), "redeemed");
+    // Four more purchases complete the next card; its voucher expires unused.
+    let mut last = None;
+    for txn in ["s5", "s6", "s7", "s8"] {
+        last = Some(bistro.earn(earn(txn, "10.00")).await.receipt());
+    }
+    let (source, _) = stamp_of(&last.unwrap()).unwrap();
+    let second = source.strip_prefix("3/3 voucher ").unwrap().to_string();
+    t.advance_to(t.clock.now() + 10 * DAY + 1);
+    let e = redeem(&mut bistro, "rv3", &second).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::FailedPrecondition, "VOUCHER_EXPIRED")
+    );
+    // A retry of a redemption made before the expiry still returns its first answer.
+    assert_eq!(redeem(&mut bistro, "rv1", &voucher).await.unwrap(), first);
+    // A points reward is a part of the completing earn, taken back in proportion like any part.
+    fresh.earn(earn("f1", "10.00")).await.receipt();
+    let r = fresh.earn(earn("f2", "10.00")).await.receipt();
+    assert_eq!(
+        parts(&r),
+        vec![
+            part("base", "", "freshmart", 20),
+            part("stamp", "2/2", "freshmart", 50)
+        ]
+    );
+    let r = fresh
+        .reverse_earn(reverse_earn("f2-r", "f2", 35))
+        .await
+        .receipt();
+    assert_eq!(
+        parts(&r),
+        vec![
+            part("base", "", "freshmart", 10),
+            part("stamp", "2/2", "freshmart", 25)
+        ]
+    );
+    t.assert_invariants().await;
+}

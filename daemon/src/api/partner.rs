@@ -187,6 +187,18 @@ fn kind_to_pb(k: Kind) -> pb::TransactionKind {
     }
 }
 
+/// A voucher on the wire.
+fn voucher_to_pb(v: &crate::programme::Voucher) -> pb::Voucher {
+    pb::Voucher {
+        voucher_id: v.id.clone(),
+        partner: v.partner.clone(),
+        what: v.what.clone(),
+        issued_at: rfc3339(v.issued_at),
+        expires_at: rfc3339(v.expires_at),
+        redeemed_at: v.redeemed_at.map(rfc3339).unwrap_or_default(),
+    }
+}
+
 /// An earn's parts on the wire, each funder named by its issuer id.
 pub fn parts_to_pb(parts: &[crate::ledger::Part], partner: &str) -> Vec<pb::EarnPart> {
     parts
@@ -413,6 +425,32 @@ impl PartnerService for PartnerApi {
                 .collect(),
             ..Default::default()
         };
+        for (p, card) in &state.cards {
+            if let Some(rule) = self
+                .shared
+                .config
+                .partners
+                .get(p)
+                .and_then(|x| x.stamps.as_ref())
+            {
+                m.stamp_cards.push(pb::StampCard {
+                    partner: p.clone(),
+                    stamps: card.stamps,
+                    every: rule.every as i64,
+                    restarts_at: if card.stamps > 0 {
+                        rfc3339(card.started_at + rule.within_days as i64 * crate::programme::DAY)
+                    } else {
+                        String::new()
+                    },
+                });
+            }
+        }
+        m.vouchers = state
+            .vouchers
+            .iter()
+            .filter(|v| v.redeemed_at.is_none() && v.expires_at > now)
+            .map(voucher_to_pb)
+            .collect();
         if let Some(l) = self.shared.config.ladder.as_ref() {
             let tier = state.tier_index().min(l.tiers.len() - 1);
             let qualifying = state.qualifying_at(l, now);
@@ -471,6 +509,7 @@ impl PartnerService for PartnerApi {
             category: category.as_deref(),
             tier: tier.as_deref(),
             earned_here_before: state.earned_at.contains(&partner.id),
+            stamps: partner.stamps.as_ref(),
             now,
         };
         let parts =
@@ -488,6 +527,77 @@ impl PartnerService for PartnerApi {
             parts: parts_to_pb(&parts, &partner.id),
             tier: tier_after.unwrap_or_default(),
         }))
+    }
+
+    async fn redeem_voucher(
+        &self,
+        req: Request<pb::RedeemVoucherRequest>,
+    ) -> Result<Response<pb::VoucherRedemption>, Status> {
+        use crate::store::programme::{ProgrammeCall, ProgrammeReply, RedeemRefusal};
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("voucher_id", &r.voucher_id)?;
+        let call = ProgrammeCall::Redeem {
+            partner: partner.id.clone(),
+            txn: r.transaction_id.clone(),
+            voucher: r.voucher_id.clone(),
+            now: self.shared.clock.now(),
+        };
+        let refused = |code, reason, message: String| -> Status {
+            ApiError::refused(code, reason, message).into()
+        };
+        match self
+            .shared
+            .store
+            .programme(call)
+            .await
+            .map_err(ApiError::from)?
+        {
+            ProgrammeReply::Redeemed(Ok(v)) => Ok(Response::new(pb::VoucherRedemption {
+                voucher: Some(voucher_to_pb(&v)),
+                transaction_id: r.transaction_id.clone(),
+            })),
+            ProgrammeReply::Redeemed(Err(e)) => Err(match e {
+                RedeemRefusal::Unknown => ApiError::NotFound {
+                    reason: "UNKNOWN_VOUCHER",
+                    message: format!("no voucher {:?}", r.voucher_id),
+                }
+                .into(),
+                RedeemRefusal::OtherPartner(p) => refused(
+                    tonic::Code::PermissionDenied,
+                    "VOUCHER_OF_ANOTHER_PARTNER",
+                    format!("voucher {} is redeemable only at {p}", r.voucher_id),
+                ),
+                RedeemRefusal::Expired(at) => refused(
+                    tonic::Code::FailedPrecondition,
+                    "VOUCHER_EXPIRED",
+                    format!("voucher {} expired at {}", r.voucher_id, rfc3339(at)),
+                ),
+                RedeemRefusal::AlreadyRedeemed(at) => refused(
+                    tonic::Code::FailedPrecondition,
+                    "VOUCHER_ALREADY_REDEEMED",
+                    format!(
+                        "voucher {} was redeemed at {} under another transaction id",
+                        r.voucher_id,
+                        rfc3339(at)
+                    ),
+                ),
+                RedeemRefusal::IdUsed(other) => refused(
+                    tonic::Code::AlreadyExists,
+                    "TRANSACTION_ID_REUSED",
+                    format!(
+                        "transaction id {:?} already redeemed voucher {other}",
+                        r.transaction_id
+                    ),
+                ),
+            }),
+            _ => Err(refused(
+                tonic::Code::Internal,
+                "INTERNAL",
+                "the store answered another question".into(),
+            )),
+        }
     }
 
     async fn quote_burn(

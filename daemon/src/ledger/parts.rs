@@ -60,6 +60,8 @@ pub enum PartKind {
     Tier,
     /// A campaign.
     Campaign,
+    /// A stamp card's stamp (points only when it completes a card with a points reward).
+    Stamp,
 }
 
 impl PartKind {
@@ -69,6 +71,7 @@ impl PartKind {
             PartKind::Base => "base",
             PartKind::Tier => "tier",
             PartKind::Campaign => "campaign",
+            PartKind::Stamp => "stamp",
         }
     }
 }

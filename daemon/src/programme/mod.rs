@@ -132,6 +132,121 @@ pub struct MemberProgramme {
     pub earned_at: BTreeSet<String>,
     /// The stored tier changed (a review or a promotion) and must be written.
     pub tier_dirty: bool,
+    /// Stamp cards by partner.
+    pub cards: BTreeMap<String, Card>,
+    /// Vouchers (read for `GetMember` only).
+    pub vouchers: Vec<Voucher>,
+}
+
+/// A partner's stamp card rule: every `every`th purchase of at least `min_amount` within
+/// `within_days` of the card's first stamp completes the card and earns the reward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StampRule {
+    /// Purchases per card.
+    pub every: u32,
+    /// Smallest purchase that earns a stamp.
+    pub min_amount: Decimal,
+    /// A card not completed this many days after its first stamp starts over.
+    pub within_days: u32,
+    /// What a completed card gives.
+    pub reward: StampReward,
+}
+
+/// What a completed stamp card gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StampReward {
+    /// Bonus points, a part of the completing earn funded by the partner.
+    Points(i64),
+    /// A voucher redeemable only at the partner, valid `days` days.
+    Voucher {
+        /// What it is worth ("a free meal").
+        what: String,
+        /// Days it stays valid.
+        days: u32,
+    },
+}
+
+/// A member's stamp card at one partner. The count goes below zero when a purchase whose stamp
+/// completed a card is reversed in full: the next purchase then makes up for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Card {
+    /// Stamps on the card.
+    pub stamps: i64,
+    /// When its first stamp was given.
+    pub started_at: Micros,
+    /// Changed and not yet written.
+    pub dirty: bool,
+}
+
+/// A voucher from a completed stamp card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voucher {
+    /// Its id (`v<earn ledger id>`).
+    pub id: String,
+    /// The member.
+    pub member: String,
+    /// The only partner that redeems it.
+    pub partner: String,
+    /// What it is worth.
+    pub what: String,
+    /// When it was issued and until when it is valid (exclusive).
+    pub issued_at: Micros,
+    /// Expiry.
+    pub expires_at: Micros,
+    /// When it was redeemed, and the partner's id of that redemption.
+    pub redeemed_at: Option<Micros>,
+    /// The partner's transaction id of the redemption.
+    pub redeemed_by: Option<String>,
+}
+
+/// The stamp a purchase would give: the count after it and whether it completes the card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// Stamps on the card with this one (before a completed card starts over).
+    pub count: i64,
+    /// Purchases per card.
+    pub every: u32,
+    /// Whether it completes the card.
+    pub completed: bool,
+}
+
+impl StampRule {
+    /// The stamp a purchase of `amount` at `now` gives on `card`, if it qualifies.
+    pub fn next(&self, card: Option<&Card>, amount: Option<Decimal>, now: Micros) -> Option<Stamp> {
+        let amount = amount?;
+        if amount < self.min_amount {
+            return None;
+        }
+        let current = match card {
+            Some(c)
+                if c.stamps > 0
+                    && now >= c.started_at.saturating_add(self.within_days as i64 * DAY) =>
+            {
+                0
+            }
+            Some(c) => c.stamps,
+            None => 0,
+        };
+        let count = current + 1;
+        Some(Stamp {
+            count,
+            every: self.every,
+            completed: count >= self.every as i64,
+        })
+    }
+
+    /// The part a stamp adds to the earn (points only for a completed card with a points reward).
+    pub fn part(&self, s: &Stamp) -> Part {
+        Part {
+            kind: PartKind::Stamp,
+            source: format!("{}/{}", s.count.min(s.every as i64), s.every),
+            funder: Funder::Partner,
+            points: match (&self.reward, s.completed) {
+                (StampReward::Points(p), true) => *p,
+                _ => 0,
+            },
+        }
+    }
 }
 
 impl MemberProgramme {
@@ -298,6 +413,8 @@ pub struct EarnFacts<'a> {
     pub tier: Option<&'a str>,
     /// Whether the member earned at this partner before.
     pub earned_here_before: bool,
+    /// The partner's stamp card rule, if it runs one.
+    pub stamps: Option<&'a StampRule>,
     /// The acceptance instant.
     pub now: Micros,
 }
@@ -362,6 +479,11 @@ pub fn price_earn(
             });
         }
     }
+    if let Some(rule) = e.stamps
+        && let Some(st) = rule.next(m.cards.get(e.partner), e.amount, e.now)
+    {
+        parts.push(rule.part(&st));
+    }
     let total = parts
         .iter()
         .try_fold(0i64, |a, p| a.checked_add(p.points))
@@ -385,6 +507,22 @@ pub fn record_earn(
         *m.granted.entry(p.source.clone()).or_default() += p.points;
     }
     m.earned_at.insert(partner.to_string());
+    if let Some(stamp) = parts.iter().find(|p| p.kind == PartKind::Stamp) {
+        let (count, every) = stamp
+            .source
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .split_once('/')
+            .and_then(|(c, e)| Some((c.parse::<i64>().ok()?, e.parse::<i64>().ok()?)))
+            .unwrap_or((0, 0));
+        let card = m.cards.entry(partner.to_string()).or_default();
+        card.stamps = if count >= every { 0 } else { count };
+        if count == 1 {
+            card.started_at = now;
+        }
+        card.dirty = true;
+    }
     let l = ladder?;
     m.add_qualifying(now, parts.iter().map(|p| p.points).sum());
     m.promote(l, now);

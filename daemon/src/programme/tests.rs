@@ -32,6 +32,7 @@ fn facts(base: i64, now: Micros) -> EarnFacts<'static> {
         category: None,
         tier: Some("bronze"),
         earned_here_before: false,
+        stamps: None,
         now,
     }
 }

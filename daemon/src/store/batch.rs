@@ -34,6 +34,8 @@ pub struct Context {
     pub ladder: Option<std::sync::Arc<Ladder>>,
     /// Each partner's kind (campaign scopes).
     pub partner_kinds: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+    /// The partners' stamp card rules.
+    pub stamp_rules: std::sync::Arc<std::collections::BTreeMap<String, programme::StampRule>>,
 }
 
 /// The programme as one batch sees it: the campaigns in force at its instant and the state of the
@@ -172,7 +174,9 @@ pub async fn apply(
     let mut prog = Programme::default();
     if !earners.is_empty() {
         prog.campaigns = tx.live_campaigns(ctx.now).await?;
-        prog.on = ctx.ladder.is_some() || !prog.campaigns.is_empty();
+        prog.on = ctx.ladder.is_some()
+            || !prog.campaigns.is_empty()
+            || earners.iter().any(|(_, p)| ctx.stamp_rules.contains_key(p));
     }
     if prog.on {
         let mut who: Vec<String> = earners.iter().map(|(m, _)| m.clone()).collect();
@@ -282,6 +286,14 @@ pub async fn apply(
         });
         writes.reversed.push((id, points, stored));
     }
+    for (member, m) in &prog.members {
+        for (partner, card) in m.cards.iter().filter(|(_, c)| c.dirty) {
+            writes.programme.cards.insert(
+                (member.clone(), partner.clone()),
+                (card.stamps, card.started_at),
+            );
+        }
+    }
     if let Some(l) = ctx.ladder.as_deref() {
         let mut dirty: Vec<(&String, &MemberProgramme)> =
             prog.members.iter().filter(|(_, m)| m.tier_dirty).collect();
@@ -377,6 +389,7 @@ fn decide(
                     category: category.as_deref(),
                     tier,
                     earned_here_before: state.earned_at.contains(&r.partner),
+                    stamps: ctx.stamp_rules.get(&r.partner),
                     now,
                 };
                 programme::price_earn(ladder, &prog.campaigns, state, &facts)
@@ -393,6 +406,30 @@ fn decide(
                 .entry(member.clone())
                 .or_insert_with(|| MemberLedger::new_member(member));
             let id = ids.pop_front().expect("one id reserved per request");
+            // A completed card with a voucher reward: the voucher, named on the stamp's part.
+            let mut parts = parts;
+            if let Some(programme::StampRule {
+                every,
+                reward: programme::StampReward::Voucher { what, days },
+                ..
+            }) = ctx.stamp_rules.get(&r.partner)
+                && let Some(p) = parts
+                    .iter_mut()
+                    .find(|p| p.kind == PartKind::Stamp && p.source == format!("{every}/{every}"))
+            {
+                let v = programme::Voucher {
+                    id: format!("v{id}"),
+                    member: member.clone(),
+                    partner: r.partner.clone(),
+                    what: what.clone(),
+                    issued_at: now,
+                    expires_at: now + *days as i64 * programme::DAY,
+                    redeemed_at: None,
+                    redeemed_by: None,
+                };
+                p.source = format!("{every}/{every} voucher {}", v.id);
+                writes.programme.vouchers.push(v);
+            }
             let effect = m.earn_funded(
                 NewEarn {
                     txn: id,
@@ -574,6 +611,23 @@ fn decide(
                 }
                 for p in taken.iter().filter(|p| p.kind == PartKind::Campaign) {
                     *state.granted.entry(p.source.clone()).or_default() -= p.points;
+                }
+            }
+            // A purchase reversed in full takes its stamp back (below zero if it completed a card).
+            if points == remaining && earn_parts.iter().any(|p| p.kind == PartKind::Stamp) {
+                match prog.members.get_mut(&member) {
+                    Some(state) => {
+                        let card = state.cards.entry(r.partner.clone()).or_default();
+                        card.stamps -= 1;
+                        card.dirty = true;
+                    }
+                    None => {
+                        *writes
+                            .programme
+                            .card_deltas
+                            .entry((member.clone(), r.partner.clone()))
+                            .or_default() -= 1;
+                    }
                 }
             }
             for p in taken

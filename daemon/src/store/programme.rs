@@ -19,12 +19,23 @@ pub struct ProgrammeWrites {
     pub qualifying: BTreeMap<(String, i64), i64>,
     /// Campaign grants to add: (campaign, member) → points (negative for reversals).
     pub grants: BTreeMap<(String, String), i64>,
+    /// Stamp cards as they now stand: (member, partner) → (stamps, started at).
+    pub cards: BTreeMap<(String, String), (i64, Micros)>,
+    /// Stamps taken back from cards not loaded by the batch: (member, partner) → stamps.
+    pub card_deltas: BTreeMap<(String, String), i64>,
+    /// Vouchers issued.
+    pub vouchers: Vec<crate::programme::Voucher>,
 }
 
 impl ProgrammeWrites {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.tiers.is_empty() && self.qualifying.is_empty() && self.grants.is_empty()
+        self.tiers.is_empty()
+            && self.qualifying.is_empty()
+            && self.grants.is_empty()
+            && self.cards.is_empty()
+            && self.card_deltas.is_empty()
+            && self.vouchers.is_empty()
     }
 }
 
@@ -256,6 +267,26 @@ where
                 }
             }
             let sql = format!(
+                "SELECT member_id, partner_id, stamps, started_at FROM stamp_cards WHERE $1 = 1 AND member_id IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(1i64);
+            for m in chunk {
+                q = q.bind(m.clone());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let member: String = row.try_get(0)?;
+                if let Some(m) = out.get_mut(&member) {
+                    m.cards.insert(
+                        row.try_get(1)?,
+                        crate::programme::Card {
+                            stamps: row.try_get(2)?,
+                            started_at: row.try_get(3)?,
+                            dirty: false,
+                        },
+                    );
+                }
+            }
+            let sql = format!(
                 "SELECT member_id, campaign_id, points FROM campaign_grants WHERE $1 = 1 AND member_id IN ({marks})"
             );
             let mut q = sqlx::query(&sql).bind(1i64);
@@ -324,6 +355,44 @@ where
             .execute(&mut *conn)
             .await?;
         }
+        for ((member, partner), (stamps, started)) in &w.cards {
+            sqlx::query(
+                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (member_id, partner_id) DO UPDATE SET stamps = excluded.stamps, started_at = excluded.started_at",
+            )
+            .bind(member.clone())
+            .bind(partner.clone())
+            .bind(*stamps)
+            .bind(*started)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for ((member, partner), delta) in &w.card_deltas {
+            sqlx::query(
+                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES ($1, $2, $3, 0) \
+                 ON CONFLICT (member_id, partner_id) DO UPDATE SET stamps = stamp_cards.stamps + excluded.stamps",
+            )
+            .bind(member.clone())
+            .bind(partner.clone())
+            .bind(*delta)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for v in &w.vouchers {
+            sqlx::query(
+                "INSERT INTO vouchers (voucher_id, member_id, partner_id, what, issued_at, expires_at, earn_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(v.id.clone())
+            .bind(v.member.clone())
+            .bind(v.partner.clone())
+            .bind(v.what.clone())
+            .bind(v.issued_at)
+            .bind(v.expires_at)
+            .bind(v.id.trim_start_matches('v').parse::<i64>().unwrap_or(0))
+            .execute(&mut *conn)
+            .await?;
+        }
         for ((campaign, member), points) in &w.grants {
             sqlx::query(
                 "INSERT INTO campaign_grants (campaign_id, member_id, points) VALUES ($1, $2, $3) \
@@ -361,6 +430,17 @@ pub enum ProgrammeCall {
     },
     /// Stores a campaign unless one with its id exists.
     Create(Campaign),
+    /// Redeems a voucher for `partner` under its transaction id `txn`.
+    Redeem {
+        /// The calling partner.
+        partner: String,
+        /// The partner's id of the redemption.
+        txn: String,
+        /// The voucher.
+        voucher: String,
+        /// The instant.
+        now: Micros,
+    },
     /// Ends a campaign now.
     End {
         /// Its id.
@@ -384,6 +464,23 @@ pub enum ProgrammeReply {
     Created(Result<Campaign, Campaign>),
     /// The campaign after ending it (`None`: unknown).
     Ended(Option<Campaign>),
+    /// The voucher as redeemed, or why not.
+    Redeemed(Result<crate::programme::Voucher, RedeemRefusal>),
+}
+
+/// Why a voucher is not redeemed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemRefusal {
+    /// No such voucher.
+    Unknown,
+    /// Another partner's voucher.
+    OtherPartner(String),
+    /// Past its expiry.
+    Expired(Micros),
+    /// Redeemed before, under another transaction id.
+    AlreadyRedeemed(Micros),
+    /// The transaction id redeemed another voucher.
+    IdUsed(String),
 }
 
 impl<DB> ProgrammeSql<DB>
@@ -398,6 +495,91 @@ where
     Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
+    fn voucher(row: &DB::Row) -> Result<crate::programme::Voucher, StoreError> {
+        Ok(crate::programme::Voucher {
+            id: row.try_get(0)?,
+            member: row.try_get(1)?,
+            partner: row.try_get(2)?,
+            what: row.try_get(3)?,
+            issued_at: row.try_get(4)?,
+            expires_at: row.try_get(5)?,
+            redeemed_at: row.try_get(6)?,
+            redeemed_by: row.try_get(7)?,
+        })
+    }
+
+    /// Vouchers whose `column` (`member_id` or `voucher_id`) is `value`, oldest first.
+    async fn vouchers(
+        conn: &mut DB::Connection,
+        column: &str,
+        value: &str,
+    ) -> Result<Vec<crate::programme::Voucher>, StoreError> {
+        let sql = format!(
+            "SELECT voucher_id, member_id, partner_id, what, issued_at, expires_at, redeemed_at, redeemed_by \
+             FROM vouchers WHERE {column} = $1 ORDER BY issued_at, voucher_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(value.to_string())
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(Self::voucher).collect()
+    }
+
+    async fn redeem(
+        conn: &mut DB::Connection,
+        partner: &str,
+        txn: &str,
+        voucher: &str,
+        now: Micros,
+    ) -> Result<Result<crate::programme::Voucher, RedeemRefusal>, StoreError> {
+        let answer = |v: crate::programme::Voucher| {
+            if v.redeemed_by.as_deref() == Some(txn) && v.partner == partner {
+                Ok(v)
+            } else if let Some(at) = v.redeemed_at {
+                Err(RedeemRefusal::AlreadyRedeemed(at))
+            } else if v.partner != partner {
+                Err(RedeemRefusal::OtherPartner(v.partner))
+            } else {
+                Err(RedeemRefusal::Expired(v.expires_at))
+            }
+        };
+        // A retry: the id already redeemed a voucher of this partner.
+        let sql = "SELECT voucher_id, member_id, partner_id, what, issued_at, expires_at, redeemed_at, redeemed_by \
+             FROM vouchers WHERE partner_id = $1 AND redeemed_by = $2";
+        if let Some(row) = sqlx::query(sql)
+            .bind(partner.to_string())
+            .bind(txn.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+        {
+            let v = Self::voucher(&row)?;
+            return Ok(if v.id == voucher {
+                Ok(v)
+            } else {
+                Err(RedeemRefusal::IdUsed(v.id))
+            });
+        }
+        let Some(v) = Self::vouchers(conn, "voucher_id", voucher).await?.pop() else {
+            return Ok(Err(RedeemRefusal::Unknown));
+        };
+        if v.partner != partner || v.redeemed_at.is_some() || v.expires_at <= now {
+            return Ok(answer(v));
+        }
+        sqlx::query(
+            "UPDATE vouchers SET redeemed_at = $1, redeemed_by = $2 WHERE voucher_id = $3 AND redeemed_at IS NULL",
+        )
+        .bind(now)
+        .bind(txn.to_string())
+        .bind(voucher.to_string())
+        .execute(&mut *conn)
+        .await?;
+        // Whoever won a race, the row says who redeemed it.
+        match Self::vouchers(conn, "voucher_id", voucher).await?.pop() {
+            Some(v) => Ok(answer(v)),
+            None => Ok(Err(RedeemRefusal::Unknown)),
+        }
+    }
+
     /// Answers a [`ProgrammeCall`].
     pub async fn call(
         conn: &mut DB::Connection,
@@ -414,6 +596,7 @@ where
                 let mut state = Self::load(conn, &members, ladder.as_ref(), now).await?;
                 let mut m = state.remove(&member).unwrap_or_default();
                 let campaigns = Self::live_campaigns(conn, now).await?;
+                m.vouchers = Self::vouchers(conn, "member_id", &member).await?;
                 if campaigns.iter().any(|c| c.welcome)
                     && !Self::earned_before(conn, &[(member, partner.clone())])
                         .await?
@@ -429,6 +612,12 @@ where
             ProgrammeCall::Create(c) => {
                 ProgrammeReply::Created(Self::insert_campaign(conn, &c).await?)
             }
+            ProgrammeCall::Redeem {
+                partner,
+                txn,
+                voucher,
+                now,
+            } => ProgrammeReply::Redeemed(Self::redeem(conn, &partner, &txn, &voucher, now).await?),
             ProgrammeCall::End { id, now, by } => {
                 ProgrammeReply::Ended(Self::end_campaign(conn, &id, now, &by).await?)
             }

@@ -762,7 +762,10 @@ impl Store for SqliteStore {
         call: super::programme::ProgrammeCall,
     ) -> Result<super::programme::ProgrammeReply, StoreError> {
         use super::programme::ProgrammeCall;
-        if matches!(call, ProgrammeCall::Create(_) | ProgrammeCall::End { .. }) {
+        if matches!(
+            call,
+            ProgrammeCall::Create(_) | ProgrammeCall::End { .. } | ProgrammeCall::Redeem { .. }
+        ) {
             // Changes go through the one writable connection outside the writer.
             let mut conn = self.clearing.lock().await;
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;

@@ -79,6 +79,9 @@ pub struct WriterConfig {
     pub ladder: Option<std::sync::Arc<crate::programme::Ladder>>,
     /// Each partner's kind (campaign scopes).
     pub partner_kinds: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+    /// The partners' stamp card rules.
+    pub stamp_rules:
+        std::sync::Arc<std::collections::BTreeMap<String, crate::programme::StampRule>>,
 }
 
 async fn run(
@@ -101,6 +104,7 @@ async fn run(
             panic_on_member: config.panic_on_member,
             ladder: config.ladder.clone(),
             partner_kinds: config.partner_kinds.clone(),
+            stamp_rules: config.stamp_rules.clone(),
         };
         let started = std::time::Instant::now();
         let result = apply_guarded(&mut backend, &requests, &ctx).await;
