@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Seconds of unmeasured warm-up load before the ledger phase (fills members with points).
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
+    /// Compare the earn/burn rate without and with a programme (the default tier ladder, two live
+    /// campaigns, a stamp card) on two fresh daemons, one after the other; earns are purchases.
+    #[arg(long)]
+    pub programme: bool,
 }
 
 #[derive(Default)]
@@ -127,6 +131,7 @@ async fn drive(
         let (_partner, channel) = channels[worker % channels.len()].clone();
         let members = args.members;
         let earn_share = (args.earn_share * 1000.0) as u64;
+        let purchases = args.programme;
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -149,8 +154,14 @@ async fn drive(
                         let member = format!("bench-member-{}", rng.below(members));
                         let txn = format!("bench-{nonce}-{worker}-{seq}");
                         if rng.below(1000) < earn_share {
-                            let grant =
-                                pb::earn_request::Grant::BonusPoints(10 + rng.below(90) as i64);
+                            let grant = if purchases {
+                                pb::earn_request::Grant::Purchase(pb::Money {
+                                    amount: format!("{}.00", 10 + rng.below(90)),
+                                    currency: "EUR".into(),
+                                })
+                            } else {
+                                pb::earn_request::Grant::BonusPoints(10 + rng.below(90) as i64)
+                            };
                             partner_api
                                 .earn(pb::EarnRequest {
                                     transaction_id: txn,
@@ -246,14 +257,112 @@ async fn start_child(args: &BenchArgs) -> anyhow::Result<(String, PathBuf, Child
     start_child_with(
         args.database.as_deref(),
         "per_second = 1000000, burst = 1000000",
+        |t| t,
     )
     .await
+}
+
+/// The programme of `bench --programme`: the default ladder, a stamp card at bistro.
+fn with_programme(toml: String) -> String {
+    toml.replacen(
+        "max_bonus_points = 5000",
+        "max_bonus_points = 5000\nstamps = { every = 10, min_purchase = \"10.00\", within_days = 90, reward_points = 100 }",
+        1,
+    ) + "\n[programme]\n"
+}
+
+/// `bench --programme`: the same load on a daemon without and one with a programme.
+async fn run_programme(args: BenchArgs) -> anyhow::Result<()> {
+    use coalition_proto::v1::programme_service_client::ProgrammeServiceClient;
+    anyhow::ensure!(
+        args.addr.is_none(),
+        "--programme starts its own daemons; leave out --addr"
+    );
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut rates = Vec::new();
+    for on in [false, true] {
+        let (addr, certs, child) = start_child_with(
+            args.database.as_deref(),
+            "per_second = 1000000, burst = 1000000",
+            if on { with_programme } else { |t| t },
+        )
+        .await?;
+        if on {
+            let pem = ClientPem::from_dir(&certs, "programme")?;
+            let mut p = ProgrammeServiceClient::new(connect(&addr, &pem).await?);
+            let now = crate::clock::Clock::default().now();
+            let window = |c: &mut pb::Campaign| {
+                c.starts = crate::clock::rfc3339(now);
+                c.ends = crate::clock::rfc3339(now + 86_400_000_000);
+            };
+            let mut double = pb::Campaign {
+                campaign_id: "bench-double".into(),
+                name: "double points at supermarkets".into(),
+                partner_kinds: vec!["supermarket".into()],
+                effect: Some(pb::campaign::Effect::Multiplier("2".into())),
+                cap_per_member: 500,
+                funder: "operator".into(),
+                ..Default::default()
+            };
+            window(&mut double);
+            let mut bonus = pb::Campaign {
+                campaign_id: "bench-bonus".into(),
+                name: "10 points on purchases of 50.00 or more".into(),
+                min_purchase: "50.00".into(),
+                effect: Some(pb::campaign::Effect::BonusPoints(10)),
+                ..Default::default()
+            };
+            window(&mut bonus);
+            p.create_campaign(double).await?;
+            p.create_campaign(bonus).await?;
+        }
+        let mut channels = Vec::new();
+        for i in 0..args.connections.max(1) {
+            let partner = &args.partners[i % args.partners.len()];
+            let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
+            channels.push((partner.clone(), connect(&addr, &pem).await?));
+        }
+        let label = if on {
+            "earn/burn, programme on"
+        } else {
+            "earn/burn, programme off"
+        };
+        if args.warmup > 0 {
+            drive(
+                Phase::Ledger,
+                "warm-up",
+                &channels,
+                &args,
+                Duration::from_secs(args.warmup),
+                nonce ^ 1,
+            )
+            .await
+            .print();
+        }
+        let r = drive(
+            Phase::Ledger,
+            label,
+            &channels,
+            &args,
+            Duration::from_secs(args.seconds),
+            nonce,
+        )
+        .await;
+        r.print();
+        rates.push(r.rate());
+        drop(child);
+    }
+    println!("ratio programme on : off = {:.2}", rates[1] / rates[0]);
+    Ok(())
 }
 
 /// Starts `coalitiond serve` on a fresh dev setup with every partner's limit set to `limit`.
 async fn start_child_with(
     database: Option<&str>,
     limit: &str,
+    edit: fn(String) -> String,
 ) -> anyhow::Result<(String, PathBuf, Child)> {
     let dir = tempfile::Builder::new()
         .prefix("coalitiond-bench-")
@@ -269,8 +378,9 @@ async fn start_child_with(
         );
         std::fs::write(&config_path, text)?;
     }
-    let bench_limits =
-        std::fs::read_to_string(&config_path)?.replace("per_second = 5000, burst = 10000", limit);
+    let bench_limits = edit(
+        std::fs::read_to_string(&config_path)?.replace("per_second = 5000, burst = 10000", limit),
+    );
     std::fs::write(&config_path, bench_limits)?;
     let log = std::fs::File::create(dir.path().join("daemon.log"))?;
     let process = std::process::Command::new(std::env::current_exe()?)
@@ -295,6 +405,9 @@ async fn start_child_with(
 /// Runs the bench and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
+    if args.programme {
+        return run_programme(args).await;
+    }
     let (addr, certs, child) = match (&args.addr, &args.certs) {
         (Some(addr), Some(certs)) => (addr.clone(), certs.clone(), None),
         (Some(_), None) => {
@@ -601,7 +714,7 @@ async fn paced(
 pub async fn limits(args: LimitsBenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
     let limit = format!("per_second = {0}, burst = {0}", args.quota);
-    let (addr, certs, child) = start_child_with(None, &limit).await?;
+    let (addr, certs, child) = start_child_with(None, &limit, |t| t).await?;
     let quiet_pem = ClientPem::from_dir(&certs, "partner-bistro")?;
     let flood_pem = ClientPem::from_dir(&certs, "partner-skyways")?;
     let quiet = connect(&addr, &quiet_pem).await?;

@@ -87,6 +87,163 @@ fn show(step: &str, r: &pb::Receipt) {
             String::new()
         },
     );
+    if r.parts.len() > 1 || r.parts.iter().any(|p| p.kind != "base") || !r.tier.is_empty() {
+        let parts: Vec<String> = r
+            .parts
+            .iter()
+            .map(|p| {
+                let what = if p.source.is_empty() {
+                    p.kind.clone()
+                } else {
+                    format!("{} {}", p.kind, p.source)
+                };
+                format!("{what}: {} by {}", p.points, p.funder)
+            })
+            .collect();
+        println!(
+            "  {:<58} parts: {}{}",
+            "",
+            parts.join(", "),
+            if r.tier.is_empty() {
+                String::new()
+            } else {
+                format!("; tier now {}", r.tier)
+            }
+        );
+    }
+}
+
+/// The demo's programme: the default tier ladder with the operator funding the tier bonus, and a
+/// stamp card at bistro (every 3rd dinner of 15.00 or more: a free dessert).
+fn with_programme(toml: String) -> String {
+    toml.replacen(
+        "max_bonus_points = 5000",
+        "max_bonus_points = 5000\nstamps = { every = 3, min_purchase = \"15.00\", within_days = 60, voucher = \"a free dessert\", voucher_days = 30 }",
+        1,
+    ) + "\n[programme]\ntier_bonus_funder = \"operator\"\n"
+}
+
+/// A second member meets the programme: a campaign funded by the operator, a promotion to silver,
+/// a tier bonus, a completed stamp card and its voucher, then a burn of the operator's points.
+async fn programme_part(
+    addr: &str,
+    certs: &Path,
+    now: crate::ledger::Micros,
+    air: &mut Till,
+    shop: &mut Till,
+    food: &mut Till,
+) -> anyhow::Result<()> {
+    let m = "member-b41d07";
+    println!("\nThe programme team starts a campaign (coalitiond programme campaigns create …):");
+    let pem = ClientPem::from_dir(certs, "programme")?;
+    let mut prog = coalition_proto::v1::programme_service_client::ProgrammeServiceClient::new(
+        connect(addr, &pem).await?,
+    );
+    let c = prog
+        .create_campaign(pb::Campaign {
+            campaign_id: "winter-double".into(),
+            name: "double points on flights, on the coalition".into(),
+            starts: crate::clock::rfc3339(now),
+            ends: crate::clock::rfc3339(now + 30 * crate::programme::DAY),
+            partner_kinds: vec!["airline".into()],
+            effect: Some(pb::campaign::Effect::Multiplier("2".into())),
+            cap_per_member: 2000,
+            funder: "operator".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    print!("{}", crate::programme_cli::campaigns_table(&[c]));
+    println!("\nA second member flies, dines and shops:");
+    for (txn, amount, step) in [
+        (
+            "sky-0101",
+            "700.00",
+            "skyways: flight for EUR 700.00, double points",
+        ),
+        (
+            "sky-0102",
+            "100.00",
+            "skyways: flight for EUR 100.00 as a silver member",
+        ),
+    ] {
+        let r = air
+            .client
+            .earn(pb::EarnRequest {
+                transaction_id: txn.into(),
+                member_id: m.into(),
+                grant: money(amount),
+                category: String::new(),
+            })
+            .await?;
+        show(step, r.get_ref().receipt.as_ref().unwrap());
+    }
+    let mut voucher = String::new();
+    for (i, txn) in ["bi-0101", "bi-0102", "bi-0103"].into_iter().enumerate() {
+        let r = food
+            .client
+            .earn(pb::EarnRequest {
+                transaction_id: txn.into(),
+                member_id: m.into(),
+                grant: money("24.00"),
+                category: "dinner".into(),
+            })
+            .await?;
+        let receipt = r.into_inner().receipt.unwrap_or_default();
+        show(
+            &format!("bistro: dinner {} of 3 on the stamp card", i + 1),
+            &receipt,
+        );
+        if let Some(v) = receipt
+            .parts
+            .iter()
+            .find_map(|p| p.source.split_once(" voucher ").map(|(_, v)| v.to_string()))
+        {
+            voucher = v;
+        }
+    }
+    let v = food
+        .client
+        .redeem_voucher(pb::RedeemVoucherRequest {
+            transaction_id: "bi-0104".into(),
+            voucher_id: voucher.clone(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "  bistro: voucher {voucher} ({}) redeemed at {}",
+        v.voucher.map(|v| v.what).unwrap_or_default(),
+        v.transaction_id
+    );
+    let r = shop
+        .client
+        .burn(pb::BurnRequest {
+            transaction_id: "fm-0101".into(),
+            member_id: m.into(),
+            points: 1500,
+        })
+        .await?;
+    show(
+        "freshmart: groceries paid with 1500 points",
+        r.get_ref().receipt.as_ref().unwrap(),
+    );
+    let who = food
+        .client
+        .get_member(pb::GetMemberRequest {
+            member_id: m.into(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "  where {m} stands: {} points, tier {} ({} qualifying; {} more for {}), review {}",
+        who.balance,
+        who.tier,
+        who.qualifying_points,
+        who.points_to_next_tier,
+        who.next_tier,
+        who.next_review_at
+    );
+    Ok(())
 }
 
 async fn balance(t: &mut Till, member: &str) -> anyhow::Result<()> {
@@ -122,9 +279,12 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         PathBuf::from(format!("data/demo-{t}"))
     });
     println!("coalitiond demo in {}", dir.display());
-    let config = write_dev_setup(&dir, "127.0.0.1:0")?;
+    write_dev_setup(&dir, "127.0.0.1:0")?;
+    let path = dir.join("coalition.toml");
+    std::fs::write(&path, with_programme(std::fs::read_to_string(&path)?))?;
+    let config = Config::load(&path)?;
     println!(
-        "  made a dev CA and certificates for {} partners, finance and operator",
+        "  made a dev CA and certificates for {} partners, finance, operator and programme",
         config.partners.len()
     );
     let config_cycles = config.cycles();
@@ -249,6 +409,15 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     let _ = air.name;
+    programme_part(
+        &addr,
+        &certs,
+        daemon.clock.now(),
+        &mut air,
+        &mut shop,
+        &mut food,
+    )
+    .await?;
 
     // The day ends: move the demo's clock past the cut-off and clear the cycle as finance would.
     let cycles = config_cycles;

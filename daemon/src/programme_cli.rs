@@ -48,52 +48,7 @@ pub enum CampaignsCommand {
     },
     /// Create a campaign (idempotent by id). Times are local to the coalition's time zone
     /// (YYYY-MM-DDTHH:MM) or RFC 3339 with an offset.
-    Create {
-        #[command(flatten)]
-        conn: Connection,
-        /// Its id (letters, digits, '-', '_', '.').
-        #[arg(long)]
-        id: String,
-        /// A name people read.
-        #[arg(long)]
-        name: String,
-        /// First instant it applies.
-        #[arg(long)]
-        starts: String,
-        /// First instant it no longer applies.
-        #[arg(long)]
-        ends: String,
-        /// A partner it applies at (repeat; none and no --kind: everywhere).
-        #[arg(long = "partner")]
-        partners: Vec<String>,
-        /// A kind of partner it applies at (repeat).
-        #[arg(long = "kind")]
-        kinds: Vec<String>,
-        /// Smallest purchase amount.
-        #[arg(long)]
-        min_purchase: Option<String>,
-        /// A tier it applies to (repeat; none: every tier).
-        #[arg(long = "tier")]
-        tiers: Vec<String>,
-        /// The purchase category the till must send.
-        #[arg(long)]
-        category: Option<String>,
-        /// Only the member's first earn at the partner.
-        #[arg(long)]
-        welcome: bool,
-        /// Multiplier on base points (2 doubles them).
-        #[arg(long, conflicts_with = "bonus_points")]
-        multiplier: Option<String>,
-        /// Fixed bonus points.
-        #[arg(long)]
-        bonus_points: Option<i64>,
-        /// Most points one member gets from it (0: no cap).
-        #[arg(long, default_value_t = 0)]
-        cap: i64,
-        /// partner or operator.
-        #[arg(long, default_value = "partner")]
-        funder: String,
-    },
+    Create(Box<CreateArgs>),
     /// End a campaign now.
     End {
         #[command(flatten)]
@@ -102,6 +57,55 @@ pub enum CampaignsCommand {
         #[arg(long)]
         id: String,
     },
+}
+
+/// The fields of a new campaign.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Its id (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub id: String,
+    /// A name people read.
+    #[arg(long)]
+    pub name: String,
+    /// First instant it applies.
+    #[arg(long)]
+    pub starts: String,
+    /// First instant it no longer applies.
+    #[arg(long)]
+    pub ends: String,
+    /// A partner it applies at (repeat; none and no --kind: everywhere).
+    #[arg(long = "partner")]
+    pub partners: Vec<String>,
+    /// A kind of partner it applies at (repeat).
+    #[arg(long = "kind")]
+    pub kinds: Vec<String>,
+    /// Smallest purchase amount.
+    #[arg(long)]
+    pub min_purchase: Option<String>,
+    /// A tier it applies to (repeat; none: every tier).
+    #[arg(long = "tier")]
+    pub tiers: Vec<String>,
+    /// The purchase category the till must send.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Only the member's first earn at the partner.
+    #[arg(long)]
+    pub welcome: bool,
+    /// Multiplier on base points (2 doubles them).
+    #[arg(long, conflicts_with = "bonus_points")]
+    pub multiplier: Option<String>,
+    /// Fixed bonus points.
+    #[arg(long)]
+    pub bonus_points: Option<i64>,
+    /// Most points one member gets from it (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    pub cap: i64,
+    /// partner or operator.
+    #[arg(long, default_value = "partner")]
+    pub funder: String,
 }
 
 async fn client(c: &Connection) -> anyhow::Result<ProgrammeServiceClient<Channel>> {
@@ -190,23 +194,24 @@ pub async fn run(cmd: ProgrammeCommand) -> anyhow::Result<()> {
                 .campaigns;
             print!("{}", campaigns_table(&cs));
         }
-        CampaignsCommand::Create {
-            conn,
-            id,
-            name,
-            starts,
-            ends,
-            partners,
-            kinds,
-            min_purchase,
-            tiers,
-            category,
-            welcome,
-            multiplier,
-            bonus_points,
-            cap,
-            funder,
-        } => {
+        CampaignsCommand::Create(args) => {
+            let CreateArgs {
+                conn,
+                id,
+                name,
+                starts,
+                ends,
+                partners,
+                kinds,
+                min_purchase,
+                tiers,
+                category,
+                welcome,
+                multiplier,
+                bonus_points,
+                cap,
+                funder,
+            } = *args;
             let effect = match (multiplier, bonus_points) {
                 (Some(m), None) => pb::campaign::Effect::Multiplier(m),
                 (None, Some(b)) => pb::campaign::Effect::BonusPoints(b),

@@ -41,11 +41,14 @@ enum Step {
 /// A random programme: (tier bonus funded by the operator, tier multipliers in tenths,
 /// campaigns as (multiplier in tenths or bonus, cap, one partner only, welcome, operator-funded),
 /// stamp card every n purchases with a points reward).
+/// (multiplier in tenths or else a bonus, cap, one partner only, welcome, operator-funded).
+type CampaignSpec = (Option<u32>, i64, Option<i64>, Option<usize>, bool, bool);
+
 #[derive(Debug, Clone)]
 struct Prog {
     operator_tiers: bool,
     tier_tenths: (u32, u32),
-    campaigns: Vec<(Option<u32>, i64, Option<i64>, Option<usize>, bool, bool)>,
+    campaigns: Vec<CampaignSpec>,
     stamps: (u32, i64),
 }
 

@@ -227,8 +227,10 @@ impl ProgrammeService for ProgrammeApi {
             .into());
         };
         // A retry of a stored campaign is answered before the checks that depend on the others.
-        if let Some(stored) = others.iter().find(|o| o.id == c.id) {
-            if stored.same_terms(&c) {
+        if let Some(stored) = others.iter().find(|o| o.id == c.id)
+            && stored.same_terms(&c)
+        {
+            {
                 return Ok(Response::new(campaign_to_pb(
                     stored,
                     self.shared.config.time_zone,

@@ -225,6 +225,25 @@ pub fn cycle(field: &'static str, s: &str) -> Result<chrono::NaiveDate, ApiError
     Ok(d)
 }
 
+/// A purchase category sent by a till (empty: none): 1..=64 letters, digits, '-', '_' or '.'.
+pub fn category(c: &str) -> Result<Option<String>, ApiError> {
+    if c.is_empty() {
+        return Ok(None);
+    }
+    if c.len() > 64
+        || !c
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ApiError::field(
+            "category",
+            "MALFORMED_CATEGORY",
+            "use 1..=64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    Ok(Some(c.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +260,7 @@ mod tests {
             let _ = burn_points(n);
             let _ = reversal_points(n);
             let partner = crate::config::Partner {
+                stamps: None,
                 id: "p".into(), name: "P".into(), kind: "k".into(),
                 earn_rate: Decimal::new(999_999_999, 6), redemption_rate: Decimal::ONE,
                 issuance_fee: Decimal::ZERO, max_bonus_points: 100, rate_per_second: 1, burst: 1,
@@ -315,23 +335,4 @@ mod tests {
         }
         assert!(money("m", "1", "USD", EUR).is_err());
     }
-}
-
-/// A purchase category sent by a till (empty: none): 1..=64 letters, digits, '-', '_' or '.'.
-pub fn category(c: &str) -> Result<Option<String>, ApiError> {
-    if c.is_empty() {
-        return Ok(None);
-    }
-    if c.len() > 64
-        || !c
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err(ApiError::field(
-            "category",
-            "MALFORMED_CATEGORY",
-            "use 1..=64 letters, digits, '-', '_' or '.'",
-        ));
-    }
-    Ok(Some(c.to_string()))
 }

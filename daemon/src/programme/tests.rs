@@ -70,12 +70,14 @@ fn the_window_drops_days_older_than_its_months() {
 #[test]
 fn bonuses_stack_on_the_base_and_caps_cut() {
     let l = Ladder::default_ladder();
-    let mut m = MemberProgramme::default();
-    m.tier = Some(TierState {
-        tier: 2,
-        since: T0,
-        review_at: T0 + 365 * DAY,
-    });
+    let mut m = MemberProgramme {
+        tier: Some(TierState {
+            tier: 2,
+            since: T0,
+            review_at: T0 + 365 * DAY,
+        }),
+        ..Default::default()
+    };
     let mut double = campaign("a-double", Effect::Multiplier(Decimal::from(2)));
     double.cap_per_member = Some(150);
     m.granted.insert("a-double".into(), 100);

@@ -182,8 +182,14 @@ pub async fn apply(
         let mut who: Vec<String> = earners.iter().map(|(m, _)| m.clone()).collect();
         who.sort();
         who.dedup();
+        // Grants only matter under a cap (reversals add their deltas blind), cards only where a
+        // stamp rule runs.
+        let needs = super::programme::Needs {
+            grants: prog.campaigns.iter().any(|c| c.cap_per_member.is_some()),
+            cards: earners.iter().any(|(_, p)| ctx.stamp_rules.contains_key(p)),
+        };
         prog.members = tx
-            .load_programme(&who, ctx.ladder.as_deref(), ctx.now)
+            .load_programme(&who, ctx.ladder.as_deref(), needs, ctx.now)
             .await?;
         if prog.campaigns.iter().any(|c| c.welcome) {
             let mut pairs = earners.clone();

@@ -287,6 +287,7 @@ pub trait LedgerTx: Send {
         &mut self,
         members: &[String],
         ladder: Option<&crate::programme::Ladder>,
+        needs: programme::Needs,
         now: Micros,
     ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>;
     /// Which (member, partner) pairs have an earn.

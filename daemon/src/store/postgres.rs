@@ -308,6 +308,7 @@ impl LedgerTx for PgTx<'_> {
         &mut self,
         members: &[String],
         ladder: Option<&crate::programme::Ladder>,
+        needs: super::programme::Needs,
         now: Micros,
     ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>
     {
@@ -315,6 +316,7 @@ impl LedgerTx for PgTx<'_> {
             &mut *self.conn,
             members,
             ladder,
+            needs,
             now,
         )
         .await

@@ -10,6 +10,23 @@ use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
+/// Which parts of a member's programme state a reader needs (tiers follow the ladder).
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    /// Campaign grants (a campaign with a cap is in force, or a member is shown).
+    pub grants: bool,
+    /// Stamp cards (an earning partner runs a stamp card, or a member is shown).
+    pub cards: bool,
+}
+
+impl Needs {
+    /// Everything.
+    pub const ALL: Needs = Needs {
+        grants: true,
+        cards: true,
+    };
+}
+
 /// What a batch changes of the programme's state.
 #[derive(Debug, Default, Clone)]
 pub struct ProgrammeWrites {
@@ -210,11 +227,13 @@ where
     }
 
     /// The programme state of `members` at `now`: stored tiers, qualifying points of every day a
-    /// window ending now or at a due review counts, campaign grants.
+    /// window ending now or at a due review counts (with a ladder), campaign grants and stamp
+    /// cards (as `needs` says).
     pub async fn load(
         conn: &mut DB::Connection,
         members: &[String],
         ladder: Option<&Ladder>,
+        needs: Needs,
         now: Micros,
     ) -> Result<HashMap<String, MemberProgramme>, StoreError> {
         let mut out: HashMap<String, MemberProgramme> = members
@@ -269,7 +288,7 @@ where
             let sql = format!(
                 "SELECT member_id, partner_id, stamps, started_at FROM stamp_cards WHERE $1 = 1 AND member_id IN ({marks})"
             );
-            let mut q = sqlx::query(&sql).bind(1i64);
+            let mut q = sqlx::query(&sql).bind(i64::from(needs.cards));
             for m in chunk {
                 q = q.bind(m.clone());
             }
@@ -289,7 +308,7 @@ where
             let sql = format!(
                 "SELECT member_id, campaign_id, points FROM campaign_grants WHERE $1 = 1 AND member_id IN ({marks})"
             );
-            let mut q = sqlx::query(&sql).bind(1i64);
+            let mut q = sqlx::query(&sql).bind(i64::from(needs.grants));
             for m in chunk {
                 q = q.bind(m.clone());
             }
@@ -330,79 +349,115 @@ where
         Ok(out)
     }
 
-    /// Writes what a batch changed.
+    /// Writes what a batch changed: one multi-row statement per table and 250 rows.
     pub async fn write(conn: &mut DB::Connection, w: &ProgrammeWrites) -> Result<(), sqlx::Error> {
-        for (member, name, t) in &w.tiers {
-            sqlx::query(
-                "INSERT INTO member_tiers (member_id, tier, since, review_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (member_id) DO UPDATE SET tier = excluded.tier, since = excluded.since, review_at = excluded.review_at",
-            )
-            .bind(member.clone())
-            .bind(name.clone())
-            .bind(t.since)
-            .bind(t.review_at)
-            .execute(&mut *conn)
-            .await?;
+        /// `($1, $2, …), (…)` for `rows` rows of `cols` columns.
+        fn values(rows: usize, cols: usize) -> String {
+            (0..rows)
+                .map(|r| {
+                    let marks: Vec<String> =
+                        (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+                    format!("({})", marks.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         }
-        for ((member, day), points) in &w.qualifying {
-            sqlx::query(
-                "INSERT INTO qualifying (member_id, day, points) VALUES ($1, $2, $3) \
+        const ROWS: usize = 250;
+        for chunk in w.tiers.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO member_tiers (member_id, tier, since, review_at) VALUES {} \
+                 ON CONFLICT (member_id) DO UPDATE SET tier = excluded.tier, since = excluded.since, \
+                 review_at = excluded.review_at",
+                values(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for (member, name, t) in chunk {
+                q = q
+                    .bind(member.clone())
+                    .bind(name.clone())
+                    .bind(t.since)
+                    .bind(t.review_at);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        let qualifying: Vec<_> = w.qualifying.iter().collect();
+        for chunk in qualifying.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO qualifying (member_id, day, points) VALUES {} \
                  ON CONFLICT (member_id, day) DO UPDATE SET points = qualifying.points + excluded.points",
-            )
-            .bind(member.clone())
-            .bind(*day)
-            .bind(*points)
-            .execute(&mut *conn)
-            .await?;
+                values(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((member, day), points) in chunk {
+                q = q.bind(member.clone()).bind(*day).bind(**points);
+            }
+            q.execute(&mut *conn).await?;
         }
-        for ((member, partner), (stamps, started)) in &w.cards {
-            sqlx::query(
-                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (member_id, partner_id) DO UPDATE SET stamps = excluded.stamps, started_at = excluded.started_at",
-            )
-            .bind(member.clone())
-            .bind(partner.clone())
-            .bind(*stamps)
-            .bind(*started)
-            .execute(&mut *conn)
-            .await?;
+        let cards: Vec<_> = w.cards.iter().collect();
+        for chunk in cards.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES {} \
+                 ON CONFLICT (member_id, partner_id) DO UPDATE SET stamps = excluded.stamps, \
+                 started_at = excluded.started_at",
+                values(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((member, partner), (stamps, started)) in chunk {
+                q = q
+                    .bind(member.clone())
+                    .bind(partner.clone())
+                    .bind(*stamps)
+                    .bind(*started);
+            }
+            q.execute(&mut *conn).await?;
         }
-        for ((member, partner), delta) in &w.card_deltas {
-            sqlx::query(
-                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES ($1, $2, $3, 0) \
+        let deltas: Vec<_> = w.card_deltas.iter().collect();
+        for chunk in deltas.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES {} \
                  ON CONFLICT (member_id, partner_id) DO UPDATE SET stamps = stamp_cards.stamps + excluded.stamps",
-            )
-            .bind(member.clone())
-            .bind(partner.clone())
-            .bind(*delta)
-            .execute(&mut *conn)
-            .await?;
+                values(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((member, partner), delta) in chunk {
+                q = q
+                    .bind(member.clone())
+                    .bind(partner.clone())
+                    .bind(**delta)
+                    .bind(0i64);
+            }
+            q.execute(&mut *conn).await?;
         }
-        for v in &w.vouchers {
-            sqlx::query(
-                "INSERT INTO vouchers (voucher_id, member_id, partner_id, what, issued_at, expires_at, earn_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(v.id.clone())
-            .bind(v.member.clone())
-            .bind(v.partner.clone())
-            .bind(v.what.clone())
-            .bind(v.issued_at)
-            .bind(v.expires_at)
-            .bind(v.id.trim_start_matches('v').parse::<i64>().unwrap_or(0))
-            .execute(&mut *conn)
-            .await?;
+        for chunk in w.vouchers.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO vouchers (voucher_id, member_id, partner_id, what, issued_at, expires_at, earn_id) VALUES {}",
+                values(chunk.len(), 7)
+            );
+            let mut q = sqlx::query(&sql);
+            for v in chunk {
+                q = q
+                    .bind(v.id.clone())
+                    .bind(v.member.clone())
+                    .bind(v.partner.clone())
+                    .bind(v.what.clone())
+                    .bind(v.issued_at)
+                    .bind(v.expires_at)
+                    .bind(v.id.trim_start_matches('v').parse::<i64>().unwrap_or(0));
+            }
+            q.execute(&mut *conn).await?;
         }
-        for ((campaign, member), points) in &w.grants {
-            sqlx::query(
-                "INSERT INTO campaign_grants (campaign_id, member_id, points) VALUES ($1, $2, $3) \
+        let grants: Vec<_> = w.grants.iter().collect();
+        for chunk in grants.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO campaign_grants (campaign_id, member_id, points) VALUES {} \
                  ON CONFLICT (member_id, campaign_id) DO UPDATE SET points = campaign_grants.points + excluded.points",
-            )
-            .bind(campaign.clone())
-            .bind(member.clone())
-            .bind(*points)
-            .execute(&mut *conn)
-            .await?;
+                values(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((campaign, member), points) in chunk {
+                q = q.bind(campaign.clone()).bind(member.clone()).bind(**points);
+            }
+            q.execute(&mut *conn).await?;
         }
         Ok(())
     }
@@ -593,7 +648,8 @@ where
                 now,
             } => {
                 let members = [member.clone()];
-                let mut state = Self::load(conn, &members, ladder.as_ref(), now).await?;
+                let mut state =
+                    Self::load(conn, &members, ladder.as_ref(), Needs::ALL, now).await?;
                 let mut m = state.remove(&member).unwrap_or_default();
                 let campaigns = Self::live_campaigns(conn, now).await?;
                 m.vouchers = Self::vouchers(conn, "member_id", &member).await?;

@@ -353,11 +353,18 @@ impl LedgerTx for SqliteTx<'_> {
         &mut self,
         members: &[String],
         ladder: Option<&crate::programme::Ladder>,
+        needs: super::programme::Needs,
         now: Micros,
     ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>
     {
-        super::programme::ProgrammeSql::<sqlx::Sqlite>::load(&mut *self.conn, members, ladder, now)
-            .await
+        super::programme::ProgrammeSql::<sqlx::Sqlite>::load(
+            &mut *self.conn,
+            members,
+            ladder,
+            needs,
+            now,
+        )
+        .await
     }
 
     async fn earned_before(
