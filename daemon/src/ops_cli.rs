@@ -118,20 +118,30 @@ pub enum OpsCommand {
 }
 
 async fn client(c: &Connection) -> anyhow::Result<OperatorServiceClient<Channel>> {
-    let config = Config::load(&c.config)?;
-    let addr = c.addr.clone().unwrap_or_else(|| config.listen.to_string());
+    Ok(OperatorServiceClient::new(
+        channel(&c.config, c.addr.as_deref(), &c.identity).await?,
+    ))
+}
+
+/// A channel to the daemon of the config at `config` (or at `addr`), presenting the certificate
+/// `<identity>.pem` of the config's certificate folder.
+pub async fn channel(
+    config: &std::path::Path,
+    addr: Option<&str>,
+    identity: &str,
+) -> anyhow::Result<Channel> {
+    let config = Config::load(config)?;
+    let addr = addr.map_or_else(|| config.listen.to_string(), str::to_string);
     let dir = config
         .ca_cert
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default();
-    let pem = ClientPem::from_dir(&dir, &c.identity)
-        .with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
-    Ok(OperatorServiceClient::new(
-        connect(&addr, &pem)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?,
-    ))
+    let pem = ClientPem::from_dir(&dir, identity)
+        .with_context(|| format!("reading {}/{identity}.pem", dir.display()))?;
+    connect(&addr, &pem)
+        .await
+        .with_context(|| format!("connecting to {addr}"))
 }
 
 fn print_partners(ps: &[pb::PartnerInfo]) {

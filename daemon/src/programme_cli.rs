@@ -1,9 +1,6 @@
 //! `coalitiond programme …`: the programme team's command line, a client of the programme API
 //! over mTLS with the programme certificate (an operator's works too).
 
-use crate::client::{ClientPem, connect};
-use crate::config::Config;
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::programme_service_client::ProgrammeServiceClient;
@@ -109,19 +106,8 @@ pub struct CreateArgs {
 }
 
 async fn client(c: &Connection) -> anyhow::Result<ProgrammeServiceClient<Channel>> {
-    let config = Config::load(&c.config)?;
-    let addr = c.addr.clone().unwrap_or_else(|| config.listen.to_string());
-    let dir = config
-        .ca_cert
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let pem = ClientPem::from_dir(&dir, &c.identity)
-        .with_context(|| format!("reading {}/{}.pem", dir.display(), c.identity))?;
     Ok(ProgrammeServiceClient::new(
-        connect(&addr, &pem)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?,
+        crate::ops_cli::channel(&c.config, c.addr.as_deref(), &c.identity).await?,
     ))
 }
 

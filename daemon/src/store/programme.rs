@@ -73,6 +73,81 @@ fn decimal(column: &str, s: Option<String>) -> Result<Option<Decimal>, StoreErro
     .transpose()
 }
 
+/// A read or change of the programme through the read pool (one store method for all of them).
+#[derive(Debug, Clone)]
+pub enum ProgrammeCall {
+    /// A member's state at `now` and the campaigns in force then, as an earn at `partner` would
+    /// see them.
+    State {
+        /// The member.
+        member: String,
+        /// The partner asking.
+        partner: String,
+        /// The ladder.
+        ladder: Option<Ladder>,
+        /// The instant.
+        now: Micros,
+    },
+    /// Every campaign not over at the instant (all, if `None`).
+    Campaigns {
+        /// The instant.
+        not_over_at: Option<Micros>,
+    },
+    /// Stores a campaign unless one with its id exists.
+    Create(Campaign),
+    /// Redeems a voucher for `partner` under its transaction id `txn`.
+    Redeem {
+        /// The calling partner.
+        partner: String,
+        /// The partner's id of the redemption.
+        txn: String,
+        /// The voucher.
+        voucher: String,
+        /// The instant.
+        now: Micros,
+    },
+    /// Ends a campaign now.
+    End {
+        /// Its id.
+        id: String,
+        /// The instant.
+        now: Micros,
+        /// Who ends it.
+        by: String,
+    },
+}
+
+/// The answer to a [`ProgrammeCall`].
+#[derive(Debug, Clone)]
+pub enum ProgrammeReply {
+    /// The member's state and the campaigns in force.
+    State(MemberProgramme, Vec<Campaign>),
+    /// Campaigns.
+    Campaigns(Vec<Campaign>),
+    /// The stored campaign: `Ok` if it is the one given (new, or the same terms again), `Err` if
+    /// another campaign has its id.
+    Created(Result<Campaign, Campaign>),
+    /// The campaign after ending it (`None`: unknown).
+    Ended(Option<Campaign>),
+    /// The voucher as redeemed, or why not.
+    Redeemed(Result<crate::programme::Voucher, RedeemRefusal>),
+}
+
+/// Why a voucher is not redeemed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemRefusal {
+    /// No such voucher.
+    Unknown,
+    /// Another partner's voucher.
+    OtherPartner(String),
+    /// Past its expiry.
+    Expired(Micros),
+    /// Redeemed before, under another transaction id.
+    AlreadyRedeemed(Micros),
+    /// The transaction id redeemed another voucher.
+    IdUsed(String),
+}
+
 /// The programme SQL, generic over the sqlx database.
 pub struct ProgrammeSql<DB>(std::marker::PhantomData<DB>);
 
@@ -461,95 +536,6 @@ where
         }
         Ok(())
     }
-}
-
-/// A read or change of the programme through the read pool (one store method for all of them).
-#[derive(Debug, Clone)]
-pub enum ProgrammeCall {
-    /// A member's state at `now` and the campaigns in force then, as an earn at `partner` would
-    /// see them.
-    State {
-        /// The member.
-        member: String,
-        /// The partner asking.
-        partner: String,
-        /// The ladder.
-        ladder: Option<Ladder>,
-        /// The instant.
-        now: Micros,
-    },
-    /// Every campaign not over at the instant (all, if `None`).
-    Campaigns {
-        /// The instant.
-        not_over_at: Option<Micros>,
-    },
-    /// Stores a campaign unless one with its id exists.
-    Create(Campaign),
-    /// Redeems a voucher for `partner` under its transaction id `txn`.
-    Redeem {
-        /// The calling partner.
-        partner: String,
-        /// The partner's id of the redemption.
-        txn: String,
-        /// The voucher.
-        voucher: String,
-        /// The instant.
-        now: Micros,
-    },
-    /// Ends a campaign now.
-    End {
-        /// Its id.
-        id: String,
-        /// The instant.
-        now: Micros,
-        /// Who ends it.
-        by: String,
-    },
-}
-
-/// The answer to a [`ProgrammeCall`].
-#[derive(Debug, Clone)]
-pub enum ProgrammeReply {
-    /// The member's state and the campaigns in force.
-    State(MemberProgramme, Vec<Campaign>),
-    /// Campaigns.
-    Campaigns(Vec<Campaign>),
-    /// The stored campaign: `Ok` if it is the one given (new, or the same terms again), `Err` if
-    /// another campaign has its id.
-    Created(Result<Campaign, Campaign>),
-    /// The campaign after ending it (`None`: unknown).
-    Ended(Option<Campaign>),
-    /// The voucher as redeemed, or why not.
-    Redeemed(Result<crate::programme::Voucher, RedeemRefusal>),
-}
-
-/// Why a voucher is not redeemed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedeemRefusal {
-    /// No such voucher.
-    Unknown,
-    /// Another partner's voucher.
-    OtherPartner(String),
-    /// Past its expiry.
-    Expired(Micros),
-    /// Redeemed before, under another transaction id.
-    AlreadyRedeemed(Micros),
-    /// The transaction id redeemed another voucher.
-    IdUsed(String),
-}
-
-impl<DB> ProgrammeSql<DB>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    bool: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    Option<String>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
     fn voucher(row: &DB::Row) -> Result<crate::programme::Voucher, StoreError> {
         Ok(crate::programme::Voucher {
             id: row.try_get(0)?,
