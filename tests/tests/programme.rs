@@ -330,6 +330,9 @@ async fn campaigns_stack_on_the_base_within_caps_and_welcome_once(b: Backend) {
             ("w-welcome".into(), 100)
         ]
     );
+    // Skyways sees the use of campaigns that apply at it only.
+    let m = member(&mut sky, "c").await;
+    assert_eq!(uses(&m), vec![("a-double".into(), 150)]);
     // Half of the first earn back: every part in proportion, by largest remainder.
     let r = bistro
         .reverse_earn(reverse_earn("c1-r", "c1", 215))
@@ -663,6 +666,9 @@ async fn stamp_cards_complete_on_the_nth_purchase_and_vouchers_redeem_once(b: Ba
         ),
         (voucher.as_str(), "a free dessert")
     );
+    // Another partner does not see where else the member shops.
+    let elsewhere = member(&mut sky, "s").await;
+    assert!(elsewhere.stamp_cards.is_empty() && elsewhere.vouchers.is_empty());
     // Only bistro redeems it; a retry returns the first answer; another redemption is refused.
     let e = redeem(&mut sky, "rv0", &voucher).await.unwrap_err();
     assert_eq!(

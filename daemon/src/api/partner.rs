@@ -407,7 +407,17 @@ impl PartnerService for PartnerApi {
             now,
             super::views::Audience::Partner,
         );
-        let (state, _) = self.programme_state(&r.member_id, &partner.id, now).await?;
+        let (state, live) = self.programme_state(&r.member_id, &partner.id, now).await?;
+        // A partner sees the programme where it takes part: campaigns in force that apply at it,
+        // its own stamp card and vouchers — not where else the member shops.
+        let here = |id: &str| {
+            live.iter().any(|c| {
+                c.id == id
+                    && ((c.partners.is_empty() && c.partner_kinds.is_empty())
+                        || c.partners.contains(&partner.id)
+                        || c.partner_kinds.contains(&partner.kind))
+            })
+        };
         let mut m = pb::Member {
             member_id: r.member_id.clone(),
             balance: balance.points,
@@ -417,7 +427,7 @@ impl PartnerService for PartnerApi {
             campaigns: state
                 .granted
                 .iter()
-                .filter(|(_, p)| **p != 0)
+                .filter(|(c, p)| **p != 0 && here(c))
                 .map(|(c, p)| pb::CampaignUse {
                     campaign_id: c.clone(),
                     points: *p,
@@ -425,7 +435,7 @@ impl PartnerService for PartnerApi {
                 .collect(),
             ..Default::default()
         };
-        for (p, card) in &state.cards {
+        for (p, card) in state.cards.iter().filter(|(p, _)| **p == partner.id) {
             if let Some(rule) = self
                 .shared
                 .config
@@ -448,7 +458,7 @@ impl PartnerService for PartnerApi {
         m.vouchers = state
             .vouchers
             .iter()
-            .filter(|v| v.redeemed_at.is_none() && v.expires_at > now)
+            .filter(|v| v.partner == partner.id && v.redeemed_at.is_none() && v.expires_at > now)
             .map(voucher_to_pb)
             .collect();
         if let Some(l) = self.shared.config.ladder.as_ref() {
