@@ -259,3 +259,104 @@ async fn health_and_reflection_are_served_over_mtls() {
         assert!(names.iter().any(|n| n == s), "{s} not listed: {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programme_cli_creates_lists_and_ends_a_campaign() {
+    let t = TestDaemon::start(Backend::Sqlite).await;
+    let config = t.dir.path().join("coalition.toml");
+    let now = t.clock.now();
+    let at = |us: i64| coalitiond::clock::rfc3339(us);
+    let (config, addr) = (config.to_str().unwrap(), t.addr.as_str());
+    let (starts, ends) = (at(now), at(now + 86_400_000_000));
+    let create = Cli::parse_from([
+        "coalitiond",
+        "programme",
+        "campaigns",
+        "create",
+        "--config",
+        config,
+        "--addr",
+        addr,
+        "--id",
+        "cli-bonus",
+        "--name",
+        "from the command line",
+        "--starts",
+        &starts,
+        "--ends",
+        &ends,
+        "--partner",
+        "bistro",
+        "--bonus-points",
+        "12",
+        "--cap",
+        "24",
+        "--funder",
+        "operator",
+    ]);
+    run(create).await.expect("create");
+    let list = Cli::parse_from([
+        "coalitiond",
+        "programme",
+        "campaigns",
+        "list",
+        "--config",
+        config,
+        "--addr",
+        addr,
+    ]);
+    run(list).await.expect("list");
+    let r = t
+        .partner("bistro")
+        .await
+        .earn(earn_bonus("b1", "m1", 10))
+        .await
+        .receipt();
+    assert_eq!(
+        r.points, 22,
+        "the campaign made on the command line applies"
+    );
+    // A refusal comes back as an error naming what is wrong.
+    let bad = Cli::parse_from([
+        "coalitiond",
+        "programme",
+        "campaigns",
+        "create",
+        "--config",
+        config,
+        "--addr",
+        addr,
+        "--id",
+        "bad",
+        "--name",
+        "x",
+        "--starts",
+        &ends,
+        "--ends",
+        &starts,
+        "--bonus-points",
+        "1",
+    ]);
+    let err = run(bad).await.expect_err("end before start is refused");
+    assert!(format!("{err:#}").contains("end"), "{err:#}");
+    let end = Cli::parse_from([
+        "coalitiond",
+        "programme",
+        "campaigns",
+        "end",
+        "--config",
+        config,
+        "--addr",
+        addr,
+        "--id",
+        "cli-bonus",
+    ]);
+    run(end).await.expect("end");
+    let r = t
+        .partner("bistro")
+        .await
+        .earn(earn_bonus("b2", "m1", 10))
+        .await
+        .receipt();
+    assert_eq!(r.points, 10, "an ended campaign no longer applies");
+}
