@@ -56,6 +56,11 @@ pub enum Rounding {
 }
 
 impl Rounding {
+    /// `d` rounded to `dp` decimals this way (the one rounding of money the daemon does).
+    pub fn round(self, d: Decimal, dp: u32) -> Decimal {
+        d.round_dp_with_strategy(dp, self.strategy())
+    }
+
     fn strategy(self) -> RoundingStrategy {
         match self {
             Rounding::HalfAwayFromZero => RoundingStrategy::MidpointAwayFromZero,

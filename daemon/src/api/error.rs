@@ -87,6 +87,15 @@ impl ApiError {
         }
     }
 
+    /// The store answered a programme call with a reply of another kind (a bug, never input).
+    pub fn mismatched() -> ApiError {
+        ApiError::refused(
+            Code::Internal,
+            "INTERNAL",
+            "the store answered another question",
+        )
+    }
+
     /// A refusal with its own code and reason.
     pub fn refused(code: Code, reason: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::Refused {

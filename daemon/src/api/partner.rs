@@ -129,11 +129,7 @@ impl PartnerApi {
         };
         match self.shared.store.programme(call).await? {
             ProgrammeReply::State(m, c) => Ok((m, c)),
-            _ => Err(ApiError::refused(
-                tonic::Code::Internal,
-                "INTERNAL",
-                "the store answered another question",
-            )),
+            _ => Err(ApiError::mismatched()),
         }
     }
 
@@ -522,7 +518,7 @@ impl PartnerService for PartnerApi {
             stamps: partner.stamps.as_ref(),
             now,
         };
-        let parts =
+        let priced =
             crate::programme::price_earn(ladder, &campaigns, &state, &facts).map_err(|e| {
                 ApiError::refused(
                     tonic::Code::InvalidArgument,
@@ -531,10 +527,10 @@ impl PartnerService for PartnerApi {
                 )
             })?;
         let tier_after =
-            crate::programme::record_earn(ladder, &mut state, &partner.id, &parts, now);
+            crate::programme::record_earn(ladder, &mut state, &partner.id, &priced, now);
         Ok(Response::new(pb::EarnQuote {
-            points: parts.iter().map(|p| p.points).sum(),
-            parts: parts_to_pb(&parts, &partner.id),
+            points: priced.parts.iter().map(|p| p.points).sum(),
+            parts: parts_to_pb(&priced.parts, &partner.id),
             tier: tier_after.unwrap_or_default(),
         }))
     }
@@ -602,11 +598,7 @@ impl PartnerService for PartnerApi {
                     ),
                 ),
             }),
-            _ => Err(refused(
-                tonic::Code::Internal,
-                "INTERNAL",
-                "the store answered another question".into(),
-            )),
+            _ => Err(ApiError::mismatched().into()),
         }
     }
 
@@ -646,8 +638,11 @@ impl PartnerService for PartnerApi {
                 )
             })?
             .redemption_rate;
-        let value = (rate * rust_decimal::Decimal::from(points))
-            .round_dp(self.shared.config.currency.minor_units);
+        // Rounded as finance rounds a net position (the coalition's rounding setting).
+        let value = self.shared.config.clearing.rounding.round(
+            rate * rust_decimal::Decimal::from(points),
+            self.shared.config.currency.minor_units,
+        );
         Ok(Response::new(pb::BurnQuote {
             points,
             value: Some(pb::Money {

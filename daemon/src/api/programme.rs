@@ -219,12 +219,7 @@ impl ProgrammeService for ProgrammeApi {
             })
             .await?
         else {
-            return Err(ApiError::refused(
-                Code::Internal,
-                "INTERNAL",
-                "the store answered another question",
-            )
-            .into());
+            return Err(ApiError::mismatched().into());
         };
         // A retry of a stored campaign is answered before the checks that depend on the others.
         if let Some(stored) = others.iter().find(|o| o.id == c.id)
@@ -268,7 +263,7 @@ impl ProgrammeService for ProgrammeApi {
                 ),
             )
             .into()),
-            _ => Err(ApiError::refused(Code::Internal, "INTERNAL", "the store answered another question").into()),
+            _ => Err(ApiError::mismatched().into()),
         }
     }
 
@@ -281,12 +276,7 @@ impl ProgrammeService for ProgrammeApi {
         let ProgrammeReply::Campaigns(all) =
             self.call(ProgrammeCall::Campaigns { not_over_at }).await?
         else {
-            return Err(ApiError::refused(
-                Code::Internal,
-                "INTERNAL",
-                "the store answered another question",
-            )
-            .into());
+            return Err(ApiError::mismatched().into());
         };
         Ok(Response::new(pb::ListCampaignsResponse {
             campaigns: all
@@ -318,12 +308,7 @@ impl ProgrammeService for ProgrammeApi {
                 message: format!("no campaign {id:?}"),
             }
             .into()),
-            _ => Err(ApiError::refused(
-                Code::Internal,
-                "INTERNAL",
-                "the store answered another question",
-            )
-            .into()),
+            _ => Err(ApiError::mismatched().into()),
         }
     }
 }

@@ -193,7 +193,9 @@ pub struct Voucher {
     pub issued_at: Micros,
     /// Expiry.
     pub expires_at: Micros,
-    /// When it was redeemed, and the partner's id of that redemption.
+    /// The ledger id of the earn whose stamp completed the card.
+    pub earn: i64,
+    /// When it was redeemed.
     pub redeemed_at: Option<Micros>,
     /// The partner's transaction id of the redemption.
     pub redeemed_by: Option<String>,
@@ -438,14 +440,24 @@ fn extra(base: i64, multiplier: Decimal) -> Result<i64, ProgrammeError> {
         .ok_or(ProgrammeError::Overflow)
 }
 
-/// What an earn is made of: the base, the tier bonus, each campaign that applies (cut to its cap).
-/// Campaigns are taken in id order; `m` gives what each campaign already granted the member.
+/// An earn as the rules price it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    /// Its parts, base first.
+    pub parts: Vec<Part>,
+    /// The stamp it gives, if the purchase qualifies for the partner's card.
+    pub stamp: Option<Stamp>,
+}
+
+/// What an earn is made of: the base, the tier bonus, each campaign that applies (cut to its cap),
+/// the stamp. Campaigns are taken in id order; `m` gives what each campaign already granted the
+/// member and the member's card.
 pub fn price_earn(
     ladder: Option<&Ladder>,
     campaigns: &[Campaign],
     m: &MemberProgramme,
     e: &EarnFacts<'_>,
-) -> Result<Vec<Part>, ProgrammeError> {
+) -> Result<Priced, ProgrammeError> {
     let mut parts = vec![Part::base(e.base)];
     if let Some(l) = ladder {
         let t = &l.tiers[m.tier_index().min(l.tiers.len() - 1)];
@@ -479,10 +491,11 @@ pub fn price_earn(
             });
         }
     }
-    if let Some(rule) = e.stamps
-        && let Some(st) = rule.next(m.cards.get(e.partner), e.amount, e.now)
-    {
-        parts.push(rule.part(&st));
+    let stamp = e
+        .stamps
+        .and_then(|rule| rule.next(m.cards.get(e.partner), e.amount, e.now));
+    if let (Some(rule), Some(st)) = (e.stamps, &stamp) {
+        parts.push(rule.part(st));
     }
     let total = parts
         .iter()
@@ -491,40 +504,34 @@ pub fn price_earn(
     if total > MAX_POINTS_PER_TRANSACTION {
         return Err(ProgrammeError::Overflow);
     }
-    Ok(parts)
+    Ok(Priced { parts, stamp })
 }
 
 /// Records an earn's effect on the member's programme state: qualifying points (every part),
-/// campaign grants, the partner earned at, and an immediate promotion. Returns the tier after.
+/// campaign grants, the partner earned at, the stamp on its card, and an immediate promotion.
+/// Returns the tier after.
 pub fn record_earn(
     ladder: Option<&Ladder>,
     m: &mut MemberProgramme,
     partner: &str,
-    parts: &[Part],
+    priced: &Priced,
     now: Micros,
 ) -> Option<String> {
-    for p in parts.iter().filter(|p| p.kind == PartKind::Campaign) {
+    for p in priced.parts.iter().filter(|p| p.kind == PartKind::Campaign) {
         *m.granted.entry(p.source.clone()).or_default() += p.points;
     }
     m.earned_at.insert(partner.to_string());
-    if let Some(stamp) = parts.iter().find(|p| p.kind == PartKind::Stamp) {
-        let (count, every) = stamp
-            .source
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .split_once('/')
-            .and_then(|(c, e)| Some((c.parse::<i64>().ok()?, e.parse::<i64>().ok()?)))
-            .unwrap_or((0, 0));
+    if let Some(st) = &priced.stamp {
         let card = m.cards.entry(partner.to_string()).or_default();
-        card.stamps = if count >= every { 0 } else { count };
-        if count == 1 {
+        // A completed card starts over.
+        card.stamps = if st.completed { 0 } else { st.count };
+        if st.count == 1 {
             card.started_at = now;
         }
         card.dirty = true;
     }
     let l = ladder?;
-    m.add_qualifying(now, parts.iter().map(|p| p.points).sum());
+    m.add_qualifying(now, priced.parts.iter().map(|p| p.points).sum());
     m.promote(l, now);
     Some(l.tiers[m.tier_index().min(l.tiers.len() - 1)].name.clone())
 }

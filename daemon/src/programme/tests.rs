@@ -82,7 +82,9 @@ fn bonuses_stack_on_the_base_and_caps_cut() {
     double.cap_per_member = Some(150);
     m.granted.insert("a-double".into(), 100);
     let bonus = campaign("b-bonus", Effect::Bonus(30));
-    let parts = price_earn(Some(&l), &[bonus, double], &m, &facts(101, T0)).unwrap();
+    let parts = price_earn(Some(&l), &[bonus, double], &m, &facts(101, T0))
+        .unwrap()
+        .parts;
     let got: Vec<(PartKind, &str, i64)> = parts
         .iter()
         .map(|p| (p.kind, p.source.as_str(), p.points))

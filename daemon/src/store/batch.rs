@@ -380,7 +380,7 @@ fn decide(
         } => {
             let fee = prices(ctx, &r.partner, now)?.issuance_fee;
             let ladder = ctx.ladder.as_deref();
-            let parts = if prog.on {
+            let mut priced = if prog.on {
                 let state = prog.members.entry(member.clone()).or_default();
                 let tier = ladder.map(|l| {
                     l.tiers[state.tier_index().min(l.tiers.len() - 1)]
@@ -401,9 +401,12 @@ fn decide(
                 programme::price_earn(ladder, &prog.campaigns, state, &facts)
                     .map_err(|_| Refusal::Overflow(*base))?
             } else {
-                vec![Part::base(*base)]
+                programme::Priced {
+                    parts: vec![Part::base(*base)],
+                    stamp: None,
+                }
             };
-            let funded = ledger::parts::by_funder(&parts);
+            let funded = ledger::parts::by_funder(&priced.parts);
             let share = |f: Funder| funded.iter().find(|(x, _)| *x == f).map_or(0, |(_, p)| *p);
             let (partner_points, operator_points) =
                 (share(Funder::Partner), share(Funder::Operator));
@@ -413,15 +416,12 @@ fn decide(
                 .or_insert_with(|| MemberLedger::new_member(member));
             let id = ids.pop_front().expect("one id reserved per request");
             // A completed card with a voucher reward: the voucher, named on the stamp's part.
-            let mut parts = parts;
             if let Some(programme::StampRule {
-                every,
                 reward: programme::StampReward::Voucher { what, days },
                 ..
             }) = ctx.stamp_rules.get(&r.partner)
-                && let Some(p) = parts
-                    .iter_mut()
-                    .find(|p| p.kind == PartKind::Stamp && p.source == format!("{every}/{every}"))
+                && priced.stamp.as_ref().is_some_and(|s| s.completed)
+                && let Some(p) = priced.parts.iter_mut().find(|p| p.kind == PartKind::Stamp)
             {
                 let v = programme::Voucher {
                     id: format!("v{id}"),
@@ -430,10 +430,11 @@ fn decide(
                     what: what.clone(),
                     issued_at: now,
                     expires_at: now + *days as i64 * programme::DAY,
+                    earn: id,
                     redeemed_at: None,
                     redeemed_by: None,
                 };
-                p.source = format!("{every}/{every} voucher {}", v.id);
+                p.source = format!("{} voucher {}", p.source, v.id);
                 writes.programme.vouchers.push(v);
             }
             let effect = m.earn_funded(
@@ -448,7 +449,7 @@ fn decide(
             )?;
             let tier = if prog.on {
                 let state = prog.members.entry(member.clone()).or_default();
-                let tier = programme::record_earn(ladder, state, &r.partner, &parts, now);
+                let tier = programme::record_earn(ladder, state, &r.partner, &priced, now);
                 if ladder.is_some() {
                     *writes
                         .programme
@@ -456,7 +457,7 @@ fn decide(
                         .entry((member.clone(), programme::day_of(now)))
                         .or_default() += points;
                 }
-                for p in parts.iter().filter(|p| p.kind == PartKind::Campaign) {
+                for p in priced.parts.iter().filter(|p| p.kind == PartKind::Campaign) {
                     *writes
                         .programme
                         .grants
@@ -479,7 +480,7 @@ fn decide(
                 debt_created: 0,
                 debt_repaid: effect.debt_repaid,
                 original_transaction_id: None,
-                parts,
+                parts: priced.parts,
                 tier,
             };
             writes.allocations.extend(effect.repayments);

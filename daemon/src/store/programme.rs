@@ -517,7 +517,7 @@ where
                     .bind(v.what.clone())
                     .bind(v.issued_at)
                     .bind(v.expires_at)
-                    .bind(v.id.trim_start_matches('v').parse::<i64>().unwrap_or(0));
+                    .bind(v.earn);
             }
             q.execute(&mut *conn).await?;
         }
@@ -538,6 +538,7 @@ where
     }
     fn voucher(row: &DB::Row) -> Result<crate::programme::Voucher, StoreError> {
         Ok(crate::programme::Voucher {
+            earn: row.try_get(8)?,
             id: row.try_get(0)?,
             member: row.try_get(1)?,
             partner: row.try_get(2)?,
@@ -556,8 +557,8 @@ where
         value: &str,
     ) -> Result<Vec<crate::programme::Voucher>, StoreError> {
         let sql = format!(
-            "SELECT voucher_id, member_id, partner_id, what, issued_at, expires_at, redeemed_at, redeemed_by \
-             FROM vouchers WHERE {column} = $1 ORDER BY issued_at, voucher_id"
+            "SELECT voucher_id, member_id, partner_id, what, issued_at, expires_at, redeemed_at, redeemed_by, \
+             earn_id FROM vouchers WHERE {column} = $1 ORDER BY issued_at, voucher_id"
         );
         let rows = sqlx::query(&sql)
             .bind(value.to_string())
@@ -585,8 +586,8 @@ where
             }
         };
         // A retry: the id already redeemed a voucher of this partner.
-        let sql = "SELECT voucher_id, member_id, partner_id, what, issued_at, expires_at, redeemed_at, redeemed_by \
-             FROM vouchers WHERE partner_id = $1 AND redeemed_by = $2";
+        let sql = "SELECT voucher_id, member_id, partner_id, what, issued_at, expires_at, redeemed_at, redeemed_by, \
+             earn_id FROM vouchers WHERE partner_id = $1 AND redeemed_by = $2";
         if let Some(row) = sqlx::query(sql)
             .bind(partner.to_string())
             .bind(txn.to_string())
