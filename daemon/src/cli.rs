@@ -87,7 +87,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Make a dev CA, a server certificate, one certificate per configured partner, and one
-    /// finance and one operator identity, in the folder of the config's `tls.ca_cert`.
+    /// finance, one operator and one programme identity, in the folder of the config's `tls.ca_cert`.
     Init {
         /// The config file.
         #[arg(long, default_value = "coalition.toml")]
