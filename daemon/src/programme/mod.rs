@@ -130,8 +130,6 @@ pub struct MemberProgramme {
     pub granted: BTreeMap<String, i64>,
     /// Partners the member has earned at before (for welcome campaigns).
     pub earned_at: BTreeSet<String>,
-    /// The stored tier changed (a review or a promotion) and must be written.
-    pub tier_dirty: bool,
     /// Stamp cards by partner.
     pub cards: BTreeMap<String, Card>,
     /// Vouchers (read for `GetMember` only).
@@ -174,8 +172,6 @@ pub struct Card {
     pub stamps: i64,
     /// When its first stamp was given.
     pub started_at: Micros,
-    /// Changed and not yet written.
-    pub dirty: bool,
 }
 
 /// A voucher from a completed stamp card.
@@ -280,7 +276,6 @@ impl MemberProgramme {
                 since: if tier == t.tier { t.since } else { t.review_at },
                 review_at: ladder.next_review(t.review_at),
             });
-            self.tier_dirty = true;
         }
     }
 
@@ -308,7 +303,6 @@ impl MemberProgramme {
                 since: now,
                 review_at: ladder.next_review(now),
             });
-            self.tier_dirty = true;
             return true;
         }
         false
@@ -528,7 +522,6 @@ pub fn record_earn(
         if st.count == 1 {
             card.started_at = now;
         }
-        card.dirty = true;
     }
     let l = ladder?;
     m.add_qualifying(now, priced.parts.iter().map(|p| p.points).sum());

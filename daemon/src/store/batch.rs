@@ -45,7 +45,10 @@ struct Programme {
     /// Whether any rule can apply (tiers run or a campaign is in force).
     on: bool,
     campaigns: Vec<Campaign>,
+    /// The state of the members it earns or reverses earns for, as the batch changes it.
     members: HashMap<String, MemberProgramme>,
+    /// Their state as stored when the batch began (only what differs is written).
+    stored: HashMap<String, Option<String>>,
 }
 
 type Key = (String, String);
@@ -130,7 +133,6 @@ pub async fn apply(
         .collect();
     let mut extra_lots = Vec::new();
     if !earn_originals.is_empty() {
-        // A lot's id is the id of the earn that made it.
         // A lot's id is its earn's, negated for the operator-funded lot.
         let lot_ids: Vec<i64> = earn_originals.iter().flat_map(|&e| [e, -e]).collect();
         extra_lots.extend(tx.load_lots(&lot_ids).await?);
@@ -178,27 +180,38 @@ pub async fn apply(
             || !prog.campaigns.is_empty()
             || earners.iter().any(|(_, p)| ctx.stamp_rules.contains_key(p));
     }
-    if prog.on {
-        let mut who: Vec<String> = earners.iter().map(|(m, _)| m.clone()).collect();
-        who.sort();
-        who.dedup();
-        // Grants only matter under a cap (reversals add their deltas blind), cards only where a
-        // stamp rule runs.
-        let needs = super::programme::Needs {
-            grants: prog.campaigns.iter().any(|c| c.cap_per_member.is_some()),
-            cards: earners.iter().any(|(_, p)| ctx.stamp_rules.contains_key(p)),
-        };
-        prog.members = tx
-            .load_programme(&who, ctx.ladder.as_deref(), needs, ctx.now)
-            .await?;
-        if prog.campaigns.iter().any(|c| c.welcome) {
-            let mut pairs = earners.clone();
-            pairs.sort();
-            pairs.dedup();
-            for (m, p) in tx.earned_before(&pairs).await? {
-                if let Some(state) = prog.members.get_mut(&m) {
-                    state.earned_at.insert(p);
-                }
+    // Members whose programme state the batch may change: earners while a rule can apply, and the
+    // members of earn reversals (which take back qualifying points, grants and stamps).
+    let mut who: Vec<String> = if prog.on {
+        earners.iter().map(|(m, _)| m.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    for r in requests {
+        if let Op::ReverseEarn { original, .. } = &r.op
+            && let Some(o) = txns.get(&key(&r.partner, original))
+        {
+            who.push(o.member.clone());
+        }
+    }
+    who.sort();
+    who.dedup();
+    if !who.is_empty() {
+        prog.stored = tx.load_programme(&who).await?;
+        for m in who {
+            let text = prog.stored.get(&m).cloned().flatten();
+            let state =
+                super::programme::state_of(text.as_deref(), ctx.ladder.as_deref(), ctx.now)?;
+            prog.members.insert(m, state);
+        }
+    }
+    if prog.on && prog.campaigns.iter().any(|c| c.welcome) {
+        let mut pairs = earners.clone();
+        pairs.sort();
+        pairs.dedup();
+        for (m, p) in tx.earned_before(&pairs).await? {
+            if let Some(state) = prog.members.get_mut(&m) {
+                state.earned_at.insert(p);
             }
         }
     }
@@ -293,27 +306,14 @@ pub async fn apply(
         writes.reversed.push((id, points, stored));
     }
     for (member, m) in &prog.members {
-        for (partner, card) in m.cards.iter().filter(|(_, c)| c.dirty) {
-            writes.programme.cards.insert(
-                (member.clone(), partner.clone()),
-                (card.stamps, card.started_at),
-            );
+        let before = prog.stored.get(member).cloned().flatten();
+        let after =
+            super::programme::encode_state(m, ctx.ladder.as_deref(), before.as_deref(), ctx.now)?;
+        if after != before {
+            writes.programme.states.insert(member.clone(), after);
         }
     }
-    if let Some(l) = ctx.ladder.as_deref() {
-        let mut dirty: Vec<(&String, &MemberProgramme)> =
-            prog.members.iter().filter(|(_, m)| m.tier_dirty).collect();
-        dirty.sort_by(|a, b| a.0.cmp(b.0));
-        for (member, m) in dirty {
-            if let Some(t) = &m.tier {
-                let name = l.tiers[t.tier.min(l.tiers.len() - 1)].name.clone();
-                writes
-                    .programme
-                    .tiers
-                    .push((member.clone(), name, t.clone()));
-            }
-        }
-    }
+    writes.programme.at = ctx.now;
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
     touched.sort_by(|a, b| a.member.cmp(&b.member));
     for m in touched {
@@ -449,22 +449,7 @@ fn decide(
             )?;
             let tier = if prog.on {
                 let state = prog.members.entry(member.clone()).or_default();
-                let tier = programme::record_earn(ladder, state, &r.partner, &priced, now);
-                if ladder.is_some() {
-                    *writes
-                        .programme
-                        .qualifying
-                        .entry((member.clone(), programme::day_of(now)))
-                        .or_default() += points;
-                }
-                for p in priced.parts.iter().filter(|p| p.kind == PartKind::Campaign) {
-                    *writes
-                        .programme
-                        .grants
-                        .entry((p.source.clone(), member.clone()))
-                        .or_default() += p.points;
-                }
-                tier
+                programme::record_earn(ladder, state, &r.partner, &priced, now)
             } else {
                 None
             };
@@ -557,6 +542,8 @@ fn decide(
                 o.points - o.reversed_points,
                 o.accepted_at,
             );
+            // An earn counted qualifying points if tiers ran when it was accepted.
+            let o_counted = o.receipt.tier.is_some();
             let earn_parts = o.receipt.parts.clone();
             let left: Vec<i64> = earn_parts
                 .iter()
@@ -604,48 +591,24 @@ fn decide(
                     });
                 }
             }
-            // Qualifying points and campaign grants go back on the day and campaign they came from.
-            if ctx.ladder.is_some() {
-                *writes
-                    .programme
-                    .qualifying
-                    .entry((member.clone(), programme::day_of(earned_at)))
-                    .or_default() -= points;
-            }
-            if let Some(state) = prog.members.get_mut(&member) {
-                if ctx.ladder.is_some() {
+            // Qualifying points (of an earn that counted them) and campaign grants go back on the
+            // day and campaign they came from; a purchase reversed in full takes its stamp back
+            // (below zero if it completed a card). The batch loaded the member's state.
+            let state = prog.members.get_mut(&member);
+            debug_assert!(
+                state.is_some(),
+                "the state of a reversal's member is loaded"
+            );
+            if let Some(state) = state {
+                if ctx.ladder.is_some() && o_counted {
                     state.add_qualifying(earned_at, -points);
                 }
                 for p in taken.iter().filter(|p| p.kind == PartKind::Campaign) {
                     *state.granted.entry(p.source.clone()).or_default() -= p.points;
                 }
-            }
-            // A purchase reversed in full takes its stamp back (below zero if it completed a card).
-            if points == remaining && earn_parts.iter().any(|p| p.kind == PartKind::Stamp) {
-                match prog.members.get_mut(&member) {
-                    Some(state) => {
-                        let card = state.cards.entry(r.partner.clone()).or_default();
-                        card.stamps -= 1;
-                        card.dirty = true;
-                    }
-                    None => {
-                        *writes
-                            .programme
-                            .card_deltas
-                            .entry((member.clone(), r.partner.clone()))
-                            .or_default() -= 1;
-                    }
+                if points == remaining && earn_parts.iter().any(|p| p.kind == PartKind::Stamp) {
+                    state.cards.entry(r.partner.clone()).or_default().stamps -= 1;
                 }
-            }
-            for p in taken
-                .iter()
-                .filter(|p| p.kind == PartKind::Campaign && p.points > 0)
-            {
-                *writes
-                    .programme
-                    .grants
-                    .entry((p.source.clone(), member.clone()))
-                    .or_default() -= p.points;
             }
             let partner_share = funded
                 .iter()

@@ -282,14 +282,11 @@ pub trait LedgerTx: Send {
         &mut self,
         now: Micros,
     ) -> Result<Vec<crate::programme::Campaign>, StoreError>;
-    /// The programme state of these members at `now` (see [`programme::ProgrammeSql::load`]).
+    /// The stored programme text of these members (see [`programme::ProgrammeSql::load`]).
     async fn load_programme(
         &mut self,
         members: &[String],
-        ladder: Option<&crate::programme::Ladder>,
-        needs: programme::Needs,
-        now: Micros,
-    ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>;
+    ) -> Result<std::collections::HashMap<String, Option<String>>, StoreError>;
     /// Which (member, partner) pairs have an earn.
     async fn earned_before(
         &mut self,

@@ -307,19 +307,8 @@ impl LedgerTx for PgTx<'_> {
     async fn load_programme(
         &mut self,
         members: &[String],
-        ladder: Option<&crate::programme::Ladder>,
-        needs: super::programme::Needs,
-        now: Micros,
-    ) -> Result<std::collections::HashMap<String, crate::programme::MemberProgramme>, StoreError>
-    {
-        super::programme::ProgrammeSql::<sqlx::Postgres>::load(
-            &mut *self.conn,
-            members,
-            ladder,
-            needs,
-            now,
-        )
-        .await
+    ) -> Result<std::collections::HashMap<String, Option<String>>, StoreError> {
+        super::programme::ProgrammeSql::<sqlx::Postgres>::load(&mut *self.conn, members).await
     }
 
     async fn earned_before(

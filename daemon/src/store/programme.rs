@@ -1,5 +1,6 @@
-//! The programme's state in SQL, once for both backends: campaigns, members' tiers, qualifying
-//! points per day and campaign grants. The batch reads and writes it inside its transaction; the
+//! The programme's state in SQL, once for both backends: campaigns, vouchers, and each member's
+//! tier, qualifying points per day, campaign grants and stamp cards in one `members.programme`
+//! text. The batch reads and writes it inside its transaction; the
 //! read pool uses the same reads for `GetMember` and quotes.
 
 use super::StoreError;
@@ -10,36 +11,14 @@ use sqlx::Row;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
-/// Which parts of a member's programme state a reader needs (tiers follow the ladder).
-#[derive(Debug, Clone, Copy)]
-pub struct Needs {
-    /// Campaign grants (a campaign with a cap is in force, or a member is shown).
-    pub grants: bool,
-    /// Stamp cards (an earning partner runs a stamp card, or a member is shown).
-    pub cards: bool,
-}
-
-impl Needs {
-    /// Everything.
-    pub const ALL: Needs = Needs {
-        grants: true,
-        cards: true,
-    };
-}
-
 /// What a batch changes of the programme's state.
 #[derive(Debug, Default, Clone)]
 pub struct ProgrammeWrites {
-    /// Members' tiers after a promotion or a review: (member, tier name, state).
-    pub tiers: Vec<(String, String, TierState)>,
-    /// Qualifying points to add: (member, UTC day, points; negative for reversals).
-    pub qualifying: BTreeMap<(String, i64), i64>,
-    /// Campaign grants to add: (campaign, member) → points (negative for reversals).
-    pub grants: BTreeMap<(String, String), i64>,
-    /// Stamp cards as they now stand: (member, partner) → (stamps, started at).
-    pub cards: BTreeMap<(String, String), (i64, Micros)>,
-    /// Stamps taken back from cards not loaded by the batch: (member, partner) → stamps.
-    pub card_deltas: BTreeMap<(String, String), i64>,
+    /// Members' programme state as it now stands, encoded (see [`encode_state`]), for the members
+    /// whose state changed (`None`: nothing left to keep).
+    pub states: BTreeMap<String, Option<String>>,
+    /// The batch's instant (the first-seen instant should a member row be missing).
+    pub at: Micros,
     /// Vouchers issued.
     pub vouchers: Vec<crate::programme::Voucher>,
 }
@@ -47,13 +26,114 @@ pub struct ProgrammeWrites {
 impl ProgrammeWrites {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.tiers.is_empty()
-            && self.qualifying.is_empty()
-            && self.grants.is_empty()
-            && self.cards.is_empty()
-            && self.card_deltas.is_empty()
-            && self.vouchers.is_empty()
+        self.states.is_empty() && self.vouchers.is_empty()
     }
+}
+
+/// A member's programme state as `members.programme` holds it: compact JSON, one row per member
+/// so that a batch reads and writes one row per member whatever the programme runs. Migration
+/// 0012 builds the same shape with SQL; keep the two in step.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Stored {
+    /// The tier: its name, since when, next review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<(String, Micros, Micros)>,
+    /// Qualifying points per UTC day, days in order, none older than any window can still count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    q: Vec<(i64, i64)>,
+    /// Points each campaign granted, net of reversals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    g: Vec<(String, i64)>,
+    /// Stamp cards: partner, stamps, when the first stamp was given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    c: Vec<(String, i64, Micros)>,
+}
+
+fn stored(text: Option<&str>) -> Result<Stored, StoreError> {
+    match text {
+        None => Ok(Stored::default()),
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| StoreError::Corrupt(format!("members.programme holds {s:?}: {e}"))),
+    }
+}
+
+/// A member's programme state from its stored text at `now`: reviews due by then applied. A tier
+/// no longer on the ladder counts as its lowest rung; without a ladder, tiers and days are not
+/// read (they are kept as stored, see [`encode_state`]).
+pub fn state_of(
+    text: Option<&str>,
+    ladder: Option<&Ladder>,
+    now: Micros,
+) -> Result<MemberProgramme, StoreError> {
+    let s = stored(text)?;
+    let mut m = MemberProgramme {
+        granted: s.g.into_iter().collect(),
+        cards: s
+            .c
+            .into_iter()
+            .map(|(p, stamps, started_at)| (p, crate::programme::Card { stamps, started_at }))
+            .collect(),
+        ..MemberProgramme::default()
+    };
+    if let Some(l) = ladder {
+        m.tier = s.t.map(|(name, since, review_at)| TierState {
+            tier: l.index(&name).unwrap_or(0),
+            since,
+            review_at,
+        });
+        m.days = s.q.into_iter().collect();
+        m.apply_reviews(l, now);
+    }
+    Ok(m)
+}
+
+/// The text to store for `m` at `now` (`None`: nothing to store). Days no window from `now` on
+/// can count are dropped; without a ladder the stored tier and days of `previous` are kept as
+/// they were, so switching tiers off for a while loses nothing.
+pub fn encode_state(
+    m: &MemberProgramme,
+    ladder: Option<&Ladder>,
+    previous: Option<&str>,
+    now: Micros,
+) -> Result<Option<String>, StoreError> {
+    let mut s = Stored {
+        g: m.granted
+            .iter()
+            .filter(|(_, p)| **p != 0)
+            .map(|(c, p)| (c.clone(), *p))
+            .collect(),
+        c: m.cards
+            .iter()
+            .map(|(p, c)| (p.clone(), c.stamps, c.started_at))
+            .collect(),
+        ..Stored::default()
+    };
+    match ladder {
+        Some(l) => {
+            s.t = m.tier.as_ref().map(|t| {
+                let name = l.tiers[t.tier.min(l.tiers.len() - 1)].name.clone();
+                (name, t.since, t.review_at)
+            });
+            let first = l.first_counted_day(now);
+            s.q = m
+                .days
+                .range(first..)
+                .filter(|(_, p)| **p != 0)
+                .map(|(d, p)| (*d, *p))
+                .collect();
+        }
+        None => {
+            let before = stored(previous)?;
+            s.t = before.t;
+            s.q = before.q;
+        }
+    }
+    if s.t.is_none() && s.q.is_empty() && s.g.is_empty() && s.c.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&s)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("a member's programme state: {e}")))
 }
 
 const CAMPAIGN_COLUMNS: &str = "campaign_id, name, starts_at, ends_at, partners, partner_kinds, min_amount, tiers, \
@@ -301,102 +381,24 @@ where
         Self::campaign_by_id(conn, id).await
     }
 
-    /// The programme state of `members` at `now`: stored tiers, qualifying points of every day a
-    /// window ending now or at a due review counts (with a ladder), campaign grants and stamp
-    /// cards (as `needs` says).
+    /// The stored programme text of `members` (a member without a row is left out).
     pub async fn load(
         conn: &mut DB::Connection,
         members: &[String],
-        ladder: Option<&Ladder>,
-        needs: Needs,
-        now: Micros,
-    ) -> Result<HashMap<String, MemberProgramme>, StoreError> {
-        let mut out: HashMap<String, MemberProgramme> = members
-            .iter()
-            .map(|m| (m.clone(), MemberProgramme::default()))
-            .collect();
-        if members.is_empty() {
-            return Ok(out);
-        }
+    ) -> Result<HashMap<String, Option<String>>, StoreError> {
+        let mut out = HashMap::new();
         for chunk in members.chunks(1000) {
-            // `$2, $3, …`: the members (`$1` is the statement's own first parameter).
-            let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
-            let marks = marks.join(", ");
-            if let Some(l) = ladder {
-                let sql = format!(
-                    "SELECT member_id, tier, since, review_at FROM member_tiers WHERE $1 = 1 AND member_id IN ({marks})"
-                );
-                let mut q = sqlx::query(&sql).bind(1i64);
-                for m in chunk {
-                    q = q.bind(m.clone());
-                }
-                let mut earliest = now;
-                for row in q.fetch_all(&mut *conn).await? {
-                    let member: String = row.try_get(0)?;
-                    let name: String = row.try_get(1)?;
-                    // A tier no longer on the ladder counts as the lowest rung.
-                    let tier = l.index(&name).unwrap_or(0);
-                    let state = TierState {
-                        tier,
-                        since: row.try_get(2)?,
-                        review_at: row.try_get(3)?,
-                    };
-                    earliest = earliest.min(state.review_at);
-                    if let Some(m) = out.get_mut(&member) {
-                        m.tier = Some(state);
-                    }
-                }
-                let sql = format!(
-                    "SELECT member_id, day, points FROM qualifying WHERE day >= $1 AND member_id IN ({marks})"
-                );
-                let mut q = sqlx::query(&sql).bind(l.first_counted_day(earliest));
-                for m in chunk {
-                    q = q.bind(m.clone());
-                }
-                for row in q.fetch_all(&mut *conn).await? {
-                    let member: String = row.try_get(0)?;
-                    if let Some(m) = out.get_mut(&member) {
-                        m.days.insert(row.try_get(1)?, row.try_get(2)?);
-                    }
-                }
-            }
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT member_id, partner_id, stamps, started_at FROM stamp_cards WHERE $1 = 1 AND member_id IN ({marks})"
+                "SELECT member_id, programme FROM members WHERE member_id IN ({})",
+                marks.join(", ")
             );
-            let mut q = sqlx::query(&sql).bind(i64::from(needs.cards));
+            let mut q = sqlx::query(&sql);
             for m in chunk {
                 q = q.bind(m.clone());
             }
             for row in q.fetch_all(&mut *conn).await? {
-                let member: String = row.try_get(0)?;
-                if let Some(m) = out.get_mut(&member) {
-                    m.cards.insert(
-                        row.try_get(1)?,
-                        crate::programme::Card {
-                            stamps: row.try_get(2)?,
-                            started_at: row.try_get(3)?,
-                            dirty: false,
-                        },
-                    );
-                }
-            }
-            let sql = format!(
-                "SELECT member_id, campaign_id, points FROM campaign_grants WHERE $1 = 1 AND member_id IN ({marks})"
-            );
-            let mut q = sqlx::query(&sql).bind(i64::from(needs.grants));
-            for m in chunk {
-                q = q.bind(m.clone());
-            }
-            for row in q.fetch_all(&mut *conn).await? {
-                let member: String = row.try_get(0)?;
-                if let Some(m) = out.get_mut(&member) {
-                    m.granted.insert(row.try_get(1)?, row.try_get(2)?);
-                }
-            }
-        }
-        if let Some(l) = ladder {
-            for m in out.values_mut() {
-                m.apply_reviews(l, now);
+                out.insert(row.try_get::<String, _>(0)?, row.try_get(1)?);
             }
         }
         Ok(out)
@@ -438,68 +440,16 @@ where
                 .join(", ")
         }
         const ROWS: usize = 250;
-        for chunk in w.tiers.chunks(ROWS) {
+        let states: Vec<_> = w.states.iter().collect();
+        for chunk in states.chunks(ROWS) {
             let sql = format!(
-                "INSERT INTO member_tiers (member_id, tier, since, review_at) VALUES {} \
-                 ON CONFLICT (member_id) DO UPDATE SET tier = excluded.tier, since = excluded.since, \
-                 review_at = excluded.review_at",
-                values(chunk.len(), 4)
-            );
-            let mut q = sqlx::query(&sql);
-            for (member, name, t) in chunk {
-                q = q
-                    .bind(member.clone())
-                    .bind(name.clone())
-                    .bind(t.since)
-                    .bind(t.review_at);
-            }
-            q.execute(&mut *conn).await?;
-        }
-        let qualifying: Vec<_> = w.qualifying.iter().collect();
-        for chunk in qualifying.chunks(ROWS) {
-            let sql = format!(
-                "INSERT INTO qualifying (member_id, day, points) VALUES {} \
-                 ON CONFLICT (member_id, day) DO UPDATE SET points = qualifying.points + excluded.points",
+                "INSERT INTO members (member_id, first_seen, programme) VALUES {} \
+                 ON CONFLICT (member_id) DO UPDATE SET programme = excluded.programme",
                 values(chunk.len(), 3)
             );
             let mut q = sqlx::query(&sql);
-            for ((member, day), points) in chunk {
-                q = q.bind(member.clone()).bind(*day).bind(**points);
-            }
-            q.execute(&mut *conn).await?;
-        }
-        let cards: Vec<_> = w.cards.iter().collect();
-        for chunk in cards.chunks(ROWS) {
-            let sql = format!(
-                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES {} \
-                 ON CONFLICT (member_id, partner_id) DO UPDATE SET stamps = excluded.stamps, \
-                 started_at = excluded.started_at",
-                values(chunk.len(), 4)
-            );
-            let mut q = sqlx::query(&sql);
-            for ((member, partner), (stamps, started)) in chunk {
-                q = q
-                    .bind(member.clone())
-                    .bind(partner.clone())
-                    .bind(*stamps)
-                    .bind(*started);
-            }
-            q.execute(&mut *conn).await?;
-        }
-        let deltas: Vec<_> = w.card_deltas.iter().collect();
-        for chunk in deltas.chunks(ROWS) {
-            let sql = format!(
-                "INSERT INTO stamp_cards (member_id, partner_id, stamps, started_at) VALUES {} \
-                 ON CONFLICT (member_id, partner_id) DO UPDATE SET stamps = stamp_cards.stamps + excluded.stamps",
-                values(chunk.len(), 4)
-            );
-            let mut q = sqlx::query(&sql);
-            for ((member, partner), delta) in chunk {
-                q = q
-                    .bind(member.clone())
-                    .bind(partner.clone())
-                    .bind(**delta)
-                    .bind(0i64);
+            for (member, text) in chunk {
+                q = q.bind((*member).clone()).bind(w.at).bind((*text).clone());
             }
             q.execute(&mut *conn).await?;
         }
@@ -521,21 +471,9 @@ where
             }
             q.execute(&mut *conn).await?;
         }
-        let grants: Vec<_> = w.grants.iter().collect();
-        for chunk in grants.chunks(ROWS) {
-            let sql = format!(
-                "INSERT INTO campaign_grants (campaign_id, member_id, points) VALUES {} \
-                 ON CONFLICT (member_id, campaign_id) DO UPDATE SET points = campaign_grants.points + excluded.points",
-                values(chunk.len(), 3)
-            );
-            let mut q = sqlx::query(&sql);
-            for ((campaign, member), points) in chunk {
-                q = q.bind(campaign.clone()).bind(member.clone()).bind(**points);
-            }
-            q.execute(&mut *conn).await?;
-        }
         Ok(())
     }
+
     fn voucher(row: &DB::Row) -> Result<crate::programme::Voucher, StoreError> {
         Ok(crate::programme::Voucher {
             earn: row.try_get(8)?,
@@ -635,9 +573,8 @@ where
                 now,
             } => {
                 let members = [member.clone()];
-                let mut state =
-                    Self::load(conn, &members, ladder.as_ref(), Needs::ALL, now).await?;
-                let mut m = state.remove(&member).unwrap_or_default();
+                let text = Self::load(conn, &members).await?.remove(&member).flatten();
+                let mut m = state_of(text.as_deref(), ladder.as_ref(), now)?;
                 let campaigns = Self::live_campaigns(conn, now).await?;
                 m.vouchers = Self::vouchers(conn, "member_id", &member).await?;
                 if campaigns.iter().any(|c| c.welcome)
@@ -785,16 +722,25 @@ where
             ));
         }
     }
-    let stored: BTreeMap<(String, String), i64> =
-        sqlx::query("SELECT campaign_id, member_id, points FROM campaign_grants")
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get::<i64, _>(2)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
+    let mut stored_grants: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in sqlx::query("SELECT member_id, programme FROM members WHERE programme IS NOT NULL")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let member: String = r.try_get(0)?;
+        let text: String = r.try_get(1)?;
+        match stored(Some(&text)) {
+            Ok(s) => {
+                for (campaign, points) in s.g {
+                    *stored_grants.entry((campaign, member.clone())).or_default() += points;
+                }
+            }
+            Err(e) => bad.push(format!("member {member}: {e}")),
+        }
+    }
     grants.retain(|_, v| *v != 0);
-    let stored_nonzero: BTreeMap<_, _> = stored.into_iter().filter(|(_, v)| *v != 0).collect();
-    if grants != stored_nonzero {
+    stored_grants.retain(|_, v| *v != 0);
+    if grants != stored_grants {
         bad.push("campaign grants differ from what the earns and reversals gave and took".into());
     }
     Ok(bad)

@@ -9,7 +9,7 @@ use crate::ledger::Micros;
 /// Most members pseudonymized in one run (the next run takes the rest).
 pub const MAX_PER_RUN: i64 = 1_000;
 
-/// Tables that hold a member id, and its column.
+/// Tables that hold a member id, and its column. (The programme state is on the member row.)
 const TABLES: &[&str] = &[
     "members",
     "transactions",
@@ -19,6 +19,7 @@ const TABLES: &[&str] = &[
     "breakage",
     "consents",
     "consent_events",
+    "vouchers",
 ];
 
 /// SQL, the same on both backends.
