@@ -137,6 +137,8 @@ struct RawDatabase {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_batch: Option<usize>,
+    default_hold_seconds: Option<u64>,
+    max_hold_seconds: Option<u64>,
     queue_depth: Option<usize>,
     handshake_timeout_ms: Option<u64>,
     max_pending_per_address: Option<usize>,
@@ -366,6 +368,11 @@ pub struct Config {
     pub database_url: String,
     /// Largest number of calls applied in one commit.
     pub max_batch: usize,
+    /// How long a hold at the till runs when the call does not say (`limits.default_hold_seconds`,
+    /// default 900).
+    pub default_hold_seconds: u64,
+    /// The longest hold a call may ask for (`limits.max_hold_seconds`, default 86,400).
+    pub max_hold_seconds: u64,
     /// Calls queued for the writer before callers wait.
     pub queue_depth: usize,
     /// Time a client has to finish the TLS handshake (`limits.handshake_timeout_ms`, default 5 s).
@@ -694,6 +701,17 @@ impl Config {
         if !(1..=8192).contains(&max_batch) {
             return Err(invalid("limits.max_batch", "use 1..=8192"));
         }
+        let max_hold_seconds = raw.limits.max_hold_seconds.unwrap_or(86_400);
+        if !(1..=31 * 86_400).contains(&max_hold_seconds) {
+            return Err(invalid("limits.max_hold_seconds", "use 1..=2678400 (31 days)"));
+        }
+        let default_hold_seconds = raw.limits.default_hold_seconds.unwrap_or(900);
+        if !(1..=max_hold_seconds).contains(&default_hold_seconds) {
+            return Err(invalid(
+                "limits.default_hold_seconds",
+                format!("use 1..={max_hold_seconds} (limits.max_hold_seconds)"),
+            ));
+        }
         let queue_depth = raw.limits.queue_depth.unwrap_or(16_384);
         if !(1..=1_000_000).contains(&queue_depth) {
             return Err(invalid("limits.queue_depth", "use 1..=1000000"));
@@ -885,6 +903,8 @@ impl Config {
             metrics_listen,
             database_url,
             max_batch,
+            default_hold_seconds,
+            max_hold_seconds,
             queue_depth,
             handshake_timeout_ms,
             max_pending_per_address: raw.limits.max_pending_per_address,

@@ -161,6 +161,12 @@ impl ApiError {
                 Rejection::IdReused(_) => (Code::AlreadyExists, "REQUEST_ID_REUSED"),
                 Rejection::Unpriced(_) => (Code::FailedPrecondition, "PARTNER_NOT_PRICED"),
                 Rejection::Retired { .. } => (Code::PermissionDenied, "PARTNER_RETIRED"),
+                Rejection::HoldExpired { .. } => (Code::FailedPrecondition, "HOLD_EXPIRED"),
+                Rejection::HoldClosed {
+                    state: "captured", ..
+                } => (Code::FailedPrecondition, "HOLD_CAPTURED"),
+                Rejection::HoldClosed { .. } => (Code::FailedPrecondition, "HOLD_VOIDED"),
+                Rejection::BeyondHold { .. } => (Code::FailedPrecondition, "CAPTURE_EXCEEDS_HOLD"),
             },
         }
     }

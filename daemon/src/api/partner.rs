@@ -133,6 +133,24 @@ impl PartnerApi {
         }
     }
 
+    /// What `member` has held at `now` (see [`super::views::held`]).
+    async fn held(&self, member: &str, now: crate::ledger::Micros) -> Result<(i64, i64), ApiError> {
+        super::views::held(&self.shared, member, now).await
+    }
+
+    /// One of `partner`'s holds by its authorization id or the id of the call that closed it.
+    async fn hold(&self, partner: &str, id: &str) -> Result<Option<HoldRecord>, ApiError> {
+        use crate::store::holds::{HoldsCall, HoldsReply};
+        let call = HoldsCall::One {
+            partner: partner.to_string(),
+            id: id.to_string(),
+        };
+        match self.shared.store.holds(call).await? {
+            HoldsReply::One(h) => Ok(h),
+            _ => Err(ApiError::mismatched()),
+        }
+    }
+
     async fn submit(
         &self,
         partner: &Partner,
@@ -234,8 +252,41 @@ pub fn receipt_to_pb(r: &Receipt, partner: &str) -> pb::Receipt {
     }
 }
 
+/// A hold as a partner sees it.
+fn hold_to_pb(v: &crate::ledger::HoldView, ledger_id: i64, member: &str) -> pb::Hold {
+    use crate::ledger::HoldState;
+    pb::Hold {
+        authorization_id: v.authorization_id.clone(),
+        ledger_id,
+        member_id: member.to_string(),
+        points: v.points,
+        state: match v.state {
+            HoldState::Held => pb::HoldState::Held,
+            HoldState::Captured => pb::HoldState::Captured,
+            HoldState::Voided => pb::HoldState::Voided,
+            HoldState::Expired => pb::HoldState::Expired,
+        } as i32,
+        captured_points: v.captured,
+        authorized_at: crate::clock::rfc3339(v.authorized_at),
+        expires_at: crate::clock::rfc3339(v.expires_at),
+        closed_by: v.closed_by.clone().unwrap_or_default(),
+    }
+}
+
+/// The answer of an authorization or a void.
+fn hold_response(receipt: &Receipt) -> Result<pb::HoldResponse, ApiError> {
+    let view = receipt.hold.as_ref().ok_or_else(ApiError::mismatched)?;
+    Ok(pb::HoldResponse {
+        hold: Some(hold_to_pb(view, receipt.ledger_id, &receipt.member_id)),
+        balance_after: receipt.balance_after,
+    })
+}
+
+use crate::store::holds::HoldRecord;
+
 fn transaction_to_pb(t: &TxnRecord) -> pb::Transaction {
     pb::Transaction {
+        hold: None,
         receipt: Some(receipt_to_pb(&t.receipt, &t.partner)),
         reversed_points: t.reversed_points,
         purchase: t.purchase.as_ref().map(|(amount, currency)| pb::Money {
@@ -315,7 +366,94 @@ impl PartnerService for PartnerApi {
             .await?;
         Ok(Response::new(pb::BurnResponse {
             receipt: Some(receipt_to_pb(&receipt, &partner.id)),
+            hold: None,
         }))
+    }
+
+    async fn authorize_burn(
+        &self,
+        req: Request<pb::AuthorizeBurnRequest>,
+    ) -> Result<Response<pb::HoldResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("member_id", &r.member_id)?;
+        let points = validate::burn_points(r.points)?;
+        let config = &self.shared.config;
+        let seconds = match r.hold_seconds {
+            0 => config.default_hold_seconds,
+            s if s < 0 || s as u64 > config.max_hold_seconds => {
+                return Err(ApiError::field(
+                    "hold_seconds",
+                    "HOLD_TOO_LONG",
+                    format!(
+                        "a hold runs 1..={} seconds (0 for the default of {})",
+                        config.max_hold_seconds, config.default_hold_seconds
+                    ),
+                )
+                .into());
+            }
+            s => s as u64,
+        };
+        // The hold's length joins the content only as asked (0 = the default, whatever it is).
+        let canonical = format!(
+            "authorize\n{}\n{points}\n{}",
+            r.member_id, r.hold_seconds
+        );
+        let op = Op::Authorize {
+            member: r.member_id.clone(),
+            points,
+            hold_for: seconds as i64 * 1_000_000,
+        };
+        let receipt = self
+            .submit(partner, &r.transaction_id, op, canonical)
+            .await?;
+        Ok(Response::new(hold_response(&receipt)?))
+    }
+
+    async fn capture_burn(
+        &self,
+        req: Request<pb::CaptureBurnRequest>,
+    ) -> Result<Response<pb::BurnResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("authorization_id", &r.authorization_id)?;
+        let points = validate::reversal_points(r.points)?;
+        let canonical = format!("capture\n{}\n{points}", r.authorization_id);
+        let op = Op::Capture {
+            authorization: r.authorization_id.clone(),
+            points,
+        };
+        let receipt = self
+            .submit(partner, &r.transaction_id, op, canonical)
+            .await?;
+        let hold = receipt
+            .hold
+            .as_ref()
+            .map(|v| hold_to_pb(v, receipt.ledger_id, &receipt.member_id));
+        Ok(Response::new(pb::BurnResponse {
+            receipt: Some(receipt_to_pb(&receipt, &partner.id)),
+            hold,
+        }))
+    }
+
+    async fn void_burn(
+        &self,
+        req: Request<pb::VoidBurnRequest>,
+    ) -> Result<Response<pb::HoldResponse>, Status> {
+        let partner = self.caller(&req)?;
+        let r = req.get_ref();
+        validate::id("transaction_id", &r.transaction_id)?;
+        validate::id("authorization_id", &r.authorization_id)?;
+        let canonical = format!("void\n{}", r.authorization_id);
+        let op = Op::Void {
+            authorization: r.authorization_id.clone(),
+        };
+        let receipt = self
+            .submit(partner, &r.transaction_id, op, canonical)
+            .await?;
+        Ok(Response::new(hold_response(&receipt)?))
     }
 
     async fn reverse_earn(
@@ -375,11 +513,14 @@ impl PartnerService for PartnerApi {
             .member(&r.member_id)
             .await
             .map_err(ApiError::from)?;
+        let now = self.shared.clock.now();
+        let held = self.held(&r.member_id, now).await?;
         Ok(Response::new(super::views::balance(
             &r.member_id,
             m.as_ref(),
-            self.shared.clock.now(),
+            now,
             super::views::Audience::Partner,
+            held,
         )))
     }
 
@@ -397,11 +538,13 @@ impl PartnerService for PartnerApi {
             .member(&r.member_id)
             .await
             .map_err(ApiError::from)?;
+        let held = self.held(&r.member_id, now).await?;
         let balance = super::views::balance(
             &r.member_id,
             ledger.as_ref(),
             now,
             super::views::Audience::Partner,
+            held,
         );
         let (state, live) = self.programme_state(&r.member_id, &partner.id, now).await?;
         // A partner sees the programme where it takes part: campaigns in force that apply at it,
@@ -417,6 +560,8 @@ impl PartnerService for PartnerApi {
         let mut m = pb::Member {
             member_id: r.member_id.clone(),
             balance: balance.points,
+            held_points: balance.held_points,
+            available_points: balance.available_points,
             debt: balance.debt,
             next_expiry_points: balance.next_expiry_points,
             next_expiry_at: balance.next_expiry,
@@ -701,14 +846,35 @@ impl PartnerService for PartnerApi {
             .transaction(&partner.id, &r.transaction_id)
             .await
             .map_err(ApiError::from)?;
-        let t = t.ok_or_else(|| ApiError::NotFound {
-            reason: "UNKNOWN_TRANSACTION",
-            message: format!(
-                "no transaction {:?} of partner {}",
-                r.transaction_id, partner.id
-            ),
-        })?;
-        Ok(Response::new(transaction_to_pb(&t)))
+        let hold = self.hold(&partner.id, &r.transaction_id).await?;
+        let hold_pb = |h: &HoldRecord| hold_to_pb(&h.view(), h.id, &h.member);
+        match (t, hold) {
+            // A capture: the burn, with the hold it burned from.
+            (Some(t), h) => {
+                let mut out = transaction_to_pb(&t);
+                out.hold = h
+                    .filter(|h| h.closed_by.as_deref() == Some(r.transaction_id.as_str()))
+                    .as_ref()
+                    .map(hold_pb);
+                Ok(Response::new(out))
+            }
+            (None, Some(h)) if h.partner_txn_id == r.transaction_id => {
+                Ok(Response::new(pb::Transaction {
+                    receipt: None,
+                    reversed_points: 0,
+                    purchase: None,
+                    hold: Some(hold_pb(&h)),
+                }))
+            }
+            _ => Err(ApiError::NotFound {
+                reason: "UNKNOWN_TRANSACTION",
+                message: format!(
+                    "no transaction {:?} of partner {}",
+                    r.transaction_id, partner.id
+                ),
+            }
+            .into()),
+        }
     }
 
     async fn get_statement(

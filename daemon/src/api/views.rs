@@ -27,6 +27,7 @@ pub fn balance(
     m: Option<&MemberLedger>,
     now: Micros,
     audience: Audience,
+    (held, released): (i64, i64),
 ) -> pb::Balance {
     let Some(m) = m else {
         return pb::Balance {
@@ -46,9 +47,13 @@ pub fn balance(
             .map(|l| l.points_left)
             .sum()
     });
+    // Holds that ran out are released when a batch next sees the member; their points count now.
+    let available = m.balance(now).saturating_add(released);
     let mut b = pb::Balance {
         member_id: m.member.clone(),
-        points: m.balance(now),
+        points: available,
+        held_points: held,
+        available_points: available,
         debt: m.debt(),
         by_issuer: vec![],
         next_expiry: next.map(rfc3339).unwrap_or_default(),
@@ -112,10 +117,25 @@ pub async fn staff_balance(
 ) -> Result<pb::Balance, super::error::ApiError> {
     log_staff_read(shared, caller, r, "GetMemberBalance").await?;
     let m = shared.store.member(&r.member_id).await?;
-    Ok(balance(
-        &r.member_id,
-        m.as_ref(),
-        shared.clock.now(),
-        Audience::Staff,
-    ))
+    let now = shared.clock.now();
+    let held = held(shared, &r.member_id, now).await?;
+    Ok(balance(&r.member_id, m.as_ref(), now, Audience::Staff, held))
+}
+
+/// What `member` has held at `now`: (points of running holds, points of holds that ran out and go
+/// back to live lots).
+pub async fn held(
+    shared: &super::Shared,
+    member: &str,
+    now: Micros,
+) -> Result<(i64, i64), super::error::ApiError> {
+    use crate::store::holds::{HoldsCall, HoldsReply};
+    let call = HoldsCall::Of {
+        member: member.to_string(),
+        now,
+    };
+    match shared.store.holds(call).await? {
+        HoldsReply::Of(held, released) => Ok((held, released)),
+        _ => Err(super::error::ApiError::mismatched()),
+    }
 }

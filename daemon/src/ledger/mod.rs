@@ -8,10 +8,12 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub mod holds;
 pub mod parts;
 #[cfg(test)]
 mod tests;
 
+pub use holds::{HeldSlice, HoldState, HoldView};
 pub use parts::{Funder, Part, PartKind};
 
 /// Unix time in microseconds, UTC. The daemon's one representation of an instant.
@@ -654,4 +656,7 @@ pub struct Receipt {
     /// Earns, when the coalition runs tiers: the member's tier right after the earn.
     #[serde(default)]
     pub tier: Option<String>,
+    /// Authorizations, captures and voids: the hold after the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldView>,
 }

@@ -8,18 +8,40 @@ use std::fmt;
 /// PostgreSQL alike.
 pub const CHECKS: &[(&str, &str)] = &[
     (
-        "lot points_left = points - reversed - expired - its allocations",
+        "lot points_left = points - reversed - expired - its allocations - what holds hold of it",
         "SELECT COUNT(*) FROM lots l LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM allocations GROUP BY lot_id) a \
-         ON a.lot_id = l.id WHERE l.points_left <> l.points - l.reversed - l.expired - COALESCE(a.s, 0)",
+         ON a.lot_id = l.id LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM hold_slices GROUP BY lot_id) h \
+         ON h.lot_id = l.id WHERE l.points_left <> l.points - l.reversed - l.expired - COALESCE(a.s, 0) - COALESCE(h.s, 0)",
     ),
     (
-        "each member's points left in lots + swept breakage - debt = what its transactions moved",
+        "each member's points left in lots + held + swept breakage - debt = what its transactions moved",
         "SELECT COUNT(*) FROM \
          (SELECT member_id, SUM(CASE kind WHEN 'earn' THEN points WHEN 'reverse_burn' THEN points ELSE -points END) AS flow \
           FROM transactions GROUP BY member_id) t \
          LEFT JOIN (SELECT member_id, SUM(points_left + expired) AS s FROM lots GROUP BY member_id) l ON l.member_id = t.member_id \
          LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM debts GROUP BY member_id) d ON d.member_id = t.member_id \
-         WHERE t.flow <> COALESCE(l.s, 0) - COALESCE(d.s, 0)",
+         LEFT JOIN (SELECT h.member_id, SUM(s.points) AS s FROM hold_slices s JOIN holds h ON h.id = s.hold_id \
+          GROUP BY h.member_id) hd ON hd.member_id = t.member_id \
+         WHERE t.flow <> COALESCE(l.s, 0) + COALESCE(hd.s, 0) - COALESCE(d.s, 0)",
+    ),
+    (
+        "no lot gives more than it has (points_left >= 0), so no hold holds more than the member had",
+        "SELECT COUNT(*) FROM lots WHERE points_left < 0",
+    ),
+    (
+        "every hold is in exactly one state: held with slices summing to its points from lots of its member; captured by one burn of its partner and member of the captured points; voided or expired with nothing held or captured",
+        "SELECT COUNT(*) FROM holds h \
+         LEFT JOIN (SELECT s.hold_id, SUM(s.points) AS s, \
+           SUM(CASE WHEN l.id IS NULL OR l.member_id <> x.member_id THEN 1 ELSE 0 END) AS bad \
+           FROM hold_slices s JOIN holds x ON x.id = s.hold_id LEFT JOIN lots l ON l.id = s.lot_id \
+           GROUP BY s.hold_id) hs ON hs.hold_id = h.id \
+         LEFT JOIN transactions t ON t.id = h.capture_id \
+         WHERE NOT ( \
+           (h.state = 'held' AND hs.s = h.points AND hs.bad = 0 AND h.captured = 0 AND h.capture_id IS NULL AND h.closed_by IS NULL) \
+           OR (h.state = 'captured' AND hs.s IS NULL AND h.captured >= 1 AND t.kind = 'burn' AND t.points = h.captured \
+               AND t.partner_id = h.partner_id AND t.member_id = h.member_id AND t.partner_txn_id = h.closed_by) \
+           OR (h.state = 'voided' AND hs.s IS NULL AND h.captured = 0 AND h.capture_id IS NULL AND h.closed_by IS NOT NULL) \
+           OR (h.state = 'expired' AND hs.s IS NULL AND h.captured = 0 AND h.capture_id IS NULL AND h.closed_by IS NULL))",
     ),
     (
         "every lot is a lot of an earn of the same member (the partner's with the earn's id, the operator's with its negation), and an earn's lots hold its points",

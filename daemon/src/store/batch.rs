@@ -9,6 +9,9 @@ use crate::ledger::{
 use crate::programme::{self, Campaign, Ladder, MemberProgramme};
 use std::collections::{HashMap, HashSet, VecDeque};
 
+mod holds;
+use holds::Holds;
+
 /// What a batch needs to know besides the requests.
 #[derive(Debug, Clone)]
 pub struct Context {
@@ -68,13 +71,32 @@ pub async fn apply(
     // 1. The members the batch touches. A reversal's member is its original's: look those up.
     let mut members: Vec<String> = Vec::new();
     let mut original_keys: Vec<Key> = Vec::new();
+    // A capture's or void's member is its hold's.
+    let mut hold_keys: Vec<Key> = Vec::new();
+    let mut any_holds = false;
     for r in requests {
         match &r.op {
             Op::Earn { member, .. } | Op::Burn { member, .. } => members.push(member.clone()),
             Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } => {
                 original_keys.push(key(&r.partner, original))
             }
+            Op::Authorize { member, .. } => {
+                any_holds = true;
+                members.push(member.clone());
+            }
+            Op::Capture { authorization, .. } | Op::Void { authorization } => {
+                any_holds = true;
+                hold_keys.push(key(&r.partner, authorization));
+            }
         }
+    }
+    if !hold_keys.is_empty() {
+        members.extend(
+            tx.find_holds(&hold_keys)
+                .await?
+                .into_iter()
+                .map(|h| h.member),
+        );
     }
     if !original_keys.is_empty() {
         members.extend(
@@ -105,6 +127,15 @@ pub async fn apply(
         .iter()
         .map(|r| key(&r.partner, &r.transaction_id))
         .collect();
+    // Holds a request names by its own id (a retry, an id used twice) or by its authorization.
+    let mut holds = Holds::default();
+    if any_holds {
+        let mut named = keys.clone();
+        named.extend(hold_keys);
+        named.sort();
+        named.dedup();
+        holds.add(tx.find_holds(&named).await?);
+    }
     keys.extend(original_keys);
     keys.sort();
     keys.dedup();
@@ -132,6 +163,13 @@ pub async fn apply(
         .map(|m| (m.member.clone(), m))
         .collect();
     let mut extra_lots = Vec::new();
+    // Every hold still held of the batch's members: those that ran out are released now, before
+    // anything is decided, so their points count again.
+    holds.add(tx.open_holds(&members).await?);
+    let held_lots = holds.held_lots();
+    if !held_lots.is_empty() {
+        extra_lots.extend(tx.load_lots(&held_lots).await?);
+    }
     if !earn_originals.is_empty() {
         // A lot's id is its earn's, negated for the operator-funded lot.
         let lot_ids: Vec<i64> = earn_originals.iter().flat_map(|&e| [e, -e]).collect();
@@ -166,6 +204,7 @@ pub async fn apply(
             }
         }
     }
+    holds.release_expired(&mut ledgers, ctx.now);
     let earners: Vec<(String, String)> = requests
         .iter()
         .filter_map(|r| match &r.op {
@@ -230,10 +269,38 @@ pub async fn apply(
         let k = key(&r.partner, &r.transaction_id);
         if let Some(existing) = txns.get(&k) {
             out.push(if existing.request_hash == r.hash {
-                Ok(existing.receipt.clone())
+                let mut receipt = existing.receipt.clone();
+                // A capture's answer carries its hold.
+                receipt.hold = holds
+                    .closed_by
+                    .get(&k)
+                    .and_then(|ak| holds.by_key.get(ak))
+                    .map(|h| h.view());
+                Ok(receipt)
             } else {
                 Err(Rejection::IdReused(r.transaction_id.clone()))
             });
+            continue;
+        }
+        if let Some(answer) = holds.known(r, &ledgers, ctx.now) {
+            out.push(answer);
+            continue;
+        }
+        if ctx
+            .retired
+            .get(&r.partner)
+            .is_some_and(|&since| ctx.now >= since)
+            && matches!(r.op, Op::Authorize { .. } | Op::Void { .. })
+        {
+            out.push(Err(Rejection::Retired {
+                partner: r.partner.clone(),
+                since: crate::clock::rfc3339(ctx.retired[&r.partner]),
+            }));
+            continue;
+        }
+        let mut next_id = || ids.pop_front().expect("one id reserved per request");
+        if let Some(answer) = holds.decide(r, &mut next_id, &mut ledgers, ctx.now) {
+            out.push(answer);
             continue;
         }
         let decided = decide(
@@ -245,6 +312,7 @@ pub async fn apply(
             &mut slices,
             &mut writes,
             &mut prog,
+            &mut holds,
         );
         match decided {
             Ok(record) => {
@@ -314,6 +382,11 @@ pub async fn apply(
         }
     }
     writes.programme.at = ctx.now;
+    for k in &holds.dirty {
+        if let Some(h) = holds.by_key.get(k) {
+            writes.holds.holds.push(h.clone());
+        }
+    }
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
     touched.sort_by(|a, b| a.member.cmp(&b.member));
     for m in touched {
@@ -328,7 +401,7 @@ pub async fn apply(
         }
     }
     let t_decide = t0.elapsed();
-    if !writes.new_txns.is_empty() {
+    if !writes.new_txns.is_empty() || !writes.holds.holds.is_empty() {
         tx.write(&writes).await?;
     }
     tracing::trace!(
@@ -359,6 +432,7 @@ fn decide(
     slices: &mut HashMap<i64, Vec<Reversible>>,
     writes: &mut Writes,
     prog: &mut Programme,
+    holds: &mut Holds,
 ) -> Result<TxnRecord, Rejection> {
     let now = ctx.now;
     // Judged at the acceptance instant, inside the transaction: a call that commits after the
@@ -467,6 +541,7 @@ fn decide(
                 original_transaction_id: None,
                 parts: priced.parts,
                 tier,
+                hold: None,
             };
             writes.allocations.extend(effect.repayments);
             if partner_points > 0 {
@@ -511,6 +586,7 @@ fn decide(
                 original_transaction_id: None,
                 parts: vec![],
                 tier: None,
+                hold: None,
             };
             slices.insert(
                 id,
@@ -533,6 +609,71 @@ fn decide(
                 None,
                 receipt,
             ))
+        }
+        Op::Capture {
+            authorization,
+            points,
+        } => {
+            let rate = prices(ctx, &r.partner, now)?.redemption_rate;
+            let mut next_id = || ids.pop_front().expect("one id reserved per request");
+            let holds::Captured {
+                txn: id,
+                member,
+                points,
+                allocations,
+                view,
+            } = holds.capture(
+                r,
+                authorization,
+                *points,
+                rate,
+                &mut next_id,
+                ledgers,
+                now,
+            )?;
+            let m = ledgers
+                .get(&member)
+                .ok_or_else(|| Rejection::UnknownTransaction(authorization.clone()))?;
+            let receipt = Receipt {
+                transaction_id: r.transaction_id.clone(),
+                ledger_id: id,
+                kind: Kind::Burn,
+                member_id: member.clone(),
+                points,
+                balance_after: m.balance(now),
+                accepted_at: now,
+                slices: ledger::by_issuer(&allocations),
+                debt_created: 0,
+                debt_repaid: 0,
+                original_transaction_id: None,
+                parts: vec![],
+                tier: None,
+                hold: Some(view),
+            };
+            slices.insert(
+                id,
+                allocations
+                    .iter()
+                    .map(|a| Reversible {
+                        allocation: a.clone(),
+                        remaining: a.points,
+                    })
+                    .collect(),
+            );
+            writes.allocations.extend(allocations);
+            Ok(record(
+                r,
+                id,
+                Kind::Burn,
+                &member,
+                points,
+                None,
+                None,
+                receipt,
+            ))
+        }
+        Op::Authorize { .. } | Op::Void { .. } => {
+            unreachable!("authorizations and voids are decided by the holds")
         }
         Op::ReverseEarn { original, points } => {
             let o = original_of(txns, r, original, Kind::Earn)?;
@@ -628,6 +769,7 @@ fn decide(
                 original_transaction_id: Some(original.clone()),
                 parts: taken,
                 tier: None,
+                hold: None,
             };
             writes.allocations.extend(effect.allocations);
             if partner_share > 0 {
@@ -676,6 +818,7 @@ fn decide(
                 original_transaction_id: Some(original.clone()),
                 parts: vec![],
                 tier: None,
+                hold: None,
             };
             writes.allocations.extend(allocations);
             Ok(record(

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clearing;
 pub mod consent;
 pub mod postgres;
+pub mod holds;
 pub mod programme;
 pub mod registry;
 pub mod retention;
@@ -120,6 +121,27 @@ pub enum Op {
         /// Points to give back; 0 for all that is left.
         points: i64,
     },
+    /// Reserve points for the caller until `expires_at` (a hold at the till).
+    Authorize {
+        /// The member.
+        member: String,
+        /// Points to reserve.
+        points: i64,
+        /// How long the hold runs, in microseconds.
+        hold_for: Micros,
+    },
+    /// Turn all or part of one of the caller's holds into a burn; the rest is released.
+    Capture {
+        /// The partner's id of the authorization.
+        authorization: String,
+        /// Points to burn; 0 for the whole hold.
+        points: i64,
+    },
+    /// Release one of the caller's holds.
+    Void {
+        /// The partner's id of the authorization.
+        authorization: String,
+    },
 }
 
 /// Why a request was refused. Nothing of it was applied.
@@ -150,6 +172,34 @@ pub enum Rejection {
     /// No price version of the partner is in force (it cannot move money).
     #[error("partner {0:?} has no price in force")]
     Unpriced(String),
+    /// The hold ran out before this capture: its points went back to the member.
+    #[error("hold {id:?} ran out at {at}: its points went back to the member; authorize again")]
+    HoldExpired {
+        /// The partner's id of the authorization.
+        id: String,
+        /// RFC 3339.
+        at: String,
+    },
+    /// The hold was already captured or voided by another call.
+    #[error("hold {id:?} is already {state} (by transaction {by:?})")]
+    HoldClosed {
+        /// The partner's id of the authorization.
+        id: String,
+        /// `captured` or `voided`.
+        state: &'static str,
+        /// The partner's id of the call that closed it.
+        by: String,
+    },
+    /// A capture asks for more than the hold reserved.
+    #[error("hold {id:?} reserved {held} points, cannot capture {requested}")]
+    BeyondHold {
+        /// The partner's id of the authorization.
+        id: String,
+        /// Points held.
+        held: i64,
+        /// Points asked for.
+        requested: i64,
+    },
     /// The partner is retired: it no longer earns, burns or reverses.
     #[error(
         "partner {partner} retired at {since}: it can no longer earn, burn or reverse; its members' points and its settlements are unaffected"
@@ -218,8 +268,10 @@ pub struct Writes {
     pub breakage: Vec<BreakageFact>,
     /// The issuance fee each earn was charged and each earn reversal refunded.
     pub issuance: Vec<IssuanceRow>,
-    /// Tiers, qualifying points and campaign grants the batch changed.
+    /// Members' programme state and vouchers the batch changed.
     pub programme: programme::ProgrammeWrites,
+    /// Holds the batch opened or closed.
+    pub holds: holds::HoldWrites,
 }
 
 /// The issuance row of one earn (positive points) or earn reversal (negative points, refunded at
@@ -292,6 +344,15 @@ pub trait LedgerTx: Send {
         &mut self,
         pairs: &[(String, String)],
     ) -> Result<std::collections::HashSet<(String, String)>, StoreError>;
+    /// Holds whose authorization id or closing call's id is one of `keys` (see
+    /// [`holds::HoldsSql::find`]).
+    async fn find_holds(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<holds::HoldRecord>, StoreError>;
+    /// The holds still held of these members, with their slices.
+    async fn open_holds(&mut self, members: &[String])
+    -> Result<Vec<holds::HoldRecord>, StoreError>;
     /// `n` fresh transaction ids, increasing.
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
     /// Writes the batch's changes.
@@ -408,6 +469,8 @@ pub trait Store: Send + Sync {
     async fn partners(&self) -> Result<Vec<crate::prices::PartnerRecord>, StoreError>;
     /// Every price version.
     async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError>;
+    /// Reads holds (what a member has held, one hold).
+    async fn holds(&self, call: holds::HoldsCall) -> Result<holds::HoldsReply, StoreError>;
     /// Reads or changes the programme (campaigns, a member's programme state).
     async fn programme(
         &self,

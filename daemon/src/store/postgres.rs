@@ -311,6 +311,20 @@ impl LedgerTx for PgTx<'_> {
         super::programme::ProgrammeSql::<sqlx::Postgres>::load(&mut *self.conn, members).await
     }
 
+    async fn find_holds(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<super::holds::HoldRecord>, StoreError> {
+        super::holds::HoldsSql::<sqlx::Postgres>::find(&mut *self.conn, keys).await
+    }
+
+    async fn open_holds(
+        &mut self,
+        members: &[String],
+    ) -> Result<Vec<super::holds::HoldRecord>, StoreError> {
+        super::holds::HoldsSql::<sqlx::Postgres>::open_of(&mut *self.conn, members).await
+    }
+
     async fn earned_before(
         &mut self,
         pairs: &[(String, String)],
@@ -336,6 +350,8 @@ impl LedgerTx for PgTx<'_> {
                     .await;
             r.map_err(|e| self.fail(e))?;
         }
+        let r = super::holds::HoldsSql::<sqlx::Postgres>::write(self.conn, &w.holds).await;
+        r.map_err(|e| self.fail(e))?;
         Ok(())
     }
 }
@@ -751,6 +767,14 @@ impl Store for PgStore {
     ) -> Result<super::programme::ProgrammeReply, StoreError> {
         let mut c = self.pool.acquire().await?;
         super::programme::ProgrammeSql::<sqlx::Postgres>::call(&mut c, call).await
+    }
+
+    async fn holds(
+        &self,
+        call: super::holds::HoldsCall,
+    ) -> Result<super::holds::HoldsReply, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::holds::HoldsSql::<sqlx::Postgres>::call(&mut c, call).await
     }
 
     async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError> {

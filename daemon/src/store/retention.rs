@@ -20,6 +20,7 @@ const TABLES: &[&str] = &[
     "consents",
     "consent_events",
     "vouchers",
+    "holds",
 ];
 
 /// SQL, the same on both backends.

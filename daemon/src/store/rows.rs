@@ -136,6 +136,7 @@ where
             original_transaction_id: row.try_get("original_txn_id")?,
             parts,
             tier: row.try_get("tier")?,
+            hold: None,
         };
         Ok(TxnRecord {
             id: receipt.ledger_id,

@@ -356,6 +356,20 @@ impl LedgerTx for SqliteTx<'_> {
         super::programme::ProgrammeSql::<sqlx::Sqlite>::load(&mut *self.conn, members).await
     }
 
+    async fn find_holds(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<super::holds::HoldRecord>, StoreError> {
+        super::holds::HoldsSql::<sqlx::Sqlite>::find(&mut *self.conn, keys).await
+    }
+
+    async fn open_holds(
+        &mut self,
+        members: &[String],
+    ) -> Result<Vec<super::holds::HoldRecord>, StoreError> {
+        super::holds::HoldsSql::<sqlx::Sqlite>::open_of(&mut *self.conn, members).await
+    }
+
     async fn earned_before(
         &mut self,
         pairs: &[(String, String)],
@@ -527,6 +541,7 @@ impl LedgerTx for SqliteTx<'_> {
         if !w.programme.is_empty() {
             super::programme::ProgrammeSql::<Sqlite>::write(&mut *conn, &w.programme).await?;
         }
+        super::holds::HoldsSql::<Sqlite>::write(&mut *conn, &w.holds).await?;
         Ok(())
     }
 }
@@ -771,6 +786,14 @@ impl Store for SqliteStore {
         }
         let mut c = self.pool.acquire().await?;
         super::programme::ProgrammeSql::<sqlx::Sqlite>::call(&mut c, call).await
+    }
+
+    async fn holds(
+        &self,
+        call: super::holds::HoldsCall,
+    ) -> Result<super::holds::HoldsReply, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::holds::HoldsSql::<sqlx::Sqlite>::call(&mut c, call).await
     }
 
     async fn price_versions(&self) -> Result<Vec<crate::prices::PriceVersion>, StoreError> {
