@@ -127,6 +127,8 @@ pub const LIVE_POINTS: &str = "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGI
 /// Points expired at $1: swept as breakage, or left in lots past their expiry and not yet swept.
 pub const EXPIRED_POINTS: &str = "SELECT CAST(COALESCE(SUM(expired), 0) + COALESCE(SUM(CASE WHEN expires_at IS NOT NULL \
     AND expires_at <= $1 THEN points_left ELSE 0 END), 0) AS BIGINT) FROM lots";
+/// Points held by holds at the till (out of their lots until captured or released).
+pub const HELD_POINTS: &str = "SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM hold_slices";
 /// Points owed.
 pub const DEBT: &str = "SELECT CAST(COALESCE(SUM(points_left), 0) AS BIGINT) FROM debts";
 /// Row counts, for the report.
@@ -160,6 +162,8 @@ pub struct Report {
     pub expired: i64,
     /// Σ balances: points left in unexpired lots minus debt.
     pub balances: i64,
+    /// Points held by holds (in no lot's points left).
+    pub held: i64,
     /// Points owed.
     pub debt: i64,
     /// What does not hold, in words.
@@ -171,10 +175,10 @@ impl Report {
     pub fn finish(mut self) -> Report {
         let lhs =
             self.earned - self.burned + self.burns_reversed - self.earns_reversed - self.expired;
-        if lhs != self.balances {
+        if lhs != self.balances + self.held {
             self.violations.push(format!(
-                "earned {} - burned {} + burns reversed {} - earns reversed {} - expired {} = {} but balances sum to {}",
-                self.earned, self.burned, self.burns_reversed, self.earns_reversed, self.expired, lhs, self.balances
+                "earned {} - burned {} + burns reversed {} - earns reversed {} - expired {} = {} but balances sum to {} and holds hold {}",
+                self.earned, self.burned, self.burns_reversed, self.earns_reversed, self.expired, lhs, self.balances, self.held
             ));
         }
         self
@@ -195,14 +199,15 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "earned {}  burned {}  burns reversed {}  earns reversed {}  expired {}  debt {}  balances {}",
+            "earned {}  burned {}  burns reversed {}  earns reversed {}  expired {}  debt {}  balances {}  held {}",
             self.earned,
             self.burned,
             self.burns_reversed,
             self.earns_reversed,
             self.expired,
             self.debt,
-            self.balances
+            self.balances,
+            self.held
         )?;
         if self.ok() {
             write!(f, "all invariants hold")
@@ -261,6 +266,9 @@ where
         .fetch_one(&mut *conn)
         .await?;
     r.debt = sqlx::query_scalar(DEBT).fetch_one(&mut *conn).await?;
+    r.held = sqlx::query_scalar(HELD_POINTS)
+        .fetch_one(&mut *conn)
+        .await?;
     r.balances = live - r.debt;
     let row = sqlx::query(COUNTS).fetch_one(&mut *conn).await?;
     (r.members, r.transactions, r.lots, r.allocations) = (
