@@ -703,7 +703,10 @@ impl Config {
         }
         let max_hold_seconds = raw.limits.max_hold_seconds.unwrap_or(86_400);
         if !(1..=31 * 86_400).contains(&max_hold_seconds) {
-            return Err(invalid("limits.max_hold_seconds", "use 1..=2678400 (31 days)"));
+            return Err(invalid(
+                "limits.max_hold_seconds",
+                "use 1..=2678400 (31 days)",
+            ));
         }
         let default_hold_seconds = raw.limits.default_hold_seconds.unwrap_or(900);
         if !(1..=max_hold_seconds).contains(&default_hold_seconds) {

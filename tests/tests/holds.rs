@@ -126,7 +126,10 @@ async fn a_hold_is_captured_in_full_or_in_part_or_voided(b: Backend) {
         .into_inner();
     assert_eq!(retry, c);
     let e = shop.capture_burn(capture("c2", "h1", 0)).await.unwrap_err();
-    assert_eq!((e.code(), reason(&e)), (Code::FailedPrecondition, "HOLD_CAPTURED".into()));
+    assert_eq!(
+        (e.code(), reason(&e)),
+        (Code::FailedPrecondition, "HOLD_CAPTURED".into())
+    );
     let e = shop.void_burn(void("v1", "h1")).await.unwrap_err();
     assert_eq!(reason(&e), "HOLD_CAPTURED");
     // The capture's id is a burn now: another call with it is refused.
@@ -137,7 +140,10 @@ async fn a_hold_is_captured_in_full_or_in_part_or_voided(b: Backend) {
     assert_eq!(e.code(), Code::AlreadyExists);
     // GetTransaction shows the hold by its id, and the capture as a burn with its hold.
     let h1 = hold_of(&mut shop, "h1").await;
-    assert_eq!((state(&h1), h1.captured_points), (v1::HoldState::Captured, 400));
+    assert_eq!(
+        (state(&h1), h1.captured_points),
+        (v1::HoldState::Captured, 400)
+    );
     let t1 = shop
         .get_transaction(v1::GetTransactionRequest {
             transaction_id: "c1".into(),
@@ -169,7 +175,10 @@ async fn a_hold_is_captured_in_full_or_in_part_or_voided(b: Backend) {
         .unwrap();
     let v = shop.void_burn(void("v3", "h3")).await.unwrap().into_inner();
     let vh = v.hold.clone().unwrap();
-    assert_eq!((state(&vh), vh.closed_by.as_str()), (v1::HoldState::Voided, "v3"));
+    assert_eq!(
+        (state(&vh), vh.closed_by.as_str()),
+        (v1::HoldState::Voided, "v3")
+    );
     assert_eq!(v.balance_after, 540);
     let v_again = shop.void_burn(void("v3", "h3")).await.unwrap().into_inner();
     assert_eq!(v_again.hold, v.hold);
@@ -182,22 +191,34 @@ async fn a_hold_is_captured_in_full_or_in_part_or_voided(b: Backend) {
     shop.authorize_burn(authorize("h5", "m1", 250, 0))
         .await
         .unwrap();
-    let e = shop.capture_burn(capture("c5", "h5", 251)).await.unwrap_err();
+    let e = shop
+        .capture_burn(capture("c5", "h5", 251))
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.code(), reason(&e)),
         (Code::FailedPrecondition, "CAPTURE_EXCEEDS_HOLD".into())
     );
     let e = air.capture_burn(capture("x5", "h5", 0)).await.unwrap_err();
-    assert_eq!((e.code(), reason(&e)), (Code::NotFound, "UNKNOWN_TRANSACTION".into()));
+    assert_eq!(
+        (e.code(), reason(&e)),
+        (Code::NotFound, "UNKNOWN_TRANSACTION".into())
+    );
     let e = air.void_burn(void("x6", "h5")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    assert_eq!(hold_of(&mut shop, "h5").await.state, v1::HoldState::Held as i32);
+    assert_eq!(
+        hold_of(&mut shop, "h5").await.state,
+        v1::HoldState::Held as i32
+    );
     // Bad input: a hold longer than the maximum, no points.
     let e = shop
         .authorize_burn(authorize("h6", "m1", 1, 10_000_000))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), reason(&e)), (Code::InvalidArgument, "HOLD_TOO_LONG".into()));
+    assert_eq!(
+        (e.code(), reason(&e)),
+        (Code::InvalidArgument, "HOLD_TOO_LONG".into())
+    );
     let e = shop
         .authorize_burn(authorize("h7", "m1", 0, 0))
         .await
@@ -256,27 +277,42 @@ async fn a_hold_that_runs_out_gives_its_points_back(b: Backend) {
     t.assert_invariants().await;
 }
 
-/// Held points that expire while held are still captured; held points are not cleared; captured
-/// points are cleared in the cycle of the capture, not of the authorization.
+/// Held points whose lot expires while held are still captured (the rest goes back to the
+/// expired lot and is swept as breakage); held points are not cleared; captured points are
+/// cleared in the cycle of the capture, not of the authorization.
 async fn captured_points_are_cleared_in_the_capture_cycle(b: Backend) {
     let t = TestDaemon::start_with(b, |toml| {
         toml.replace("scheduler = true", "scheduler = false")
+            .replace(
+                "points_expire_after_days = 730",
+                "points_expire_after_days = 1",
+            )
+            .replace("[limits]", "[limits]\nmax_hold_seconds = 259200")
     })
     .await;
     let (mut air, mut shop) = (t.partner("skyways").await, t.partner("freshmart").await);
     air.earn(earn_bonus("e1", "m1", 1_000)).await.unwrap();
-    shop.authorize_burn(authorize("h1", "m1", 600, 86_400))
+    let lot_expires = t.clock.now() + 86_400_000_000;
+    shop.authorize_burn(authorize("h1", "m1", 600, 259_200))
         .await
         .unwrap();
-    shop.authorize_burn(authorize("h2", "m1", 100, 86_400))
+    shop.authorize_burn(authorize("h2", "m1", 100, 259_200))
         .await
         .unwrap();
     shop.capture_burn(capture("c2", "h2", 100)).await.unwrap();
     let cycles = t.config.cycles();
     let day = cycles.cycle_of(t.clock.now()).unwrap();
-    t.advance_to(cycles.close(day).unwrap() + 1);
+    t.advance_to((cycles.close(day).unwrap() + 1).max(lot_expires + 1));
+    // The lot has expired: the free 300 points are gone, the held 600 are not.
+    assert_eq!(balance(&mut air, "m1").await, (0, 600));
+    let capture_cycle = cycles.cycle_of(t.clock.now()).unwrap();
     let r = shop.capture_burn(capture("c1", "h1", 500)).await.receipt();
-    assert_eq!(r.points, 500);
+    assert_eq!((r.points, slices(&r)), (500, vec![("skyways".into(), 500)]));
+    assert_eq!(
+        balance(&mut air, "m1").await,
+        (0, 0),
+        "the rest went back to an expired lot"
+    );
     let cell = |s: &v1::Settlement| {
         s.gross
             .iter()
@@ -285,11 +321,20 @@ async fn captured_points_are_cleared_in_the_capture_cycle(b: Backend) {
             .sum::<i64>()
     };
     let first = t.clear(day).await.unwrap();
-    assert_eq!(cell(&first), 100, "only the capture of that day, not what was held");
-    let next = cycles.cycle_of(t.clock.now()).unwrap();
-    t.advance_to(cycles.close(next).unwrap() + 1);
-    let second = t.clear(next).await.unwrap();
-    assert_eq!(cell(&second), 500, "the capture, in its own cycle");
+    assert_eq!(
+        cell(&first),
+        100,
+        "only the capture of that day, not what was held"
+    );
+    t.assert_invariants().await;
+    t.advance_to(cycles.close(capture_cycle).unwrap() + 1);
+    let mut next = day.succ_opt().unwrap();
+    while next <= capture_cycle {
+        let s = t.clear(next).await.unwrap();
+        let expected = if next == capture_cycle { 500 } else { 0 };
+        assert_eq!(cell(&s), expected, "the capture, in its own cycle ({next})");
+        next = next.succ_opt().unwrap();
+    }
     t.assert_invariants().await;
 }
 
@@ -328,7 +373,9 @@ async fn holds_and_burns_compete_for_the_same_points(b: Backend) {
                     .await
                     .map(|_| ())
             } else {
-                c.burn(burn(&format!("b{i}"), "m1", points)).await.map(|_| ())
+                c.burn(burn(&format!("b{i}"), "m1", points))
+                    .await
+                    .map(|_| ())
             };
             match ok {
                 Ok(()) => (i, points),
@@ -348,7 +395,10 @@ async fn holds_and_burns_compete_for_the_same_points(b: Backend) {
             burned += p;
         }
     }
-    assert!(held + burned <= 5_000, "held {held} + burned {burned} > 5000");
+    assert!(
+        held + burned <= 5_000,
+        "held {held} + burned {burned} > 5000"
+    );
     assert!(held > 0 && burned > 0);
     assert_eq!(balance(&mut air, "m1").await, (5_000 - held - burned, held));
     t.assert_invariants().await;
@@ -360,8 +410,12 @@ async fn concurrent_captures_of_one_hold_apply_once(b: Backend) {
     let (mut air, shop) = (t.partner("skyways").await, t.partner("freshmart").await);
     air.earn(earn_bonus("e1", "m1", 1_000)).await.unwrap();
     let mut s = shop.clone();
-    s.authorize_burn(authorize("h1", "m1", 300, 0)).await.unwrap();
-    s.authorize_burn(authorize("h2", "m1", 300, 0)).await.unwrap();
+    s.authorize_burn(authorize("h1", "m1", 300, 0))
+        .await
+        .unwrap();
+    s.authorize_burn(authorize("h2", "m1", 300, 0))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..50 {
         let mut c = shop.clone();
@@ -378,9 +432,57 @@ async fn concurrent_captures_of_one_hold_apply_once(b: Backend) {
         answers.push(same.unwrap());
         won += usize::from(other);
     }
-    assert!(answers.iter().all(|a| *a == answers[0]), "one answer for one id");
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "one answer for one id"
+    );
     assert_eq!(won, 1, "one capture of h2 wins");
     assert_eq!(balance(&mut air, "m1").await, (400, 0));
     assert_eq!(t.transactions().await, 3, "the earn and two captures");
+    t.assert_invariants().await;
+}
+
+/// The count of `coalition_holds_total{event="…"}` on the daemon's metrics page.
+async fn holds_metric(addr: std::net::SocketAddr, event: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let series = format!("coalition_holds_total{{event=\"{event}\"}} ");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Holds opened, captured, voided and expired are counted (the recorder is per process, so the
+/// counts only ever grow by at least what this test did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_are_counted_by_what_became_of_them() {
+    let t = TestDaemon::start(Backend::Sqlite).await;
+    let (mut air, mut shop) = (t.partner("skyways").await, t.partner("freshmart").await);
+    air.earn(earn_bonus("e1", "m1", 1_000)).await.unwrap();
+    let events = ["opened", "captured", "voided", "expired"];
+    let mut before = Vec::new();
+    for e in events {
+        before.push(holds_metric(t.metrics_addr(), e).await);
+    }
+    for (i, seconds) in [(1, 0), (2, 0), (3, 10)] {
+        shop.authorize_burn(authorize(&format!("h{i}"), "m1", 10, seconds))
+            .await
+            .unwrap();
+    }
+    shop.capture_burn(capture("c1", "h1", 0)).await.unwrap();
+    shop.void_burn(void("v2", "h2")).await.unwrap();
+    t.clock.advance(std::time::Duration::from_secs(11));
+    // The next batch that sees the member releases the hold that ran out.
+    air.earn(earn_bonus("e2", "m1", 1)).await.unwrap();
+    for (e, b) in events.iter().zip(before) {
+        let after = holds_metric(t.metrics_addr(), e).await;
+        let least = if *e == "opened" { 3.0 } else { 1.0 };
+        assert!(after >= b + least, "{e}: {b} then {after}");
+    }
     t.assert_invariants().await;
 }

@@ -396,10 +396,7 @@ impl PartnerService for PartnerApi {
             s => s as u64,
         };
         // The hold's length joins the content only as asked (0 = the default, whatever it is).
-        let canonical = format!(
-            "authorize\n{}\n{points}\n{}",
-            r.member_id, r.hold_seconds
-        );
+        let canonical = format!("authorize\n{}\n{points}\n{}", r.member_id, r.hold_seconds);
         let op = Op::Authorize {
             member: r.member_id.clone(),
             points,

@@ -119,7 +119,13 @@ pub async fn staff_balance(
     let m = shared.store.member(&r.member_id).await?;
     let now = shared.clock.now();
     let held = held(shared, &r.member_id, now).await?;
-    Ok(balance(&r.member_id, m.as_ref(), now, Audience::Staff, held))
+    Ok(balance(
+        &r.member_id,
+        m.as_ref(),
+        now,
+        Audience::Staff,
+        held,
+    ))
 }
 
 /// What `member` has held at `now`: (points of running holds, points of holds that ran out and go

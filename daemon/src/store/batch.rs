@@ -622,15 +622,7 @@ fn decide(
                 points,
                 allocations,
                 view,
-            } = holds.capture(
-                r,
-                authorization,
-                *points,
-                rate,
-                &mut next_id,
-                ledgers,
-                now,
-            )?;
+            } = holds.capture(r, authorization, *points, rate, &mut next_id, ledgers, now)?;
             let m = ledgers
                 .get(&member)
                 .ok_or_else(|| Rejection::UnknownTransaction(authorization.clone()))?;

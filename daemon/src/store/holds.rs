@@ -157,13 +157,10 @@ where
                 q = q.bind(*id);
             }
             for row in q.fetch_all(&mut *conn).await? {
-                slices
-                    .entry(row.try_get(0)?)
-                    .or_default()
-                    .push(HeldSlice {
-                        lot: row.try_get(1)?,
-                        points: row.try_get(2)?,
-                    });
+                slices.entry(row.try_get(0)?).or_default().push(HeldSlice {
+                    lot: row.try_get(1)?,
+                    points: row.try_get(2)?,
+                });
             }
         }
         for h in &mut holds {
@@ -182,7 +179,13 @@ where
         for column in ["partner_txn_id", "closed_by"] {
             for chunk in keys.chunks(400) {
                 let cond: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("(partner_id = ${} AND {column} = ${})", 2 * i + 1, 2 * i + 2))
+                    .map(|i| {
+                        format!(
+                            "(partner_id = ${} AND {column} = ${})",
+                            2 * i + 1,
+                            2 * i + 2
+                        )
+                    })
                     .collect();
                 let sql = format!("SELECT {COLUMNS} FROM holds WHERE {}", cond.join(" OR "));
                 let mut q = sqlx::query(&sql);
@@ -270,7 +273,10 @@ where
     }
 
     /// Answers a [`HoldsCall`].
-    pub async fn call(conn: &mut DB::Connection, call: HoldsCall) -> Result<HoldsReply, StoreError> {
+    pub async fn call(
+        conn: &mut DB::Connection,
+        call: HoldsCall,
+    ) -> Result<HoldsReply, StoreError> {
         Ok(match call {
             HoldsCall::Of { member, now } => {
                 let row = sqlx::query(

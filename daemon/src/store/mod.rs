@@ -8,8 +8,8 @@ pub mod audit;
 pub mod batch;
 pub mod clearing;
 pub mod consent;
-pub mod postgres;
 pub mod holds;
+pub mod postgres;
 pub mod programme;
 pub mod registry;
 pub mod retention;
@@ -351,8 +351,10 @@ pub trait LedgerTx: Send {
         keys: &[(String, String)],
     ) -> Result<Vec<holds::HoldRecord>, StoreError>;
     /// The holds still held of these members, with their slices.
-    async fn open_holds(&mut self, members: &[String])
-    -> Result<Vec<holds::HoldRecord>, StoreError>;
+    async fn open_holds(
+        &mut self,
+        members: &[String],
+    ) -> Result<Vec<holds::HoldRecord>, StoreError>;
     /// `n` fresh transaction ids, increasing.
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
     /// Writes the batch's changes.

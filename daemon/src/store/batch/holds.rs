@@ -126,12 +126,10 @@ impl Holds {
         now: Micros,
     ) -> Result<Receipt, Rejection> {
         // An unknown member is refused exactly like a member with nothing: no member oracle.
-        let m = ledgers
-            .get_mut(member)
-            .ok_or(Refusal::InsufficientPoints {
-                balance: 0,
-                requested: points,
-            })?;
+        let m = ledgers.get_mut(member).ok_or(Refusal::InsufficientPoints {
+            balance: 0,
+            requested: points,
+        })?;
         let slices = m.hold(points, now)?;
         let h = HoldRecord {
             id: id(),
