@@ -12,6 +12,10 @@
 //! campaigns of random effect, cap, scope and funder, a stamp card with a points reward. Every
 //! earn's and reversal's parts sum to its points, the audit checks each funder's lot, the issuance
 //! rows and the campaign grants against the parts, and every settlement nets to zero exactly.
+//! Holds at the till come and go on the way (authorized for some hours, captured in all or in
+//! part, voided, or left to run out and be released by a batch or by the clearing run's sweep):
+//! the audit checks every hold's state against its slices and its capture, lots with holds, and
+//! the totals with held points; breakage still equals what expired.
 
 use coalitiond::clock::Clock;
 use coalitiond::ledger::Receipt;
@@ -36,6 +40,12 @@ enum Step {
     Wait(i64),
     /// A partner's prices change from the next cycle's opening.
     Reprice(usize, usize),
+    /// A partner holds points of a member for some hours.
+    Authorize(usize, usize, i64, i64),
+    /// Capture the n-th hold (by its partner), points (0: all).
+    Capture(usize, i64),
+    /// Void the n-th hold.
+    Void(usize),
 }
 
 /// A random programme: (tier bonus funded by the operator, tier multipliers in tenths,
@@ -108,6 +118,10 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..30usize, 0i64..200).prop_map(|(i, n)| Step::ReverseBurn(i, n)),
         2 => (1i64..40).prop_map(|h| Step::Wait(h * HOUR)),
         1 => (0..3usize, 0..3usize).prop_map(|(p, v)| Step::Reprice(p, v)),
+        2 => (0..3usize, 0..2usize, 1i64..200, 1i64..30)
+            .prop_map(|(p, m, n, h)| Step::Authorize(p, m, n, h)),
+        2 => (0..30usize, 0i64..200).prop_map(|(i, n)| Step::Capture(i, n)),
+        1 => (0..30usize).prop_map(Step::Void),
     ]
 }
 
@@ -332,6 +346,7 @@ async fn run(url: &str, steps: Vec<Step>, expire_days: i64, p: Prog) -> Result<(
     w.start_campaigns(&p).await;
     let mut earns: Vec<(usize, String)> = Vec::new();
     let mut burns: Vec<(usize, String)> = Vec::new();
+    let mut holds: Vec<(usize, String)> = Vec::new();
     for s in steps {
         match s {
             Step::Earn(p, m, n) => {
@@ -374,6 +389,35 @@ async fn run(url: &str, steps: Vec<Step>, expire_days: i64, p: Prog) -> Result<(
                         points: n,
                     };
                     let _ = w.submit(PARTNERS[p], op).await;
+                }
+            }
+            Step::Authorize(p, m, n, h) => {
+                let op = Op::Authorize {
+                    member: format!("m{m}"),
+                    points: n,
+                    hold_for: h * HOUR,
+                };
+                if let Ok(r) = w.submit(PARTNERS[p], op).await {
+                    prop_assert!(r.balance_after >= 0);
+                    holds.push((p, format!("t{}", w.n)));
+                }
+            }
+            Step::Capture(i, n) => {
+                if let Some((p, id)) = holds.get(i % holds.len().max(1)).cloned() {
+                    let op = Op::Capture {
+                        authorization: id,
+                        points: n,
+                    };
+                    if let Ok(r) = w.submit(PARTNERS[p], op).await {
+                        prop_assert_eq!(r.slices.iter().map(|s| s.1).sum::<i64>(), r.points);
+                        // A captured burn is a burn: it may be reversed.
+                        burns.push((p, format!("t{}", w.n)));
+                    }
+                }
+            }
+            Step::Void(i) => {
+                if let Some((p, id)) = holds.get(i % holds.len().max(1)).cloned() {
+                    let _ = w.submit(PARTNERS[p], Op::Void { authorization: id }).await;
                 }
             }
             Step::Reprice(p, v) => {

@@ -146,7 +146,7 @@ impl PartnerApi {
             id: id.to_string(),
         };
         match self.shared.store.holds(call).await? {
-            HoldsReply::One(h) => Ok(h),
+            HoldsReply::One(h) => Ok(h.map(|h| *h)),
             _ => Err(ApiError::mismatched()),
         }
     }

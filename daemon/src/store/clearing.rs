@@ -384,8 +384,19 @@ pub async fn settle_from(
 /// SQL shared by the backends (`$n` placeholders work on both).
 pub mod sql {
     /// Members whose lots expire before $1, sorted (to lock them in a fixed order).
-    pub const EXPIRING_MEMBERS: &str = "SELECT DISTINCT member_id FROM lots \
-        WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1 ORDER BY member_id";
+    pub const EXPIRING_MEMBERS: &str = "SELECT member_id FROM lots \
+        WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1 \
+        UNION SELECT member_id FROM holds WHERE state = 'held' AND expires_at <= $1 ORDER BY member_id";
+    /// Gives the points of every hold that ran out by $1 back to their lots (before the sweep, so
+    /// what expired while held is swept like any expired point).
+    pub const RELEASE_HOLDS: [&str; 3] = [
+        "UPDATE lots SET points_left = points_left + (SELECT COALESCE(SUM(s.points), 0) FROM hold_slices s \
+         JOIN holds h ON h.id = s.hold_id WHERE s.lot_id = lots.id AND h.state = 'held' AND h.expires_at <= $1) \
+         WHERE id IN (SELECT s.lot_id FROM hold_slices s JOIN holds h ON h.id = s.hold_id \
+         WHERE h.state = 'held' AND h.expires_at <= $1)",
+        "DELETE FROM hold_slices WHERE hold_id IN (SELECT id FROM holds WHERE state = 'held' AND expires_at <= $1)",
+        "UPDATE holds SET state = 'expired', closed_at = expires_at WHERE state = 'held' AND expires_at <= $1",
+    ];
     /// Records what is left of every lot expiring before $1 as a breakage fact of cycle $2.
     pub const SWEEP_FACTS: &str = "INSERT INTO breakage (lot_id, member_id, issuer, cycle, points) \
         SELECT id, member_id, issuer, $2, points_left FROM lots \
@@ -610,6 +621,22 @@ where
         before: Micros,
         cycle: NaiveDate,
     ) -> Result<i64, StoreError> {
+        let released: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM holds WHERE state = 'held' AND expires_at <= $1",
+        )
+        .bind(before)
+        .fetch_one(&mut *conn)
+        .await?;
+        if released > 0 {
+            for statement in sql::RELEASE_HOLDS {
+                sqlx::query(statement)
+                    .bind(before)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            metrics::counter!("coalition_holds_total", "event" => "expired")
+                .increment(released as u64);
+        }
         sqlx::query(sql::SWEEP_FACTS)
             .bind(before)
             .bind(cycle.to_string())

@@ -92,7 +92,7 @@ pub enum HoldsReply {
     /// (held, to be released to live lots).
     Of(i64, i64),
     /// The hold, if any.
-    One(Option<HoldRecord>),
+    One(Option<Box<HoldRecord>>),
 }
 
 const COLUMNS: &str = "id, partner_id, partner_txn_id, member_id, points, request_hash, balance_after, \
@@ -294,7 +294,7 @@ where
             }
             HoldsCall::One { partner, id } => {
                 let found = Self::find(conn, &[(partner, id.clone())]).await?;
-                HoldsReply::One(found.into_iter().next())
+                HoldsReply::One(found.into_iter().next().map(Box::new))
             }
         })
     }
