@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// campaigns, a stamp card) on two fresh daemons, one after the other; earns are purchases.
     #[arg(long)]
     pub programme: bool,
+    /// Compare holds at the till with plain burns on one daemon: after an earn-only warm-up,
+    /// alternately plain burns and authorize+capture pairs (one in ten voided, one in ten captured
+    /// in part), twice each; members are at most 10,000 so that most have points.
+    #[arg(long)]
+    pub holds: bool,
 }
 
 #[derive(Default)]
@@ -114,6 +119,12 @@ impl Rng {
 enum Phase {
     Ledger,
     Health,
+    /// Earns only.
+    Earn,
+    /// Burns only.
+    Burn,
+    /// An authorization, then its capture (in full, in part) or void: one op.
+    Hold,
 }
 
 async fn drive(
@@ -150,10 +161,48 @@ async fn drive(
                         })
                         .await
                         .map(|_| ()),
-                    Phase::Ledger => {
+                    Phase::Burn => partner_api
+                        .burn(pb::BurnRequest {
+                            transaction_id: format!("bench-{nonce}-{worker}-{seq}"),
+                            member_id: format!("bench-member-{}", rng.below(members)),
+                            points: 1 + rng.below(20) as i64,
+                        })
+                        .await
+                        .map(|_| ()),
+                    Phase::Hold => {
+                        let auth = format!("bench-{nonce}-{worker}-{seq}");
+                        let points = 1 + rng.below(20) as i64;
+                        let held = partner_api
+                            .authorize_burn(pb::AuthorizeBurnRequest {
+                                transaction_id: auth.clone(),
+                                member_id: format!("bench-member-{}", rng.below(members)),
+                                points,
+                                hold_seconds: 0,
+                            })
+                            .await;
+                        match (held, rng.below(10)) {
+                            (Err(e), _) => Err(e),
+                            (Ok(_), 0) => partner_api
+                                .void_burn(pb::VoidBurnRequest {
+                                    transaction_id: format!("{auth}-v"),
+                                    authorization_id: auth,
+                                })
+                                .await
+                                .map(|_| ()),
+                            (Ok(_), k) => partner_api
+                                .capture_burn(pb::CaptureBurnRequest {
+                                    transaction_id: format!("{auth}-c"),
+                                    authorization_id: auth,
+                                    points: if k == 1 { (points / 2).max(1) } else { 0 },
+                                })
+                                .await
+                                .map(|_| ()),
+                        }
+                    }
+                    Phase::Ledger | Phase::Earn => {
                         let member = format!("bench-member-{}", rng.below(members));
                         let txn = format!("bench-{nonce}-{worker}-{seq}");
-                        if rng.below(1000) < earn_share {
+                        if phase == Phase::Earn || rng.below(1000) < earn_share {
                             let grant = if purchases {
                                 pb::earn_request::Grant::Purchase(pb::Money {
                                     amount: format!("{}.00", 10 + rng.below(90)),
@@ -402,11 +451,85 @@ async fn start_child_with(
     Ok((addr, certs, child))
 }
 
+/// `bench --holds`: plain burns and authorize+capture pairs on one daemon, alternately.
+async fn run_holds(mut args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.addr.is_none(),
+        "--holds starts its own daemon; leave out --addr"
+    );
+    args.members = args.members.min(10_000);
+    let (addr, certs, child) = start_child(&args).await?;
+    let mut channels = Vec::new();
+    for i in 0..args.connections.max(1) {
+        let partner = &args.partners[i % args.partners.len()];
+        let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
+        channels.push((partner.clone(), connect(&addr, &pem).await?));
+    }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    println!(
+        "bench --holds: {addr}, {} members, {} calls in flight, {} s per phase",
+        args.members, args.in_flight, args.seconds
+    );
+    drive(
+        Phase::Earn,
+        "warm-up (earns)",
+        &channels,
+        &args,
+        Duration::from_secs(args.warmup.max(3)),
+        nonce ^ 1,
+    )
+    .await
+    .print();
+    let duration = Duration::from_secs(args.seconds);
+    let (mut burns, mut pairs) = (Vec::new(), Vec::new());
+    for round in 0..2u64 {
+        let b = drive(
+            Phase::Burn,
+            "burn (plain)",
+            &channels,
+            &args,
+            duration,
+            nonce ^ (10 + round),
+        )
+        .await;
+        b.print();
+        burns.push(b.rate());
+        let h = drive(
+            Phase::Hold,
+            "authorize+capture/void",
+            &channels,
+            &args,
+            duration,
+            nonce ^ (20 + round),
+        )
+        .await;
+        h.print();
+        pairs.push(h.rate());
+    }
+    if let Some(mib) = peak_rss_mib(child.process.id()) {
+        println!("daemon peak memory {mib:.1} MiB");
+    }
+    let (b, h) = (burns.iter().sum::<f64>(), pairs.iter().sum::<f64>());
+    println!(
+        "ratio authorize+capture pairs : plain burns = {:.2} (per round: {:.2}, {:.2})",
+        h / b,
+        pairs[0] / burns[0],
+        pairs[1] / burns[1]
+    );
+    drop(child);
+    Ok(())
+}
+
 /// Runs the bench and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
     if args.programme {
         return run_programme(args).await;
+    }
+    if args.holds {
+        return run_holds(args).await;
     }
     let (addr, certs, child) = match (&args.addr, &args.certs) {
         (Some(addr), Some(certs)) => (addr.clone(), certs.clone(), None),

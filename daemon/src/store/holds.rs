@@ -178,16 +178,20 @@ where
         let mut out: Vec<HoldRecord> = Vec::new();
         for column in ["partner_txn_id", "closed_by"] {
             for chunk in keys.chunks(400) {
-                let cond: Vec<String> = (0..chunk.len())
-                    .map(|i| {
-                        format!(
-                            "(partner_id = ${} AND {column} = ${})",
-                            2 * i + 1,
-                            2 * i + 2
-                        )
-                    })
+                // One index probe per key on both backends (VALUES columns are column1, column2).
+                let pairs: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
                     .collect();
-                let sql = format!("SELECT {COLUMNS} FROM holds WHERE {}", cond.join(" OR "));
+                let sql = format!(
+                    "SELECT {} FROM (VALUES {}) AS k, holds h \
+                     WHERE h.partner_id = k.column1 AND h.{column} = k.column2",
+                    COLUMNS
+                        .split(", ")
+                        .map(|c| format!("h.{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    pairs.join(", ")
+                );
                 let mut q = sqlx::query(&sql);
                 for (p, t) in chunk {
                     q = q.bind(p.clone()).bind(t.clone());
@@ -226,48 +230,87 @@ where
         Self::with_slices(conn, out).await
     }
 
-    /// Writes what a batch changed of holds.
+    /// Writes what a batch changed of holds: multi-row statements of at most 250 rows.
     pub async fn write(conn: &mut DB::Connection, w: &HoldWrites) -> Result<(), sqlx::Error> {
-        for h in &w.holds {
+        /// `($1, $2, …), (…)` for `rows` rows of `cols` columns.
+        fn values(rows: usize, cols: usize) -> String {
+            (0..rows)
+                .map(|r| {
+                    let marks: Vec<String> =
+                        (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+                    format!("({})", marks.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        const ROWS: usize = 250;
+        for chunk in w.holds.chunks(ROWS) {
             let sql = format!(
-                "INSERT INTO holds ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                "INSERT INTO holds ({COLUMNS}) VALUES {} \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, captured = excluded.captured, \
-                 capture_id = excluded.capture_id, closed_by = excluded.closed_by, closed_at = excluded.closed_at"
+                 capture_id = excluded.capture_id, closed_by = excluded.closed_by, closed_at = excluded.closed_at",
+                values(chunk.len(), 14)
             );
-            sqlx::query(&sql)
-                .bind(h.id)
-                .bind(h.partner.clone())
-                .bind(h.partner_txn_id.clone())
-                .bind(h.member.clone())
-                .bind(h.points)
-                .bind(h.request_hash.clone())
-                .bind(h.balance_after)
-                .bind(h.authorized_at)
-                .bind(h.expires_at)
-                .bind(h.state.as_str().to_string())
-                .bind(h.captured)
-                .bind(h.capture_id)
-                .bind(h.closed_by.clone())
-                .bind(h.closed_at)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("DELETE FROM hold_slices WHERE hold_id = $1")
-                .bind(h.id)
-                .execute(&mut *conn)
-                .await?;
-            if h.state == HoldState::Held {
-                for (seq, s) in h.slices.iter().enumerate() {
-                    sqlx::query(
-                        "INSERT INTO hold_slices (hold_id, seq, lot_id, points) VALUES ($1, $2, $3, $4)",
-                    )
+            let mut q = sqlx::query(&sql);
+            for h in chunk {
+                q = q
                     .bind(h.id)
-                    .bind(seq as i64)
-                    .bind(s.lot)
-                    .bind(s.points)
-                    .execute(&mut *conn)
-                    .await?;
-                }
+                    .bind(h.partner.clone())
+                    .bind(h.partner_txn_id.clone())
+                    .bind(h.member.clone())
+                    .bind(h.points)
+                    .bind(h.request_hash.clone())
+                    .bind(h.balance_after)
+                    .bind(h.authorized_at)
+                    .bind(h.expires_at)
+                    .bind(h.state.as_str().to_string())
+                    .bind(h.captured)
+                    .bind(h.capture_id)
+                    .bind(h.closed_by.clone())
+                    .bind(h.closed_at);
             }
+            q.execute(&mut *conn).await?;
+        }
+        // A batch only ever changes a hold by opening it (held, with slices) or closing it.
+        let closed: Vec<i64> = w
+            .holds
+            .iter()
+            .filter(|h| h.state != HoldState::Held)
+            .map(|h| h.id)
+            .collect();
+        for chunk in closed.chunks(ROWS) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM hold_slices WHERE hold_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        let slices: Vec<(i64, i64, &HeldSlice)> = w
+            .holds
+            .iter()
+            .filter(|h| h.state == HoldState::Held)
+            .flat_map(|h| {
+                h.slices
+                    .iter()
+                    .enumerate()
+                    .map(move |(seq, s)| (h.id, seq as i64, s))
+            })
+            .collect();
+        for chunk in slices.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO hold_slices (hold_id, seq, lot_id, points) VALUES {}",
+                values(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(&sql);
+            for (hold, seq, s) in chunk {
+                q = q.bind(*hold).bind(*seq).bind(s.lot).bind(s.points);
+            }
+            q.execute(&mut *conn).await?;
         }
         Ok(())
     }
