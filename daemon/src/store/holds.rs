@@ -147,7 +147,7 @@ where
             .collect();
         let mut slices: HashMap<i64, Vec<HeldSlice>> = HashMap::new();
         for chunk in ids.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
             let sql = format!(
                 "SELECT hold_id, lot_id, points FROM hold_slices WHERE hold_id IN ({}) ORDER BY hold_id, seq",
                 marks.join(", ")
@@ -178,12 +178,19 @@ where
         let mut out: Vec<HoldRecord> = Vec::new();
         for column in ["partner_txn_id", "closed_by"] {
             for chunk in keys.chunks(400) {
-                // One index probe per key on both backends (VALUES columns are column1, column2).
+                // One index probe per key on both backends (VALUES columns are column1, column2;
+                // CROSS JOIN keeps SQLite from scanning holds).
                 let pairs: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                    .map(|i| {
+                        format!(
+                            "({}, {})",
+                            super::mark::<DB>(2 * i + 1),
+                            super::mark::<DB>(2 * i + 2)
+                        )
+                    })
                     .collect();
                 let sql = format!(
-                    "SELECT {} FROM (VALUES {}) AS k, holds h \
+                    "SELECT {} FROM (VALUES {}) AS k CROSS JOIN holds h \
                      WHERE h.partner_id = k.column1 AND h.{column} = k.column2",
                     COLUMNS
                         .split(", ")
@@ -214,7 +221,7 @@ where
     ) -> Result<Vec<HoldRecord>, StoreError> {
         let mut out = Vec::new();
         for chunk in members.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
             let sql = format!(
                 "SELECT {COLUMNS} FROM holds WHERE state = 'held' AND member_id IN ({}) ORDER BY id",
                 marks.join(", ")
@@ -232,17 +239,7 @@ where
 
     /// Writes what a batch changed of holds: multi-row statements of at most 250 rows.
     pub async fn write(conn: &mut DB::Connection, w: &HoldWrites) -> Result<(), sqlx::Error> {
-        /// `($1, $2, …), (…)` for `rows` rows of `cols` columns.
-        fn values(rows: usize, cols: usize) -> String {
-            (0..rows)
-                .map(|r| {
-                    let marks: Vec<String> =
-                        (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-                    format!("({})", marks.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+        let values = super::rows_of_marks::<DB>;
         const ROWS: usize = 250;
         for chunk in w.holds.chunks(ROWS) {
             let sql = format!(
@@ -279,7 +276,7 @@ where
             .map(|h| h.id)
             .collect();
         for chunk in closed.chunks(ROWS) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
             let sql = format!(
                 "DELETE FROM hold_slices WHERE hold_id IN ({})",
                 marks.join(", ")

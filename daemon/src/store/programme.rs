@@ -388,7 +388,7 @@ where
     ) -> Result<HashMap<String, Option<String>>, StoreError> {
         let mut out = HashMap::new();
         for chunk in members.chunks(1000) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
             let sql = format!(
                 "SELECT member_id, programme FROM members WHERE member_id IN ({})",
                 marks.join(", ")
@@ -428,17 +428,7 @@ where
 
     /// Writes what a batch changed: one multi-row statement per table and 250 rows.
     pub async fn write(conn: &mut DB::Connection, w: &ProgrammeWrites) -> Result<(), sqlx::Error> {
-        /// `($1, $2, …), (…)` for `rows` rows of `cols` columns.
-        fn values(rows: usize, cols: usize) -> String {
-            (0..rows)
-                .map(|r| {
-                    let marks: Vec<String> =
-                        (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-                    format!("({})", marks.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+        let values = super::rows_of_marks::<DB>;
         const ROWS: usize = 250;
         let states: Vec<_> = w.states.iter().collect();
         for chunk in states.chunks(ROWS) {
