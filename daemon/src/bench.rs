@@ -55,9 +55,9 @@ pub struct BenchArgs {
     /// campaigns, a stamp card) on two fresh daemons, one after the other; earns are purchases.
     #[arg(long)]
     pub programme: bool,
-    /// Compare holds at the till with plain burns on one daemon: after an earn-only warm-up,
-    /// alternately plain burns and authorize+capture pairs (one in ten voided, one in ten captured
-    /// in part), twice each; members are at most 10,000 so that most have points.
+    /// Compare holds at the till with plain burns on one daemon: alternately plain burns and
+    /// authorize+capture pairs (one in ten voided, one in ten captured in part), twice each, each
+    /// after an unmeasured refill of earns; members are at most 10,000 so that most have points.
     #[arg(long)]
     pub holds: bool,
 }
@@ -484,7 +484,20 @@ async fn run_holds(mut args: BenchArgs) -> anyhow::Result<()> {
     .print();
     let duration = Duration::from_secs(args.seconds);
     let (mut burns, mut pairs) = (Vec::new(), Vec::new());
+    // Each measured phase starts after an unmeasured refill of earns, so that neither runs on
+    // members the previous phase emptied (refusals are cheap and would flatter it).
+    let refill = |round: u64| {
+        drive(
+            Phase::Earn,
+            "refill (earns)",
+            &channels,
+            &args,
+            Duration::from_secs(args.warmup.max(3)),
+            nonce ^ (30 + round),
+        )
+    };
     for round in 0..2u64 {
+        refill(2 * round).await;
         let b = drive(
             Phase::Burn,
             "burn (plain)",
@@ -496,6 +509,7 @@ async fn run_holds(mut args: BenchArgs) -> anyhow::Result<()> {
         .await;
         b.print();
         burns.push(b.rate());
+        refill(2 * round + 1).await;
         let h = drive(
             Phase::Hold,
             "authorize+capture/void",
