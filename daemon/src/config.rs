@@ -1062,6 +1062,22 @@ mod tests {
     }
 
     #[test]
+    fn hold_limits_have_defaults_and_the_default_fits_the_maximum() {
+        let c = Config::parse(GOOD, Path::new("/etc/coalition")).unwrap();
+        assert_eq!((c.default_hold_seconds, c.max_hold_seconds), (900, 86_400));
+        let bare = GOOD
+            .replace("default_hold_seconds = 900\n", "")
+            .replace("max_hold_seconds = 86400\n", "");
+        let c = Config::parse(&bare, Path::new("/etc/coalition")).unwrap();
+        assert_eq!((c.default_hold_seconds, c.max_hold_seconds), (900, 86_400));
+        let over = GOOD.replace("default_hold_seconds = 900", "default_hold_seconds = 90000");
+        let e = Config::parse(&over, Path::new("/etc/coalition")).unwrap_err();
+        assert!(e.to_string().contains("limits.default_hold_seconds"), "{e}");
+        let zero = GOOD.replace("max_hold_seconds = 86400", "max_hold_seconds = 0");
+        assert!(Config::parse(&zero, Path::new("/etc/coalition")).is_err());
+    }
+
+    #[test]
     fn payments_execute_on_the_next_banking_day() {
         let c = Config::parse(GOOD, Path::new("/etc/coalition")).unwrap();
         let d = |s: &str| s.parse::<chrono::NaiveDate>().unwrap();

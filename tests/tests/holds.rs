@@ -287,7 +287,7 @@ async fn captured_points_are_cleared_in_the_capture_cycle(b: Backend) {
                 "points_expire_after_days = 730",
                 "points_expire_after_days = 1",
             )
-            .replace("[limits]", "[limits]\nmax_hold_seconds = 259200")
+            .replace("max_hold_seconds = 86400", "max_hold_seconds = 259200")
     })
     .await;
     let (mut air, mut shop) = (t.partner("skyways").await, t.partner("freshmart").await);
