@@ -11,7 +11,8 @@ backends!(
     a_hold_that_runs_out_gives_its_points_back,
     captured_points_are_cleared_in_the_capture_cycle,
     holds_and_burns_compete_for_the_same_points,
-    concurrent_captures_of_one_hold_apply_once
+    concurrent_captures_of_one_hold_apply_once,
+    the_audit_finds_holds_changed_behind_its_back
 );
 
 fn authorize(txn: &str, member: &str, points: i64, seconds: i64) -> v1::AuthorizeBurnRequest {
@@ -485,4 +486,44 @@ async fn holds_are_counted_by_what_became_of_them() {
         assert!(after >= b + least, "{e}: {b} then {after}");
     }
     t.assert_invariants().await;
+}
+
+/// The audit recomputes holds from their slices, lots and captures: a hold's state, its slices or
+/// its capture changed in the database is found.
+async fn the_audit_finds_holds_changed_behind_its_back(b: Backend) {
+    let t = TestDaemon::start(b).await;
+    let (mut air, mut shop) = (t.partner("skyways").await, t.partner("freshmart").await);
+    air.earn(earn_bonus("e1", "m1", 1_000)).await.unwrap();
+    shop.authorize_burn(authorize("h1", "m1", 300, 0))
+        .await
+        .unwrap();
+    shop.authorize_burn(authorize("h2", "m1", 200, 0))
+        .await
+        .unwrap();
+    shop.capture_burn(capture("c2", "h2", 150)).await.unwrap();
+    t.assert_invariants().await;
+    let tampered = [
+        // A held hold marked voided while its points stay held.
+        (
+            "UPDATE holds SET state = 'voided', closed_by = 'x' WHERE partner_txn_id = 'h1'",
+            "UPDATE holds SET state = 'held', closed_by = NULL WHERE partner_txn_id = 'h1'",
+        ),
+        // More held than the hold says (and than the lot gave).
+        (
+            "UPDATE hold_slices SET points = points + 50",
+            "UPDATE hold_slices SET points = points - 50",
+        ),
+        // A capture that says it took more than its burn did.
+        (
+            "UPDATE holds SET captured = 160 WHERE partner_txn_id = 'h2'",
+            "UPDATE holds SET captured = 150 WHERE partner_txn_id = 'h2'",
+        ),
+    ];
+    for (change, undo) in tampered {
+        assert_eq!(t.execute_sql(change).await, 1, "{change}");
+        let report = t.audit().await;
+        assert!(!report.ok(), "the audit missed: {change}\n{report}");
+        t.execute_sql(undo).await;
+        t.assert_invariants().await;
+    }
 }
