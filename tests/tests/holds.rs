@@ -133,7 +133,17 @@ async fn a_hold_is_captured_in_full_or_in_part_or_voided(b: Backend) {
     );
     let e = shop.void_burn(void("v1", "h1")).await.unwrap_err();
     assert_eq!(reason(&e), "HOLD_CAPTURED");
-    // The capture's id is a burn now: another call with it is refused.
+    // An authorization's id is not free for a burn, nor a capture's for an authorization.
+    let e = food.burn(burn("h1", "m1", 1)).await;
+    assert!(
+        e.is_ok(),
+        "ids are per partner: bistro's h1 is not freshmart's"
+    );
+    let e = shop.burn(burn("h1", "m1", 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    food.reverse_burn(reverse_burn("h1r", "h1", 0))
+        .await
+        .unwrap();
     let e = shop
         .authorize_burn(authorize("c1", "m1", 1, 0))
         .await

@@ -73,20 +73,15 @@ pub async fn apply(
     let mut original_keys: Vec<Key> = Vec::new();
     // A capture's or void's member is its hold's.
     let mut hold_keys: Vec<Key> = Vec::new();
-    let mut any_holds = false;
     for r in requests {
         match &r.op {
             Op::Earn { member, .. } | Op::Burn { member, .. } => members.push(member.clone()),
             Op::ReverseEarn { original, .. } | Op::ReverseBurn { original, .. } => {
                 original_keys.push(key(&r.partner, original))
             }
-            Op::Authorize { member, .. } => {
-                any_holds = true;
-                members.push(member.clone());
-            }
+            Op::Authorize { member, .. } => members.push(member.clone()),
             Op::Capture { authorization, .. } | Op::Void { authorization } => {
-                any_holds = true;
-                hold_keys.push(key(&r.partner, authorization));
+                hold_keys.push(key(&r.partner, authorization))
             }
         }
     }
@@ -127,15 +122,14 @@ pub async fn apply(
         .iter()
         .map(|r| key(&r.partner, &r.transaction_id))
         .collect();
-    // Holds a request names by its own id (a retry, an id used twice) or by its authorization.
+    // Holds a request names by its own id (a retry, or an id a hold or its capture or void already
+    // used: one index probe per request, so that no id serves two calls) or by its authorization.
     let mut holds = Holds::default();
-    if any_holds {
-        let mut named = keys.clone();
-        named.extend(hold_keys);
-        named.sort();
-        named.dedup();
-        holds.add(tx.find_holds(&named).await?);
-    }
+    let mut named = keys.clone();
+    named.extend(hold_keys);
+    named.sort();
+    named.dedup();
+    holds.add(tx.find_holds(&named).await?);
     keys.extend(original_keys);
     keys.sort();
     keys.dedup();
@@ -416,6 +410,54 @@ pub async fn apply(
 
 /// The prices in force for `partner` at `at`, or the request is refused (a partner the daemon
 /// has no price for cannot move money).
+/// A burn as decided: by a `Burn`, or by the capture of a hold.
+struct Burned<'a> {
+    id: i64,
+    member: &'a str,
+    points: i64,
+    balance_after: i64,
+    now: Micros,
+    allocations: Vec<ledger::Allocation>,
+    hold: Option<ledger::HoldView>,
+}
+
+/// The receipt and record of a burn; its allocations become reversible slices and writes.
+fn burned(
+    r: &Request,
+    b: Burned<'_>,
+    slices: &mut HashMap<i64, Vec<Reversible>>,
+    writes: &mut Writes,
+) -> TxnRecord {
+    let receipt = Receipt {
+        transaction_id: r.transaction_id.clone(),
+        ledger_id: b.id,
+        kind: Kind::Burn,
+        member_id: b.member.to_string(),
+        points: b.points,
+        balance_after: b.balance_after,
+        accepted_at: b.now,
+        slices: ledger::by_issuer(&b.allocations),
+        debt_created: 0,
+        debt_repaid: 0,
+        original_transaction_id: None,
+        parts: vec![],
+        tier: None,
+        hold: b.hold,
+    };
+    slices.insert(
+        b.id,
+        b.allocations
+            .iter()
+            .map(|a| Reversible {
+                allocation: a.clone(),
+                remaining: a.points,
+            })
+            .collect(),
+    );
+    writes.allocations.extend(b.allocations);
+    record(r, b.id, Kind::Burn, b.member, b.points, None, None, receipt)
+}
+
 fn prices(ctx: &Context, partner: &str, at: Micros) -> Result<crate::prices::Prices, Rejection> {
     ctx.prices
         .at(partner, at)
@@ -572,42 +614,20 @@ fn decide(
             })?;
             let id = ids.pop_front().expect("one id reserved per request");
             let allocations = m.burn(id, &r.partner, *rate, *points, now)?;
-            let receipt = Receipt {
-                transaction_id: r.transaction_id.clone(),
-                ledger_id: id,
-                kind: Kind::Burn,
-                member_id: member.clone(),
-                points: *points,
-                balance_after: m.balance(now),
-                accepted_at: now,
-                slices: ledger::by_issuer(&allocations),
-                debt_created: 0,
-                debt_repaid: 0,
-                original_transaction_id: None,
-                parts: vec![],
-                tier: None,
-                hold: None,
-            };
-            slices.insert(
-                id,
-                allocations
-                    .iter()
-                    .map(|a| Reversible {
-                        allocation: a.clone(),
-                        remaining: a.points,
-                    })
-                    .collect(),
-            );
-            writes.allocations.extend(allocations);
-            Ok(record(
+            let balance_after = m.balance(now);
+            Ok(burned(
                 r,
-                id,
-                Kind::Burn,
-                member,
-                *points,
-                None,
-                None,
-                receipt,
+                Burned {
+                    id,
+                    member,
+                    points: *points,
+                    balance_after,
+                    now,
+                    allocations,
+                    hold: None,
+                },
+                slices,
+                writes,
             ))
         }
         Op::Capture {
@@ -626,42 +646,20 @@ fn decide(
             let m = ledgers
                 .get(&member)
                 .ok_or_else(|| Rejection::UnknownTransaction(authorization.clone()))?;
-            let receipt = Receipt {
-                transaction_id: r.transaction_id.clone(),
-                ledger_id: id,
-                kind: Kind::Burn,
-                member_id: member.clone(),
-                points,
-                balance_after: m.balance(now),
-                accepted_at: now,
-                slices: ledger::by_issuer(&allocations),
-                debt_created: 0,
-                debt_repaid: 0,
-                original_transaction_id: None,
-                parts: vec![],
-                tier: None,
-                hold: Some(view),
-            };
-            slices.insert(
-                id,
-                allocations
-                    .iter()
-                    .map(|a| Reversible {
-                        allocation: a.clone(),
-                        remaining: a.points,
-                    })
-                    .collect(),
-            );
-            writes.allocations.extend(allocations);
-            Ok(record(
+            let balance_after = m.balance(now);
+            Ok(burned(
                 r,
-                id,
-                Kind::Burn,
-                &member,
-                points,
-                None,
-                None,
-                receipt,
+                Burned {
+                    id,
+                    member: &member,
+                    points,
+                    balance_after,
+                    now,
+                    allocations,
+                    hold: Some(view),
+                },
+                slices,
+                writes,
             ))
         }
         Op::Authorize { .. } | Op::Void { .. } => {

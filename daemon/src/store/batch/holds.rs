@@ -173,11 +173,7 @@ impl Holds {
             // Ran out: its points are back already; the void has nothing left to do.
             HoldState::Expired => return Ok(voided(h, ledgers, now)),
             HoldState::Captured | HoldState::Voided => {
-                return Err(Rejection::HoldClosed {
-                    id: authorization.to_string(),
-                    state: h.state.as_str(),
-                    by: h.closed_by.clone().unwrap_or_default(),
-                });
+                return Err(closed(h, authorization));
             }
         }
         let m = ledgers
@@ -223,11 +219,7 @@ impl Holds {
                 });
             }
             HoldState::Captured | HoldState::Voided => {
-                return Err(Rejection::HoldClosed {
-                    id: authorization.to_string(),
-                    state: h.state.as_str(),
-                    by: h.closed_by.clone().unwrap_or_default(),
-                });
+                return Err(closed(h, authorization));
             }
         }
         let points = if points == 0 { h.points } else { points };
@@ -262,6 +254,15 @@ impl Holds {
             allocations,
             view,
         })
+    }
+}
+
+/// Why a capture or void of a hold closed by another call is refused.
+fn closed(h: &HoldRecord, authorization: &str) -> Rejection {
+    Rejection::HoldClosed {
+        id: authorization.to_string(),
+        state: h.state.as_str(),
+        by: h.closed_by.clone().unwrap_or_default(),
     }
 }
 
