@@ -123,13 +123,14 @@ pub async fn apply(
         .map(|r| key(&r.partner, &r.transaction_id))
         .collect();
     // Holds a request names by its own id (a retry, or an id a hold or its capture or void already
-    // used: one index probe per request, so that no id serves two calls) or by its authorization.
+    // used: index probes per request, so that no id serves two calls) or by its authorization,
+    // and every hold still held of the batch's members: one statement.
     let mut holds = Holds::default();
     let mut named = keys.clone();
     named.extend(hold_keys);
     named.sort();
     named.dedup();
-    holds.add(tx.find_holds(&named).await?);
+    holds.add(tx.holds_of(&named, &members).await?);
     keys.extend(original_keys);
     keys.sort();
     keys.dedup();
@@ -157,9 +158,8 @@ pub async fn apply(
         .map(|m| (m.member.clone(), m))
         .collect();
     let mut extra_lots = Vec::new();
-    // Every hold still held of the batch's members: those that ran out are released now, before
-    // anything is decided, so their points count again.
-    holds.add(tx.open_holds(&members).await?);
+    // The lots of every hold still held of the batch's members (read with the named ones above):
+    // those that ran out are released before anything is decided, so their points count again.
     let held_lots = holds.held_lots();
     if !held_lots.is_empty() {
         extra_lots.extend(tx.load_lots(&held_lots).await?);

@@ -214,24 +214,73 @@ where
         Self::with_slices(conn, out).await
     }
 
-    /// The holds still held of these members, with their slices.
-    pub async fn open_of(
+    /// In one statement per chunk: the holds whose authorization id, or whose closing call's id,
+    /// is one of `keys`, and every hold still held of `members`; with their slices.
+    pub async fn named_or_open(
         conn: &mut DB::Connection,
+        keys: &[(String, String)],
         members: &[String],
     ) -> Result<Vec<HoldRecord>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in members.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
-            let sql = format!(
-                "SELECT {COLUMNS} FROM holds WHERE state = 'held' AND member_id IN ({}) ORDER BY id",
-                marks.join(", ")
-            );
+        const CHUNK: usize = 1000;
+        let cols: Vec<String> = COLUMNS.split(", ").map(|c| format!("h.{c}")).collect();
+        let cols = cols.join(", ");
+        let mut out: Vec<HoldRecord> = Vec::new();
+        let chunks = keys
+            .len()
+            .div_ceil(CHUNK)
+            .max(members.len().div_ceil(CHUNK));
+        for c in 0..chunks {
+            let ks = keys
+                .get(c * CHUNK..keys.len().min((c + 1) * CHUNK))
+                .unwrap_or(&[]);
+            let ms = members
+                .get(c * CHUNK..members.len().min((c + 1) * CHUNK))
+                .unwrap_or(&[]);
+            let mut n = 0;
+            let mut next = || {
+                n += 1;
+                super::mark::<DB>(n)
+            };
+            let mut parts = Vec::new();
+            // VALUES columns are column1, column2 on both backends; CROSS JOIN keeps SQLite to one
+            // index probe per key.
+            for column in ["partner_txn_id", "closed_by"] {
+                if ks.is_empty() {
+                    break;
+                }
+                let pairs: Vec<String> = ks
+                    .iter()
+                    .map(|_| format!("({}, {})", next(), next()))
+                    .collect();
+                parts.push(format!(
+                    "SELECT {cols} FROM (VALUES {}) AS k CROSS JOIN holds h \
+                     WHERE h.partner_id = k.column1 AND h.{column} = k.column2",
+                    pairs.join(", ")
+                ));
+            }
+            if !ms.is_empty() {
+                let marks: Vec<String> = ms.iter().map(|_| next()).collect();
+                parts.push(format!(
+                    "SELECT {cols} FROM holds h WHERE h.state = 'held' AND h.member_id IN ({})",
+                    marks.join(", ")
+                ));
+            }
+            let sql = parts.join(" UNION ");
             let mut q = sqlx::query(&sql);
-            for m in chunk {
+            for _ in 0..2 {
+                for (p, t) in ks {
+                    q = q.bind(p.clone()).bind(t.clone());
+                }
+            }
+            for m in ms {
                 q = q.bind(m.clone());
             }
+            let mut seen: std::collections::HashSet<i64> = out.iter().map(|h| h.id).collect();
             for row in q.fetch_all(&mut *conn).await? {
-                out.push(Self::hold(&row)?);
+                let h = Self::hold(&row)?;
+                if seen.insert(h.id) {
+                    out.push(h);
+                }
             }
         }
         Self::with_slices(conn, out).await

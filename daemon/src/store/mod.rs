@@ -373,9 +373,11 @@ pub trait LedgerTx: Send {
         &mut self,
         keys: &[(String, String)],
     ) -> Result<Vec<holds::HoldRecord>, StoreError>;
-    /// The holds still held of these members, with their slices.
-    async fn open_holds(
+    /// The holds named by `keys` and those still held of `members`, with their slices (see
+    /// [`holds::HoldsSql::named_or_open`]).
+    async fn holds_of(
         &mut self,
+        keys: &[(String, String)],
         members: &[String],
     ) -> Result<Vec<holds::HoldRecord>, StoreError>;
     /// `n` fresh transaction ids, increasing.

@@ -318,11 +318,13 @@ impl LedgerTx for PgTx<'_> {
         super::holds::HoldsSql::<sqlx::Postgres>::find(&mut *self.conn, keys).await
     }
 
-    async fn open_holds(
+    async fn holds_of(
         &mut self,
+        keys: &[(String, String)],
         members: &[String],
     ) -> Result<Vec<super::holds::HoldRecord>, StoreError> {
-        super::holds::HoldsSql::<sqlx::Postgres>::open_of(&mut *self.conn, members).await
+        super::holds::HoldsSql::<sqlx::Postgres>::named_or_open(&mut *self.conn, keys, members)
+            .await
     }
 
     async fn earned_before(

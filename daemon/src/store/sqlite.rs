@@ -363,11 +363,12 @@ impl LedgerTx for SqliteTx<'_> {
         super::holds::HoldsSql::<sqlx::Sqlite>::find(&mut *self.conn, keys).await
     }
 
-    async fn open_holds(
+    async fn holds_of(
         &mut self,
+        keys: &[(String, String)],
         members: &[String],
     ) -> Result<Vec<super::holds::HoldRecord>, StoreError> {
-        super::holds::HoldsSql::<sqlx::Sqlite>::open_of(&mut *self.conn, members).await
+        super::holds::HoldsSql::<sqlx::Sqlite>::named_or_open(&mut *self.conn, keys, members).await
     }
 
     async fn earned_before(
