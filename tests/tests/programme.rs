@@ -79,6 +79,7 @@ backends!(
     campaigns_stack_on_the_base_within_caps_and_welcome_once,
     campaign_windows_are_local_and_half_open_on_a_dst_day,
     only_the_programme_team_and_operators_manage_campaigns,
+    the_audit_recomputes_qualifying_points,
 );
 
 async fn tiers_follow_qualifying_points_not_the_balance(b: Backend) {
@@ -728,4 +729,28 @@ async fn stamp_cards_complete_on_the_nth_purchase_and_vouchers_redeem_once(b: Ba
         ]
     );
     t.assert_invariants().await;
+}
+
+/// The audit recomputes each member's qualifying points per day from the earns that counted them
+/// and their reversals: stored days changed or lost behind its back are found.
+async fn the_audit_recomputes_qualifying_points(b: Backend) {
+    let t = TestDaemon::start_with(b, ladder("partner")).await;
+    let mut bistro = t.partner("bistro").await;
+    bistro.earn(earn_bonus("e1", "m", 600)).await.unwrap();
+    bistro.earn(earn_bonus("e2", "m", 500)).await.unwrap();
+    bistro
+        .reverse_earn(reverse_earn("r1", "e1", 100))
+        .await
+        .unwrap();
+    t.assert_invariants().await;
+    for change in [
+        // One more qualifying point on the stored day.
+        "UPDATE members SET programme = REPLACE(programme, ',1000]', ',1001]') WHERE member_id = 'm'",
+        // The state lost altogether.
+        "UPDATE members SET programme = NULL WHERE member_id = 'm'",
+    ] {
+        assert_eq!(t.execute_sql(change).await, 1, "{change}");
+        let report = t.audit().await;
+        assert!(!report.ok(), "the audit missed: {change}\n{report}");
+    }
 }

@@ -126,6 +126,9 @@ pub struct MemberProgramme {
     pub tier: Option<TierState>,
     /// Qualifying points per UTC day, for the days a window or a due review may count.
     pub days: BTreeMap<i64, i64>,
+    /// The first day still kept in `days` (earlier ones no window can count any more were
+    /// dropped); `None`: every day is kept.
+    pub days_from: Option<i64>,
     /// Points each campaign has granted the member so far (net of reversals).
     pub granted: BTreeMap<String, i64>,
     /// Partners the member has earned at before (for welcome campaigns).

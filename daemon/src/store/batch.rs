@@ -731,7 +731,7 @@ fn decide(
                 "the state of a reversal's member is loaded"
             );
             if let Some(state) = state {
-                if ctx.ladder.is_some() && o_counted {
+                if o_counted {
                     state.add_qualifying(earned_at, -points);
                 }
                 for p in taken.iter().filter(|p| p.kind == PartKind::Campaign) {

@@ -38,9 +38,13 @@ struct Stored {
     /// The tier: its name, since when, next review.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<(String, Micros, Micros)>,
-    /// Qualifying points per UTC day, days in order, none older than any window can still count.
+    /// Qualifying points per UTC day, days in order, none before `f`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     q: Vec<(i64, i64)>,
+    /// The first day kept: earlier days no window can count any more were dropped (the audit
+    /// compares the days from here on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    f: Option<i64>,
     /// Points each campaign granted, net of reversals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     g: Vec<(String, i64)>,
@@ -75,21 +79,24 @@ pub fn state_of(
             .collect(),
         ..MemberProgramme::default()
     };
+    // Days are kept with or without a ladder: an earn reversal takes back what its earn counted.
+    m.days = s.q.into_iter().collect();
+    m.days_from = s.f;
     if let Some(l) = ladder {
         m.tier = s.t.map(|(name, since, review_at)| TierState {
             tier: l.index(&name).unwrap_or(0),
             since,
             review_at,
         });
-        m.days = s.q.into_iter().collect();
         m.apply_reviews(l, now);
     }
     Ok(m)
 }
 
 /// The text to store for `m` at `now` (`None`: nothing to store). Days no window from `now` on
-/// can count are dropped; without a ladder the stored tier and days of `previous` are kept as
-/// they were, so switching tiers off for a while loses nothing.
+/// can count are dropped (and the first day kept remembered); without a ladder the stored tier of
+/// `previous` is kept as it was and no day is dropped, so switching tiers off for a while loses
+/// nothing.
 pub fn encode_state(
     m: &MemberProgramme,
     ladder: Option<&Ladder>,
@@ -108,27 +115,31 @@ pub fn encode_state(
             .collect(),
         ..Stored::default()
     };
-    match ladder {
+    // Without a ladder nothing new counts and no day is dropped; the stored tier waits as it was.
+    let first = match ladder {
         Some(l) => {
             s.t = m.tier.as_ref().map(|t| {
                 let name = l.tiers[t.tier.min(l.tiers.len() - 1)].name.clone();
                 (name, t.since, t.review_at)
             });
-            let first = l.first_counted_day(now);
-            s.q = m
-                .days
-                .range(first..)
-                .filter(|(_, p)| **p != 0)
-                .map(|(d, p)| (*d, *p))
-                .collect();
+            Some(
+                l.first_counted_day(now)
+                    .max(m.days_from.unwrap_or(i64::MIN)),
+            )
         }
         None => {
-            let before = stored(previous)?;
-            s.t = before.t;
-            s.q = before.q;
+            s.t = stored(previous)?.t;
+            m.days_from
         }
-    }
-    if s.t.is_none() && s.q.is_empty() && s.g.is_empty() && s.c.is_empty() {
+    };
+    s.f = first;
+    s.q = m
+        .days
+        .range(first.unwrap_or(i64::MIN)..)
+        .filter(|(_, p)| **p != 0)
+        .map(|(d, p)| (*d, *p))
+        .collect();
+    if s.t.is_none() && s.q.is_empty() && s.g.is_empty() && s.c.is_empty() && s.f.is_none() {
         return Ok(None);
     }
     serde_json::to_string(&s)
@@ -599,7 +610,8 @@ where
 /// an earn's parts sum to its points and each funder's parts to that funder's lot; what its
 /// reversals took back of each part sums to the part's reversed points, never beyond the part; a
 /// reversal's parts sum to its points and its partner share to its issuance row; campaign grants
-/// are what the earns and reversals gave and took back of each campaign.
+/// are what the earns and reversals gave and took back of each campaign; each member's qualifying
+/// points per day (from the first day kept) are what its counted earns and their reversals gave.
 pub async fn verify<DB>(conn: &mut DB::Connection) -> Result<Vec<String>, sqlx::Error>
 where
     DB: sqlx::Database,
@@ -712,6 +724,26 @@ where
             ));
         }
     }
+    // Qualifying points per (member, day): what earns accepted while tiers ran gave on their day,
+    // less what reversals of those earns took back (on the earn's day).
+    let mut counted: BTreeMap<String, BTreeMap<i64, i64>> = BTreeMap::new();
+    for r in sqlx::query(
+        "SELECT t.member_id, t.kind, t.points, COALESCE(o.accepted_at, t.accepted_at) FROM transactions t \
+         LEFT JOIN transactions o ON o.id = t.original_id \
+         WHERE (t.kind = 'earn' AND t.tier IS NOT NULL) OR (t.kind = 'reverse_earn' AND o.tier IS NOT NULL)",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let kind: String = r.try_get(1)?;
+        let points: i64 = r.try_get(2)?;
+        let day = crate::programme::day_of(r.try_get(3)?);
+        *counted
+            .entry(r.try_get(0)?)
+            .or_default()
+            .entry(day)
+            .or_default() += if kind == "earn" { points } else { -points };
+    }
     let mut stored_grants: BTreeMap<(String, String), i64> = BTreeMap::new();
     for r in sqlx::query("SELECT member_id, programme FROM members WHERE programme IS NOT NULL")
         .fetch_all(&mut *conn)
@@ -724,8 +756,29 @@ where
                 for (campaign, points) in s.g {
                     *stored_grants.entry((campaign, member.clone())).or_default() += points;
                 }
+                let from = s.f.unwrap_or(i64::MIN);
+                let days: BTreeMap<i64, i64> = s.q.into_iter().filter(|(_, p)| *p != 0).collect();
+                let expected: BTreeMap<i64, i64> = counted
+                    .remove(&member)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(d, p)| *d >= from && *p != 0)
+                    .collect();
+                if days != expected {
+                    bad.push(format!(
+                        "member {member}: qualifying points per day {days:?} but its earns and reversals give {expected:?}"
+                    ));
+                }
             }
             Err(e) => bad.push(format!("member {member}: {e}")),
+        }
+    }
+    // A member with counted points keeps a programme text (at least the first day kept).
+    for (member, days) in counted {
+        if days.values().any(|p| *p != 0) {
+            bad.push(format!(
+                "member {member}: earns counted qualifying points but no programme state is stored"
+            ));
         }
     }
     grants.retain(|_, v| *v != 0);
