@@ -367,12 +367,7 @@ async fn run_programme(args: BenchArgs) -> anyhow::Result<()> {
             p.create_campaign(double).await?;
             p.create_campaign(bonus).await?;
         }
-        let mut channels = Vec::new();
-        for i in 0..args.connections.max(1) {
-            let partner = &args.partners[i % args.partners.len()];
-            let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
-            channels.push((partner.clone(), connect(&addr, &pem).await?));
-        }
+        let channels = partner_channels(&args, &addr, &certs).await?;
         let label = if on {
             "earn/burn, programme on"
         } else {
@@ -451,6 +446,22 @@ async fn start_child_with(
     Ok((addr, certs, child))
 }
 
+/// `args.connections` mTLS channels to `addr`, spread over the partners, each with its
+/// certificate from `certs`.
+async fn partner_channels(
+    args: &BenchArgs,
+    addr: &str,
+    certs: &std::path::Path,
+) -> anyhow::Result<Vec<(String, Channel)>> {
+    let mut channels = Vec::new();
+    for i in 0..args.connections.max(1) {
+        let partner = &args.partners[i % args.partners.len()];
+        let pem = ClientPem::from_dir(certs, &format!("partner-{partner}"))?;
+        channels.push((partner.clone(), connect(addr, &pem).await?));
+    }
+    Ok(channels)
+}
+
 /// `bench --holds`: plain burns and authorize+capture pairs on one daemon, alternately.
 async fn run_holds(mut args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -459,12 +470,7 @@ async fn run_holds(mut args: BenchArgs) -> anyhow::Result<()> {
     );
     args.members = args.members.min(10_000);
     let (addr, certs, child) = start_child(&args).await?;
-    let mut channels = Vec::new();
-    for i in 0..args.connections.max(1) {
-        let partner = &args.partners[i % args.partners.len()];
-        let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
-        channels.push((partner.clone(), connect(&addr, &pem).await?));
-    }
+    let channels = partner_channels(&args, &addr, &certs).await?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -555,12 +561,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (a, c, Some(child))
         }
     };
-    let mut channels = Vec::new();
-    for i in 0..args.connections.max(1) {
-        let partner = &args.partners[i % args.partners.len()];
-        let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
-        channels.push((partner.clone(), connect(&addr, &pem).await?));
-    }
+    let channels = partner_channels(&args, &addr, &certs).await?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();

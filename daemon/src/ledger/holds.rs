@@ -30,24 +30,16 @@ impl MemberLedger {
                 requested: points,
             });
         }
-        let mut left = points;
-        let mut out = Vec::new();
-        for i in self.spendable_order(now) {
-            if left == 0 {
-                break;
-            }
-            let lot = &mut self.lots[i];
-            let k = lot.points_left.min(left);
-            lot.points_left -= k;
-            lot.dirty = true;
-            left -= k;
-            out.push(HeldSlice {
-                lot: lot.id,
-                points: k,
-            });
-        }
-        assert_eq!(left, 0, "balance check guarantees the lots cover the hold");
-        Ok(out)
+        // Taken as a burn takes points (the allocations are not kept: only where they came from).
+        let (taken, short) = self.take_from_lots(0, "", Decimal::ZERO, points, now, &[]);
+        assert_eq!(short, 0, "balance check guarantees the lots cover the hold");
+        Ok(taken
+            .into_iter()
+            .map(|a| HeldSlice {
+                lot: a.lot,
+                points: a.points,
+            })
+            .collect())
     }
 
     /// Gives held slices back to the lots they came from (expired lots too: what expired while
