@@ -664,6 +664,10 @@ FROM transactions";
 /// The cycle totals the writer would have kept for the generated transactions.
 const GEN_TOTALS: &str = "INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points) \
   SELECT cycle, partner_id, kind, COUNT(*), SUM(points) FROM transactions GROUP BY cycle, partner_id, kind";
+/// The gross matrix the writer would have kept for the generated allocations.
+const GEN_MATRIX: &str = "INSERT INTO cycle_matrix (cycle, issuer, redeemer, rate, points, allocations) \
+  SELECT cycle, issuer, redeemer, CAST(rate AS TEXT), SUM(points), COUNT(*) FROM allocations \
+  GROUP BY cycle, issuer, redeemer, CAST(rate AS TEXT)";
 /// The baseline: the bare aggregate of the cycle's allocations per cell.
 const BARE: &str = "SELECT issuer, redeemer, SUM(points) FROM allocations WHERE cycle = $1 GROUP BY issuer, redeemer";
 
@@ -700,6 +704,7 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
             .execute(&mut conn)
             .await?;
         sqlx::query(GEN_TOTALS).execute(&mut conn).await?;
+        sqlx::query(GEN_MATRIX).execute(&mut conn).await?;
         sqlx::query("ANALYZE").execute(&mut conn).await?;
     } else {
         let mut conn = sqlx::SqliteConnection::connect(&url).await?;
@@ -714,6 +719,7 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
             .execute(&mut conn)
             .await?;
         sqlx::query(GEN_TOTALS).execute(&mut conn).await?;
+        sqlx::query(GEN_MATRIX).execute(&mut conn).await?;
         sqlx::query("ANALYZE").execute(&mut conn).await?;
     }
     println!(

@@ -416,3 +416,46 @@ async fn two_daemons_clear_each_cycle_once() {
     second.shutdown().await.unwrap();
     t.assert_invariants().await;
 }
+
+backends!(the_audit_recomputes_the_gross_matrix_clearing_reads);
+
+/// Clearing reads each cycle's gross matrix as the writer kept it, not the allocations: the audit
+/// recomputes every cell from the allocations and fails on any difference made behind the
+/// daemon's back.
+async fn the_audit_recomputes_the_gross_matrix_clearing_reads(b: Backend) {
+    let t = TestDaemon::start(b).await;
+    let (mut air, mut food) = (t.partner("skyways").await, t.partner("bistro").await);
+    air.earn(earn_bonus("a1", "m1", 400)).await.unwrap();
+    food.earn(earn_bonus("f1", "m1", 100)).await.unwrap();
+    // 400 of skyways' then 50 of bistro's, redeemed at bistro; 120 given back; a self-redemption.
+    food.burn(burn("f2", "m1", 450)).await.receipt();
+    food.reverse_burn(reverse_burn("f3", "f2", 120))
+        .await
+        .receipt();
+    air.burn(burn("a2", "m1", 10)).await.receipt();
+    t.assert_invariants().await;
+    for change in [
+        // One point more in a cell.
+        "UPDATE cycle_matrix SET points = points + 1 WHERE issuer = 'skyways' AND redeemer = 'bistro'",
+        // One allocation fewer counted.
+        "UPDATE cycle_matrix SET allocations = allocations - 1 WHERE issuer = 'skyways' AND redeemer = 'bistro'",
+        // A cell lost.
+        "DELETE FROM cycle_matrix WHERE issuer = 'bistro' AND redeemer = 'bistro'",
+        // A cell invented.
+        "INSERT INTO cycle_matrix (cycle, issuer, redeemer, rate, points, allocations) \
+         SELECT cycle, 'freshmart', redeemer, rate, 5, 1 FROM cycle_matrix LIMIT 1",
+    ] {
+        assert_eq!(t.execute_sql(change).await, 1, "{change}");
+        let report = t.audit().await;
+        assert!(!report.ok(), "the audit missed: {change}\n{report}");
+        // Put the matrix back as the writer would have kept it.
+        t.execute_sql("DELETE FROM cycle_matrix").await;
+        t.execute_sql(
+            "INSERT INTO cycle_matrix (cycle, issuer, redeemer, rate, points, allocations) \
+             SELECT cycle, issuer, redeemer, CAST(rate AS TEXT), SUM(points), COUNT(*) FROM allocations \
+             GROUP BY cycle, issuer, redeemer, CAST(rate AS TEXT)",
+        )
+        .await;
+        t.assert_invariants().await;
+    }
+}

@@ -89,6 +89,10 @@ pub const CHECKS: &[(&str, &str)] = &[
          AND t.partner_id = c.partner_id AND t.kind = c.kind))",
     ),
     (
+        "each cycle's gross matrix = its allocations summed per issuer, redeemer and rate",
+        super::matrix::MATRIX_CHECK,
+    ),
+    (
         "each lot's expired points = the sum of its breakage facts",
         "SELECT COUNT(*) FROM lots l LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM breakage GROUP BY lot_id) b \
          ON b.lot_id = l.id WHERE l.expired <> COALESCE(b.s, 0)",

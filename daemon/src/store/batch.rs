@@ -357,6 +357,7 @@ pub async fn apply(
         .into_iter()
         .map(|((p, k), (n, pts))| (p, k, n, pts))
         .collect();
+    writes.matrix = super::matrix::cells_of(&writes.allocations)?;
     let mut changed: Vec<(i64, (i64, Vec<i64>))> = reversed.into_iter().collect();
     changed.sort();
     for (id, (points, parts)) in changed {

@@ -248,7 +248,7 @@ pub trait ClearingTx: Send {
     async fn first_after(&mut self, cycle: NaiveDate) -> Result<Option<NaiveDate>, StoreError>;
     /// The cycle of the first transaction the ledger accepted.
     async fn first_transaction_cycle(&mut self) -> Result<Option<NaiveDate>, StoreError>;
-    /// The cycle's allocations.
+    /// The cycle's gross matrix (kept by the writer), one slice per issuer, redeemer and rate.
     async fn slices(&mut self, cycle: NaiveDate) -> Result<Vec<Slice>, StoreError>;
     /// The cycle's issuance per issuer and fee charged at issue (earns, and their reversals
     /// refunding that fee).
@@ -409,10 +409,6 @@ pub mod sql {
         "SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM breakage WHERE cycle = $1";
     /// The earliest settlement after $1.
     pub const FIRST_AFTER: &str = "SELECT MIN(cycle) FROM settlements WHERE cycle > $1";
-    /// The cycle's allocations, summed in the database per (issuer, redeemer, rate): exact, since
-    /// every allocation in a group has the same rate, and a few rows instead of millions.
-    pub const SLICES: &str = "SELECT issuer, redeemer, rate, CAST(SUM(points) AS BIGINT), COUNT(*) FROM allocations \
-        WHERE cycle = $1 GROUP BY issuer, redeemer, rate";
     /// Counts and points per kind in cycle $1.
     pub const COUNTS: &str = "SELECT kind, CAST(SUM(transactions) AS BIGINT), CAST(SUM(points) AS BIGINT) \
         FROM cycle_totals WHERE cycle = $1 GROUP BY kind";

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clearing;
 pub mod consent;
 pub mod holds;
+pub mod matrix;
 pub mod postgres;
 pub mod programme;
 pub mod registry;
@@ -287,6 +288,8 @@ pub struct Writes {
     /// Per (partner, kind) of the new transactions: (partner, kind, transactions, points), added
     /// to the cycle's totals.
     pub cycle_totals: Vec<(String, &'static str, i64, i64)>,
+    /// The cells of the cycle's gross matrix the new allocations add to.
+    pub matrix: matrix::Cells,
     /// Breakage undone by earn reversals that took swept points back (negative facts).
     pub breakage: Vec<BreakageFact>,
     /// The issuance fee each earn was charged and each earn reversal refunded.

@@ -354,6 +354,9 @@ impl LedgerTx for PgTx<'_> {
         }
         let r = super::holds::HoldsSql::<sqlx::Postgres>::write(self.conn, &w.holds).await;
         r.map_err(|e| self.fail(e))?;
+        let r =
+            super::matrix::MatrixSql::<sqlx::Postgres>::add(self.conn, w.cycle, &w.matrix).await;
+        r.map_err(|e| self.fail(e))?;
         Ok(())
     }
 }
@@ -879,21 +882,7 @@ impl clearing::ClearingTx for PgClearing<'_> {
         &mut self,
         cycle: chrono::NaiveDate,
     ) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
-        let rows = sqlx::query(clearing::sql::SLICES)
-            .bind(cycle.to_string())
-            .fetch_all(&mut *self.conn)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(coalition_clearing::Slice {
-                    issuer: r.try_get(0)?,
-                    redeemer: r.try_get(1)?,
-                    rate: r.try_get(2)?,
-                    points: r.try_get(3)?,
-                    allocations: r.try_get(4)?,
-                })
-            })
-            .collect()
+        super::matrix::MatrixSql::<sqlx::Postgres>::slices(&mut *self.conn, cycle).await
     }
 
     async fn issuance(

@@ -8,7 +8,6 @@ use super::{
 };
 use crate::ledger::{Allocation, Debt, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
-use rust_decimal::Decimal;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -199,12 +198,6 @@ where
 
 fn lot_from(row: &SqliteRow) -> Result<Lot, StoreError> {
     Ok(super::rows::Rows::<sqlx::Sqlite>::lot(row)?)
-}
-
-fn decimal(row: &SqliteRow, col: &str) -> Result<Decimal, StoreError> {
-    use super::rows::Money;
-    sqlx::Sqlite::decimal(row, col)?
-        .ok_or_else(|| StoreError::Corrupt(format!("NULL in decimal column {col}")))
 }
 
 fn debt_from(row: &SqliteRow) -> Result<Debt, StoreError> {
@@ -543,6 +536,7 @@ impl LedgerTx for SqliteTx<'_> {
             super::programme::ProgrammeSql::<Sqlite>::write(&mut *conn, &w.programme).await?;
         }
         super::holds::HoldsSql::<Sqlite>::write(&mut *conn, &w.holds).await?;
+        super::matrix::MatrixSql::<Sqlite>::add(&mut *conn, w.cycle, &w.matrix).await?;
         Ok(())
     }
 }
@@ -879,21 +873,7 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
         &mut self,
         cycle: chrono::NaiveDate,
     ) -> Result<Vec<coalition_clearing::Slice>, StoreError> {
-        let rows = sqlx::query(clearing::sql::SLICES)
-            .bind(cycle.to_string())
-            .fetch_all(&mut *self.conn)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(coalition_clearing::Slice {
-                    issuer: r.try_get(0)?,
-                    redeemer: r.try_get(1)?,
-                    rate: decimal(r, "rate")?,
-                    points: r.try_get(3)?,
-                    allocations: r.try_get(4)?,
-                })
-            })
-            .collect()
+        super::matrix::MatrixSql::<sqlx::Sqlite>::slices(&mut *self.conn, cycle).await
     }
 
     async fn issuance(
