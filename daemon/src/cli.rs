@@ -75,6 +75,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::ops_cli::OpsCommand,
     },
+    /// A partner's integrator: the partner API with a partner certificate (over mTLS); `ingest`
+    /// sends a day file of offline tills.
+    Partner {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::partner_cli::PartnerCommand,
+    },
     /// The programme team: campaigns (over mTLS, with the programme or an operator certificate).
     Programme {
         /// What to do.
@@ -329,5 +336,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clearing { command } => crate::finance_cli::run(command).await,
         Command::Programme { command } => crate::programme_cli::run(command).await,
         Command::Ops { command } => crate::ops_cli::run(command).await,
+        Command::Partner { command } => crate::partner_cli::run(command).await,
     }
 }

@@ -105,7 +105,8 @@ impl ApiError {
         }
     }
 
-    fn code_and_reason(&self) -> (Code, &'static str) {
+    /// The status code and `ErrorInfo` reason this error is answered with.
+    pub fn code_and_reason(&self) -> (Code, &'static str) {
         match self {
             ApiError::InvalidField { reason, .. } => (Code::InvalidArgument, reason),
             ApiError::Refused { code, reason, .. } => (*code, reason),

@@ -4,6 +4,7 @@
 pub mod consent;
 pub mod error;
 pub mod finance;
+pub mod ingest;
 pub mod operator;
 pub mod partner;
 pub mod programme;

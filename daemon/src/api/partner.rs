@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 /// Implements `coalition.v1.PartnerService`.
 pub struct PartnerApi {
-    shared: Shared,
+    pub(super) shared: Shared,
 }
 
 impl PartnerApi {
@@ -22,7 +22,7 @@ impl PartnerApi {
         PartnerApi { shared }
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<&Partner, ApiError> {
+    pub(super) fn caller<T>(&self, req: &Request<T>) -> Result<&Partner, ApiError> {
         let id = req
             .extensions()
             .get::<CallerPartner>()
@@ -33,7 +33,7 @@ impl PartnerApi {
     }
 
     /// An earn's fields judged by today's rules: the operation and its canonical content.
-    fn earn_validated(
+    pub(super) fn earn_validated(
         &self,
         partner: &Partner,
         r: &pb::EarnRequest,
@@ -81,7 +81,7 @@ impl PartnerApi {
     /// partner already has a transaction with this id and the same content, its stored receipt
     /// is the answer even when today's config (a lower bonus cap, another currency) would refuse
     /// the request. Called only when validation failed, so the common path reads nothing.
-    async fn replay(
+    pub(super) async fn replay(
         &self,
         partner: &Partner,
         transaction_id: &str,
@@ -170,7 +170,46 @@ impl PartnerApi {
 }
 
 /// An earn's canonical content from its fields as sent (no rule applied), to match a retry.
-fn earn_canonical(r: &pb::EarnRequest) -> Option<String> {
+/// A burn's operation and canonical content.
+pub(super) fn burn_op(r: &pb::BurnRequest) -> Result<(Op, String), ApiError> {
+    validate::id("transaction_id", &r.transaction_id)?;
+    validate::id("member_id", &r.member_id)?;
+    let points = validate::burn_points(r.points)?;
+    let canonical = format!("burn\n{}\n{points}", r.member_id);
+    let op = Op::Burn {
+        member: r.member_id.clone(),
+        points,
+    };
+    Ok((op, canonical))
+}
+
+/// An earn reversal's operation and canonical content.
+pub(super) fn reverse_earn_op(r: &pb::ReverseEarnRequest) -> Result<(Op, String), ApiError> {
+    validate::id("transaction_id", &r.transaction_id)?;
+    validate::id("original_transaction_id", &r.original_transaction_id)?;
+    let points = validate::reversal_points(r.points)?;
+    let canonical = format!("reverse_earn\n{}\n{points}", r.original_transaction_id);
+    let op = Op::ReverseEarn {
+        original: r.original_transaction_id.clone(),
+        points,
+    };
+    Ok((op, canonical))
+}
+
+/// A burn reversal's operation and canonical content.
+pub(super) fn reverse_burn_op(r: &pb::ReverseBurnRequest) -> Result<(Op, String), ApiError> {
+    validate::id("transaction_id", &r.transaction_id)?;
+    validate::id("original_transaction_id", &r.original_transaction_id)?;
+    let points = validate::reversal_points(r.points)?;
+    let canonical = format!("reverse_burn\n{}\n{points}", r.original_transaction_id);
+    let op = Op::ReverseBurn {
+        original: r.original_transaction_id.clone(),
+        points,
+    };
+    Ok((op, canonical))
+}
+
+pub(super) fn earn_canonical(r: &pb::EarnRequest) -> Option<String> {
     let grant = match &r.grant {
         Some(pb::earn_request::Grant::Purchase(m)) => {
             let amount: rust_decimal::Decimal = m.amount.trim().parse().ok()?;
@@ -327,6 +366,15 @@ fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, Api
 
 #[tonic::async_trait]
 impl PartnerService for PartnerApi {
+    type IngestBatchStream = super::ingest::IngestStream;
+
+    async fn ingest_batch(
+        &self,
+        req: Request<tonic::Streaming<pb::IngestLine>>,
+    ) -> Result<Response<Self::IngestBatchStream>, Status> {
+        Ok(Response::new(self.ingest(req)?))
+    }
+
     async fn earn(
         &self,
         req: Request<pb::EarnRequest>,
@@ -353,14 +401,7 @@ impl PartnerService for PartnerApi {
     ) -> Result<Response<pb::BurnResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
-        validate::id("transaction_id", &r.transaction_id)?;
-        validate::id("member_id", &r.member_id)?;
-        let points = validate::burn_points(r.points)?;
-        let canonical = format!("burn\n{}\n{points}", r.member_id);
-        let op = Op::Burn {
-            member: r.member_id.clone(),
-            points,
-        };
+        let (op, canonical) = burn_op(r)?;
         let receipt = self
             .submit(partner, &r.transaction_id, op, canonical)
             .await?;
@@ -459,14 +500,7 @@ impl PartnerService for PartnerApi {
     ) -> Result<Response<pb::ReverseResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
-        validate::id("transaction_id", &r.transaction_id)?;
-        validate::id("original_transaction_id", &r.original_transaction_id)?;
-        let points = validate::reversal_points(r.points)?;
-        let canonical = format!("reverse_earn\n{}\n{points}", r.original_transaction_id);
-        let op = Op::ReverseEarn {
-            original: r.original_transaction_id.clone(),
-            points,
-        };
+        let (op, canonical) = reverse_earn_op(r)?;
         let receipt = self
             .submit(partner, &r.transaction_id, op, canonical)
             .await?;
@@ -481,14 +515,7 @@ impl PartnerService for PartnerApi {
     ) -> Result<Response<pb::ReverseResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
-        validate::id("transaction_id", &r.transaction_id)?;
-        validate::id("original_transaction_id", &r.original_transaction_id)?;
-        let points = validate::reversal_points(r.points)?;
-        let canonical = format!("reverse_burn\n{}\n{points}", r.original_transaction_id);
-        let op = Op::ReverseBurn {
-            original: r.original_transaction_id.clone(),
-            points,
-        };
+        let (op, canonical) = reverse_burn_op(r)?;
         let receipt = self
             .submit(partner, &r.transaction_id, op, canonical)
             .await?;

@@ -160,6 +160,35 @@ pub struct MemberLedger {
     pub lots: Vec<Lot>,
     /// Debts with points left.
     pub debts: Vec<Debt>,
+    /// Points left in the member's open lots that were not loaded: all of them in lots that come
+    /// after every loaded lot in spending order and still count (see [`prefix_covers`]), so a
+    /// decision that needs no more than the loaded lots give is the same as with every lot loaded.
+    pub unloaded: i64,
+}
+
+/// How many of a member's open lots a batch reads first, in spending order.
+pub const LOT_PREFIX: usize = 16;
+
+/// Whether the first `lots` of a member's open lots in spending order (at most `limit` were read)
+/// are enough to decide a batch that takes at most `demand` points from them at `now`: either they
+/// are all the open lots, or the last one still counts (so every lot after it does, and none of
+/// them expired unseen) and the live points among them cover `demand`.
+pub fn prefix_covers(lots: &[Lot], limit: usize, demand: i64, now: Micros) -> bool {
+    if lots.len() < limit {
+        return true;
+    }
+    let live: i64 = lots
+        .iter()
+        .filter(|l| l.live(now))
+        .map(|l| l.points_left)
+        .sum();
+    lots.last().is_some_and(|l| l.live(now)) && live >= demand
+}
+
+/// The spending order as a sort key: soonest expiry first, never-expiring last, then oldest, then
+/// id (the order the stores read lots in, `COALESCE(expires_at, i64::MAX), earned_at, id`).
+pub fn spend_key(l: &Lot) -> (Micros, Micros, i64) {
+    (l.expires_at.unwrap_or(i64::MAX), l.earned_at, l.id)
 }
 
 /// What an earn did.
@@ -211,6 +240,7 @@ impl MemberLedger {
             known: false,
             lots: vec![],
             debts: vec![],
+            unloaded: 0,
         }
     }
 
@@ -220,7 +250,24 @@ impl MemberLedger {
             .iter()
             .filter(|l| l.live(now))
             .map(|l| l.points_left)
-            .sum()
+            .sum::<i64>()
+            + self.unloaded
+    }
+
+    /// Points left in all the member's open lots, counting or not (what `members.open_points`
+    /// keeps).
+    pub fn open_points(&self) -> i64 {
+        self.lots.iter().map(|l| l.points_left).sum::<i64>() + self.unloaded
+    }
+
+    /// Adds a lot read on its own (a reversal's or a hold's) unless it is loaded already; if it was
+    /// among the unloaded ones, its points move out of `unloaded`.
+    pub fn add_lot(&mut self, lot: Lot) {
+        if self.lots.iter().any(|l| l.id == lot.id) {
+            return;
+        }
+        self.unloaded -= lot.points_left;
+        self.lots.push(lot);
     }
 
     /// Points owed.
@@ -313,8 +360,9 @@ impl MemberLedger {
         if points < 1 {
             return Err(Refusal::NonPositive(points));
         }
-        let total: i64 = self.lots.iter().map(|l| l.points_left).sum();
-        total.checked_add(points).ok_or(Refusal::Overflow(points))?;
+        self.open_points()
+            .checked_add(points)
+            .ok_or(Refusal::Overflow(points))?;
         let mut repayments = Vec::new();
         let mut repaid = 0;
         self.debts.sort_by_key(|d| (d.created_at, d.txn));

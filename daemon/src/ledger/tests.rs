@@ -259,3 +259,54 @@ proptest! {
         }
     }
 }
+
+/// A member's open lots: (points left, expiry in days — `None` never —, earned day).
+fn open_lots() -> impl Strategy<Value = Vec<(i64, Option<i64>, i64)>> {
+    proptest::collection::vec((1i64..50, proptest::option::of(0i64..40), 0i64..20), 0..60)
+}
+
+proptest! {
+    /// Reading only a member's first lots in spending order, when `prefix_covers` says they are
+    /// enough, decides every burn of a batch exactly as reading all of them: the same allocations,
+    /// refusals and balances.
+    #[test]
+    fn the_first_lots_decide_a_batch_as_all_of_them_would(
+        lots in open_lots(),
+        burns in proptest::collection::vec(1i64..120, 0..6),
+        limit in 1usize..20,
+        now_day in 0i64..30,
+    ) {
+        let now = now_day * DAY;
+        let mut all = MemberLedger::new_member("m");
+        all.known = true;
+        for (i, (left, exp, earned)) in lots.iter().enumerate() {
+            all.lots.push(Lot {
+                id: i as i64 + 1,
+                member: "m".into(),
+                issuer: ["air", "shop", "food"][i % 3].into(),
+                points: *left,
+                points_left: *left,
+                reversed: 0,
+                expired: 0,
+                earned_at: earned * DAY,
+                expires_at: exp.map(|d| d * DAY),
+                dirty: false,
+            });
+        }
+        all.lots.sort_by_key(spend_key);
+        let demand: i64 = burns.iter().sum();
+        let first: Vec<Lot> = all.lots.iter().take(limit).cloned().collect();
+        prop_assume!(prefix_covers(&first, limit, demand, now));
+        let mut part = MemberLedger { lots: first, ..all.clone() };
+        part.unloaded = all.open_points() - part.lots.iter().map(|l| l.points_left).sum::<i64>();
+        prop_assert_eq!(part.balance(now), all.balance(now));
+        for (k, points) in burns.iter().enumerate() {
+            let txn = 1000 + k as i64;
+            let a = all.burn(txn, "food", rate(), *points, now);
+            let b = part.burn(txn, "food", rate(), *points, now);
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(part.balance(now), all.balance(now));
+            prop_assert_eq!(part.open_points(), all.open_points());
+        }
+    }
+}

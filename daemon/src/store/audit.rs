@@ -25,6 +25,12 @@ pub const CHECKS: &[(&str, &str)] = &[
          WHERE t.flow <> COALESCE(l.s, 0) + COALESCE(hd.s, 0) - COALESCE(d.s, 0)",
     ),
     (
+        "each member's kept open points = the points left in its lots",
+        "SELECT COUNT(*) FROM members m LEFT JOIN (SELECT member_id, SUM(points_left) AS s FROM lots \
+         WHERE points_left > 0 GROUP BY member_id) l ON l.member_id = m.member_id \
+         WHERE m.open_points <> COALESCE(l.s, 0)",
+    ),
+    (
         "no lot gives more than it has (points_left >= 0), so no hold holds more than the member had",
         "SELECT COUNT(*) FROM lots WHERE points_left < 0",
     ),

@@ -151,8 +151,31 @@ pub async fn apply(
         }
     }
     let t_find = t0.elapsed();
+    // What the batch may take from each member's lots at most (burns, authorizations, and earn
+    // reversals up to their earn's points): the members' first lots in spending order are read,
+    // and all of them only when those cannot cover it.
+    let mut demand: HashMap<&str, i64> = members.iter().map(|m| (m.as_str(), 0)).collect();
+    for r in requests {
+        let (member, points) = match &r.op {
+            Op::Burn { member, points } | Op::Authorize { member, points, .. } => {
+                (member.as_str(), *points)
+            }
+            Op::ReverseEarn { original, .. } => match txns.get(&key(&r.partner, original)) {
+                Some(o) => (o.member.as_str(), o.points),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if let Some(d) = demand.get_mut(member) {
+            *d = d.saturating_add(points);
+        }
+    }
+    let demand: Vec<(String, i64)> = members
+        .iter()
+        .map(|m| (m.clone(), demand.get(m.as_str()).copied().unwrap_or(0)))
+        .collect();
     let mut ledgers: HashMap<String, MemberLedger> = tx
-        .load_members(&members)
+        .load_members(&demand, ctx.now)
         .await?
         .into_iter()
         .map(|m| (m.member.clone(), m))
@@ -179,12 +202,16 @@ pub async fn apply(
         }
     }
     for lot in extra_lots {
-        if let Some(m) = ledgers.get_mut(&lot.member)
-            && !m.lots.iter().any(|l| l.id == lot.id)
-        {
-            m.lots.push(lot);
+        if let Some(m) = ledgers.get_mut(&lot.member) {
+            m.add_lot(lot);
         }
     }
+    // Points left in each member's open lots as stored (kept in `members.open_points`), before
+    // anything changes them (the release of holds that ran out, just below, included).
+    let open_before: HashMap<String, i64> = ledgers
+        .iter()
+        .map(|(k, m)| (k.clone(), m.open_points()))
+        .collect();
     // From a takeover on, the operator owes for a retired issuer's points: its lots allocate in
     // the operator's name (the lot rows keep their issuer of record; the upsert never changes it).
     if !ctx.taken_over.is_empty() {
@@ -391,8 +418,11 @@ pub async fn apply(
         writes
             .debts
             .extend(m.debts.iter().filter(|d| d.dirty).cloned());
+        let open = m.open_points();
         if !known_before.contains(&m.member) {
-            writes.new_members.push((m.member.clone(), ctx.now));
+            writes.members.push((m.member.clone(), ctx.now, open));
+        } else if open_before.get(&m.member) != Some(&open) {
+            writes.members.push((m.member.clone(), 0, open));
         }
     }
     let t_decide = t0.elapsed();
@@ -726,10 +756,16 @@ fn decide(
             // Qualifying points (of an earn that counted them) and campaign grants go back on the
             // day and campaign they came from; a purchase reversed in full takes its stamp back
             // (below zero if it completed a card). The batch loaded the member's state.
+            // (An earn of this same batch with the programme off has nothing to take back, and its
+            // member's state was not loaded: the programme loads it for earns only when it runs.)
             let state = prog.members.get_mut(&member);
             debug_assert!(
-                state.is_some(),
-                "the state of a reversal's member is loaded"
+                state.is_some()
+                    || !(o_counted
+                        || taken
+                            .iter()
+                            .any(|p| matches!(p.kind, PartKind::Campaign | PartKind::Stamp))),
+                "the state of a reversal's member is loaded when it has something to take back"
             );
             if let Some(state) = state {
                 if o_counted {

@@ -389,7 +389,10 @@ pub mod sql {
         UNION SELECT member_id FROM holds WHERE state = 'held' AND expires_at <= $1 ORDER BY member_id";
     /// Gives the points of every hold that ran out by $1 back to their lots (before the sweep, so
     /// what expired while held is swept like any expired point).
-    pub const RELEASE_HOLDS: [&str; 3] = [
+    pub const RELEASE_HOLDS: [&str; 4] = [
+        "UPDATE members SET open_points = open_points + (SELECT COALESCE(SUM(s.points), 0) FROM hold_slices s \
+         JOIN holds h ON h.id = s.hold_id WHERE h.member_id = members.member_id AND h.state = 'held' \
+         AND h.expires_at <= $1) WHERE member_id IN (SELECT member_id FROM holds WHERE state = 'held' AND expires_at <= $1)",
         "UPDATE lots SET points_left = points_left + (SELECT COALESCE(SUM(s.points), 0) FROM hold_slices s \
          JOIN holds h ON h.id = s.hold_id WHERE s.lot_id = lots.id AND h.state = 'held' AND h.expires_at <= $1) \
          WHERE id IN (SELECT s.lot_id FROM hold_slices s JOIN holds h ON h.id = s.hold_id \
@@ -401,6 +404,11 @@ pub mod sql {
     pub const SWEEP_FACTS: &str = "INSERT INTO breakage (lot_id, member_id, issuer, cycle, points) \
         SELECT id, member_id, issuer, $2, points_left FROM lots \
         WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1";
+    /// Takes what is left of those lots out of their members' kept open points.
+    pub const SWEEP_MEMBERS: &str = "UPDATE members SET open_points = open_points - (SELECT COALESCE(SUM(l.points_left), 0) \
+        FROM lots l WHERE l.member_id = members.member_id AND l.points_left > 0 AND l.expires_at IS NOT NULL \
+        AND l.expires_at < $1) WHERE member_id IN (SELECT member_id FROM lots \
+        WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1)";
     /// Then empties those lots.
     pub const SWEEP: &str = "UPDATE lots SET expired = expired + points_left, points_left = 0 \
         WHERE points_left > 0 AND expires_at IS NOT NULL AND expires_at < $1";
@@ -644,6 +652,10 @@ where
         .bind(cycle.to_string())
         .fetch_one(&mut *conn)
         .await?;
+        sqlx::query(sql::SWEEP_MEMBERS)
+            .bind(before)
+            .execute(&mut *conn)
+            .await?;
         sqlx::query(sql::SWEEP)
             .bind(before)
             .execute(&mut *conn)

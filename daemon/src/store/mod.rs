@@ -9,6 +9,7 @@ pub mod batch;
 pub mod clearing;
 pub mod consent;
 pub mod holds;
+pub mod lots;
 pub mod matrix;
 pub mod postgres;
 pub mod programme;
@@ -283,8 +284,9 @@ pub struct Writes {
     pub allocations: Vec<Allocation>,
     /// New or changed debts.
     pub debts: Vec<Debt>,
-    /// Members seen for the first time: (member, first seen).
-    pub new_members: Vec<(String, Micros)>,
+    /// Members seen for the first time, and members whose points left in open lots changed:
+    /// (member, first seen — only used for a new member —, points left in all its open lots).
+    pub members: Vec<(String, Micros, i64)>,
     /// Per (partner, kind) of the new transactions: (partner, kind, transactions, points), added
     /// to the cycle's totals.
     pub cycle_totals: Vec<(String, &'static str, i64, i64)>,
@@ -348,9 +350,14 @@ pub trait LedgerTx: Send {
         &mut self,
         keys: &[(String, String)],
     ) -> Result<Vec<TxnRecord>, StoreError>;
-    /// Members with their lots that have points left and their open debts; locks them where the
-    /// backend needs locks. Unknown members are absent.
-    async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError>;
+    /// Members, each with the points the batch may take from its lots at most, for a decision at
+    /// `now`: their open debts and enough of their open lots ([`lots::LotsSql::load_members`]).
+    /// Unknown members are absent.
+    async fn load_members(
+        &mut self,
+        members: &[(String, i64)],
+        now: Micros,
+    ) -> Result<Vec<MemberLedger>, StoreError>;
     /// Lots by id (a lot's id is its earn's id, negated for the operator-funded lot).
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError>;
     /// The allocations of these burns, in the order made, with what is left to reverse of each.
@@ -597,6 +604,22 @@ pub fn decode_slices(s: &str) -> Result<Vec<(String, i64)>, StoreError> {
 pub type OpenBackend = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Box<dyn BatchBackend>, StoreError>> + Send>,
 >;
+
+/// Creates (if needed) and migrates the database at `url`, then closes every connection to it
+/// (the bench's preload writes into it straight, and PostgreSQL copies it as a template).
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut c = sqlx::PgConnection::connect(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&mut c).await?;
+        c.close().await?;
+    } else {
+        let mut c = sqlx::SqliteConnection::connect_with(&sqlite::options(url)?).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&mut c).await?;
+        c.close().await?;
+    }
+    Ok(())
+}
 
 /// Opens the store a database URL names: the reader shared by calls, and the opener of the backend
 /// the writer owns.

@@ -187,10 +187,8 @@ async fn load_members(
         out.insert(
             m.clone(),
             MemberLedger {
-                member: m,
                 known: true,
-                lots: vec![],
-                debts: vec![],
+                ..MemberLedger::new_member(&m)
             },
         );
     }
@@ -263,8 +261,13 @@ impl LedgerTx for PgTx<'_> {
         r.map_err(|e| self.fail(e))?.iter().map(txn_from).collect()
     }
 
-    async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError> {
-        let r = load_members(self.conn, members).await;
+    async fn load_members(
+        &mut self,
+        members: &[(String, i64)],
+        now: Micros,
+    ) -> Result<Vec<MemberLedger>, StoreError> {
+        let r = super::lots::LotsSql::<sqlx::Postgres>::load_members(&mut *self.conn, members, now)
+            .await;
         r.map_err(|e| self.fail(e))
     }
 
@@ -363,14 +366,7 @@ impl LedgerTx for PgTx<'_> {
 
 /// Writes a batch with one statement per table: arrays bound once, unnested by the server.
 async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
-    if !w.new_members.is_empty() {
-        let (ids, seen): (Vec<String>, Vec<i64>) = w.new_members.iter().cloned().unzip();
-        sqlx::query("INSERT INTO members (member_id, first_seen) SELECT * FROM UNNEST($1::text[], $2::bigint[])")
-            .bind(ids)
-            .bind(seen)
-            .execute(&mut *conn)
-            .await?;
-    }
+    super::lots::LotsSql::<sqlx::Postgres>::write_members(&mut *conn, &w.members).await?;
     if !w.cycle_totals.is_empty() {
         let c = &w.cycle_totals;
         sqlx::query(

@@ -38,7 +38,8 @@ struct Counters {
     txn: i64,
 }
 
-fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+/// The connection options of every connection to a ledger file.
+pub(crate) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     Ok(SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -228,10 +229,8 @@ async fn load_members(
         for row in qb.build().fetch_all(&mut *conn).await? {
             let member: String = row.try_get("known_member")?;
             let ledger = out.entry(member.clone()).or_insert_with(|| MemberLedger {
-                member,
                 known: true,
-                lots: vec![],
-                debts: vec![],
+                ..MemberLedger::new_member(&member)
             });
             if row.try_get::<Option<i64>, _>("id")?.is_some() {
                 ledger.lots.push(lot_from(&row)?);
@@ -279,13 +278,13 @@ impl LedgerTx for SqliteTx<'_> {
         Ok(out)
     }
 
-    async fn load_members(&mut self, members: &[String]) -> Result<Vec<MemberLedger>, StoreError> {
+    async fn load_members(
+        &mut self,
+        members: &[(String, i64)],
+        now: Micros,
+    ) -> Result<Vec<MemberLedger>, StoreError> {
         // The writer is the only writer: no locks needed between read and write.
-        let mut out = Vec::new();
-        for chunk in members.chunks(MAX_BINDS) {
-            out.extend(load_members(&mut *self.conn, chunk).await?);
-        }
-        Ok(out)
+        Ok(super::lots::LotsSql::<Sqlite>::load_members(&mut *self.conn, members, now).await?)
     }
 
     async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<Lot>, StoreError> {
@@ -524,14 +523,7 @@ impl LedgerTx for SqliteTx<'_> {
             );
             qb.build().execute(&mut *conn).await?;
         }
-        for chunk in w.new_members.chunks(MAX_BINDS / 2) {
-            let mut qb =
-                QueryBuilder::<Sqlite>::new("INSERT INTO members (member_id, first_seen) ");
-            qb.push_values(chunk, |mut b, (m, seen)| {
-                b.push_bind(m).push_bind(seen);
-            });
-            qb.build().execute(&mut *conn).await?;
-        }
+        super::lots::LotsSql::<Sqlite>::write_members(&mut *conn, &w.members).await?;
         if !w.programme.is_empty() {
             super::programme::ProgrammeSql::<Sqlite>::write(&mut *conn, &w.programme).await?;
         }

@@ -213,11 +213,21 @@ impl Writer {
 
     /// Queues a request and waits until its batch is durable (or failed).
     pub async fn submit(&self, request: Request) -> Answer {
+        self.enqueue(request).await?.await
+    }
+
+    /// Queues a request (waiting only for room in the queue) and returns what resolves to its
+    /// answer: requests queued one after another are decided in that order, so a caller can keep
+    /// many in flight and still have them applied in its order (bulk ingestion).
+    pub async fn enqueue(
+        &self,
+        request: Request,
+    ) -> Result<impl std::future::Future<Output = Answer> + Send + 'static, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job { request, reply })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
+        Ok(async move { rx.await.map_err(|_| StoreError::ShuttingDown)? })
     }
 }

@@ -4,6 +4,8 @@
 //! Without `--addr` it makes a dev setup in a temp folder and starts `coalitiond serve` as a child
 //! process (so its peak memory can be read from /proc), then drives it.
 
+mod preload;
+
 use crate::client::{ClientPem, connect};
 use clap::Args;
 use coalition_proto::v1 as pb;
@@ -60,6 +62,38 @@ pub struct BenchArgs {
     /// after an unmeasured refill of earns; members are at most 10,000 so that most have points.
     #[arg(long)]
     pub holds: bool,
+    /// Before the timed phases, fill the database with a ledger of years (1,000,000 members and
+    /// 10,000,000 transactions unless the two options below say otherwise), written straight
+    /// into the database; the clearing scheduler is off for the run.
+    #[arg(long)]
+    pub preload: bool,
+    /// Members of the preloaded ledger (implies --preload).
+    #[arg(long)]
+    pub preload_members: Option<u64>,
+    /// Transactions of the preloaded ledger (implies --preload).
+    #[arg(long)]
+    pub preload_transactions: Option<u64>,
+    /// Where generated ledgers are kept between runs (SQLite files; on PostgreSQL a template
+    /// database named after the shape is kept on the server instead).
+    #[arg(long)]
+    pub preload_cache: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// The ledger to preload, if any.
+    fn preload(&self) -> Option<preload::Shape> {
+        (self.preload || self.preload_members.is_some() || self.preload_transactions.is_some())
+            .then(|| preload::Shape {
+                members: self.preload_members.unwrap_or(1_000_000),
+                transactions: self.preload_transactions.unwrap_or(10_000_000),
+            })
+    }
+
+    fn preload_cache(&self) -> PathBuf {
+        self.preload_cache
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("coalitiond-preload"))
+    }
 }
 
 #[derive(Default)]
@@ -303,12 +337,27 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 async fn start_child(args: &BenchArgs) -> anyhow::Result<(String, PathBuf, Child)> {
-    start_child_with(
-        args.database.as_deref(),
-        "per_second = 1000000, burst = 1000000",
-        |t| t,
-    )
-    .await
+    let cache = args.preload_cache();
+    match args.preload() {
+        None => {
+            start_child_with(
+                args.database.as_deref(),
+                "per_second = 1000000, burst = 1000000",
+                |t| t,
+                None,
+            )
+            .await
+        }
+        Some(shape) => {
+            start_child_with(
+                args.database.as_deref(),
+                "per_second = 1000000, burst = 1000000",
+                |t| t.replacen("scheduler = true", "scheduler = false", 1),
+                Some((shape, cache.as_path())),
+            )
+            .await
+        }
+    }
 }
 
 /// The programme of `bench --programme`: the default ladder, a stamp card at bistro.
@@ -336,6 +385,7 @@ async fn run_programme(args: BenchArgs) -> anyhow::Result<()> {
             args.database.as_deref(),
             "per_second = 1000000, burst = 1000000",
             if on { with_programme } else { |t| t },
+            None,
         )
         .await?;
         if on {
@@ -407,6 +457,7 @@ async fn start_child_with(
     database: Option<&str>,
     limit: &str,
     edit: fn(String) -> String,
+    preload: Option<(preload::Shape, &std::path::Path)>,
 ) -> anyhow::Result<(String, PathBuf, Child)> {
     let dir = tempfile::Builder::new()
         .prefix("coalitiond-bench-")
@@ -414,6 +465,14 @@ async fn start_child_with(
     let addr = format!("127.0.0.1:{}", free_port()?);
     let config = crate::demo::write_dev_setup(dir.path(), &addr)?;
     let config_path = dir.path().join("coalition.toml");
+    let file = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let database = match (database, preload) {
+        (None, Some(_)) => Some(file.as_str()),
+        (d, _) => d,
+    };
+    if let Some((shape, cache)) = preload {
+        preload::preload(database.unwrap_or(&file), shape, cache).await?;
+    }
     if let Some(db) = database {
         let text = std::fs::read_to_string(&config_path)?.replacen(
             "url = \"sqlite://coalition.db\"",
@@ -858,7 +917,7 @@ async fn paced(
 pub async fn limits(args: LimitsBenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
     let limit = format!("per_second = {0}, burst = {0}", args.quota);
-    let (addr, certs, child) = start_child_with(None, &limit, |t| t).await?;
+    let (addr, certs, child) = start_child_with(None, &limit, |t| t, None).await?;
     let quiet_pem = ClientPem::from_dir(&certs, "partner-bistro")?;
     let flood_pem = ClientPem::from_dir(&certs, "partner-skyways")?;
     let quiet = connect(&addr, &quiet_pem).await?;

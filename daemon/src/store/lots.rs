@@ -1,0 +1,160 @@
+//! Reading a batch's members without reading their whole history: each member's row (known, and
+//! the points left in all its open lots, kept by the writer in `members.open_points`), the first
+//! [`LOT_PREFIX`] of its open lots in spending order, and every lot only for the few members whose
+//! first lots cannot decide the batch ([`prefix_covers`]). A burn's work then grows with the lots
+//! it consumes, not with the lots the member holds. SQL once for both backends; only the shape of
+//! "the first lots of each member" differs (a correlated `LIMIT` on SQLite, `LATERAL` on
+//! PostgreSQL), over the index `lots_member_spend`.
+
+use crate::ledger::{LOT_PREFIX, MemberLedger, Micros, prefix_covers, spend_key};
+use std::collections::HashMap;
+
+/// The spending order in SQL, matching the index `lots_member_spend` and [`spend_key`].
+const SPEND_ORDER: &str = "COALESCE(expires_at, 9223372036854775807), earned_at, id";
+
+/// The lots SQL, generic over the sqlx database.
+pub struct LotsSql<DB>(std::marker::PhantomData<DB>);
+
+impl<DB> LotsSql<DB>
+where
+    DB: super::rows::Money,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    i32: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Vec<u8>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
+{
+    fn marks(n: usize) -> String {
+        (1..=n)
+            .map(super::mark::<DB>)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Loads `members` (each with the points the batch may take from its lots, at most) for a
+    /// decision at `now`: known members with their open debts, and enough of their open lots.
+    pub async fn load_members(
+        conn: &mut DB::Connection,
+        members: &[(String, i64)],
+        now: Micros,
+    ) -> Result<Vec<MemberLedger>, sqlx::Error> {
+        use sqlx::Row;
+        let mut out: HashMap<String, MemberLedger> = HashMap::new();
+        let mut stored: HashMap<String, i64> = HashMap::new();
+        for chunk in members.chunks(500) {
+            let prefix = if DB::NAME == "SQLite" {
+                format!(
+                    "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
+                     LEFT JOIN lots l ON l.id IN (SELECT x.id FROM lots x WHERE x.member_id = m.member_id \
+                     AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {LOT_PREFIX}) \
+                     WHERE m.member_id IN ({})",
+                    Self::marks(chunk.len())
+                )
+            } else {
+                format!(
+                    "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
+                     LEFT JOIN LATERAL (SELECT * FROM lots x WHERE x.member_id = m.member_id \
+                     AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {LOT_PREFIX}) l ON true \
+                     WHERE m.member_id IN ({})",
+                    Self::marks(chunk.len())
+                )
+            };
+            let mut q = sqlx::query(&prefix);
+            for (m, _) in chunk {
+                q = q.bind(m.clone());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let member: String = row.try_get("known_member")?;
+                stored.insert(member.clone(), row.try_get("open_points")?);
+                let ledger = out.entry(member.clone()).or_insert_with(|| MemberLedger {
+                    known: true,
+                    ..MemberLedger::new_member(&member)
+                });
+                if row.try_get::<Option<i64>, _>("id")?.is_some() {
+                    ledger.lots.push(super::rows::Rows::<DB>::lot(&row)?);
+                }
+            }
+        }
+        // Members whose first lots cannot decide the batch (or whose kept total disagrees with
+        // them): every open lot.
+        let mut whole = Vec::new();
+        for (member, demand) in members {
+            let Some(m) = out.get_mut(member) else {
+                continue;
+            };
+            m.lots.sort_by_key(spend_key);
+            let loaded: i64 = m.lots.iter().map(|l| l.points_left).sum();
+            let open = stored.get(member).copied().unwrap_or(0);
+            if m.lots.len() < LOT_PREFIX {
+                m.unloaded = 0;
+            } else if prefix_covers(&m.lots, LOT_PREFIX, *demand, now) && open >= loaded {
+                m.unloaded = open - loaded;
+            } else {
+                whole.push(member.clone());
+            }
+        }
+        for chunk in whole.chunks(500) {
+            let sql = format!(
+                "SELECT * FROM lots WHERE points_left > 0 AND member_id IN ({}) ORDER BY member_id, {SPEND_ORDER}",
+                Self::marks(chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for m in chunk {
+                q = q.bind(m.clone());
+                if let Some(l) = out.get_mut(m) {
+                    l.lots.clear();
+                    l.unloaded = 0;
+                }
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let lot = super::rows::Rows::<DB>::lot(&row)?;
+                if let Some(m) = out.get_mut(&lot.member) {
+                    m.lots.push(lot);
+                }
+            }
+        }
+        let known: Vec<String> = out.keys().cloned().collect();
+        for chunk in known.chunks(500) {
+            let sql = format!(
+                "SELECT * FROM debts WHERE points_left > 0 AND member_id IN ({}) ORDER BY txn_id",
+                Self::marks(chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for m in chunk {
+                q = q.bind(m.clone());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let d = super::rows::Rows::<DB>::debt(&row)?;
+                if let Some(m) = out.get_mut(&d.member) {
+                    m.debts.push(d);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Writes the batch's members: new ones with their first instant, and every member whose
+    /// points left in open lots changed (one multi-row upsert; `first_seen` of a known member is
+    /// never touched).
+    pub async fn write_members(
+        conn: &mut DB::Connection,
+        rows: &[(String, Micros, i64)],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in rows.chunks(250) {
+            let sql = format!(
+                "INSERT INTO members (member_id, first_seen, open_points) VALUES {} \
+                 ON CONFLICT (member_id) DO UPDATE SET open_points = excluded.open_points",
+                super::rows_of_marks::<DB>(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (m, seen, open) in chunk {
+                q = q.bind(m.clone()).bind(*seen).bind(*open);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
