@@ -1,5 +1,6 @@
 //! Earn, burn, reversals, debt, idempotency and pagination over mTLS, on every backend.
 
+use coalition_tests::v1 as pb;
 use coalition_tests::*;
 use std::time::Duration;
 use tonic::Code;
@@ -267,4 +268,83 @@ async fn activity_pages_through_everything_once(b: Backend) {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     t.assert_invariants().await;
+}
+
+backends!(a_member_with_many_lots_is_decided_from_its_first_ones);
+
+/// A frequent member: 40 lots, more than the 16 a batch reads first. Burns, holds and reversals
+/// that stay within the first lots, and ones that reach past them (a reversal of a late earn, a
+/// burn of most of the balance, a refund to lots far down the order), give the balances and
+/// slices the whole ledger gives; the kept open points stay equal to the lots (the audit).
+async fn a_member_with_many_lots_is_decided_from_its_first_ones(b: Backend) {
+    let t = TestDaemon::start(b).await;
+    let (mut air, mut food) = (t.partner("skyways").await, t.partner("bistro").await);
+    for i in 0..40 {
+        let p = if i % 2 == 0 { &mut air } else { &mut food };
+        p.earn(earn_bonus(&format!("e{i}"), "m", 10))
+            .await
+            .receipt();
+        t.clock.advance(Duration::from_secs(3_600));
+    }
+    // Within the first lots: e0 (skyways), e1 (bistro), half of e2 (skyways).
+    let r = food.burn(burn("b1", "m", 25)).await.receipt();
+    let mut got = slices(&r);
+    got.sort();
+    assert_eq!(
+        (got, r.balance_after),
+        (vec![("bistro".into(), 10), ("skyways".into(), 15)], 375)
+    );
+    // A late earn taken back: from its own lot, far past the first ones.
+    let r = food
+        .reverse_earn(reverse_earn("r1", "e39", 0))
+        .await
+        .receipt();
+    assert_eq!((r.points, r.balance_after), (10, 365));
+    // An authorization and a partial capture.
+    food.authorize_burn(pb::AuthorizeBurnRequest {
+        transaction_id: "h1".into(),
+        member_id: "m".into(),
+        points: 30,
+        hold_seconds: 0,
+    })
+    .await
+    .unwrap();
+    let r = food
+        .capture_burn(pb::CaptureBurnRequest {
+            transaction_id: "c1".into(),
+            authorization_id: "h1".into(),
+            points: 20,
+        })
+        .await
+        .receipt();
+    assert_eq!(r.balance_after, 345);
+    // Most of the balance: every lot is read; 5 + 10 × 32 = 325 from e2..e35 in order.
+    let r = air.burn(burn("b2", "m", 325)).await.receipt();
+    assert_eq!(r.balance_after, 20);
+    assert_eq!(
+        slices(&r).iter().map(|(_, p)| p).sum::<i64>(),
+        325,
+        "{:?}",
+        slices(&r)
+    );
+    // A refund goes back to the very lots, the latest slices first (past the first 16).
+    let r = air
+        .reverse_burn(reverse_burn("r2", "b2", 100))
+        .await
+        .receipt();
+    assert_eq!(r.balance_after, 120);
+    // Too much: refused with the true balance.
+    let e = food.burn(burn("b3", "m", 121)).await.unwrap_err();
+    assert!(e.message().contains("member has 120 points"), "{e:?}");
+    let r = food.burn(burn("b4", "m", 120)).await.receipt();
+    assert_eq!(r.balance_after, 0);
+    assert_eq!(t.balance("m").await.0, 0);
+    t.assert_invariants().await;
+    // The kept total changed behind the daemon's back: the audit recomputes it from the lots.
+    let n = t
+        .execute_sql("UPDATE members SET open_points = open_points + 1 WHERE member_id = 'm'")
+        .await;
+    assert_eq!(n, 1);
+    let report = t.audit().await;
+    assert!(!report.ok(), "the audit missed a changed open_points\n{report}");
 }
