@@ -346,5 +346,8 @@ async fn a_member_with_many_lots_is_decided_from_its_first_ones(b: Backend) {
         .await;
     assert_eq!(n, 1);
     let report = t.audit().await;
-    assert!(!report.ok(), "the audit missed a changed open_points\n{report}");
+    assert!(
+        !report.ok(),
+        "the audit missed a changed open_points\n{report}"
+    );
 }

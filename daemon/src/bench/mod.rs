@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// Transactions of the preloaded ledger (implies --preload).
     #[arg(long)]
     pub preload_transactions: Option<u64>,
+    /// Send a day file of this many lines through `coalitiond partner ingest` (IngestBatch) to a
+    /// daemon the bench starts (on the preloaded ledger with --preload), and time it end to end:
+    /// CSV read, mTLS stream, every line durable, result CSV written.
+    #[arg(long)]
+    pub ingest: Option<u64>,
     /// Where generated ledgers are kept between runs (SQLite files; on PostgreSQL a template
     /// database named after the shape is kept on the server instead).
     #[arg(long)]
@@ -601,6 +606,63 @@ async fn run_holds(mut args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bench --ingest N`: a day file of N lines through `partner ingest`, timed end to end. The
+/// lines are earns of 10 points and burns of 4 in turn over `--members` members of skyways (so
+/// that every burn is covered), each with its own transaction id.
+async fn run_ingest(args: &BenchArgs, lines: u64) -> anyhow::Result<()> {
+    let (addr, certs, child) = start_child(args).await?;
+    let dir = child._dir.path();
+    let file = dir.join("day.csv");
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        writeln!(w, "kind,transaction_id,member_id,points")?;
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let members = args.members.max(1);
+        for i in 0..lines {
+            let m = i % members;
+            if (i / members).is_multiple_of(2) {
+                writeln!(w, "earn,ingest-{nonce}-{i},bench-member-{m},10")?;
+            } else {
+                writeln!(w, "burn,ingest-{nonce}-{i},bench-member-{m},4")?;
+            }
+        }
+    }
+    println!(
+        "bench --ingest: {addr}, a day file of {lines} lines (earns and burns over {} members)",
+        args.members
+    );
+    let started = Instant::now();
+    crate::partner_cli::run(crate::partner_cli::PartnerCommand::Ingest {
+        conn: crate::partner_cli::PartnerConnection {
+            config: dir.join("coalition.toml"),
+            addr: Some(addr.clone()),
+            cert: certs.join("partner-skyways.pem"),
+            key: None,
+        },
+        file: file.clone(),
+        out: Some(dir.join("day.results.csv")),
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let answered = std::fs::read_to_string(dir.join("day.results.csv"))?
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(",OK,"))
+        .count();
+    println!(
+        "ingest: {lines} lines in {:.1} s = {:.0} lines/s end to end ({answered} OK)",
+        elapsed.as_secs_f64(),
+        lines as f64 / elapsed.as_secs_f64()
+    );
+    if let Some(mib) = peak_rss_mib(child.process.id()) {
+        println!("daemon peak memory (VmHWM): {mib:.1} MiB");
+    }
+    Ok(())
+}
+
 /// Runs the bench and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
@@ -609,6 +671,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.holds {
         return run_holds(args).await;
+    }
+    if let Some(lines) = args.ingest {
+        return run_ingest(&args, lines).await;
     }
     let (addr, certs, child) = match (&args.addr, &args.certs) {
         (Some(addr), Some(certs)) => (addr.clone(), certs.clone(), None),

@@ -166,8 +166,10 @@ pub struct MemberLedger {
     pub unloaded: i64,
 }
 
-/// How many of a member's open lots a batch reads first, in spending order.
-pub const LOT_PREFIX: usize = 16;
+/// How many of a member's open lots a batch reads first, in spending order, and then, for the
+/// few members those do not decide, how many before reading all. Earns average tens of points
+/// and most burns take fewer: four lots nearly always cover a batch's burns of one member.
+pub const LOT_PREFIXES: [usize; 2] = [4, 64];
 
 /// Whether the first `lots` of a member's open lots in spending order (at most `limit` were read)
 /// are enough to decide a batch that takes at most `demand` points from them at `now`: either they

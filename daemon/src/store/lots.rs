@@ -1,12 +1,12 @@
 //! Reading a batch's members without reading their whole history: each member's row (known, and
 //! the points left in all its open lots, kept by the writer in `members.open_points`), the first
-//! [`LOT_PREFIX`] of its open lots in spending order, and every lot only for the few members whose
-//! first lots cannot decide the batch ([`prefix_covers`]). A burn's work then grows with the lots
+//! few of its open lots in spending order ([`LOT_PREFIXES`]), and more only for the few members
+//! whose first lots cannot decide the batch ([`prefix_covers`]). A burn's work then grows with the lots
 //! it consumes, not with the lots the member holds. SQL once for both backends; only the shape of
 //! "the first lots of each member" differs (a correlated `LIMIT` on SQLite, `LATERAL` on
 //! PostgreSQL), over the index `lots_member_spend`.
 
-use crate::ledger::{LOT_PREFIX, MemberLedger, Micros, prefix_covers, spend_key};
+use crate::ledger::{LOT_PREFIXES, MemberLedger, Micros, prefix_covers, spend_key};
 use std::collections::HashMap;
 
 /// The spending order in SQL, matching the index `lots_member_spend` and [`spend_key`].
@@ -35,7 +35,9 @@ where
     }
 
     /// Loads `members` (each with the points the batch may take from its lots, at most) for a
-    /// decision at `now`: known members with their open debts, and enough of their open lots.
+    /// decision at `now`: known members with their open debts, and enough of their open lots —
+    /// the first [`LOT_PREFIXES`]`[0]` in spending order, more for the members those do not
+    /// decide, every lot for the few that even those do not.
     pub async fn load_members(
         conn: &mut DB::Connection,
         members: &[(String, i64)],
@@ -44,58 +46,69 @@ where
         use sqlx::Row;
         let mut out: HashMap<String, MemberLedger> = HashMap::new();
         let mut stored: HashMap<String, i64> = HashMap::new();
-        for chunk in members.chunks(500) {
-            let prefix = if DB::NAME == "SQLite" {
-                format!(
-                    "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
-                     LEFT JOIN lots l ON l.id IN (SELECT x.id FROM lots x WHERE x.member_id = m.member_id \
-                     AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {LOT_PREFIX}) \
-                     WHERE m.member_id IN ({})",
-                    Self::marks(chunk.len())
-                )
-            } else {
-                format!(
-                    "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
-                     LEFT JOIN LATERAL (SELECT * FROM lots x WHERE x.member_id = m.member_id \
-                     AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {LOT_PREFIX}) l ON true \
-                     WHERE m.member_id IN ({})",
-                    Self::marks(chunk.len())
-                )
-            };
-            let mut q = sqlx::query(&prefix);
-            for (m, _) in chunk {
-                q = q.bind(m.clone());
+        let mut todo: Vec<(String, i64)> = members.to_vec();
+        for limit in LOT_PREFIXES {
+            if todo.is_empty() {
+                break;
             }
-            for row in q.fetch_all(&mut *conn).await? {
-                let member: String = row.try_get("known_member")?;
-                stored.insert(member.clone(), row.try_get("open_points")?);
-                let ledger = out.entry(member.clone()).or_insert_with(|| MemberLedger {
-                    known: true,
-                    ..MemberLedger::new_member(&member)
-                });
-                if row.try_get::<Option<i64>, _>("id")?.is_some() {
-                    ledger.lots.push(super::rows::Rows::<DB>::lot(&row)?);
+            for chunk in todo.chunks(500) {
+                let prefix = if DB::NAME == "SQLite" {
+                    format!(
+                        "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
+                         LEFT JOIN lots l ON l.id IN (SELECT x.id FROM lots x WHERE x.member_id = m.member_id \
+                         AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) \
+                         WHERE m.member_id IN ({})",
+                        Self::marks(chunk.len())
+                    )
+                } else {
+                    format!(
+                        "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
+                         LEFT JOIN LATERAL (SELECT * FROM lots x WHERE x.member_id = m.member_id \
+                         AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) l ON true \
+                         WHERE m.member_id IN ({})",
+                        Self::marks(chunk.len())
+                    )
+                };
+                let mut q = sqlx::query(&prefix);
+                for (m, _) in chunk {
+                    q = q.bind(m.clone());
+                    if let Some(l) = out.get_mut(m) {
+                        l.lots.clear();
+                    }
+                }
+                for row in q.fetch_all(&mut *conn).await? {
+                    let member: String = row.try_get("known_member")?;
+                    stored.insert(member.clone(), row.try_get("open_points")?);
+                    let ledger = out.entry(member.clone()).or_insert_with(|| MemberLedger {
+                        known: true,
+                        ..MemberLedger::new_member(&member)
+                    });
+                    if row.try_get::<Option<i64>, _>("id")?.is_some() {
+                        ledger.lots.push(super::rows::Rows::<DB>::lot(&row)?);
+                    }
                 }
             }
-        }
-        // Members whose first lots cannot decide the batch (or whose kept total disagrees with
-        // them): every open lot.
-        let mut whole = Vec::new();
-        for (member, demand) in members {
-            let Some(m) = out.get_mut(member) else {
-                continue;
-            };
-            m.lots.sort_by_key(spend_key);
-            let loaded: i64 = m.lots.iter().map(|l| l.points_left).sum();
-            let open = stored.get(member).copied().unwrap_or(0);
-            if m.lots.len() < LOT_PREFIX {
-                m.unloaded = 0;
-            } else if prefix_covers(&m.lots, LOT_PREFIX, *demand, now) && open >= loaded {
-                m.unloaded = open - loaded;
-            } else {
-                whole.push(member.clone());
+            // Members whose first lots cannot decide the batch (or whose kept total disagrees
+            // with them) are read again, further.
+            let mut next = Vec::new();
+            for (member, demand) in todo {
+                let Some(m) = out.get_mut(&member) else {
+                    continue;
+                };
+                m.lots.sort_by_key(spend_key);
+                let loaded: i64 = m.lots.iter().map(|l| l.points_left).sum();
+                let open = stored.get(&member).copied().unwrap_or(0);
+                if m.lots.len() < limit {
+                    m.unloaded = 0;
+                } else if prefix_covers(&m.lots, limit, demand, now) && open >= loaded {
+                    m.unloaded = open - loaded;
+                } else {
+                    next.push((member, demand));
+                }
             }
+            todo = next;
         }
+        let whole: Vec<String> = todo.into_iter().map(|(m, _)| m).collect();
         for chunk in whole.chunks(500) {
             let sql = format!(
                 "SELECT * FROM lots WHERE points_left > 0 AND member_id IN ({}) ORDER BY member_id, {SPEND_ORDER}",
