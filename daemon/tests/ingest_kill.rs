@@ -6,26 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::free_port;
-
-async fn spawn(config: &std::path::Path, addr: &str) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_coalitiond"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn coalitiond");
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "daemon did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child
-}
+use common::{drop_database, free_port, postgres_database, spawn_serve as spawn};
 
 /// Lines of the day file: per member, earns of 10 and burns of 4 in turn, one malformed line and
 /// one burn no member can cover.
@@ -168,33 +149,10 @@ async fn a_day_file_resumes_after_kill_9_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_file_resumes_after_kill_9_on_postgres() {
-    use sqlx::Connection;
-    let admin = std::env::var("COALITION_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut c = match sqlx::PgConnection::connect(&admin).await {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("COALITION_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-                panic!("PostgreSQL required but not reachable at {admin}: {e}");
-            }
-            eprintln!(
-                "\n*** SKIPPED ingest_kill on PostgreSQL: not reachable at {admin} ({e}) ***\n"
-            );
-            return;
-        }
-    };
     let name = format!("coalition_ingest_kill_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    killed_mid_file(Some(format!("{base}/{name}"))).await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut c)
-        .await;
+    let Some((url, mut admin)) = postgres_database(&name).await else {
+        return;
+    };
+    killed_mid_file(Some(url)).await;
+    drop_database(&mut admin, &name).await;
 }

@@ -7,6 +7,8 @@ use coalitiond::store::programme::state_of;
 use sqlx::migrate::Migrator;
 use std::borrow::Cow;
 
+mod common;
+
 const DAY: i64 = 86_400_000_000;
 /// 2026-06-01T00:00:00Z, day 20605.
 const T0: i64 = 1_780_272_000_000_000;
@@ -119,33 +121,11 @@ async fn programme_state_moves_to_the_member_row_on_sqlite() {
 
 #[tokio::test]
 async fn programme_state_moves_to_the_member_row_on_postgres() {
-    use sqlx::Connection;
-    let admin = std::env::var("COALITION_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut c = match sqlx::PgConnection::connect(&admin).await {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("COALITION_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
-                panic!("PostgreSQL required but not reachable at {admin}: {e}");
-            }
-            eprintln!(
-                "\n*** SKIPPED programme_migration on PostgreSQL: not reachable at {admin} ({e}) ***\n"
-            );
-            return;
-        }
-    };
     let name = format!("coalition_mig_{}", std::process::id());
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut c)
-        .await;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    let pool = sqlx::PgPool::connect(&format!("{base}/{name}"))
-        .await
-        .unwrap();
+    let Some((url, mut c)) = common::postgres_database(&name).await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
     up_to(sqlx::migrate!("./migrations/postgres"), 11)
         .run(&pool)
         .await
@@ -159,7 +139,5 @@ async fn programme_state_moves_to_the_member_row_on_postgres() {
         .unwrap();
     check(&pool).await;
     pool.close().await;
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut c)
-        .await;
+    common::drop_database(&mut c, &name).await;
 }

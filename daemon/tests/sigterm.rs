@@ -4,30 +4,11 @@
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::partner_service_client::PartnerServiceClient;
 use coalitiond::client::{ClientPem, connect};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::free_port;
-
-async fn spawn(config: &std::path::Path, addr: &str) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_coalitiond"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn coalitiond");
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "daemon did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child
-}
+use common::{free_port, spawn_serve as spawn};
 
 fn earn(i: u64) -> pb::EarnRequest {
     pb::EarnRequest {

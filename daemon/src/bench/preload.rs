@@ -263,6 +263,12 @@ pub async fn preload(url: &str, shape: Shape, cache: &Path) -> anyhow::Result<()
         sqlx::query(&format!("CREATE DATABASE {bench_db} TEMPLATE {name}"))
             .execute(&mut a)
             .await?;
+        // The ids the writer hands out continue after the preloaded ones.
+        let mut b = sqlx::PgConnection::connect(url).await?;
+        sqlx::query("SELECT setval('transaction_ids', (SELECT MAX(id) FROM transactions))")
+            .execute(&mut b)
+            .await?;
+        b.close().await?;
     } else {
         let path = url
             .strip_prefix("sqlite://")
