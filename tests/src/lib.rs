@@ -222,7 +222,8 @@ impl TestDaemon {
             .expect("second daemon starts")
     }
 
-    fn daemon(&self) -> &Daemon {
+    /// The running daemon (its store, to compare a view with the whole ledger).
+    pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().expect("daemon running")
     }
 

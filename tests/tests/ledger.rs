@@ -294,6 +294,25 @@ async fn a_member_with_many_lots_is_decided_from_its_first_ones(b: Backend) {
         (got, r.balance_after),
         (vec![("bistro".into(), 10), ("skyways".into(), 15)], 375)
     );
+    // A partner's balance read sees the first lots only, and says the same as the whole ledger:
+    // the balance, and the next expiry with its points (what is left of e2).
+    let b = food
+        .get_balance(pb::GetBalanceRequest {
+            member_id: "m".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.points, b.next_expiry_points), (375, 5));
+    let whole = t.daemon().store.member("m").await.unwrap();
+    let want = coalitiond::api::views::balance(
+        "m",
+        whole.as_ref(),
+        t.clock.now(),
+        coalitiond::api::views::Audience::Partner,
+        (0, 0),
+    );
+    assert_eq!(b, want, "the first lots give the whole ledger's view");
     // A late earn taken back: from its own lot, far past the first ones.
     let r = food
         .reverse_earn(reverse_earn("r1", "e39", 0))

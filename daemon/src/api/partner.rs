@@ -531,13 +531,13 @@ impl PartnerService for PartnerApi {
         self.caller(&req)?;
         let r = req.get_ref();
         validate::id("member_id", &r.member_id)?;
+        let now = self.shared.clock.now();
         let m = self
             .shared
             .store
-            .member(&r.member_id)
+            .member_at(&r.member_id, now)
             .await
             .map_err(ApiError::from)?;
-        let now = self.shared.clock.now();
         let held = self.held(&r.member_id, now).await?;
         Ok(Response::new(super::views::balance(
             &r.member_id,
@@ -559,7 +559,7 @@ impl PartnerService for PartnerApi {
         let ledger = self
             .shared
             .store
-            .member(&r.member_id)
+            .member_at(&r.member_id, now)
             .await
             .map_err(ApiError::from)?;
         let held = self.held(&r.member_id, now).await?;
@@ -790,7 +790,7 @@ impl PartnerService for PartnerApi {
         let ledger = self
             .shared
             .store
-            .member(&r.member_id)
+            .member_at(&r.member_id, now)
             .await
             .map_err(ApiError::from)?;
         let burnable = ledger.as_ref().map_or(0, |m| m.balance(now)).max(0);

@@ -272,6 +272,26 @@ impl MemberLedger {
         self.lots.push(lot);
     }
 
+    /// Whether the loaded lots tell the next expiry at `now` and all the points expiring then: all
+    /// lots are loaded, or the last loaded one expires later than (or never, unlike) the soonest
+    /// live one.
+    pub fn next_expiry_known(&self, now: Micros) -> bool {
+        if self.unloaded == 0 {
+            return true;
+        }
+        let next = self
+            .lots
+            .iter()
+            .filter(|l| l.live(now) && l.points_left > 0)
+            .filter_map(|l| l.expires_at)
+            .min();
+        match (next, self.lots.iter().max_by_key(|l| spend_key(l))) {
+            (Some(n), Some(last)) => last.expires_at.is_none_or(|e| e > n),
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
+
     /// Points owed.
     pub fn debt(&self) -> i64 {
         self.debts.iter().map(|d| d.points_left).sum()

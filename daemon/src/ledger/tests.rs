@@ -310,3 +310,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_next_expiry_is_known_only_past_the_last_lot_of_that_instant() {
+    let lot = |id: i64, exp: Option<i64>| Lot {
+        id,
+        member: "m".into(),
+        issuer: "air".into(),
+        points: 10,
+        points_left: 10,
+        reversed: 0,
+        expired: 0,
+        earned_at: id,
+        expires_at: exp.map(|d| d * DAY),
+        dirty: false,
+    };
+    let mut m = MemberLedger::new_member("m");
+    m.lots = vec![lot(1, Some(5)), lot(2, Some(6))];
+    m.unloaded = 30;
+    assert!(
+        m.next_expiry_known(0),
+        "a later lot was read: nothing else expires on day 5"
+    );
+    m.lots = vec![lot(1, Some(5)), lot(2, Some(5))];
+    assert!(!m.next_expiry_known(0), "more lots of day 5 may be unread");
+    m.unloaded = 0;
+    assert!(m.next_expiry_known(0), "everything was read");
+    m.lots = vec![lot(1, None)];
+    m.unloaded = 30;
+    assert!(m.next_expiry_known(0), "nothing live expires");
+    m.lots = vec![lot(1, Some(1)), lot(2, None)];
+    assert!(m.next_expiry_known(0));
+}

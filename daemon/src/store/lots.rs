@@ -149,6 +149,27 @@ where
         Ok(out.into_values().collect())
     }
 
+    /// Enough of `member` to show its balance and next expiry at `now` (a partner's read): its
+    /// first lots, and every lot only when those cannot say.
+    pub async fn member_at(
+        conn: &mut DB::Connection,
+        member: &str,
+        now: Micros,
+    ) -> Result<Option<MemberLedger>, sqlx::Error> {
+        let first = Self::load_members(conn, &[(member.to_string(), 0)], now).await?;
+        match first.into_iter().next() {
+            Some(m) if !m.next_expiry_known(now) => {
+                Ok(
+                    Self::load_members(conn, &[(member.to_string(), i64::MAX)], now)
+                        .await?
+                        .into_iter()
+                        .next(),
+                )
+            }
+            m => Ok(m),
+        }
+    }
+
     /// Writes the batch's members: new ones with their first instant, and every member whose
     /// points left in open lots changed (one multi-row upsert; `first_seen` of a known member is
     /// never touched).

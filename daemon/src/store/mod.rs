@@ -419,6 +419,14 @@ pub trait BatchBackend: Send {
 pub trait Store: Send + Sync {
     /// A member's open lots and debts, or `None` if the member never earned.
     async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError>;
+    /// Enough of a member for its balance and next expiry at `now` (its kept open points, debts
+    /// and first lots; every lot only when those cannot say): a partner's read stays cheap
+    /// however many lots the member holds. Not for views that list every lot.
+    async fn member_at(
+        &self,
+        member: &str,
+        now: Micros,
+    ) -> Result<Option<MemberLedger>, StoreError>;
     /// One of a partner's transactions by its own id.
     async fn transaction(
         &self,

@@ -542,6 +542,15 @@ impl Store for PgStore {
             .next())
     }
 
+    async fn member_at(
+        &self,
+        member: &str,
+        now: Micros,
+    ) -> Result<Option<MemberLedger>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(super::lots::LotsSql::<sqlx::Postgres>::member_at(&mut conn, member, now).await?)
+    }
+
     async fn transaction(
         &self,
         partner: &str,

@@ -541,6 +541,15 @@ impl Store for SqliteStore {
             .next())
     }
 
+    async fn member_at(
+        &self,
+        member: &str,
+        now: Micros,
+    ) -> Result<Option<MemberLedger>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(super::lots::LotsSql::<sqlx::Sqlite>::member_at(&mut conn, member, now).await?)
+    }
+
     async fn transaction(
         &self,
         partner: &str,
