@@ -43,11 +43,32 @@ where
         members: &[(String, i64)],
         now: Micros,
     ) -> Result<Vec<MemberLedger>, sqlx::Error> {
+        Self::load_with(conn, members, now, &LOT_PREFIXES).await
+    }
+
+    /// A member with every open lot and its debts (views that list or split every lot), in one
+    /// query of its row and lots.
+    pub async fn member_whole(
+        conn: &mut DB::Connection,
+        member: &str,
+    ) -> Result<Option<MemberLedger>, sqlx::Error> {
+        let all = [i64::MAX as usize];
+        let m = Self::load_with(conn, &[(member.to_string(), 0)], 0, &all).await?;
+        Ok(m.into_iter().next())
+    }
+
+    /// [`Self::load_members`] reading the first `limits[0]` lots, then `limits[1]`, …, then all.
+    async fn load_with(
+        conn: &mut DB::Connection,
+        members: &[(String, i64)],
+        now: Micros,
+        limits: &[usize],
+    ) -> Result<Vec<MemberLedger>, sqlx::Error> {
         use sqlx::Row;
         let mut out: HashMap<String, MemberLedger> = HashMap::new();
         let mut stored: HashMap<String, i64> = HashMap::new();
         let mut todo: Vec<(String, i64)> = members.to_vec();
-        for limit in LOT_PREFIXES {
+        for &limit in limits {
             if todo.is_empty() {
                 break;
             }

@@ -8,7 +8,7 @@ use super::{
     BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes, audit, batch,
     clearing,
 };
-use crate::ledger::{Allocation, Debt, Lot, MemberLedger, Micros, Receipt, Reversible};
+use crate::ledger::{Allocation, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -161,61 +161,12 @@ fn lot_from(row: &PgRow) -> Result<Lot, sqlx::Error> {
     super::rows::Rows::<sqlx::Postgres>::lot(row)
 }
 
-fn debt_from(row: &PgRow) -> Result<Debt, sqlx::Error> {
-    super::rows::Rows::<sqlx::Postgres>::debt(row)
-}
-
 fn allocation_from(row: &PgRow) -> Result<Allocation, sqlx::Error> {
     super::rows::Rows::<sqlx::Postgres>::allocation(row)
 }
 
 fn txn_from(row: &PgRow) -> Result<TxnRecord, StoreError> {
     super::rows::Rows::<sqlx::Postgres>::txn(row)
-}
-
-async fn load_members(
-    conn: &mut PgConnection,
-    members: &[String],
-) -> Result<Vec<MemberLedger>, sqlx::Error> {
-    let mut out: std::collections::HashMap<String, MemberLedger> = Default::default();
-    for row in sqlx::query("SELECT member_id FROM members WHERE member_id = ANY($1)")
-        .bind(members)
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        let m: String = row.try_get(0)?;
-        out.insert(
-            m.clone(),
-            MemberLedger {
-                known: true,
-                ..MemberLedger::new_member(&m)
-            },
-        );
-    }
-    for row in
-        sqlx::query("SELECT * FROM lots WHERE points_left > 0 AND member_id = ANY($1) ORDER BY id")
-            .bind(members)
-            .fetch_all(&mut *conn)
-            .await?
-    {
-        let lot = lot_from(&row)?;
-        if let Some(m) = out.get_mut(&lot.member) {
-            m.lots.push(lot);
-        }
-    }
-    for row in sqlx::query(
-        "SELECT * FROM debts WHERE points_left > 0 AND member_id = ANY($1) ORDER BY txn_id",
-    )
-    .bind(members)
-    .fetch_all(&mut *conn)
-    .await?
-    {
-        let d = debt_from(&row)?;
-        if let Some(m) = out.get_mut(&d.member) {
-            m.debts.push(d);
-        }
-    }
-    Ok(out.into_values().collect())
 }
 
 #[async_trait]
@@ -536,10 +487,7 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
 impl Store for PgStore {
     async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(load_members(&mut conn, &[member.to_string()])
-            .await?
-            .into_iter()
-            .next())
+        Ok(super::lots::LotsSql::<sqlx::Postgres>::member_whole(&mut conn, member).await?)
     }
 
     async fn member_at(

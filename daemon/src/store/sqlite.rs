@@ -6,7 +6,7 @@ use super::{
     BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes, audit, batch,
     clearing,
 };
-use crate::ledger::{Allocation, Debt, Lot, MemberLedger, Micros, Receipt, Reversible};
+use crate::ledger::{Allocation, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -199,53 +199,12 @@ fn lot_from(row: &SqliteRow) -> Result<Lot, StoreError> {
     Ok(super::rows::Rows::<sqlx::Sqlite>::lot(row)?)
 }
 
-fn debt_from(row: &SqliteRow) -> Result<Debt, StoreError> {
-    Ok(super::rows::Rows::<sqlx::Sqlite>::debt(row)?)
-}
-
 fn allocation_from(row: &SqliteRow) -> Result<Allocation, StoreError> {
     Ok(super::rows::Rows::<sqlx::Sqlite>::allocation(row)?)
 }
 
 fn txn_from(row: &SqliteRow) -> Result<TxnRecord, StoreError> {
     super::rows::Rows::<sqlx::Sqlite>::txn(row)
-}
-
-/// Loads members with open lots and debts over any executor (the writer's connection or the pool).
-async fn load_members(
-    conn: &mut SqliteConnection,
-    members: &[String],
-) -> Result<Vec<MemberLedger>, StoreError> {
-    let mut out: std::collections::HashMap<String, MemberLedger> = Default::default();
-    for chunk in members.chunks(MAX_BINDS) {
-        // Members and their open lots in one query: a member without open lots gives one row of NULLs.
-        let mut qb = QueryBuilder::new(
-            "SELECT m.member_id AS known_member, l.* FROM members m \
-             LEFT JOIN lots l ON l.member_id = m.member_id AND l.points_left > 0 WHERE m.member_id IN ",
-        );
-        in_list(&mut qb, chunk);
-        for row in qb.build().fetch_all(&mut *conn).await? {
-            let member: String = row.try_get("known_member")?;
-            let ledger = out.entry(member.clone()).or_insert_with(|| MemberLedger {
-                known: true,
-                ..MemberLedger::new_member(&member)
-            });
-            if row.try_get::<Option<i64>, _>("id")?.is_some() {
-                ledger.lots.push(lot_from(&row)?);
-            }
-        }
-        let mut qb =
-            QueryBuilder::new("SELECT * FROM debts WHERE points_left > 0 AND member_id IN ");
-        in_list(&mut qb, chunk);
-        qb.push(" ORDER BY txn_id");
-        for row in qb.build().fetch_all(&mut *conn).await? {
-            let d = debt_from(&row)?;
-            if let Some(m) = out.get_mut(&d.member) {
-                m.debts.push(d);
-            }
-        }
-    }
-    Ok(out.into_values().collect())
 }
 
 #[async_trait]
@@ -535,10 +494,7 @@ impl LedgerTx for SqliteTx<'_> {
 impl Store for SqliteStore {
     async fn member(&self, member: &str) -> Result<Option<MemberLedger>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        Ok(load_members(&mut conn, &[member.to_string()])
-            .await?
-            .into_iter()
-            .next())
+        Ok(super::lots::LotsSql::<Sqlite>::member_whole(&mut conn, member).await?)
     }
 
     async fn member_at(
