@@ -325,7 +325,7 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 struct Child {
     process: std::process::Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Child {
@@ -498,7 +498,7 @@ async fn start_child_with(
         .stderr(log)
         .spawn()?;
     let certs = config.ca_cert.parent().expect("certs dir").to_path_buf();
-    let child = Child { process, _dir: dir };
+    let child = Child { process, dir };
     let started = Instant::now();
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
         anyhow::ensure!(
@@ -611,7 +611,7 @@ async fn run_holds(mut args: BenchArgs) -> anyhow::Result<()> {
 /// that every burn is covered), each with its own transaction id.
 async fn run_ingest(args: &BenchArgs, lines: u64) -> anyhow::Result<()> {
     let (addr, certs, child) = start_child(args).await?;
-    let dir = child._dir.path();
+    let dir = child.dir.path();
     let file = dir.join("day.csv");
     {
         use std::io::Write;

@@ -603,6 +603,12 @@ impl MemberLedger {
             let (taken, short) =
                 self.take_from_lots(txn, &creditor, rate, take.short, now, &siblings);
             allocations.extend(taken);
+            // Debt only when no lot is left: never because a lot was not read (the batch reads
+            // every lot of a member whose first ones cannot cover the reversal).
+            assert!(
+                short == 0 || self.unloaded == 0,
+                "a reversal's shortfall is taken from every lot of the member before any debt"
+            );
             if short > 0 {
                 debt_created += short;
                 self.debts.push(Debt {
