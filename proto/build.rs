@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "coalition/v1/finance.proto",
         "coalition/v1/operator.proto",
         "coalition/v1/programme.proto",
+        "coalition/v1/report.proto",
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);

@@ -93,6 +93,7 @@ struct RawPrivacy {
     retention_days: Option<u32>,
     retention_check_seconds: Option<u64>,
     access_log_days: Option<u32>,
+    member_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -399,6 +400,9 @@ pub struct Config {
     /// How often the daemon looks for members past retention (`privacy.retention_check_seconds`,
     /// default 3600).
     pub retention_check: std::time::Duration,
+    /// The key of members' pseudonyms when forgotten and of their references in logs
+    /// (`privacy.member_key`); without it `ForgetMember` is refused.
+    pub member_key: Option<crate::privacy::MemberKey>,
     /// Partners by id.
     pub partners: BTreeMap<String, Partner>,
     /// The tier ladder, when the coalition runs tiers (`[programme]`).
@@ -1018,6 +1022,15 @@ impl Config {
                     }
                 },
             ),
+            member_key: match raw.privacy.member_key.as_deref() {
+                None => None,
+                Some(k) => Some(crate::privacy::MemberKey::from_secret(k).ok_or_else(|| {
+                    invalid(
+                        "privacy.member_key",
+                        "use at least 32 characters of secret (e.g. `openssl rand -hex 32`)",
+                    )
+                })?),
+            },
             partners,
         })
     }

@@ -64,6 +64,7 @@ impl Daemon {
                 ladder: config.ladder.clone().map(Arc::new),
                 partner_kinds: Arc::new(config.partner_kinds()),
                 stamp_rules: Arc::new(config.stamp_rules()),
+                member_key: config.member_key.clone(),
             },
             clock.clone(),
         )

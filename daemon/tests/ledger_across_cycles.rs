@@ -279,6 +279,7 @@ async fn world(url: &str, expire_days: i64, p: &Prog) -> World {
                 .into_iter()
                 .collect(),
             ),
+            member_key: None,
         },
         clock.clone(),
     )

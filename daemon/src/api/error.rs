@@ -157,6 +157,7 @@ impl ApiError {
                     (Code::FailedPrecondition, "REVERSAL_EXCEEDS_REMAINING")
                 }
                 Rejection::UnknownTransaction(_) => (Code::NotFound, "UNKNOWN_TRANSACTION"),
+                Rejection::MemberForgotten => (Code::FailedPrecondition, "MEMBER_FORGOTTEN"),
                 Rejection::WrongKind { .. } => (Code::FailedPrecondition, "WRONG_TRANSACTION_KIND"),
                 Rejection::FullyReversed(_) => (Code::FailedPrecondition, "ALREADY_FULLY_REVERSED"),
                 Rejection::IdReused(_) => (Code::AlreadyExists, "REQUEST_ID_REUSED"),

@@ -357,6 +357,24 @@ impl FinanceService for FinanceApi {
         }))
     }
 
+    async fn get_programme_report(
+        &self,
+        req: Request<pb::ProgrammeReportRequest>,
+    ) -> Result<Response<pb::ProgrammeReport>, GrpcStatus> {
+        Ok(Response::new(
+            super::report::programme_report(&self.shared, req.get_ref(), None).await?,
+        ))
+    }
+
+    async fn get_cohorts(
+        &self,
+        req: Request<pb::ProgrammeReportRequest>,
+    ) -> Result<Response<pb::Cohorts>, GrpcStatus> {
+        Ok(Response::new(
+            super::report::cohorts(&self.shared, req.get_ref(), None).await?,
+        ))
+    }
+
     async fn run_clearing(
         &self,
         req: Request<pb::CycleRequest>,

@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod operator;
 pub mod partner;
 pub mod programme;
+pub mod report;
 pub mod validate;
 pub mod views;
 
@@ -34,6 +35,27 @@ pub struct Shared {
     pub tls: Arc<crate::server::tls::TlsState>,
     /// Price versions (re-read every few seconds).
     pub prices: Arc<crate::prices::PriceBook>,
+}
+
+impl Shared {
+    /// Refuses a call naming a forgotten member (`MEMBER_FORGOTTEN`). Writes are checked again
+    /// inside their batch, after the member is locked; this is for reads.
+    pub async fn refuse_forgotten(&self, member: &str) -> Result<(), error::ApiError> {
+        let Some(key) = &self.config.member_key else {
+            return Ok(());
+        };
+        let p = key.pseudonym(member);
+        if self.store.forgotten(std::slice::from_ref(&p)).await?.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::store::Rejection::MemberForgotten.into())
+        }
+    }
+
+    /// A member as log lines name it: a keyed hash, never the id.
+    pub fn log_ref(&self, member: &str) -> String {
+        crate::privacy::log_ref(self.config.member_key.as_ref(), member)
+    }
 }
 
 /// The authenticated partner of a call, put in the request extensions by the identity layer.

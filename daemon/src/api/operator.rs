@@ -217,6 +217,71 @@ impl OperatorService for OperatorApi {
         ))
     }
 
+    async fn forget_member(
+        &self,
+        req: Request<pb::ForgetMemberRequest>,
+    ) -> Result<Response<pb::ForgetMemberResponse>, Status> {
+        let who = req
+            .extensions()
+            .get::<coalition_certs::Identity>()
+            .map(|i| i.name.clone())
+            .ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))?;
+        let r = req.get_ref();
+        super::validate::id("member_id", &r.member_id)?;
+        if r.member_id.starts_with('~') {
+            return Err(ApiError::field(
+                "member_id",
+                "ALREADY_A_PSEUDONYM",
+                "ids beginning with `~` are pseudonyms: nothing links them to a member any more",
+            )
+            .into());
+        }
+        if r.reason.trim().is_empty() {
+            return Err(ApiError::field(
+                "reason",
+                "REASON_REQUIRED",
+                "say why the member is forgotten (a ticket, \"member's request\"): it is kept with the record",
+            )
+            .into());
+        }
+        let Some(key) = &self.shared.config.member_key else {
+            return Err(ApiError::refused(
+                tonic::Code::FailedPrecondition,
+                "NO_MEMBER_KEY",
+                "this daemon has no privacy.member_key: set one (at least 32 characters of secret) \
+                 so that a forgotten member's pseudonym cannot be traced back",
+            )
+            .into());
+        };
+        let f = crate::store::retention::Forget {
+            member: r.member_id.clone(),
+            pseudonym: key.pseudonym(&r.member_id),
+            now: self.shared.clock.now(),
+            actor: format!("operator/{who}"),
+            reason: r.reason.clone(),
+        };
+        let out = self
+            .shared
+            .store
+            .forget_member(&f)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(
+            member = %self.shared.log_ref(&r.member_id),
+            pseudonym = %out.pseudonym,
+            points = out.points_forfeited,
+            newly = out.newly,
+            by = %who,
+            "member forgotten"
+        );
+        Ok(Response::new(pb::ForgetMemberResponse {
+            pseudonym: out.pseudonym,
+            points_forfeited: out.points_forfeited,
+            forgotten_at: crate::clock::rfc3339(out.at),
+            newly_forgotten: out.newly,
+        }))
+    }
+
     async fn set_member_consent(
         &self,
         req: Request<pb::SetMemberConsentRequest>,
@@ -247,7 +312,8 @@ impl OperatorService for OperatorApi {
             self.shared.clock.now(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        tracing::info!(member = %r.member_id, purpose = %r.purpose, granted = r.granted, reason = %r.reason, "operator recorded a consent");
+        self.shared.refuse_forgotten(&r.member_id).await?;
+        tracing::info!(member = %self.shared.log_ref(&r.member_id), purpose = %r.purpose, granted = r.granted, reason = %r.reason, "operator recorded a consent");
         Ok(Response::new(
             super::consent::set(
                 &self.shared,

@@ -531,6 +531,7 @@ impl PartnerService for PartnerApi {
         self.caller(&req)?;
         let r = req.get_ref();
         validate::id("member_id", &r.member_id)?;
+        self.shared.refuse_forgotten(&r.member_id).await?;
         let now = self.shared.clock.now();
         let m = self
             .shared
@@ -555,6 +556,7 @@ impl PartnerService for PartnerApi {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("member_id", &r.member_id)?;
+        self.shared.refuse_forgotten(&r.member_id).await?;
         let now = self.shared.clock.now();
         let ledger = self
             .shared
@@ -653,6 +655,7 @@ impl PartnerService for PartnerApi {
             r.transaction_id = "quote".into();
         }
         let (op, _) = self.earn_validated(partner, &r)?;
+        self.shared.refuse_forgotten(&r.member_id).await?;
         let Op::Earn {
             member,
             points: base,
@@ -778,6 +781,7 @@ impl PartnerService for PartnerApi {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("member_id", &r.member_id)?;
+        self.shared.refuse_forgotten(&r.member_id).await?;
         if r.points < 0 {
             return Err(ApiError::field(
                 "points",
@@ -830,6 +834,7 @@ impl PartnerService for PartnerApi {
         let r = req.get_ref();
         validate::id("transaction_id", &r.transaction_id)?;
         validate::id("member_id", &r.member_id)?;
+        self.shared.refuse_forgotten(&r.member_id).await?;
         let purpose = super::consent::purpose(&r.purpose)?;
         Ok(Response::new(
             super::consent::set(
@@ -852,6 +857,7 @@ impl PartnerService for PartnerApi {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("member_id", &r.member_id)?;
+        self.shared.refuse_forgotten(&r.member_id).await?;
         Ok(Response::new(
             super::consent::for_partner(&self.shared, &partner.id, &r.member_id).await?,
         ))
@@ -901,6 +907,26 @@ impl PartnerService for PartnerApi {
         }
     }
 
+    async fn get_programme_report(
+        &self,
+        req: Request<pb::ProgrammeReportRequest>,
+    ) -> Result<Response<pb::ProgrammeReport>, Status> {
+        let partner = self.caller(&req)?;
+        Ok(Response::new(
+            super::report::programme_report(&self.shared, req.get_ref(), Some(&partner.id)).await?,
+        ))
+    }
+
+    async fn get_cohorts(
+        &self,
+        req: Request<pb::ProgrammeReportRequest>,
+    ) -> Result<Response<pb::Cohorts>, Status> {
+        let partner = self.caller(&req)?;
+        Ok(Response::new(
+            super::report::cohorts(&self.shared, req.get_ref(), Some(&partner.id)).await?,
+        ))
+    }
+
     async fn get_statement(
         &self,
         req: Request<pb::PartnerStatementRequest>,
@@ -919,6 +945,7 @@ impl PartnerService for PartnerApi {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         validate::id("member_id", &r.member_id)?;
+        self.shared.refuse_forgotten(&r.member_id).await?;
         let size = match r.page_size {
             0 => DEFAULT_PAGE,
             n if n < 0 => {

@@ -88,6 +88,7 @@ pub async fn log_staff_read(
     let caller =
         caller.ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))?;
     super::validate::id("member_id", &r.member_id)?;
+    shared.refuse_forgotten(&r.member_id).await?;
     if r.reason.chars().count() > 500 {
         return Err(ApiError::field(
             "reason",

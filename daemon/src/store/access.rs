@@ -169,3 +169,70 @@ where
     }
     Ok(violations)
 }
+
+/// Replaces `old` by `new` in the log's entries (a member forgotten on request) and re-chains
+/// every entry from the first one changed, inside the caller's write transaction (which holds the
+/// log exclusively). The entries before it keep their hashes; returns the first sequence number
+/// re-chained, if any.
+pub async fn rename_member<DB>(
+    conn: &mut DB::Connection,
+    old: &str,
+    new: &str,
+) -> Result<Option<i64>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    let first: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(seq) FROM access_log WHERE member_id = $1")
+            .bind(old.to_string())
+            .fetch_one(&mut *conn)
+            .await?;
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    sqlx::query("UPDATE access_log SET member_id = $1 WHERE member_id = $2")
+        .bind(new.to_string())
+        .bind(old.to_string())
+        .execute(&mut *conn)
+        .await?;
+    let rows = sqlx::query(
+        "SELECT seq, at, role, who, member_id, action, reason, previous_hash FROM access_log \
+         WHERE seq >= $1 ORDER BY seq",
+    )
+    .bind(first)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut previous: Option<String> = None;
+    for r in rows {
+        let seq: i64 = r.try_get(0)?;
+        let e = AccessEntry {
+            at: r.try_get(1)?,
+            role: r.try_get(2)?,
+            who: r.try_get(3)?,
+            member: r.try_get(4)?,
+            action: r.try_get(5)?,
+            reason: r.try_get(6)?,
+        };
+        // The first entry re-chained follows its unchanged predecessor.
+        let prev = match previous.take() {
+            Some(p) => p,
+            None => r.try_get(7)?,
+        };
+        let hash = chain_hash(seq, &e, &prev);
+        sqlx::query("UPDATE access_log SET previous_hash = $1, hash = $2 WHERE seq = $3")
+            .bind(prev)
+            .bind(hash.clone())
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+        previous = Some(hash);
+    }
+    Ok(Some(first))
+}

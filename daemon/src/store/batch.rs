@@ -39,6 +39,8 @@ pub struct Context {
     pub partner_kinds: std::sync::Arc<std::collections::BTreeMap<String, String>>,
     /// The partners' stamp card rules.
     pub stamp_rules: std::sync::Arc<std::collections::BTreeMap<String, programme::StampRule>>,
+    /// The members' key: a request naming a member whose pseudonym is forgotten is refused.
+    pub member_key: Option<crate::privacy::MemberKey>,
 }
 
 /// The programme as one batch sees it: the campaigns in force at its instant and the state of the
@@ -118,6 +120,28 @@ pub async fn apply(
     {
         panic!("test hook: panic inside the batch transaction for member {m}");
     }
+    // Members named by a request that were forgotten, read after the lock: a forget holds every
+    // batch out until it commits, so none can write the old id after it.
+    let forgotten: HashSet<String> = match &ctx.member_key {
+        Some(k) => {
+            let named: HashMap<String, &str> = requests
+                .iter()
+                .filter_map(|r| match &r.op {
+                    Op::Earn { member, .. }
+                    | Op::Burn { member, .. }
+                    | Op::Authorize { member, .. } => Some((k.pseudonym(member), member.as_str())),
+                    _ => None,
+                })
+                .collect();
+            let pseudonyms: Vec<String> = named.keys().cloned().collect();
+            tx.forgotten(&pseudonyms)
+                .await?
+                .iter()
+                .filter_map(|p| named.get(p).map(|m| m.to_string()))
+                .collect()
+        }
+        None => HashSet::new(),
+    };
     let mut keys: Vec<Key> = requests
         .iter()
         .map(|r| key(&r.partner, &r.transaction_id))
@@ -305,6 +329,13 @@ pub async fn apply(
         }
         if let Some(answer) = holds.known(r, &ledgers, ctx.now) {
             out.push(answer);
+            continue;
+        }
+        if let Op::Earn { member, .. } | Op::Burn { member, .. } | Op::Authorize { member, .. } =
+            &r.op
+            && forgotten.contains(member)
+        {
+            out.push(Err(Rejection::MemberForgotten));
             continue;
         }
         if ctx

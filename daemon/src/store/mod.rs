@@ -14,6 +14,7 @@ pub mod matrix;
 pub mod postgres;
 pub mod programme;
 pub mod registry;
+pub mod report;
 pub mod retention;
 pub mod rows;
 pub mod sqlite;
@@ -175,6 +176,9 @@ pub enum Rejection {
     /// The ledger refused (insufficient points, beyond what is left to reverse, …).
     #[error(transparent)]
     Ledger(#[from] Refusal),
+    /// The member named was forgotten (`ForgetMember`): its id is never used again.
+    #[error("this member id was forgotten at the member's request; it cannot earn, spend or be read again")]
+    MemberForgotten,
     /// A reversal names a transaction the caller does not have.
     #[error("no transaction {0:?} of this partner")]
     UnknownTransaction(String),
@@ -392,6 +396,11 @@ pub trait LedgerTx: Send {
     ) -> Result<Vec<holds::HoldRecord>, StoreError>;
     /// `n` fresh transaction ids, increasing.
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
+    /// Of these pseudonyms, those of forgotten members (read after the members are locked).
+    async fn forgotten(
+        &mut self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
     /// Writes the batch's changes.
     async fn write(&mut self, writes: &Writes) -> Result<(), StoreError>;
 }
@@ -482,6 +491,21 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<coalition_clearing::export::StatementLine>, StoreError>;
     /// Every lot issued before `as_of` and its fate by then, for the liability report.
     async fn lot_fates(&self, as_of: Micros) -> Result<Vec<clearing::LotFate>, StoreError>;
+    /// The sums of a programme report (`store::report`).
+    async fn kpi_facts(&self, q: &report::KpiQuery) -> Result<crate::report::KpiFacts, StoreError>;
+    /// Of these pseudonyms (`privacy::MemberKey::pseudonym` of ids a call names), those of
+    /// forgotten members.
+    async fn forgotten(
+        &self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
+    /// Forgets a member (`retention::forget`): one write transaction that holds out every batch.
+    async fn forget_member(&self, f: &retention::Forget) -> Result<retention::Forgotten, StoreError>;
+    /// The cells of a cohort table (`store::report`).
+    async fn cohort_cells(
+        &self,
+        q: &report::KpiQuery,
+    ) -> Result<Vec<(crate::report::Month, i64, i64)>, StoreError>;
     /// Appends a read of a member's data to the access log (before the data is shown).
     async fn log_access(&self, entry: &access::AccessEntry) -> Result<(), StoreError>;
     /// Records a consent change (idempotent by its actor and request id).

@@ -289,6 +289,13 @@ impl LedgerTx for PgTx<'_> {
             .await
     }
 
+    async fn forgotten(
+        &mut self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        super::retention::forgotten::<sqlx::Postgres>(&mut *self.conn, pseudonyms).await
+    }
+
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
         let r = sqlx::query_scalar("SELECT nextval('transaction_ids') FROM generate_series(1, $1)")
             .bind(n as i64)
@@ -606,6 +613,48 @@ impl Store for PgStore {
     async fn lot_fates(&self, as_of: Micros) -> Result<Vec<clearing::LotFate>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::lot_fates(&mut c, as_of).await
+    }
+
+    async fn forgotten(
+        &self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::retention::forgotten::<sqlx::Postgres>(&mut c, pseudonyms).await
+    }
+
+    async fn forget_member(
+        &self,
+        f: &super::retention::Forget,
+    ) -> Result<super::retention::Forgotten, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Hold out every batch (they lock member rows: ROW SHARE) and every access-log append
+        // until the member is gone: none can write the old id after this commits.
+        sqlx::query("LOCK TABLE members IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("LOCK TABLE access_log IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let out = super::retention::forget::<sqlx::Postgres>(&mut tx, f).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn kpi_facts(
+        &self,
+        q: &super::report::KpiQuery,
+    ) -> Result<crate::report::KpiFacts, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::report::ReportSql::<sqlx::Postgres>::kpi_facts(&mut c, q, super::report::POSTGRES_TIER).await
+    }
+
+    async fn cohort_cells(
+        &self,
+        q: &super::report::KpiQuery,
+    ) -> Result<Vec<(crate::report::Month, i64, i64)>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::report::ReportSql::<sqlx::Postgres>::cohort_cells(&mut c, q).await
     }
 
     async fn log_access(&self, entry: &super::access::AccessEntry) -> Result<(), StoreError> {

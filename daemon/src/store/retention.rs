@@ -80,19 +80,178 @@ where
     String: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB>,
 {
     let p = pseudonym()?;
+    rename::<DB>(conn, member, &p, now).await?;
+    Ok(p)
+}
+
+/// Replaces `member` by `p` in every ledger table and records `p` as a pseudonym.
+async fn rename<DB>(
+    conn: &mut DB::Connection,
+    member: &str,
+    p: &str,
+    now: Micros,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB>,
+{
     for table in TABLES {
         sqlx::query(&format!(
             "UPDATE {table} SET member_id = $1 WHERE member_id = $2"
         ))
-        .bind(p.clone())
+        .bind(p.to_string())
         .bind(member.to_string())
         .execute(&mut *conn)
         .await?;
     }
     sqlx::query(sql::RECORD)
-        .bind(p.clone())
+        .bind(p.to_string())
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    Ok(p)
+    Ok(())
+}
+
+/// A request to forget a member.
+#[derive(Debug, Clone)]
+pub struct Forget {
+    /// The member's id.
+    pub member: String,
+    /// Its keyed pseudonym (`privacy::MemberKey::pseudonym`).
+    pub pseudonym: String,
+    /// The instant of the forget: the member's points expire at it.
+    pub now: Micros,
+    /// Who asked (`role/name` of the certificate).
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a forget did (or, on a retry, had done).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The pseudonym.
+    pub pseudonym: String,
+    /// Points that expire at the forget (breakage of their issuers at the next clearing).
+    pub points_forfeited: i64,
+    /// When the member was forgotten.
+    pub at: Micros,
+    /// False when the member had been forgotten before.
+    pub newly: bool,
+}
+
+/// Forgets a member inside the caller's write transaction, which must hold out every batch
+/// (SQLite: the write lock; PostgreSQL: `members` and `access_log` locked EXCLUSIVE). Its
+/// points — in lots and in holds still held — expire at `now`, so the next clearing run sweeps
+/// them as breakage of their issuers; its id becomes the pseudonym in every table and in the
+/// access log (re-chained from the first entry changed); the forget is recorded.
+pub async fn forget<DB>(conn: &mut DB::Connection, f: &Forget) -> Result<Forgotten, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    if let Some(r) = sqlx::query(
+        "SELECT forgotten_at, points_forfeited FROM forgotten_members WHERE pseudonym = $1",
+    )
+    .bind(f.pseudonym.clone())
+    .fetch_optional(&mut *conn)
+    .await?
+    {
+        return Ok(Forgotten {
+            pseudonym: f.pseudonym.clone(),
+            at: r.try_get(0)?,
+            points_forfeited: r.try_get(1)?,
+            newly: false,
+        });
+    }
+    let in_lots: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(points_left) AS BIGINT) FROM lots WHERE member_id = $1 AND points_left > 0 \
+         AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(f.member.clone())
+    .bind(f.now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(points) AS BIGINT) FROM holds WHERE member_id = $1 AND state = 'held' \
+         AND expires_at > $2",
+    )
+    .bind(f.member.clone())
+    .bind(f.now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let forfeited = in_lots
+        .unwrap_or(0)
+        .checked_add(held.unwrap_or(0))
+        .ok_or_else(|| StoreError::Corrupt("a member's points overflow".into()))?;
+    // Every lot (one with its points in a hold too: they come back to it expired), and every
+    // hold still held, runs out now.
+    sqlx::query(
+        "UPDATE lots SET expires_at = $1 WHERE member_id = $2 AND (expires_at IS NULL OR expires_at > $1)",
+    )
+    .bind(f.now)
+    .bind(f.member.clone())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE holds SET expires_at = $1 WHERE member_id = $2 AND state = 'held' AND expires_at > $1",
+    )
+    .bind(f.now)
+    .bind(f.member.clone())
+    .execute(&mut *conn)
+    .await?;
+    rename::<DB>(conn, &f.member, &f.pseudonym, f.now).await?;
+    super::access::rename_member::<DB>(conn, &f.member, &f.pseudonym).await?;
+    sqlx::query(
+        "INSERT INTO forgotten_members (pseudonym, forgotten_at, actor, reason, points_forfeited) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(f.pseudonym.clone())
+    .bind(f.now)
+    .bind(f.actor.clone())
+    .bind(f.reason.clone())
+    .bind(forfeited)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Forgotten {
+        pseudonym: f.pseudonym.clone(),
+        points_forfeited: forfeited,
+        at: f.now,
+        newly: true,
+    })
+}
+
+/// Of `pseudonyms`, those of forgotten members.
+pub async fn forgotten<DB>(
+    conn: &mut DB::Connection,
+    pseudonyms: &[String],
+) -> Result<std::collections::HashSet<String>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let mut out = std::collections::HashSet::new();
+    for chunk in pseudonyms.chunks(500) {
+        let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
+        let marks = marks.join(", ");
+        let sql = format!("SELECT pseudonym FROM forgotten_members WHERE pseudonym IN ({marks})");
+        let mut q = sqlx::query_scalar::<DB, String>(&sql);
+        for p in chunk {
+            q = q.bind(p.clone());
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
 }

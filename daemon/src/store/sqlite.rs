@@ -327,6 +327,13 @@ impl LedgerTx for SqliteTx<'_> {
         super::programme::ProgrammeSql::<sqlx::Sqlite>::earned_before(&mut *self.conn, pairs).await
     }
 
+    async fn forgotten(
+        &mut self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        super::retention::forgotten::<sqlx::Sqlite>(&mut *self.conn, pseudonyms).await
+    }
+
     async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError> {
         let first = self.ids.txn + 1;
         self.ids.txn += n as i64;
@@ -628,6 +635,42 @@ impl Store for SqliteStore {
     async fn lot_fates(&self, as_of: Micros) -> Result<Vec<clearing::LotFate>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::lot_fates(&mut c, as_of).await
+    }
+
+    async fn forgotten(
+        &self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::retention::forgotten::<sqlx::Sqlite>(&mut c, pseudonyms).await
+    }
+
+    async fn forget_member(
+        &self,
+        f: &super::retention::Forget,
+    ) -> Result<super::retention::Forgotten, StoreError> {
+        // The write lock of the file: no batch is half-way through this member.
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let out = super::retention::forget::<sqlx::Sqlite>(&mut tx, f).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn kpi_facts(
+        &self,
+        q: &super::report::KpiQuery,
+    ) -> Result<crate::report::KpiFacts, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::report::ReportSql::<sqlx::Sqlite>::kpi_facts(&mut c, q, super::report::SQLITE_TIER).await
+    }
+
+    async fn cohort_cells(
+        &self,
+        q: &super::report::KpiQuery,
+    ) -> Result<Vec<(crate::report::Month, i64, i64)>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::report::ReportSql::<sqlx::Sqlite>::cohort_cells(&mut c, q).await
     }
 
     async fn log_access(&self, entry: &super::access::AccessEntry) -> Result<(), StoreError> {

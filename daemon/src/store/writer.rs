@@ -82,6 +82,8 @@ pub struct WriterConfig {
     /// The partners' stamp card rules.
     pub stamp_rules:
         std::sync::Arc<std::collections::BTreeMap<String, crate::programme::StampRule>>,
+    /// The members' key (forgotten members are refused by their pseudonym).
+    pub member_key: Option<crate::privacy::MemberKey>,
 }
 
 async fn run(
@@ -105,6 +107,7 @@ async fn run(
             ladder: config.ladder.clone(),
             partner_kinds: config.partner_kinds.clone(),
             stamp_rules: config.stamp_rules.clone(),
+            member_key: config.member_key.clone(),
         };
         let started = std::time::Instant::now();
         let result = apply_guarded(&mut backend, &requests, &ctx).await;

@@ -1,0 +1,232 @@
+//! The programme report's sums, in SQL once for both backends: every figure is an aggregate the
+//! database computes (`GROUP BY` month of the business day), never rows loaded into memory. A
+//! transaction's month is the month of its cycle (its business day in the coalition's time
+//! zone), so a report adds up exactly as the settlements and statements of those days.
+//! Member counts take only members who agreed to `analytics` (README, "Consent").
+
+use super::StoreError;
+use crate::report::{KpiFacts, LedgerSums, Month, Span};
+
+/// What to sum.
+#[derive(Debug, Clone)]
+pub struct KpiQuery {
+    /// The months.
+    pub span: Span,
+    /// One partner, or the coalition.
+    pub partner: Option<String>,
+    /// The currency's minor-unit digits (purchase amounts are summed in minor units, exactly).
+    pub minor_units: u32,
+    /// Whether tiers run (the tier distribution is read only then).
+    pub tiers: bool,
+}
+
+/// How each backend reads the stored tier's name from `members.programme` (compact JSON whose
+/// `t` is `[name, since, review]`).
+pub const SQLITE_TIER: &str = "json_extract(programme, '$.t[0]')";
+/// PostgreSQL's reading of the same.
+pub const POSTGRES_TIER: &str = "(CAST(programme AS json) -> 't' ->> 0)";
+
+/// Members counted in member KPIs: those whose analytics consent is granted now.
+const CONSENTED: &str =
+    "member_id IN (SELECT member_id FROM consents WHERE purpose = 'analytics' AND granted)";
+
+/// The month number of a cycle column (`YYYY-MM-DD`), as [`Month`] counts.
+fn month_of(col: &str) -> String {
+    format!("(CAST(substr({col}, 1, 4) AS BIGINT) * 12 + CAST(substr({col}, 6, 2) AS BIGINT) - 1)")
+}
+
+/// The partner condition on `col`, bound as parameter `$n`, or nothing.
+fn partner_clause(q: &KpiQuery, col: &str, n: usize) -> String {
+    if q.partner.is_some() {
+        format!(" AND {col} = ${n}")
+    } else {
+        String::new()
+    }
+}
+
+/// The report's SQL, generic over the sqlx database.
+pub struct ReportSql<DB>(std::marker::PhantomData<DB>);
+
+impl<DB> ReportSql<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<String>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    /// Every sum of a KPI report (on a read connection: a few aggregate queries).
+    pub async fn kpi_facts(
+        conn: &mut DB::Connection,
+        q: &KpiQuery,
+        tier_sql: &str,
+    ) -> Result<KpiFacts, StoreError> {
+        use sqlx::Row;
+        let from = q.span.from.first_day();
+        let before = q.span.from.plus(-1).first_day();
+        let until = q.span.to.plus(1).first_day();
+        let p = q.partner.clone().unwrap_or_default();
+        let scale = 10_i64.pow(q.minor_units.min(6));
+        let mut facts = KpiFacts::default();
+
+        let sql = format!(
+            "SELECT {mi}, kind, COUNT(*), CAST(SUM(points) AS BIGINT), \
+             CAST(SUM(CASE WHEN purchase_amount IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(SUM(CASE WHEN purchase_amount IS NOT NULL \
+                 THEN ROUND(CAST(purchase_amount AS DOUBLE PRECISION) * {scale}) ELSE 0 END) AS BIGINT) \
+             FROM transactions WHERE cycle >= $1 AND cycle < $2{pc} GROUP BY 1, 2",
+            mi = month_of("cycle"),
+            pc = partner_clause(q, "partner_id", 3),
+        );
+        let mut query = sqlx::query(&sql).bind(from.clone()).bind(until.clone());
+        if q.partner.is_some() {
+            query = query.bind(p.clone());
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            facts.ledger.push(LedgerSums {
+                month: Month(r.try_get(0)?),
+                kind: r.try_get(1)?,
+                count: r.try_get(2)?,
+                points: r.try_get(3)?,
+                purchases: r.try_get(4)?,
+                purchase_minor: r.try_get(5)?,
+            });
+        }
+
+        let sql = format!(
+            "SELECT {mi}, CAST(SUM(points) AS BIGINT) FROM breakage \
+             WHERE cycle >= $1 AND cycle < $2{pc} GROUP BY 1",
+            mi = month_of("cycle"),
+            pc = partner_clause(q, "issuer", 3),
+        );
+        let mut query = sqlx::query(&sql).bind(from.clone()).bind(until.clone());
+        if q.partner.is_some() {
+            query = query.bind(p.clone());
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            facts.expired.push((Month(r.try_get(0)?), r.try_get(1)?));
+        }
+
+        // Active members per month and, of them, those active the month before.
+        let sql = format!(
+            "WITH am AS (SELECT DISTINCT {mi} AS mi, member_id FROM transactions \
+               WHERE cycle >= $1 AND cycle < $2{pc} AND {CONSENTED}) \
+             SELECT a.mi, COUNT(*), COUNT(b.member_id) FROM am a \
+             LEFT JOIN am b ON b.member_id = a.member_id AND b.mi = a.mi - 1 GROUP BY a.mi",
+            mi = month_of("cycle"),
+            pc = partner_clause(q, "partner_id", 3),
+        );
+        let mut query = sqlx::query(&sql).bind(before).bind(until.clone());
+        if q.partner.is_some() {
+            query = query.bind(p.clone());
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            facts
+                .active
+                .push((Month(r.try_get(0)?), r.try_get(1)?, r.try_get(2)?));
+        }
+
+        // New members (first transaction ever, at the partner for a partner) and, of them, those
+        // with a second transaction within the activation window — which may lie after the span.
+        let window = crate::report::ACTIVATION_DAYS * 86_400_000_000;
+        let sql = format!(
+            "WITH r AS (SELECT member_id, cycle, accepted_at, \
+                 ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY accepted_at, id) AS n \
+               FROM transactions WHERE {CONSENTED}{pc}), \
+             f AS (SELECT member_id, MIN(CASE WHEN n = 1 THEN cycle END) AS c1, \
+                 MIN(CASE WHEN n = 1 THEN accepted_at END) AS a1, \
+                 MIN(CASE WHEN n = 2 THEN accepted_at END) AS a2 FROM r WHERE n <= 2 GROUP BY member_id) \
+             SELECT {mi}, COUNT(*), \
+               CAST(SUM(CASE WHEN a2 IS NOT NULL AND a2 - a1 <= {window} THEN 1 ELSE 0 END) AS BIGINT) \
+             FROM f WHERE c1 >= $1 AND c1 < $2 GROUP BY 1",
+            mi = month_of("c1"),
+            pc = partner_clause(q, "partner_id", 3),
+        );
+        let mut query = sqlx::query(&sql).bind(from.clone()).bind(until.clone());
+        if q.partner.is_some() {
+            query = query.bind(p.clone());
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            facts
+                .new
+                .push((Month(r.try_get(0)?), r.try_get(1)?, r.try_get(2)?));
+        }
+
+        // The flow matrix from the kept gross matrix (cells, not allocations).
+        let pc = if q.partner.is_some() {
+            " AND (issuer = $3 OR redeemer = $3)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT issuer, redeemer, rate, CAST(SUM(points) AS BIGINT) FROM cycle_matrix \
+             WHERE cycle >= $1 AND cycle < $2{pc} GROUP BY issuer, redeemer, rate"
+        );
+        let mut query = sqlx::query(&sql).bind(from.clone()).bind(until.clone());
+        if q.partner.is_some() {
+            query = query.bind(p.clone());
+        }
+        for r in query.fetch_all(&mut *conn).await? {
+            facts
+                .flows
+                .push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+        }
+
+        if q.tiers {
+            let rows = if q.partner.is_some() {
+                let sql = format!(
+                    "SELECT {tier_sql}, COUNT(*) FROM members WHERE {CONSENTED} AND member_id IN \
+                     (SELECT member_id FROM transactions WHERE cycle >= $1 AND cycle < $2 AND partner_id = $3) \
+                     GROUP BY 1"
+                );
+                sqlx::query(&sql)
+                    .bind(from)
+                    .bind(until)
+                    .bind(p)
+                    .fetch_all(&mut *conn)
+                    .await?
+            } else {
+                let sql =
+                    format!("SELECT {tier_sql}, COUNT(*) FROM members WHERE {CONSENTED} GROUP BY 1");
+                sqlx::query(&sql).fetch_all(&mut *conn).await?
+            };
+            for r in rows {
+                facts.tiers.push((r.try_get(0)?, r.try_get(1)?));
+            }
+        }
+        Ok(facts)
+    }
+
+    /// Cohort cells: (month of first earn, months since, members of it active then), for cohorts
+    /// and activity inside the span.
+    pub async fn cohort_cells(
+        conn: &mut DB::Connection,
+        q: &KpiQuery,
+    ) -> Result<Vec<(Month, i64, i64)>, StoreError> {
+        use sqlx::Row;
+        let sql = format!(
+            "WITH c AS (SELECT member_id, MIN({mi}) AS cm FROM transactions \
+               WHERE kind = 'earn' AND {CONSENTED}{pc} GROUP BY member_id), \
+             am AS (SELECT DISTINCT {mi} AS mi, member_id FROM transactions \
+               WHERE cycle >= $1 AND cycle < $2 AND {CONSENTED}{pc}) \
+             SELECT c.cm, am.mi - c.cm, COUNT(*) FROM c JOIN am ON am.member_id = c.member_id \
+             WHERE c.cm >= $3 AND am.mi >= c.cm GROUP BY 1, 2",
+            mi = month_of("cycle"),
+            pc = partner_clause(q, "partner_id", 4),
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(q.span.from.first_day())
+            .bind(q.span.to.plus(1).first_day())
+            .bind(q.span.from.0);
+        if let Some(p) = &q.partner {
+            query = query.bind(p.clone());
+        }
+        let mut out = Vec::new();
+        for r in query.fetch_all(&mut *conn).await? {
+            out.push((Month(r.try_get(0)?), r.try_get(1)?, r.try_get(2)?));
+        }
+        Ok(out)
+    }
+}
