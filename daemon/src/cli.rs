@@ -88,6 +88,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::programme_cli::ProgrammeCommand,
     },
+    /// Managers: programme KPIs and cohorts as a table, CSV, JSON or an HTML page (over mTLS,
+    /// with the finance certificate, or a partner's for its own).
+    Report {
+        /// What to report.
+        #[command(subcommand)]
+        command: crate::report_cli::ReportCommand,
+    },
 }
 
 /// `coalitiond certs …`
@@ -337,5 +344,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Programme { command } => crate::programme_cli::run(command).await,
         Command::Ops { command } => crate::ops_cli::run(command).await,
         Command::Partner { command } => crate::partner_cli::run(command).await,
+        Command::Report { command } => crate::report_cli::run(command).await,
     }
 }

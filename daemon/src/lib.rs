@@ -26,6 +26,7 @@ pub mod privacy;
 pub mod programme;
 pub mod programme_cli;
 pub mod report;
+pub mod report_cli;
 pub mod scheduler;
 pub mod server;
 pub mod store;

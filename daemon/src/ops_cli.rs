@@ -110,6 +110,19 @@ pub enum OpsCommand {
         #[arg(long)]
         effective: Option<String>,
     },
+    /// Forget a member at its request: its id becomes a keyed pseudonym everywhere, its points
+    /// are forfeited (breakage of their issuers at the next clearing), later calls naming the id
+    /// are refused (MEMBER_FORGOTTEN). Safe to repeat.
+    Forget {
+        #[command(flatten)]
+        conn: Connection,
+        /// The member's id.
+        #[arg(long)]
+        member: String,
+        /// Why (a ticket, "member's request"); kept with the record.
+        #[arg(long)]
+        reason: String,
+    },
     /// Re-read the server certificate, CA and CRL (as SIGHUP does).
     ReloadCerts {
         #[command(flatten)]
@@ -247,6 +260,31 @@ pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             print_partners(&[p]);
+        }
+        OpsCommand::Forget {
+            conn,
+            member,
+            reason,
+        } => {
+            let f = client(&conn)
+                .await?
+                .forget_member(pb::ForgetMemberRequest {
+                    member_id: member,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{} {} at {}: {} points forfeited (breakage at the next clearing)",
+                if f.newly_forgotten {
+                    "forgotten as"
+                } else {
+                    "already forgotten as"
+                },
+                f.pseudonym,
+                f.forgotten_at,
+                f.points_forfeited
+            );
         }
         OpsCommand::Suspend { conn, partner } => {
             print_partners(&[client(&conn)

@@ -22,7 +22,8 @@ pub const MIN_KEY_LEN: usize = 32;
 impl MemberKey {
     /// From the config's text (at least [`MIN_KEY_LEN`] characters, e.g. `openssl rand -hex 32`).
     pub fn from_secret(secret: &str) -> Option<MemberKey> {
-        (secret.len() >= MIN_KEY_LEN).then(|| MemberKey(hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())))
+        (secret.len() >= MIN_KEY_LEN)
+            .then(|| MemberKey(hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())))
     }
 
     fn tag(&self, domain: &str, member: &str) -> Vec<u8> {

@@ -45,7 +45,12 @@ impl Shared {
             return Ok(());
         };
         let p = key.pseudonym(member);
-        if self.store.forgotten(std::slice::from_ref(&p)).await?.is_empty() {
+        if self
+            .store
+            .forgotten(std::slice::from_ref(&p))
+            .await?
+            .is_empty()
+        {
             Ok(())
         } else {
             Err(crate::store::Rejection::MemberForgotten.into())

@@ -10,7 +10,6 @@ use crate::store::report::KpiQuery;
 use coalition_proto::v1 as pb;
 use rust_decimal::Decimal;
 
-
 /// The checked query of a request; `partner` overrides the request's (the partner API).
 async fn query(
     shared: &Shared,
@@ -30,7 +29,12 @@ async fn query(
         None if r.partner.trim().is_empty() => None,
         None => {
             let p = r.partner.trim();
-            let known = shared.store.partners().await?.into_iter().any(|x| x.id == p);
+            let known = shared
+                .store
+                .partners()
+                .await?
+                .into_iter()
+                .any(|x| x.id == p);
             if !known {
                 return Err(ApiError::NotFound {
                     reason: "UNKNOWN_PARTNER",
@@ -58,18 +62,25 @@ pub async fn programme_report(
 ) -> Result<pb::ProgrammeReport, ApiError> {
     let q = query(shared, r, partner).await?;
     let facts = shared.store.kpi_facts(&q).await?;
-    let flows = report::flows(&facts.flows).map_err(|e| {
-        ApiError::Store(crate::store::StoreError::Corrupt(e))
-    })?;
-    let mut tiers: Vec<TierCount> = facts
-        .tiers
-        .iter()
-        .map(|(t, n)| TierCount {
-            tier: t.clone().unwrap_or_default(),
-            members: *n,
-        })
+    let flows = report::flows(&facts.flows)
+        .map_err(|e| ApiError::Store(crate::store::StoreError::Corrupt(e)))?;
+    // A member without a stored tier is on the ladder's first rung (nothing was ever promoted).
+    let base = shared
+        .config
+        .ladder
+        .as_ref()
+        .and_then(|l| l.tiers.first())
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for (t, n) in &facts.tiers {
+        *by.entry(t.clone().unwrap_or_else(|| base.clone()))
+            .or_default() += n;
+    }
+    let tiers: Vec<TierCount> = by
+        .into_iter()
+        .map(|(tier, members)| TierCount { tier, members })
         .collect();
-    tiers.sort_by(|a, b| a.tier.cmp(&b.tier));
     let report = Report {
         from_month: q.span.from.to_string(),
         to_month: q.span.to.to_string(),
@@ -245,4 +256,3 @@ pub fn cohorts_from_pb(c: &pb::Cohorts) -> Cohorts {
         generated_at: c.generated_at.clone(),
     }
 }
-

@@ -239,7 +239,12 @@ fn line_chart(s: &mut String, k: &Kpi, months: &[MonthKpis]) {
 fn shade(share: f64) -> String {
     let t = share.clamp(0.0, 1.0);
     let c = |lo: f64, hi: f64| (lo + (hi - lo) * t).round() as u8;
-    format!("#{:02x}{:02x}{:02x}", c(240.0, 31.0), c(244.0, 90.0), c(250.0, 200.0))
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        c(240.0, 31.0),
+        c(244.0, 90.0),
+        c(250.0, 200.0)
+    )
 }
 
 fn heat_map(s: &mut String, report: &Report) {
@@ -248,9 +253,20 @@ fn heat_map(s: &mut String, report: &Report) {
     let cells: BTreeMap<(&str, &str), (i64, Decimal)> = report
         .flows
         .iter()
-        .map(|f| ((f.issuer.as_str(), f.redeemer.as_str()), (f.points, f.amount)))
+        .map(|f| {
+            (
+                (f.issuer.as_str(), f.redeemer.as_str()),
+                (f.points, f.amount),
+            )
+        })
         .collect();
-    let max = report.flows.iter().map(|f| f.points).max().unwrap_or(0).max(1) as f64;
+    let max = report
+        .flows
+        .iter()
+        .map(|f| f.points)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
     const CW: f64 = 96.0;
     const CH: f64 = 34.0;
     const LW: f64 = 110.0;
@@ -288,7 +304,7 @@ fn heat_map(s: &mut String, report: &Report) {
             let _ = write!(
                 s,
                 "<rect x=\"{left:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\" stroke=\"#ffffff\"/>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\" fill=\"{ink}\" data-flow=\"{}>{}\">{p}</text>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\" fill=\"{ink}\" data-flow=\"{}→{}\">{p}</text>\
                  <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\" fill=\"{ink}\">{}</text>",
                 CW - 2.0,
                 CH - 2.0,

@@ -53,7 +53,12 @@ impl Month {
 
 impl std::fmt::Display for Month {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:04}-{:02}", self.0.div_euclid(12), self.0.rem_euclid(12) + 1)
+        write!(
+            f,
+            "{:04}-{:02}",
+            self.0.div_euclid(12),
+            self.0.rem_euclid(12) + 1
+        )
     }
 }
 
@@ -260,6 +265,7 @@ pub fn rate(n: i64, d: i64) -> Option<Decimal> {
     (d != 0).then(|| {
         (Decimal::from(n) / Decimal::from(d))
             .round_dp_with_strategy(RATE_DP, RoundingStrategy::MidpointAwayFromZero)
+            .normalize()
     })
 }
 
@@ -336,10 +342,9 @@ pub fn flows(cells: &[(String, String, String, i64)]) -> Result<Vec<Flow>, Strin
             .parse()
             .map_err(|_| format!("cycle_matrix.rate holds {rate:?}"))?;
         let e = pairs.entry((issuer.clone(), redeemer.clone())).or_default();
-        e.0 = e
-            .0
-            .checked_add(*points)
-            .ok_or_else(|| format!("points of {issuer} → {redeemer} overflow"))?;
+        e.0 =
+            e.0.checked_add(*points)
+                .ok_or_else(|| format!("points of {issuer} → {redeemer} overflow"))?;
         e.1 += Decimal::from(*points) * r;
     }
     let mut v: Vec<Flow> = pairs
@@ -592,7 +597,10 @@ mod tests {
             Span::parse("2026-03", "2026-01"),
             Err(SpanError::Reversed { .. })
         ));
-        assert_eq!(Span::parse("2020-01", "2026-01"), Err(SpanError::TooLong(73)));
+        assert_eq!(
+            Span::parse("2020-01", "2026-01"),
+            Err(SpanError::TooLong(73))
+        );
     }
 
     #[test]
@@ -600,6 +608,7 @@ mod tests {
         assert_eq!(rate(1, 3), Some(Decimal::new(3333, 4)));
         assert_eq!(rate(2, 3), Some(Decimal::new(6667, 4)));
         assert_eq!(rate(1, 0), None);
+        assert_eq!(rate(2, 4).unwrap().to_string(), "0.5");
     }
 
     #[test]
@@ -608,7 +617,12 @@ mod tests {
         let m = |s| Month::parse(s).unwrap();
         let c = cohorts(
             span,
-            &[(m("2026-01"), 0, 4), (m("2026-01"), 2, 1), (m("2026-03"), 0, 2), (m("2026-03"), 1, 9)],
+            &[
+                (m("2026-01"), 0, 4),
+                (m("2026-01"), 2, 1),
+                (m("2026-03"), 0, 2),
+                (m("2026-03"), 1, 9),
+            ],
         );
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].active, vec![4, 0, 1]);

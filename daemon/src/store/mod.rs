@@ -177,7 +177,9 @@ pub enum Rejection {
     #[error(transparent)]
     Ledger(#[from] Refusal),
     /// The member named was forgotten (`ForgetMember`): its id is never used again.
-    #[error("this member id was forgotten at the member's request; it cannot earn, spend or be read again")]
+    #[error(
+        "this member id was forgotten at the member's request; it cannot earn, spend or be read again"
+    )]
     MemberForgotten,
     /// A reversal names a transaction the caller does not have.
     #[error("no transaction {0:?} of this partner")]
@@ -500,7 +502,10 @@ pub trait Store: Send + Sync {
         pseudonyms: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError>;
     /// Forgets a member (`retention::forget`): one write transaction that holds out every batch.
-    async fn forget_member(&self, f: &retention::Forget) -> Result<retention::Forgotten, StoreError>;
+    async fn forget_member(
+        &self,
+        f: &retention::Forget,
+    ) -> Result<retention::Forgotten, StoreError>;
     /// The cells of a cohort table (`store::report`).
     async fn cohort_cells(
         &self,

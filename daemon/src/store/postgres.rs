@@ -646,7 +646,12 @@ impl Store for PgStore {
         q: &super::report::KpiQuery,
     ) -> Result<crate::report::KpiFacts, StoreError> {
         let mut c = self.pool.acquire().await?;
-        super::report::ReportSql::<sqlx::Postgres>::kpi_facts(&mut c, q, super::report::POSTGRES_TIER).await
+        super::report::ReportSql::<sqlx::Postgres>::kpi_facts(
+            &mut c,
+            q,
+            super::report::POSTGRES_TIER,
+        )
+        .await
     }
 
     async fn cohort_cells(

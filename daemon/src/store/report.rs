@@ -188,8 +188,9 @@ where
                     .fetch_all(&mut *conn)
                     .await?
             } else {
-                let sql =
-                    format!("SELECT {tier_sql}, COUNT(*) FROM members WHERE {CONSENTED} GROUP BY 1");
+                let sql = format!(
+                    "SELECT {tier_sql}, COUNT(*) FROM members WHERE {CONSENTED} GROUP BY 1"
+                );
                 sqlx::query(&sql).fetch_all(&mut *conn).await?
             };
             for r in rows {

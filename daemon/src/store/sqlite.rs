@@ -662,7 +662,8 @@ impl Store for SqliteStore {
         q: &super::report::KpiQuery,
     ) -> Result<crate::report::KpiFacts, StoreError> {
         let mut c = self.pool.acquire().await?;
-        super::report::ReportSql::<sqlx::Sqlite>::kpi_facts(&mut c, q, super::report::SQLITE_TIER).await
+        super::report::ReportSql::<sqlx::Sqlite>::kpi_facts(&mut c, q, super::report::SQLITE_TIER)
+            .await
     }
 
     async fn cohort_cells(
