@@ -554,3 +554,44 @@ pub fn xmllint_pain001(xml: &str) -> Option<String> {
         }
     }
 }
+
+/// Renders an HTML file with headless Chromium (Debian's `chromium`) to a PNG of `width` ×
+/// `height`: `Some(png bytes)`, or `None` with a loud skip where Chromium is missing — a failure
+/// under `COALITION_REQUIRE_CHROMIUM=1` (CI).
+pub fn chromium_screenshot(html: &std::path::Path, width: u32, height: u32) -> Option<Vec<u8>> {
+    let out = html.with_extension("png");
+    let mut tried = Vec::new();
+    for browser in ["chromium", "chromium-browser", "google-chrome"] {
+        let run = std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                &format!("--window-size={width},{height}"),
+                &format!("--screenshot={}", out.display()),
+            ])
+            .arg(format!("file://{}", html.display()))
+            .output();
+        match run {
+            Ok(o) if o.status.success() && out.exists() => {
+                return Some(std::fs::read(&out).expect("read screenshot"));
+            }
+            Ok(o) => panic!(
+                "{browser} failed to render {}: {}",
+                html.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => tried.push(format!("{browser}: {e}")),
+        }
+    }
+    if std::env::var("COALITION_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") {
+        panic!("Chromium required (COALITION_REQUIRE_CHROMIUM=1) but not runnable: {tried:?}");
+    }
+    let _ = std::io::Write::write_fmt(
+        &mut std::io::stderr(),
+        format_args!("\n*** SKIPPED rendering an HTML report: no Chromium ({tried:?}) ***\n"),
+    );
+    None
+}

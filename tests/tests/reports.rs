@@ -515,3 +515,67 @@ async fn a_report_names_its_mistakes(b: Backend) {
             .all(|k| k.members_active == 0 && k.redemption_rate.is_empty())
     );
 }
+
+/// The HTML report looks right in a real browser: headless Chromium renders it to a PNG of the
+/// size asked, and the picture is not blank (charts, tiles and the heat map put ink on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_html_report_renders_in_a_real_browser() {
+    let (t, m) = worked_example(Backend::Sqlite).await;
+    let path = t.dir.path().join("coalition.toml");
+    let html = t.dir.path().join("kpi.html");
+    run(Cli::parse_from([
+        "coalitiond",
+        "report",
+        "kpi",
+        "--config",
+        path.to_str().unwrap(),
+        "--addr",
+        &t.addr,
+        "--from",
+        &m.name(0),
+        "--to",
+        &m.name(2),
+        "--format",
+        "html",
+        "--out",
+        html.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    let Some(png_bytes) = chromium_screenshot(&html, 1280, 2000) else {
+        return;
+    };
+    // To look at it: COALITION_KEEP_SCREENSHOT=/some/file.png.
+    if let Ok(keep) = std::env::var("COALITION_KEEP_SCREENSHOT") {
+        std::fs::write(keep, &png_bytes).unwrap();
+    }
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(
+        (info.width, info.height),
+        (1280, 2000),
+        "the size asked for"
+    );
+    let channels = info.color_type.samples();
+    let pixels = &buf[..info.buffer_size()];
+    let total = (info.width * info.height) as usize;
+    let mut inked = 0usize;
+    let mut blue = 0usize;
+    for px in pixels.chunks(channels) {
+        let (r, g, b) = (px[0], px[1], px[2]);
+        if r < 230 || g < 230 || b < 230 {
+            inked += 1;
+        }
+        // The charts' line and the heat map's deepest cells.
+        if b > 150 && r < 90 {
+            blue += 1;
+        }
+    }
+    assert!(
+        inked * 100 > total,
+        "under 1 % of the page has ink ({inked} of {total} pixels): blank?"
+    );
+    assert!(blue > 500, "no chart drawn in blue ({blue} pixels)");
+}

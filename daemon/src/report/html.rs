@@ -135,7 +135,8 @@ fn tiles(s: &mut String, months: &[MonthKpis]) {
                 };
                 format!("<div class=\"d {class}\">{arrow} {}</div>", escape(&text))
             }
-            _ => "<div class=\"d flat\">no month before</div>".to_string(),
+            (_, None) => "<div class=\"d flat\">no figure this month</div>".to_string(),
+            (None, Some(_)) => "<div class=\"d flat\">no figure the month before</div>".to_string(),
         };
         let _ = write!(
             s,
