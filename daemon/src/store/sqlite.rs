@@ -651,9 +651,26 @@ impl Store for SqliteStore {
     ) -> Result<super::retention::Forgotten, StoreError> {
         // The write lock of the file: no batch is half-way through this member.
         let mut conn = self.clearing.lock().await;
+        // What the forget deletes or moves is overwritten with zeros, not left in free space.
+        sqlx::query("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let out = super::retention::forget::<sqlx::Sqlite>(&mut tx, f).await?;
         tx.commit().await?;
+        // The WAL still holds the pages as they were: copy the new ones into the file and empty
+        // it, so that the old id is nowhere on disk. Readers in the middle of a read can hold
+        // this up; then the next checkpoints finish it (logged, not an error: the forget stands).
+        if out.newly {
+            let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut *conn)
+                .await?;
+            if busy != 0 {
+                tracing::warn!(
+                    "the WAL could not be emptied after a forget (readers busy); later checkpoints will"
+                );
+            }
+        }
         Ok(out)
     }
 

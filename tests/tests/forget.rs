@@ -1,0 +1,373 @@
+//! Forgetting a member (issue 13): after `ForgetMember` the old id is in no row (the SQLite file
+//! and its WAL, a PostgreSQL dump), no log line and no export; other members' balances, the
+//! settlement digest and the audit are unchanged; the member's points become breakage of their
+//! issuers at the next clearing; a retry answers the same; every call naming the id is refused
+//! with MEMBER_FORGOTTEN. On both backends, over mTLS.
+
+use coalition_tests::*;
+use std::sync::{Arc, Mutex, OnceLock};
+use tonic::Code;
+
+const MEMBER_KEY: &str = "test-member-key-0123456789abcdef0123456789";
+
+fn config(toml: String) -> String {
+    toml.replace("scheduler = true", "scheduler = false")
+        .replace("time_zone = \"Europe/Amsterdam\"", "time_zone = \"UTC\"")
+        .replace(
+            "access_log_days = 365",
+            &format!("access_log_days = 365\nmember_key = \"{MEMBER_KEY}\""),
+        )
+}
+
+/// Every log line of this test binary at info level and above, as the daemon writes them.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let l = Logs::default();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(l.clone())
+            .init();
+        l
+    })
+}
+
+fn logged() -> String {
+    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
+}
+
+/// Whether the database holds `needle` anywhere: the SQLite file and its WAL byte for byte, or
+/// a PostgreSQL dump of every row.
+fn stored_anywhere(t: &TestDaemon, needle: &str) -> bool {
+    let url = &t.config.database_url;
+    if url.starts_with("postgres") {
+        let out = std::process::Command::new("pg_dump")
+            .args(["--data-only", url])
+            .output()
+            .expect("pg_dump runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).contains(needle)
+    } else {
+        let file = t.dir.path().join("coalition.db");
+        let mut bytes = std::fs::read(&file).unwrap();
+        for extra in ["coalition.db-wal", "coalition.db-journal"] {
+            if let Ok(b) = std::fs::read(t.dir.path().join(extra)) {
+                bytes.extend(b);
+            }
+        }
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+}
+
+fn forgotten(e: &tonic::Status) -> bool {
+    e.code() == Code::FailedPrecondition && reason(e) == "MEMBER_FORGOTTEN"
+}
+
+backends!(a_forgotten_member_leaves_no_trace_and_the_books_stay_exact);
+
+async fn a_forgotten_member_leaves_no_trace_and_the_books_stay_exact(b: Backend) {
+    logs();
+    let old = format!("zed-{b:?}-4242-secret");
+    let t = TestDaemon::start_with(b, config).await;
+    let (mut air, mut shop, mut food) = (
+        t.partner("skyways").await,
+        t.partner("freshmart").await,
+        t.partner("bistro").await,
+    );
+    let mut ops = t.operator().await;
+    air.earn(earn_bonus("s1", &old, 300)).await.receipt();
+    food.earn(earn_bonus("b1", &old, 100)).await.receipt();
+    shop.burn(burn("f1", &old, 50)).await.receipt(); // from skyways' lot
+    air.earn(earn_bonus("s2", "amy", 500)).await.receipt();
+    food.burn(burn("b2", "amy", 100)).await.receipt();
+    air.authorize_burn(v1::AuthorizeBurnRequest {
+        transaction_id: "h1".into(),
+        member_id: old.clone(),
+        points: 30,
+        hold_seconds: 0,
+    })
+    .await
+    .unwrap();
+    // A staff read (access log), consents recorded by an operator and by a partner.
+    ops.get_member_balance(v1::MemberBalanceRequest {
+        member_id: old.clone(),
+        reason: "ticket 9: member asks for her data".into(),
+    })
+    .await
+    .unwrap();
+    ops.set_member_consent(v1::SetMemberConsentRequest {
+        member_id: old.clone(),
+        purpose: "analytics".into(),
+        granted: true,
+        reason: "ticket 9".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    shop.set_consent(v1::SetConsentRequest {
+        transaction_id: "c1".into(),
+        member_id: old.clone(),
+        purpose: "marketing".into(),
+        granted: true,
+    })
+    .await
+    .unwrap();
+    assert!(
+        stored_anywhere(&t, &old),
+        "control: the id is stored before"
+    );
+
+    // Day 0 is cleared; its settlement is what forgetting must not change.
+    let day0 = chrono::Utc::now().date_naive();
+    let noon = |d: chrono::NaiveDate| {
+        d.and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_micros()
+    };
+    t.advance_to(noon(day0.succ_opt().unwrap()));
+    let s0 = t.clear(day0).await.unwrap();
+    let amy = t.balance("amy").await;
+    assert!(t.audit().await.ok());
+
+    // Forget, on day 1: 250 of skyways' points (30 of them held) and bistro's 100.
+    let ask = || v1::ForgetMemberRequest {
+        member_id: old.clone(),
+        reason: "ticket 9: member's request".into(),
+    };
+    let f = ops.forget_member(ask()).await.unwrap().into_inner();
+    assert!(f.newly_forgotten);
+    assert_eq!(f.points_forfeited, 350);
+    assert!(f.pseudonym.starts_with('~') && f.pseudonym.len() == 33);
+    let again = ops.forget_member(ask()).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            &again.pseudonym,
+            again.points_forfeited,
+            &again.forgotten_at,
+            again.newly_forgotten
+        ),
+        (&f.pseudonym, 350, &f.forgotten_at, false),
+        "a retry answers as the first forget did"
+    );
+
+    // Nothing else changed: the settlement, another member, the audit.
+    let s0_again = t
+        .finance()
+        .await
+        .get_settlement(v1::CycleRequest {
+            cycle: day0.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s0_again.digest, s0.digest);
+    assert_eq!(t.balance("amy").await, amy);
+    let audit = t.audit().await;
+    assert!(audit.ok(), "{audit}");
+
+    // Every call naming the id is refused, by every partner, and by staff.
+    let e = air.earn(earn_bonus("s9", &old, 1)).await.unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = food.burn(burn("b9", &old, 1)).await.unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = shop
+        .authorize_burn(v1::AuthorizeBurnRequest {
+            transaction_id: "h9".into(),
+            member_id: old.clone(),
+            points: 1,
+            hold_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let id = || old.clone();
+    let e = air
+        .get_balance(v1::GetBalanceRequest { member_id: id() })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = food
+        .get_member(v1::GetMemberRequest { member_id: id() })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = shop
+        .quote_burn(v1::QuoteBurnRequest {
+            member_id: id(),
+            points: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = air.quote_earn(earn_bonus("q", &old, 1)).await.unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = air
+        .list_member_activity(v1::ListMemberActivityRequest {
+            member_id: id(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = shop
+        .set_consent(v1::SetConsentRequest {
+            transaction_id: "c9".into(),
+            member_id: id(),
+            purpose: "analytics".into(),
+            granted: true,
+        })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = shop
+        .get_consent(v1::GetConsentRequest { member_id: id() })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+    let e = ops
+        .get_member_balance(v1::MemberBalanceRequest {
+            member_id: id(),
+            reason: "ticket 10".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(forgotten(&e), "{e:?}");
+
+    // The next clearing books the forfeited points as breakage of their issuers.
+    let day1 = day0.succ_opt().unwrap();
+    t.advance_to(noon(day1.succ_opt().unwrap()));
+    let s1 = t.clear(day1).await.unwrap();
+    let breakage = breakage_of(&t, &day1.to_string()).await;
+    assert_eq!(
+        breakage,
+        vec![("bistro".to_string(), 100), ("skyways".to_string(), 250)]
+    );
+    let audit = t.audit().await;
+    assert!(audit.ok(), "{audit}");
+
+    // No trace: rows, exports, logs (which name members by a keyed hash only).
+    assert!(!stored_anywhere(&t, &old), "the old id is still stored");
+    let mut fin = t.finance().await;
+    for (cycle, s) in [(day0, &s0), (day1, &s1)] {
+        assert!(!format!("{s:?}").contains(&old));
+        for format in [v1::ExportFormat::Csv, v1::ExportFormat::Json] {
+            let file = fin
+                .export_settlement(v1::ExportRequest {
+                    cycle: cycle.to_string(),
+                    format: format as i32,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!String::from_utf8_lossy(&file.content).contains(&old));
+        }
+    }
+    let lines = logged();
+    assert!(!lines.contains(&old), "a log line names the member");
+    let key = coalitiond::privacy::MemberKey::from_secret(MEMBER_KEY).unwrap();
+    assert!(
+        lines.contains(&key.log_ref(&old)),
+        "control: the forget and the consent were logged, by the member's keyed hash"
+    );
+}
+
+/// (issuer, points) of a cycle's breakage rows.
+async fn breakage_of(t: &TestDaemon, cycle: &str) -> Vec<(String, i64)> {
+    use sqlx::Connection;
+    let url = &t.config.database_url;
+    let sql = "SELECT issuer, CAST(SUM(points) AS BIGINT) FROM breakage WHERE cycle = $1 \
+               GROUP BY issuer ORDER BY issuer";
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql)
+            .bind(cycle)
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql)
+            .bind(cycle)
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    }
+}
+
+backends!(forgetting_needs_a_key_a_reason_and_a_real_id);
+
+async fn forgetting_needs_a_key_a_reason_and_a_real_id(b: Backend) {
+    // Without a key: refused, nothing done.
+    let t = TestDaemon::start_with(b, |t| t).await;
+    let mut ops = t.operator().await;
+    let e = ops
+        .forget_member(v1::ForgetMemberRequest {
+            member_id: "m1".into(),
+            reason: "request".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "NO_MEMBER_KEY")
+    );
+    drop(t);
+    let t = TestDaemon::start_with(b, config).await;
+    let mut ops = t.operator().await;
+    for (member, why, want) in [
+        ("m1", "", "REASON_REQUIRED"),
+        ("~0123", "request", "ALREADY_A_PSEUDONYM"),
+        ("", "request", "EMPTY_FIELD"),
+    ] {
+        let e = ops
+            .forget_member(v1::ForgetMemberRequest {
+                member_id: member.into(),
+                reason: why.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        if want != "EMPTY_FIELD" {
+            assert_eq!(reason(&e), want);
+        }
+    }
+    // A partner certificate cannot forget (operators only).
+    let pem = t.partner_pem("skyways");
+    let mut as_partner = coalition_proto::v1::operator_service_client::OperatorServiceClient::new(
+        coalitiond::client::connect(&t.addr, &pem).await.unwrap(),
+    );
+    let e = as_partner
+        .forget_member(v1::ForgetMemberRequest {
+            member_id: "m1".into(),
+            reason: "request".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+}
