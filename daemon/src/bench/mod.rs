@@ -82,6 +82,11 @@ pub struct BenchArgs {
     /// database named after the shape is kept on the server instead).
     #[arg(long)]
     pub preload_cache: Option<PathBuf>,
+    /// Time the programme report of the last this many months (ending with the current one) and
+    /// its cohort table, each twice, through the finance API of a daemon the bench starts (on
+    /// the preloaded ledger with --preload).
+    #[arg(long)]
+    pub report_months: Option<i64>,
 }
 
 impl BenchArgs {
@@ -663,6 +668,48 @@ async fn run_ingest(args: &BenchArgs, lines: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bench --report-months N`: the KPI report and cohorts over the last N months, timed end to
+/// end (mTLS call, SQL aggregates, answer), twice each.
+async fn run_report(args: &BenchArgs, months: i64) -> anyhow::Result<()> {
+    let (addr, certs, child) = start_child(args).await?;
+    let pem = crate::client::ClientPem::from_dir(&certs, "finance")?;
+    let mut fin = coalition_proto::v1::finance_service_client::FinanceServiceClient::new(
+        crate::client::connect(&addr, &pem).await?,
+    );
+    let to = crate::report::Month::of(chrono::Utc::now().date_naive());
+    let req = coalition_proto::v1::ProgrammeReportRequest {
+        from_month: to.plus(1 - months.max(1)).to_string(),
+        to_month: to.to_string(),
+        partner: String::new(),
+    };
+    let config = crate::config::Config::load(&child.dir.path().join("coalition.toml"))?;
+    let (store, _) = crate::store::open(&config.database_url).await?;
+    let transactions = store.transaction_count().await?;
+    println!(
+        "bench --report-months {months}: {} to {} over {transactions} transactions",
+        req.from_month, req.to_month
+    );
+    for run in 1..=2 {
+        let started = Instant::now();
+        let r = fin.get_programme_report(req.clone()).await?.into_inner();
+        let kpi = started.elapsed();
+        let started = Instant::now();
+        let c = fin.get_cohorts(req.clone()).await?.into_inner();
+        let cohorts = started.elapsed();
+        let active: i64 = r.months.iter().map(|m| m.members_active).sum();
+        println!(
+            "run {run}: KPI report {:.2} s ({} months, {} flows, Σ active {active}); cohorts {:.2} s ({} cohorts)",
+            kpi.as_secs_f64(),
+            r.months.len(),
+            r.flows.len(),
+            cohorts.as_secs_f64(),
+            c.cohorts.len()
+        );
+    }
+    drop(child);
+    Ok(())
+}
+
 /// Runs the bench and prints its figures.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
@@ -674,6 +721,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(lines) = args.ingest {
         return run_ingest(&args, lines).await;
+    }
+    if let Some(months) = args.report_months {
+        return run_report(&args, months).await;
     }
     let (addr, certs, child) = match (&args.addr, &args.certs) {
         (Some(addr), Some(certs)) => (addr.clone(), certs.clone(), None),

@@ -42,7 +42,7 @@ impl Shape {
         1000.min(self.transactions / 2 / self.frequent()).max(1)
     }
     fn name(&self) -> String {
-        format!("preload_v2_{}_{}", self.members, self.transactions)
+        format!("preload_v3_{}_{}", self.members, self.transactions)
     }
 }
 
@@ -130,6 +130,13 @@ fn rest(n: &Numbers, postgres: bool) -> Vec<String> {
         "INSERT INTO members (member_id, first_seen, open_points) \
          SELECT member_id, MIN(earned_at), SUM(points_left) FROM lots GROUP BY member_id"
             .to_string(),
+        // Nine members in ten agreed to analytics (programme reports count only those).
+        format!(
+            "INSERT INTO consents (member_id, purpose, scope, granted, captured_by, captured_at) \
+             SELECT member_id, 'analytics', '', {}, 'bench', first_seen FROM members \
+             WHERE substr(member_id, length(member_id), 1) <> '7'",
+            if postgres { "true" } else { "1" },
+        ),
         "INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points) \
          SELECT cycle, partner_id, kind, COUNT(*), SUM(points) FROM transactions GROUP BY cycle, partner_id, kind"
             .to_string(),
