@@ -459,6 +459,39 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         full.lots,
         by.join(", ")
     );
+    // Both members agree to analytics at the till; the managers' report of the month follows.
+    for (i, member) in [m, "member-b41d07"].into_iter().enumerate() {
+        shop.client
+            .set_consent(pb::SetConsentRequest {
+                transaction_id: format!("consent-{i}"),
+                member_id: member.into(),
+                purpose: "analytics".into(),
+                granted: true,
+            })
+            .await?;
+    }
+    let month = crate::report::Month::of(settlement_day(&settlement)?).to_string();
+    let ask = pb::ProgrammeReportRequest {
+        from_month: month.clone(),
+        to_month: month.clone(),
+        partner: String::new(),
+    };
+    let kpis = crate::api::report::from_pb(
+        &finance
+            .get_programme_report(ask.clone())
+            .await?
+            .into_inner(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let cohorts =
+        crate::api::report::cohorts_from_pb(&finance.get_cohorts(ask).await?.into_inner());
+    let html = dir.join("programme-report.html");
+    std::fs::write(&html, crate::report::html::page(&kpis, Some(&cohorts)))?;
+    println!(
+        "\nThe month's programme KPIs (coalitiond report kpi --from {month} --to {month}):\n{}\nAs a page: {}",
+        crate::report::table(&kpis),
+        html.display()
+    );
     let report = daemon.store.audit(daemon.clock.now(), &rules).await?;
     println!("\nLedger audit:\n{report}");
     daemon.shutdown().await?;
@@ -468,4 +501,10 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         dir.join("coalition.toml").display()
     );
     Ok(())
+}
+
+/// The business day a settlement clears.
+fn settlement_day(s: &pb::Settlement) -> anyhow::Result<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(&s.cycle, "%Y-%m-%d")
+        .with_context(|| format!("settlement cycle {:?}", s.cycle))
 }

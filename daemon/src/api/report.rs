@@ -46,11 +46,33 @@ async fn query(
             Some(p.to_string())
         }
     };
+    // Each month's first business day opens at this instant (members' first instants are
+    // bucketed by month with it, as transactions are by the month of their cycle).
+    let cycles = shared.config.cycles();
+    let mut opens = Vec::new();
+    for m in span.from.0..=span.to.0 + 1 {
+        let day = chrono::NaiveDate::from_ymd_opt(
+            m.div_euclid(12) as i32,
+            (m.rem_euclid(12) + 1) as u32,
+            1,
+        );
+        match day.map(|d| cycles.open(d)) {
+            Some(Ok(at)) => opens.push(at),
+            // Outside the calendar: the member KPIs fall back to the transactions.
+            _ => break,
+        }
+    }
+    let now = shared.clock.now();
+    let now_month = chrono::DateTime::from_timestamp_micros(now)
+        .map(|t| report::Month::of(t.with_timezone(&shared.config.time_zone).date_naive()))
+        .unwrap_or(span.to);
     Ok(KpiQuery {
         span,
         partner,
         minor_units: shared.config.currency.minor_units,
         tiers: shared.config.ladder.is_some(),
+        opens,
+        now_month,
     })
 }
 

@@ -42,7 +42,7 @@ impl Shape {
         1000.min(self.transactions / 2 / self.frequent()).max(1)
     }
     fn name(&self) -> String {
-        format!("preload_v3_{}_{}", self.members, self.transactions)
+        format!("preload_v4_{}_{}", self.members, self.transactions)
     }
 }
 
@@ -130,6 +130,10 @@ fn rest(n: &Numbers, postgres: bool) -> Vec<String> {
         "INSERT INTO members (member_id, first_seen, open_points) \
          SELECT member_id, MIN(earned_at), SUM(points_left) FROM lots GROUP BY member_id"
             .to_string(),
+        // Each member's kept activity, as the writer keeps it.
+        crate::store::report::BACKFILL[0].to_string(),
+        crate::store::report::BACKFILL[1].to_string(),
+        crate::store::report::BACKFILL[2].to_string(),
         // Nine members in ten agreed to analytics (programme reports count only those).
         format!(
             "INSERT INTO consents (member_id, purpose, scope, granted, captured_by, captured_at) \

@@ -164,6 +164,55 @@ pub struct MemberLedger {
     /// after every loaded lot in spending order and still count (see [`prefix_covers`]), so a
     /// decision that needs no more than the loaded lots give is the same as with every lot loaded.
     pub unloaded: i64,
+    /// The months the member was active in, as its row keeps them (programme reports).
+    pub activity: Activity,
+}
+
+/// What a member's row keeps of its activity, so that programme reports read one row per member
+/// instead of its transactions: the months with a transaction (by month of cycle) and the instant
+/// of its second transaction. Written only when it changes: on a member's first transaction of a
+/// month, and on its second ever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// The latest month with a transaction (year × 12 + month − 1), 0 before the first.
+    pub month: i64,
+    /// Bit k set: a transaction in month `month − k` (k ≤ [`Activity::SPAN`]).
+    pub mask: i64,
+    /// When the member's second transaction was accepted.
+    pub second_at: Option<Micros>,
+}
+
+impl Activity {
+    /// Months kept back from the latest (bit 62 is the last of a positive i64).
+    pub const SPAN: i64 = 62;
+
+    /// A transaction in `month` accepted at `at`; `had_one` says whether the member had a
+    /// transaction before it.
+    pub fn record(&mut self, month: i64, at: Micros, had_one: bool) {
+        if self.mask == 0 {
+            self.month = month;
+            self.mask = 1;
+        } else if month > self.month {
+            let shift = month - self.month;
+            self.mask = if shift > Self::SPAN {
+                1
+            } else {
+                ((self.mask << shift) & i64::MAX) | 1
+            };
+            self.month = month;
+        } else if self.month - month <= Self::SPAN {
+            self.mask |= 1 << (self.month - month);
+        }
+        if had_one && self.second_at.is_none() {
+            self.second_at = Some(at);
+        }
+    }
+
+    /// Whether the member had a transaction in `month` (as far back as the row keeps).
+    pub fn active_in(&self, month: i64) -> bool {
+        let k = self.month - month;
+        self.mask != 0 && (0..=Self::SPAN).contains(&k) && (self.mask >> k) & 1 == 1
+    }
 }
 
 /// How many of a member's open lots a batch reads first, in spending order, and then, for the
@@ -243,6 +292,7 @@ impl MemberLedger {
             lots: vec![],
             debts: vec![],
             unloaded: 0,
+            activity: Activity::default(),
         }
     }
 

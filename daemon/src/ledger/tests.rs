@@ -342,3 +342,25 @@ fn the_next_expiry_is_known_only_past_the_last_lot_of_that_instant() {
     m.lots = vec![lot(1, Some(1)), lot(2, None)];
     assert!(m.next_expiry_known(0));
 }
+
+proptest! {
+    /// The kept activity says exactly which months had a transaction (within its span), and the
+    /// instant of the second transaction, whatever order the months come in.
+    #[test]
+    fn kept_activity_is_the_set_of_active_months(
+        months in proptest::collection::vec(24_000i64..24_100, 1..40),
+    ) {
+        let mut a = Activity::default();
+        for (i, &m) in months.iter().enumerate() {
+            a.record(m, i as Micros * 10, i > 0);
+        }
+        let latest = *months.iter().max().unwrap();
+        prop_assert_eq!(a.month, latest);
+        for m in 23_990i64..24_110 {
+            let kept = latest - m <= Activity::SPAN && months.contains(&m);
+            prop_assert_eq!(a.active_in(m), kept, "month {}", m);
+        }
+        prop_assert_eq!(a.second_at, (months.len() > 1).then_some(10));
+        prop_assert!(a.mask > 0);
+    }
+}

@@ -301,6 +301,10 @@ pub async fn apply(
     }
     let t_load = t0.elapsed();
     let known_before: HashSet<String> = ledgers.keys().cloned().collect();
+    let activity_before: HashMap<String, crate::ledger::Activity> = ledgers
+        .iter()
+        .map(|(k, m)| (k.clone(), m.activity))
+        .collect();
 
     // 3. Decide each request in order.
     let mut ids: VecDeque<i64> = tx.reserve_txn_ids(requests.len()).await?.into();
@@ -440,6 +444,19 @@ pub async fn apply(
             writes.holds.holds.push(h.clone());
         }
     }
+    // Each member's kept activity: the month of the batch's cycle, and its second transaction.
+    let month = {
+        use chrono::Datelike;
+        i64::from(cycle.year()) * 12 + i64::from(cycle.month0())
+    };
+    let mut had_one: HashSet<&str> = known_before.iter().map(String::as_str).collect();
+    for t in &writes.new_txns {
+        if let Some(m) = ledgers.get_mut(&t.member) {
+            m.activity
+                .record(month, ctx.now, had_one.contains(t.member.as_str()));
+        }
+        had_one.insert(t.member.as_str());
+    }
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
     touched.sort_by(|a, b| a.member.cmp(&b.member));
     for m in touched {
@@ -450,10 +467,18 @@ pub async fn apply(
             .debts
             .extend(m.debts.iter().filter(|d| d.dirty).cloned());
         let open = m.open_points();
+        let row = |first_seen| super::lots::MemberRow {
+            member: m.member.clone(),
+            first_seen,
+            open_points: open,
+            activity: m.activity,
+        };
         if !known_before.contains(&m.member) {
-            writes.members.push((m.member.clone(), ctx.now, open));
-        } else if open_before.get(&m.member) != Some(&open) {
-            writes.members.push((m.member.clone(), 0, open));
+            writes.members.push(row(ctx.now));
+        } else if open_before.get(&m.member) != Some(&open)
+            || activity_before.get(&m.member) != Some(&m.activity)
+        {
+            writes.members.push(row(0));
         }
     }
     let t_decide = t0.elapsed();

@@ -22,7 +22,7 @@ where
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
     i32: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
     String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
     Vec<u8>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
@@ -75,7 +75,8 @@ where
             for chunk in todo.chunks(500) {
                 let prefix = if DB::NAME == "SQLite" {
                     format!(
-                        "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
+                        "SELECT m.member_id AS known_member, m.open_points, m.activity_month, m.activity_mask, \
+                         m.second_at, l.* FROM members m \
                          LEFT JOIN lots l ON l.id IN (SELECT x.id FROM lots x WHERE x.member_id = m.member_id \
                          AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) \
                          WHERE m.member_id IN ({})",
@@ -83,7 +84,8 @@ where
                     )
                 } else {
                     format!(
-                        "SELECT m.member_id AS known_member, m.open_points, l.* FROM members m \
+                        "SELECT m.member_id AS known_member, m.open_points, m.activity_month, m.activity_mask, \
+                         m.second_at, l.* FROM members m \
                          LEFT JOIN LATERAL (SELECT * FROM lots x WHERE x.member_id = m.member_id \
                          AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) l ON true \
                          WHERE m.member_id IN ({})",
@@ -104,6 +106,11 @@ where
                         known: true,
                         ..MemberLedger::new_member(&member)
                     });
+                    ledger.activity = crate::ledger::Activity {
+                        month: row.try_get("activity_month")?,
+                        mask: row.try_get("activity_mask")?,
+                        second_at: row.try_get("second_at")?,
+                    };
                     if row.try_get::<Option<i64>, _>("id")?.is_some() {
                         ledger.lots.push(super::rows::Rows::<DB>::lot(&row)?);
                     }
@@ -192,24 +199,45 @@ where
     }
 
     /// Writes the batch's members: new ones with their first instant, and every member whose
-    /// points left in open lots changed (one multi-row upsert; `first_seen` of a known member is
-    /// never touched).
+    /// points left in open lots or kept activity changed (one multi-row upsert; `first_seen` of a
+    /// known member is never touched).
     pub async fn write_members(
         conn: &mut DB::Connection,
-        rows: &[(String, Micros, i64)],
+        rows: &[MemberRow],
     ) -> Result<(), sqlx::Error> {
-        for chunk in rows.chunks(250) {
+        for chunk in rows.chunks(200) {
             let sql = format!(
-                "INSERT INTO members (member_id, first_seen, open_points) VALUES {} \
-                 ON CONFLICT (member_id) DO UPDATE SET open_points = excluded.open_points",
-                super::rows_of_marks::<DB>(chunk.len(), 3)
+                "INSERT INTO members (member_id, first_seen, open_points, activity_month, activity_mask, second_at) \
+                 VALUES {} ON CONFLICT (member_id) DO UPDATE SET open_points = excluded.open_points, \
+                 activity_month = excluded.activity_month, activity_mask = excluded.activity_mask, \
+                 second_at = excluded.second_at",
+                super::rows_of_marks::<DB>(chunk.len(), 6)
             );
             let mut q = sqlx::query(&sql);
-            for (m, seen, open) in chunk {
-                q = q.bind(m.clone()).bind(*seen).bind(*open);
+            for r in chunk {
+                q = q
+                    .bind(r.member.clone())
+                    .bind(r.first_seen)
+                    .bind(r.open_points)
+                    .bind(r.activity.month)
+                    .bind(r.activity.mask)
+                    .bind(r.activity.second_at);
             }
             q.execute(&mut *conn).await?;
         }
         Ok(())
     }
+}
+
+/// A member row as a batch writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    /// The member.
+    pub member: String,
+    /// Its first instant (used only when the row is new).
+    pub first_seen: Micros,
+    /// Points left in all its open lots.
+    pub open_points: i64,
+    /// Its kept activity.
+    pub activity: crate::ledger::Activity,
 }

@@ -290,9 +290,9 @@ pub struct Writes {
     pub allocations: Vec<Allocation>,
     /// New or changed debts.
     pub debts: Vec<Debt>,
-    /// Members seen for the first time, and members whose points left in open lots changed:
-    /// (member, first seen — only used for a new member —, points left in all its open lots).
-    pub members: Vec<(String, Micros, i64)>,
+    /// Members seen for the first time, and members whose points left in open lots or kept
+    /// activity changed.
+    pub members: Vec<lots::MemberRow>,
     /// Per (partner, kind) of the new transactions: (partner, kind, transactions, points), added
     /// to the cycle's totals.
     pub cycle_totals: Vec<(String, &'static str, i64, i64)>,
