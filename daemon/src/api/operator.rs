@@ -221,11 +221,7 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::ForgetMemberRequest>,
     ) -> Result<Response<pb::ForgetMemberResponse>, Status> {
-        let who = req
-            .extensions()
-            .get::<coalition_certs::Identity>()
-            .map(|i| i.name.clone())
-            .ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))?;
+        let who = caller_name(&req)?;
         let r = req.get_ref();
         super::validate::id("member_id", &r.member_id)?;
         if r.member_id.starts_with('~') {
@@ -286,11 +282,7 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::SetMemberConsentRequest>,
     ) -> Result<Response<pb::Consent>, Status> {
-        let who = req
-            .extensions()
-            .get::<coalition_certs::Identity>()
-            .map(|i| i.name.clone())
-            .ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))?;
+        let who = caller_name(&req)?;
         let r = req.get_ref();
         super::validate::id("member_id", &r.member_id)?;
         let purpose = super::consent::purpose(&r.purpose)?;
@@ -527,4 +519,12 @@ async fn set_prices(
     tracing::warn!(partner = %stored.partner, redemption_rate = %stored.redemption_rate, issuance_fee = %stored.issuance_fee,
         effective_from = %crate::clock::rfc3339(stored.effective_from), set_by = %stored.set_by, "price version recorded");
     Ok(stored)
+}
+
+/// The name on the operator certificate of a call.
+fn caller_name<T>(req: &Request<T>) -> Result<String, ApiError> {
+    req.extensions()
+        .get::<coalition_certs::Identity>()
+        .map(|i| i.name.clone())
+        .ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))
 }

@@ -143,14 +143,7 @@ where
     let mut previous: String = anchor.try_get(1)?;
     for r in sqlx::query(sql::ALL).fetch_all(&mut *conn).await? {
         let seq: i64 = r.try_get(0)?;
-        let e = AccessEntry {
-            at: r.try_get(1)?,
-            role: r.try_get(2)?,
-            who: r.try_get(3)?,
-            member: r.try_get(4)?,
-            action: r.try_get(5)?,
-            reason: r.try_get(6)?,
-        };
+        let e = entry_of::<DB>(&r)?;
         let stored_previous: String = r.try_get(7)?;
         let hash: String = r.try_get(8)?;
         if seq != expected_seq {
@@ -212,14 +205,7 @@ where
     let mut previous: Option<String> = None;
     for r in rows {
         let seq: i64 = r.try_get(0)?;
-        let e = AccessEntry {
-            at: r.try_get(1)?,
-            role: r.try_get(2)?,
-            who: r.try_get(3)?,
-            member: r.try_get(4)?,
-            action: r.try_get(5)?,
-            reason: r.try_get(6)?,
-        };
+        let e = entry_of::<DB>(&r)?;
         // The first entry re-chained follows its unchanged predecessor.
         let prev = match previous.take() {
             Some(p) => p,
@@ -235,4 +221,23 @@ where
         previous = Some(hash);
     }
     Ok(Some(first))
+}
+
+/// An entry from a row whose columns 1 to 6 are `at, role, who, member_id, action, reason`.
+fn entry_of<DB>(r: &DB::Row) -> Result<AccessEntry, sqlx::Error>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    use sqlx::Row;
+    Ok(AccessEntry {
+        at: r.try_get(1)?,
+        role: r.try_get(2)?,
+        who: r.try_get(3)?,
+        member: r.try_get(4)?,
+        action: r.try_get(5)?,
+        reason: r.try_get(6)?,
+    })
 }
