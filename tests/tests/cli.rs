@@ -13,6 +13,15 @@ async fn demo_runs_to_the_end() {
         .await
         .expect("demo finishes with its invariants holding");
     assert!(dir.path().join("coalition.db").exists());
+    // The month's programme report as a page, with every chart.
+    let html = std::fs::read_to_string(dir.path().join("programme-report.html")).unwrap();
+    for chart in coalitiond::report::KPIS
+        .iter()
+        .map(|k| k.key)
+        .chain(["flows", "cohorts"])
+    {
+        assert!(html.contains(&format!("data-chart=\"{chart}\"")), "{chart}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

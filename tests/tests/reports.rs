@@ -440,6 +440,32 @@ async fn every_kpi_of_a_hand_made_ledger_and_the_formats_agree(b: Backend) {
         .await
         .unwrap();
     }
+    // With a partner's certificate the CLI reads that partner's own report.
+    run(Cli::parse_from([
+        "coalitiond",
+        "report",
+        "kpi",
+        "--config",
+        path.to_str().unwrap(),
+        "--addr",
+        &t.addr,
+        "--identity",
+        "partner-freshmart",
+        "--from",
+        &m.name(0),
+        "--to",
+        &m.name(2),
+        "--format",
+        "json",
+        "--out",
+        out("own.json").to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    let own_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out("own.json")).unwrap()).unwrap();
+    assert_eq!(own_json["partner"], "freshmart");
+    assert_eq!(own_json["months"][0]["points_issued"], 60);
     let api: BTreeMap<(String, String), String> = report_values(&r);
     let mut csv_values = BTreeMap::new();
     let mut reader = csv::Reader::from_path(out("csv")).unwrap();

@@ -550,10 +550,10 @@ pub fn shown(k: &Kpi, m: &MonthKpis) -> String {
     if t.is_empty() {
         return "–".into();
     }
-    if k.is_rate {
-        if let Ok(d) = t.parse::<Decimal>() {
-            return format!("{}%", (d * Decimal::from(100)).round_dp(2).normalize());
-        }
+    if k.is_rate
+        && let Ok(d) = t.parse::<Decimal>()
+    {
+        return format!("{}%", (d * Decimal::from(100)).round_dp(2).normalize());
     }
     t
 }

@@ -30,7 +30,7 @@ pub struct KpiQuery {
 impl KpiQuery {
     /// Whether the coalition's member KPIs can come from the members' kept activity: no partner,
     /// and every month of the span (and the one before) within [`Activity::SPAN`] of now.
-    fn from_members(&self) -> bool {
+    fn reads_kept_activity(&self) -> bool {
         self.partner.is_none()
             && self.opens.len() as i64 == self.span.to.0 - self.span.from.0 + 2
             && self.now_month.0 - (self.span.from.0 - 1) <= Activity::SPAN
@@ -159,7 +159,7 @@ where
             facts.expired.push((Month(r.try_get(0)?), r.try_get(1)?));
         }
 
-        if q.from_members() {
+        if q.reads_kept_activity() {
             let (active, new) = Self::members_active_and_new(conn, q).await?;
             facts.active = active;
             facts.new = new;
@@ -313,7 +313,7 @@ where
         q: &KpiQuery,
     ) -> Result<Vec<(Month, i64, i64)>, StoreError> {
         use sqlx::Row;
-        if q.from_members() {
+        if q.reads_kept_activity() {
             // A member's first earn is its first transaction: its row's first instant.
             let months: Vec<Month> = q.span.months().collect();
             let cols: Vec<String> = months
