@@ -128,6 +128,37 @@ async fn worked_example(b: Backend) -> (TestDaemon, Months) {
     (t, m)
 }
 
+/// Runs `coalitiond report kpi` for the example's three months against `t`, writing `out`.
+async fn report_kpi(
+    t: &TestDaemon,
+    m: &Months,
+    extra: &[&str],
+    format: &str,
+    out: &std::path::Path,
+) {
+    let path = t.dir.path().join("coalition.toml");
+    let (from, to) = (m.name(0), m.name(2));
+    let mut argv = vec![
+        "coalitiond",
+        "report",
+        "kpi",
+        "--config",
+        path.to_str().unwrap(),
+        "--addr",
+        &t.addr,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--format",
+        format,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(extra);
+    run(Cli::parse_from(argv)).await.unwrap();
+}
+
 fn kpis(months: &[v1::MonthKpis]) -> BTreeMap<String, v1::MonthKpis> {
     months
         .iter()
@@ -417,51 +448,19 @@ async fn every_kpi_of_a_hand_made_ledger_and_the_formats_agree(b: Backend) {
     );
 
     // The CLI's CSV, JSON and HTML say the same figures as the API.
-    let path = t.dir.path().join("coalition.toml");
     let out = |f: &str| t.dir.path().join(format!("kpi.{f}"));
     for format in ["csv", "json", "html"] {
-        run(Cli::parse_from([
-            "coalitiond",
-            "report",
-            "kpi",
-            "--config",
-            path.to_str().unwrap(),
-            "--addr",
-            &t.addr,
-            "--from",
-            &m.name(0),
-            "--to",
-            &m.name(2),
-            "--format",
-            format,
-            "--out",
-            out(format).to_str().unwrap(),
-        ]))
-        .await
-        .unwrap();
+        report_kpi(&t, &m, &[], format, &out(format)).await;
     }
     // With a partner's certificate the CLI reads that partner's own report.
-    run(Cli::parse_from([
-        "coalitiond",
-        "report",
-        "kpi",
-        "--config",
-        path.to_str().unwrap(),
-        "--addr",
-        &t.addr,
-        "--identity",
-        "partner-freshmart",
-        "--from",
-        &m.name(0),
-        "--to",
-        &m.name(2),
-        "--format",
+    report_kpi(
+        &t,
+        &m,
+        &["--identity", "partner-freshmart"],
         "json",
-        "--out",
-        out("own.json").to_str().unwrap(),
-    ]))
-    .await
-    .unwrap();
+        &out("own.json"),
+    )
+    .await;
     let own_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out("own.json")).unwrap()).unwrap();
     assert_eq!(own_json["partner"], "freshmart");
@@ -600,27 +599,8 @@ async fn a_report_names_its_mistakes(b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_html_report_renders_in_a_real_browser() {
     let (t, m) = worked_example(Backend::Sqlite).await;
-    let path = t.dir.path().join("coalition.toml");
     let html = t.dir.path().join("kpi.html");
-    run(Cli::parse_from([
-        "coalitiond",
-        "report",
-        "kpi",
-        "--config",
-        path.to_str().unwrap(),
-        "--addr",
-        &t.addr,
-        "--from",
-        &m.name(0),
-        "--to",
-        &m.name(2),
-        "--format",
-        "html",
-        "--out",
-        html.to_str().unwrap(),
-    ]))
-    .await
-    .unwrap();
+    report_kpi(&t, &m, &[], "html", &html).await;
     let Some(png_bytes) = chromium_screenshot(&html, 1280, 2000) else {
         return;
     };
