@@ -160,6 +160,20 @@ pub fn print_settlement(s: &pb::Settlement) {
             p.participant, p.receivable, p.payable, p.fees, p.net
         );
     }
+    for a in &s.responses {
+        println!(
+            "  {} {} at {} by {}{}",
+            a.partner,
+            a.state,
+            a.answered_at,
+            a.answered_by,
+            if a.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", a.reason)
+            }
+        );
+    }
     if !s.gross.is_empty() {
         println!(
             "  gross: {}",

@@ -76,6 +76,7 @@ pub fn settlement_pb(s: &Stored) -> pb::Settlement {
         previous_digest: st.previous_digest.clone(),
         gross: st.gross.iter().map(cell_pb).collect(),
         self_redemptions: st.self_redemptions.iter().map(cell_pb).collect(),
+        responses: vec![],
         fees: st
             .fees
             .iter()
@@ -117,7 +118,21 @@ pub fn settlement_pb(s: &Stored) -> pb::Settlement {
     }
 }
 
-async fn stored(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> {
+/// A partner's answer to a settlement on the wire.
+pub fn answer_pb(a: &crate::store::responses::Answer) -> pb::SettlementResponse {
+    pb::SettlementResponse {
+        cycle: a.cycle.clone(),
+        partner: a.partner.clone(),
+        state: a.state.clone(),
+        reason: a.reason.clone(),
+        answered_by: a.by.clone(),
+        answered_at: rfc3339(a.at),
+        digest: a.digest.clone(),
+    }
+}
+
+/// The stored settlement of `cycle`, or NOT_FOUND.
+pub(super) async fn stored(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> {
     shared
         .store
         .settlement(cycle)
@@ -429,9 +444,17 @@ impl FinanceService for FinanceApi {
         req: Request<pb::CycleRequest>,
     ) -> Result<Response<pb::Settlement>, GrpcStatus> {
         let cycle = parse_cycle("cycle", &req.get_ref().cycle)?;
-        Ok(Response::new(settlement_pb(
-            &stored(&self.shared, cycle).await?,
-        )))
+        let mut s = settlement_pb(&stored(&self.shared, cycle).await?);
+        s.responses = self
+            .shared
+            .store
+            .settlement_answers(&cycle.to_string())
+            .await
+            .map_err(ApiError::from)?
+            .iter()
+            .map(answer_pb)
+            .collect();
+        Ok(Response::new(s))
     }
 
     async fn finalize_settlement(

@@ -22,6 +22,55 @@ impl PartnerApi {
         PartnerApi { shared }
     }
 
+    /// The caller's answer to a final settlement: only for itself, only once it is final.
+    async fn answer(
+        &self,
+        req: &Request<pb::SettlementAnswerRequest>,
+        state: &str,
+    ) -> Result<pb::SettlementResponse, ApiError> {
+        let partner = self.caller(req)?;
+        let r = req.get_ref();
+        let cycle = super::finance::parse_cycle("cycle", &r.cycle)?;
+        let reason = r.reason.trim();
+        if state == "disputed" && reason.is_empty() {
+            return Err(ApiError::field(
+                "reason",
+                "REASON_REQUIRED",
+                "say what is wrong with the settlement (e.g. \"our tills show 12 burns, not 13\")",
+            ));
+        }
+        if reason.chars().count() > 500 {
+            return Err(ApiError::field(
+                "reason",
+                "REASON_TOO_LONG",
+                "at most 500 characters",
+            ));
+        }
+        let s = super::finance::stored(&self.shared, cycle).await?;
+        if s.status != crate::store::clearing::Status::Final {
+            return Err(ApiError::refused(
+                tonic::Code::FailedPrecondition,
+                "SETTLEMENT_NOT_FINAL",
+                format!(
+                    "the settlement of {cycle} is a draft and may still change; answer it once \
+                     finance has finalized it"
+                ),
+            ));
+        }
+        let a = crate::store::responses::Answer {
+            cycle: cycle.to_string(),
+            partner: partner.id.clone(),
+            state: state.to_string(),
+            reason: reason.to_string(),
+            by: format!("partner/{}", partner.id),
+            digest: s.settlement.digest.clone(),
+            at: self.shared.clock.now(),
+        };
+        let out = self.shared.store.answer_settlement(&a).await?;
+        tracing::info!(partner = %partner.id, %cycle, state, "settlement answered");
+        Ok(super::finance::answer_pb(&out))
+    }
+
     pub(super) fn caller<T>(&self, req: &Request<T>) -> Result<&Partner, ApiError> {
         let id = req
             .extensions()
@@ -905,6 +954,20 @@ impl PartnerService for PartnerApi {
             }
             .into()),
         }
+    }
+
+    async fn acknowledge_settlement(
+        &self,
+        req: Request<pb::SettlementAnswerRequest>,
+    ) -> Result<Response<pb::SettlementResponse>, Status> {
+        Ok(Response::new(self.answer(&req, "acknowledged").await?))
+    }
+
+    async fn dispute_settlement(
+        &self,
+        req: Request<pb::SettlementAnswerRequest>,
+    ) -> Result<Response<pb::SettlementResponse>, Status> {
+        Ok(Response::new(self.answer(&req, "disputed").await?))
     }
 
     async fn get_programme_report(

@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod programme;
 pub mod registry;
 pub mod report;
+pub mod responses;
 pub mod retention;
 pub mod rows;
 pub mod sqlite;
@@ -506,6 +507,13 @@ pub trait Store: Send + Sync {
         &self,
         f: &retention::Forget,
     ) -> Result<retention::Forgotten, StoreError>;
+    /// Records a partner's answer to a final settlement (`store::responses`).
+    async fn answer_settlement(
+        &self,
+        a: &responses::Answer,
+    ) -> Result<responses::Answer, StoreError>;
+    /// Each partner's answer to `cycle`'s settlement, as it stands.
+    async fn settlement_answers(&self, cycle: &str) -> Result<Vec<responses::Answer>, StoreError>;
     /// The cells of a cohort table (`store::report`).
     async fn cohort_cells(
         &self,

@@ -641,6 +641,28 @@ impl Store for PgStore {
         Ok(out)
     }
 
+    async fn answer_settlement(
+        &self,
+        a: &super::responses::Answer,
+    ) -> Result<super::responses::Answer, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Answers of every daemon are serialised (rare writes; reads are not blocked).
+        sqlx::query("LOCK TABLE settlement_responses IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let out = super::responses::answer::<sqlx::Postgres>(&mut tx, a).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn settlement_answers(
+        &self,
+        cycle: &str,
+    ) -> Result<Vec<super::responses::Answer>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::responses::states::<sqlx::Postgres>(&mut c, cycle).await
+    }
+
     async fn kpi_facts(
         &self,
         q: &super::report::KpiQuery,

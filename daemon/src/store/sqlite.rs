@@ -674,6 +674,25 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn answer_settlement(
+        &self,
+        a: &super::responses::Answer,
+    ) -> Result<super::responses::Answer, StoreError> {
+        let mut conn = self.clearing.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let out = super::responses::answer::<sqlx::Sqlite>(&mut tx, a).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn settlement_answers(
+        &self,
+        cycle: &str,
+    ) -> Result<Vec<super::responses::Answer>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::responses::states::<sqlx::Sqlite>(&mut c, cycle).await
+    }
+
     async fn kpi_facts(
         &self,
         q: &super::report::KpiQuery,
