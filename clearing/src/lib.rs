@@ -6,6 +6,7 @@
 
 pub mod cycle;
 pub mod export;
+pub mod reconcile;
 pub mod settle;
 
 pub use cycle::{CycleError, Cycles, FIRST_CYCLE, LAST_CYCLE, next_day, previous_day};
