@@ -259,6 +259,16 @@ async fn a_forgotten_member_leaves_no_trace_and_the_books_stay_exact(b: Backend)
         .unwrap_err();
     assert!(forgotten(&e), "{e:?}");
 
+    // Nor can a caller who learned the pseudonym add to the forgotten member's books.
+    let e = air
+        .earn(earn_bonus("s8", &f.pseudonym, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::InvalidArgument, "RESERVED_ID")
+    );
+
     // The next clearing books the forfeited points as breakage of their issuers.
     let day1 = day0.succ_opt().unwrap();
     t.advance_to(noon(day1.succ_opt().unwrap()));

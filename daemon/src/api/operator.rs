@@ -223,7 +223,6 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::ForgetMemberResponse>, Status> {
         let who = caller_name(&req)?;
         let r = req.get_ref();
-        super::validate::id("member_id", &r.member_id)?;
         if r.member_id.starts_with('~') {
             return Err(ApiError::field(
                 "member_id",
@@ -232,6 +231,7 @@ impl OperatorService for OperatorApi {
             )
             .into());
         }
+        super::validate::id("member_id", &r.member_id)?;
         if r.reason.trim().is_empty() {
             return Err(ApiError::field(
                 "reason",

@@ -32,6 +32,15 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
             "may hold only printable ASCII without spaces",
         ));
     }
+    // Pseudonyms (retention, ForgetMember) begin with `~`: no call may name one, or a caller
+    // who learned a pseudonym could add to a forgotten member's books.
+    if field == "member_id" && value.starts_with('~') {
+        return Err(ApiError::field(
+            field,
+            "RESERVED_ID",
+            "member ids beginning with `~` are reserved for pseudonyms",
+        ));
+    }
     Ok(())
 }
 
