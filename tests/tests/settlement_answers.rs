@@ -144,6 +144,16 @@ async fn partners_acknowledge_or_dispute_a_final_settlement(b: Backend) {
         "the dispute and the acknowledgement are both kept"
     );
 
+    // The audit checks each answer against its settlement: one edited behind the daemon fails it.
+    assert!(t.audit().await.ok());
+    t.execute_sql("UPDATE settlement_responses SET digest = 'edited' WHERE partner_id = 'bistro'")
+        .await;
+    let audit = t.audit().await;
+    assert!(
+        !audit.ok(),
+        "an answer naming another digest passes the audit"
+    );
+
     // Only partners answer, each for itself: a finance certificate cannot call the partner API.
     let pem = t.issue(coalition_certs::Role::Finance, "finance", 1);
     let mut as_finance = v1::partner_service_client::PartnerServiceClient::new(

@@ -140,8 +140,6 @@ pub struct LedgerSums {
     pub month: Month,
     /// `earn`, `burn`, `reverse_earn`, `reverse_burn`.
     pub kind: String,
-    /// Transactions.
-    pub count: i64,
     /// Σ points.
     pub points: i64,
     /// Transactions with a purchase amount.

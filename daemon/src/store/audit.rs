@@ -104,6 +104,13 @@ pub const CHECKS: &[(&str, &str)] = &[
         "SELECT COUNT(*) FROM members m LEFT JOIN (SELECT member_id, MAX((CAST(substr(cycle, 1, 4) AS BIGINT) * 12 + CAST(substr(cycle, 6, 2) AS BIGINT) - 1)) AS mm FROM transactions GROUP BY member_id) a ON a.member_id = m.member_id LEFT JOIN (SELECT t.member_id, CAST(SUM(DISTINCT CAST(1 AS BIGINT) << CAST(y.mm - (CAST(substr(t.cycle, 1, 4) AS BIGINT) * 12 + CAST(substr(t.cycle, 6, 2) AS BIGINT) - 1) AS INTEGER)) AS BIGINT) AS mask FROM transactions t JOIN (SELECT member_id, MAX((CAST(substr(cycle, 1, 4) AS BIGINT) * 12 + CAST(substr(cycle, 6, 2) AS BIGINT) - 1)) AS mm FROM transactions GROUP BY member_id) y ON y.member_id = t.member_id WHERE y.mm - (CAST(substr(t.cycle, 1, 4) AS BIGINT) * 12 + CAST(substr(t.cycle, 6, 2) AS BIGINT) - 1) <= 62 GROUP BY t.member_id) b ON b.member_id = m.member_id LEFT JOIN (SELECT member_id, accepted_at FROM (SELECT member_id, accepted_at, ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY accepted_at, id) AS n FROM transactions) r WHERE n = 2) s ON s.member_id = m.member_id WHERE m.activity_month <> COALESCE(a.mm, 0) OR m.activity_mask <> COALESCE(b.mask, 0) OR COALESCE(m.second_at, -1) <> COALESCE(s.accepted_at, -1)",
     ),
     (
+        "every partner's answer to a settlement names a final settlement, its digest, and came \
+         after it was finalized",
+        "SELECT COUNT(*) FROM settlement_responses r LEFT JOIN settlements s ON s.cycle = r.cycle \
+         WHERE s.cycle IS NULL OR s.status <> 'final' OR s.digest <> r.digest \
+         OR s.finalized_at IS NULL OR r.answered_at < s.finalized_at",
+    ),
+    (
         "a forgotten member has no lot or hold that runs past its forget, and no earn, burn or \
          hold after it",
         "SELECT (SELECT COUNT(*) FROM lots l JOIN forgotten_members f ON f.pseudonym = l.member_id \

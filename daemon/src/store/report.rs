@@ -122,7 +122,7 @@ where
         let mut facts = KpiFacts::default();
 
         let sql = format!(
-            "SELECT {mi}, kind, COUNT(*), CAST(SUM(points) AS BIGINT), \
+            "SELECT {mi}, kind, CAST(SUM(points) AS BIGINT), \
              CAST(SUM(CASE WHEN purchase_amount IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(SUM(CASE WHEN purchase_amount IS NOT NULL \
                  THEN ROUND(CAST(purchase_amount AS DOUBLE PRECISION) * {scale}) ELSE 0 END) AS BIGINT) \
@@ -138,10 +138,9 @@ where
             facts.ledger.push(LedgerSums {
                 month: Month(r.try_get(0)?),
                 kind: r.try_get(1)?,
-                count: r.try_get(2)?,
-                points: r.try_get(3)?,
-                purchases: r.try_get(4)?,
-                purchase_minor: r.try_get(5)?,
+                points: r.try_get(2)?,
+                purchases: r.try_get(3)?,
+                purchase_minor: r.try_get(4)?,
             });
         }
 
