@@ -137,8 +137,10 @@ impl CsvWriter {
 }
 
 /// The settlement's positions as CSV: one header row, one row per participant, and a last `TOTAL`
-/// row with the record count and sums. Every row carries the cycle and the digest.
-pub fn settlement_csv(s: &Settlement) -> String {
+/// row with the record count and sums. Every row carries the cycle and the digest. Breaks that
+/// finance accepted when finalizing follow, one `accepted_break` row each (their partner, their
+/// number as `record_count`, and what and why in `note`).
+pub fn settlement_csv(s: &Settlement, accepted: Option<&crate::reconcile::Acceptance>) -> String {
     let mut w = CsvWriter::default();
     w.header(&[
         "cycle",
@@ -151,6 +153,7 @@ pub fn settlement_csv(s: &Settlement) -> String {
         "direction",
         "record_count",
         "digest",
+        "note",
     ]);
     let mu = s.minor_units;
     let cycle = s.cycle.to_string();
@@ -173,6 +176,7 @@ pub fn settlement_csv(s: &Settlement) -> String {
             Cell::Text(direction),
             Cell::Text(""),
             Cell::Text(&s.digest),
+            Cell::Text(""),
         ]);
     }
     let sum = |f: fn(&crate::Position) -> Decimal| s.positions.iter().map(f).sum::<Decimal>();
@@ -187,14 +191,44 @@ pub fn settlement_csv(s: &Settlement) -> String {
         Cell::Text(""),
         (s.positions.len() as i64).into(),
         Cell::Text(&s.digest),
+        Cell::Text(""),
     ]);
+    if let Some(a) = accepted {
+        for b in &a.breaks {
+            let note = format!(
+                "{} {} {}: accepted by {} at {}: {}",
+                b.kind, b.transaction_id, b.detail, a.by, a.at, a.reason
+            );
+            w.row([
+                Cell::Text(&cycle),
+                Cell::Text(&b.partner),
+                Cell::Text(""),
+                Cell::Text(""),
+                Cell::Text(""),
+                Cell::Text(""),
+                Cell::Text(""),
+                Cell::Text("accepted_break"),
+                b.id.into(),
+                Cell::Text(&s.digest),
+                Cell::Text(&note),
+            ]);
+        }
+    }
     w.finish()
 }
 
-/// The settlement as pretty JSON (its totals and digest included), through serde.
-pub fn settlement_json(s: &Settlement) -> String {
+/// The settlement as pretty JSON (its totals and digest included), through serde, with the
+/// breaks finance accepted when finalizing under `accepted_breaks`.
+pub fn settlement_json(s: &Settlement, accepted: Option<&crate::reconcile::Acceptance>) -> String {
     // A Settlement is strings, numbers and decimals: serialising it cannot fail.
-    serde_json::to_string_pretty(s).unwrap_or_default()
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let (Some(a), Some(o)) = (accepted, v.as_object_mut()) {
+        o.insert(
+            "accepted_breaks".into(),
+            serde_json::to_value(a).unwrap_or_default(),
+        );
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 /// What a statement line is.

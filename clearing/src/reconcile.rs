@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One transaction as the ledger or the partner records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// The partner's transaction id.
     pub transaction_id: String,
@@ -247,28 +247,47 @@ fn record(row: &csv::StringRecord) -> Result<Record, String> {
             HEADER.join(",")
         ));
     }
-    let field = |i: usize| row.get(i).unwrap_or("").trim();
-    let transaction_id = field(0);
+    let field = |i: usize| row.get(i).unwrap_or("");
+    checked(field(0), field(1), field(2), field(3), field(4))
+}
+
+/// A record from its fields as a partner wrote them (the CSV's, or a `SubmitPartnerRecords`
+/// record's), or what is wrong with them and what is expected.
+pub fn checked(
+    transaction_id: &str,
+    kind: &str,
+    member: &str,
+    points: &str,
+    purchase_amount: &str,
+) -> Result<Record, String> {
+    let transaction_id = transaction_id.trim();
     if transaction_id.is_empty() {
         return Err("transaction_id is empty".into());
     }
-    let kind = field(1);
+    if transaction_id.chars().count() > 128 {
+        return Err("transaction_id is longer than 128 characters".into());
+    }
+    let kind = kind.trim();
     if !["earn", "burn", "reverse_earn", "reverse_burn"].contains(&kind) {
         return Err(format!(
             "kind {kind:?} is not earn, burn, reverse_earn or reverse_burn"
         ));
     }
-    let member = field(2);
+    let member = member.trim();
     if member.is_empty() {
         return Err("member_id is empty".into());
     }
-    let points: i64 = field(3)
+    if member.chars().count() > 128 {
+        return Err("member_id is longer than 128 characters".into());
+    }
+    let points = points.trim();
+    let points: i64 = points
         .parse()
-        .map_err(|_| format!("points {:?} is not a whole number", field(3)))?;
+        .map_err(|_| format!("points {points:?} is not a whole number"))?;
     if points <= 0 {
         return Err(format!("points {points} must be at least 1"));
     }
-    let purchase_amount = match field(4) {
+    let purchase_amount = match purchase_amount.trim() {
         "" => None,
         s => Some(
             s.parse::<Decimal>()
@@ -282,6 +301,135 @@ fn record(row: &csv::StringRecord) -> Result<Record, String> {
         points,
         purchase_amount,
     })
+}
+
+/// One stored break as finance works it: what the matcher found and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkedBreak {
+    /// The partner.
+    pub partner: String,
+    /// Its number within the partner's reconciliation of the cycle (1, 2, …).
+    pub id: i64,
+    /// `missing_in_file`, `missing_in_ledger`, `different`, `duplicate_in_file` or `malformed_line`.
+    pub kind: String,
+    /// The partner's transaction id (empty for a malformed line).
+    pub transaction_id: String,
+    /// The fields that differ, comma-separated (`different` only).
+    pub fields: String,
+    /// The file's line, if the break is about one.
+    pub line: Option<u64>,
+    /// What the matcher or the reader says.
+    pub detail: String,
+    /// When and by whom it was resolved, and the note; empty while open.
+    pub resolved_by: String,
+    /// When resolved, RFC 3339; empty while open.
+    pub resolved_at: String,
+    /// Finance's note.
+    pub note: String,
+}
+
+/// Breaks finance accepted when it finalized a settlement with them still open: kept with the
+/// settlement and written into its exports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Acceptance {
+    /// Why finance finalized anyway.
+    pub reason: String,
+    /// The certificate that finalized (`role/name`).
+    pub by: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// The breaks open at that moment.
+    pub breaks: Vec<AcceptedBreak>,
+}
+
+/// One break open when its settlement was finalized.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AcceptedBreak {
+    /// The partner.
+    pub partner: String,
+    /// The break's number within the partner's reconciliation.
+    pub id: i64,
+    /// Its kind.
+    pub kind: String,
+    /// The partner's transaction id (empty for a malformed line).
+    pub transaction_id: String,
+    /// What the matcher said.
+    pub detail: String,
+}
+
+/// The detail of a break as reports show it: both sides' values where they differ.
+pub fn detail(b: &Break) -> String {
+    let show = |r: &Option<Record>| match r {
+        Some(r) => format!(
+            "{} {} {} pts{}",
+            r.kind,
+            r.member,
+            r.points,
+            r.purchase_amount
+                .map(|a| format!(" amount {}", a.normalize()))
+                .unwrap_or_default()
+        ),
+        None => "-".into(),
+    };
+    match &b.kind {
+        BreakKind::MissingInFile => format!("ledger: {}", show(&b.ledger)),
+        BreakKind::MissingInLedger => format!("file: {}", show(&b.file)),
+        BreakKind::Different(_) | BreakKind::DuplicateInFile => {
+            format!("ledger: {}; file: {}", show(&b.ledger), show(&b.file))
+        }
+    }
+}
+
+/// The fields of a `different` break, comma-separated.
+pub fn fields(b: &Break) -> String {
+    match &b.kind {
+        BreakKind::Different(f) => f.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(","),
+        _ => String::new(),
+    }
+}
+
+/// Breaks as CSV (through the one CSV writer), one row per break, open or resolved.
+pub fn breaks_csv(cycle: &str, breaks: &[WorkedBreak]) -> String {
+    use crate::export::{Cell, CsvWriter};
+    let mut w = CsvWriter::default();
+    w.header(&[
+        "cycle",
+        "partner",
+        "break",
+        "kind",
+        "transaction_id",
+        "fields",
+        "line",
+        "detail",
+        "state",
+        "resolved_by",
+        "resolved_at",
+        "note",
+    ]);
+    for b in breaks {
+        let id = b.id.to_string();
+        let line = b.line.map(|l| l.to_string()).unwrap_or_default();
+        let state = if b.resolved_at.is_empty() {
+            "open"
+        } else {
+            "resolved"
+        };
+        w.row([
+            Cell::Text(cycle),
+            Cell::Text(&b.partner),
+            Cell::Number(id),
+            Cell::Text(&b.kind),
+            Cell::Text(&b.transaction_id),
+            Cell::Text(&b.fields),
+            Cell::Number(line),
+            Cell::Text(&b.detail),
+            Cell::Text(state),
+            Cell::Text(&b.resolved_by),
+            Cell::Text(&b.resolved_at),
+            Cell::Text(&b.note),
+        ]);
+    }
+    w.finish()
 }
 
 #[cfg(test)]

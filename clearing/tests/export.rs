@@ -157,7 +157,7 @@ fn a_payout_without_an_account_is_refused() {
 #[test]
 fn csv_has_one_header_and_stable_columns() {
     let s = sample();
-    for csv in [settlement_csv(&s), statement_csv(&s, "food", &[])] {
+    for csv in [settlement_csv(&s, None), statement_csv(&s, "food", &[])] {
         let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
         assert!(
             rows[0]
@@ -174,7 +174,7 @@ fn csv_has_one_header_and_stable_columns() {
         assert!(rows.last().unwrap().contains(&"TOTAL"));
         assert!(csv.contains(&s.digest));
     }
-    let csv = settlement_csv(&s);
+    let csv = settlement_csv(&s, None);
     let total = csv.lines().last().unwrap();
     assert!(
         total.contains(",0.00,"),
@@ -286,11 +286,11 @@ fn csv_cells_that_look_like_formulas_are_neutralised_and_numbers_stay_numbers() 
     let air_owes = &rows[0];
     assert_eq!(&air_owes[col("signed_value")], "1.25");
     // The settlement CSV parses back: one row per participant, TOTAL last.
-    let text = settlement_csv(&s);
+    let text = settlement_csv(&s, None);
     let mut r = csv::Reader::from_reader(text.as_bytes());
     let n = r.records().count();
     assert_eq!(n, s.positions.len() + 1);
     // JSON through serde parses back equal.
-    let back: Settlement = serde_json::from_str(&settlement_json(&s)).unwrap();
+    let back: Settlement = serde_json::from_str(&settlement_json(&s, None)).unwrap();
     assert_eq!(back, s);
 }

@@ -367,7 +367,7 @@ proptest! {
             prop_assert_eq!(Decimal::from_str(&total).unwrap(), p.net);
         }
         // Zero has one spelling in everything written.
-        for text in [canonical(&s), export::settlement_csv(&s), export::settlement_json(&s)] {
+        for text in [canonical(&s), export::settlement_csv(&s, None), export::settlement_json(&s, None)] {
             prop_assert!(!export::has_negative_zero(&text), "-0 in {}", text);
         }
     }
@@ -402,7 +402,7 @@ fn a_cancelled_cycle_writes_zero_without_a_sign() {
     }
     for text in [
         canonical(&s),
-        export::settlement_csv(&s),
+        export::settlement_csv(&s, None),
         export::statement_csv(&s, "air", &[]),
     ] {
         assert!(!export::has_negative_zero(&text), "{text}");

@@ -56,13 +56,66 @@ pub enum ClearingCommand {
         #[arg(long)]
         cycle: Option<String>,
     },
-    /// Finalize a draft settlement; a final settlement never changes.
+    /// Finalize a draft settlement; a final settlement never changes. Refused while a partner's
+    /// reconciliation has open breaks, unless `--accept-breaks --reason …`.
     Finalize {
         #[command(flatten)]
         conn: Connection,
         /// Business date, YYYY-MM-DD.
         #[arg(long)]
         cycle: String,
+        /// Finalize with open breaks; they and the reason are kept with the settlement.
+        #[arg(long, requires = "reason")]
+        accept_breaks: bool,
+        /// Why the open breaks are accepted.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Match a partner's CSV of a cycle (README, "Reconciliation") against the ledger and store
+    /// the report; prints it.
+    Reconcile {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: String,
+        /// The partner whose file it is.
+        #[arg(long)]
+        partner: String,
+        /// The CSV.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// The reconciliations of a cycle and their breaks; `--out` writes the breaks as CSV.
+    Breaks {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: String,
+        /// One partner (default: every one).
+        #[arg(long)]
+        partner: Option<String>,
+        /// Write the breaks as CSV here (`-` for stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Mark a break resolved with a note.
+    Resolve {
+        #[command(flatten)]
+        conn: Connection,
+        /// Business date, YYYY-MM-DD.
+        #[arg(long)]
+        cycle: String,
+        /// The partner.
+        #[arg(long)]
+        partner: String,
+        /// The break's number (`clearing breaks` lists them).
+        #[arg(long = "break")]
+        break_id: i64,
+        /// Why it is resolved.
+        #[arg(long)]
+        note: String,
     },
     /// Export a settlement as CSV, JSON or pain.001.
     Export {
@@ -160,6 +213,21 @@ pub fn print_settlement(s: &pb::Settlement) {
             p.participant, p.receivable, p.payable, p.fees, p.net
         );
     }
+    if let Some(a) = &s.accepted {
+        println!(
+            "  finalized with {} open break(s) accepted by {} at {}: {}",
+            a.breaks.len(),
+            a.accepted_by,
+            a.accepted_at,
+            a.reason
+        );
+        for b in &a.breaks {
+            println!(
+                "    {} #{} {} {} {}",
+                b.partner, b.id, b.kind, b.transaction_id, b.detail
+            );
+        }
+    }
     for a in &s.responses {
         println!(
             "  {} {} at {} by {}{}",
@@ -210,6 +278,46 @@ pub fn print_settlement(s: &pb::Settlement) {
             t.gross_value,
             t.fees,
             t.settled
+        );
+    }
+}
+
+/// Prints a partner's reconciliation: the counts, then one line per break.
+pub fn print_reconciliation(r: &pb::Reconciliation) {
+    println!(
+        "Reconciliation of {} for cycle {} ({} by {} at {}): {} records, {} in the ledger, {} matched, {} open break(s)",
+        r.partner,
+        r.cycle,
+        r.source,
+        r.submitted_by,
+        r.submitted_at,
+        r.records,
+        r.ledger_records,
+        r.matched,
+        r.open_breaks
+    );
+    for b in &r.breaks {
+        let state = if b.resolved_at.is_empty() {
+            "open".to_string()
+        } else {
+            format!(
+                "resolved by {} at {}: {}",
+                b.resolved_by, b.resolved_at, b.note
+            )
+        };
+        let line = if b.line > 0 {
+            format!(" line {}", b.line)
+        } else {
+            String::new()
+        };
+        let fields = if b.fields.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", b.fields.join(","))
+        };
+        println!(
+            "  #{:<4} {:<18} {:<16}{fields}{line}  {}  — {state}",
+            b.id, b.kind, b.transaction_id, b.detail
         );
     }
 }
@@ -277,13 +385,104 @@ pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        ClearingCommand::Finalize { conn, cycle } => {
+        ClearingCommand::Finalize {
+            conn,
+            cycle,
+            accept_breaks,
+            reason,
+        } => {
             let s = client(&conn)
                 .await?
-                .finalize_settlement(pb::CycleRequest { cycle })
+                .finalize_settlement(pb::FinalizeSettlementRequest {
+                    cycle,
+                    accept_breaks,
+                    reason: reason.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             print_settlement(&s);
+        }
+        ClearingCommand::Reconcile {
+            conn,
+            cycle,
+            partner,
+            file,
+        } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let chunks: Vec<pb::PartnerFileChunk> = data
+                .chunks(1 << 20)
+                .enumerate()
+                .map(|(i, c)| pb::PartnerFileChunk {
+                    cycle: if i == 0 { cycle.clone() } else { String::new() },
+                    partner: if i == 0 {
+                        partner.clone()
+                    } else {
+                        String::new()
+                    },
+                    data: c.to_vec(),
+                })
+                .collect();
+            let chunks = if chunks.is_empty() {
+                vec![pb::PartnerFileChunk {
+                    cycle,
+                    partner,
+                    data: vec![],
+                }]
+            } else {
+                chunks
+            };
+            let r = client(&conn)
+                .await?
+                .reconcile_partner_file(tokio_stream::iter(chunks))
+                .await?
+                .into_inner();
+            print_reconciliation(&r);
+        }
+        ClearingCommand::Breaks {
+            conn,
+            cycle,
+            partner,
+            out,
+        } => {
+            let req = pb::ReconciliationsRequest {
+                cycle,
+                partner: partner.unwrap_or_default(),
+            };
+            let mut c = client(&conn).await?;
+            if out.is_some() {
+                let f = c.export_breaks(req).await?.into_inner();
+                return write_out(&out, &f.filename, &f.content);
+            }
+            let list = c.list_reconciliations(req).await?.into_inner();
+            if list.reconciliations.is_empty() {
+                println!("no partner has submitted records for this cycle");
+            }
+            for r in &list.reconciliations {
+                print_reconciliation(r);
+            }
+        }
+        ClearingCommand::Resolve {
+            conn,
+            cycle,
+            partner,
+            break_id,
+            note,
+        } => {
+            let b = client(&conn)
+                .await?
+                .resolve_break(pb::ResolveBreakRequest {
+                    cycle,
+                    partner,
+                    break_id,
+                    note,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "break {} of {} ({} {}) resolved by {} at {}: {}",
+                b.id, b.partner, b.kind, b.transaction_id, b.resolved_by, b.resolved_at, b.note
+            );
         }
         ClearingCommand::Export {
             conn,

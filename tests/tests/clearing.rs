@@ -294,8 +294,9 @@ async fn a_day_is_cleared_to_the_cent(b: Backend) {
 
     // Finalized, it does not move: later traffic and re-runs leave it as it is.
     let fin_s = fin
-        .finalize_settlement(v1::CycleRequest {
+        .finalize_settlement(v1::FinalizeSettlementRequest {
             cycle: d0.to_string(),
+            ..Default::default()
         })
         .await
         .unwrap()

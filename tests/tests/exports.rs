@@ -147,8 +147,9 @@ async fn exports_neutralise_formulas_and_round_trip(b: Backend) {
     );
 
     // pain.001 (from the final settlement only): valid, and the names come back as configured.
-    fin.finalize_settlement(v1::CycleRequest {
+    fin.finalize_settlement(v1::FinalizeSettlementRequest {
         cycle: d0.to_string(),
+        ..Default::default()
     })
     .await
     .unwrap();

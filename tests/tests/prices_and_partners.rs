@@ -371,8 +371,9 @@ async fn payment_files_only_from_final_settlements(b: Backend) {
     assert_eq!(reason(&draft), "SETTLEMENT_NOT_FINAL");
     t.finance()
         .await
-        .finalize_settlement(v1::CycleRequest {
+        .finalize_settlement(v1::FinalizeSettlementRequest {
             cycle: d0.to_string(),
+            ..Default::default()
         })
         .await
         .unwrap();

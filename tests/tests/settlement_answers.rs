@@ -45,8 +45,9 @@ async fn partners_acknowledge_or_dispute_a_final_settlement(b: Backend) {
         (Code::NotFound, "UNKNOWN_SETTLEMENT")
     );
     let mut fin = t.finance().await;
-    fin.finalize_settlement(v1::CycleRequest {
+    fin.finalize_settlement(v1::FinalizeSettlementRequest {
         cycle: day.to_string(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -2,6 +2,7 @@
 
 use super::Shared;
 use super::error::ApiError;
+use super::reconcile;
 use crate::clock::rfc3339;
 use crate::store::clearing::{Plan, Status, Stored};
 use chrono::NaiveDate;
@@ -115,7 +116,16 @@ pub fn settlement_pb(s: &Stored) -> pb::Settlement {
         }),
         created_at: rfc3339(s.created_at),
         finalized_at: s.finalized_at.map(rfc3339).unwrap_or_default(),
+        accepted: s.accepted.as_ref().map(reconcile::accepted_pb),
     }
+}
+
+/// Who is calling (`role/name`), for the record.
+fn caller<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<coalition_certs::Identity>()
+        .map(|i| i.to_string())
+        .unwrap_or_default()
 }
 
 /// A partner's answer to a settlement on the wire.
@@ -459,22 +469,59 @@ impl FinanceService for FinanceApi {
 
     async fn finalize_settlement(
         &self,
-        req: Request<pb::CycleRequest>,
+        req: Request<pb::FinalizeSettlementRequest>,
     ) -> Result<Response<pb::Settlement>, GrpcStatus> {
-        let cycle = parse_cycle("cycle", &req.get_ref().cycle)?;
-        let s = self
-            .shared
-            .store
-            .finalize(cycle, self.shared.clock.now())
-            .await
-            .map_err(ApiError::from)?;
-        let s = s.ok_or_else(|| ApiError::NotFound {
-            reason: "UNKNOWN_SETTLEMENT",
-            message: format!(
-                "cycle {cycle} has no settlement to finalize; run clearing for it first"
-            ),
-        })?;
+        let s = reconcile::finalize(&self.shared, caller(&req), req.get_ref()).await?;
+        tracing::info!(cycle = %s.settlement.cycle, accepted_breaks = s.accepted.as_ref().map_or(0, |a| a.breaks.len()), "settlement finalized");
         Ok(Response::new(settlement_pb(&s)))
+    }
+
+    async fn reconcile_partner_file(
+        &self,
+        req: Request<tonic::Streaming<pb::PartnerFileChunk>>,
+    ) -> Result<Response<pb::Reconciliation>, GrpcStatus> {
+        let by = caller(&req);
+        Ok(Response::new(
+            reconcile::reconcile_file(&self.shared, by, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_reconciliations(
+        &self,
+        req: Request<pb::ReconciliationsRequest>,
+    ) -> Result<Response<pb::Reconciliations>, GrpcStatus> {
+        let reports = reconcile::list(&self.shared, req.get_ref()).await?;
+        Ok(Response::new(pb::Reconciliations {
+            reconciliations: reports.iter().map(reconcile::report_pb).collect(),
+        }))
+    }
+
+    async fn resolve_break(
+        &self,
+        req: Request<pb::ResolveBreakRequest>,
+    ) -> Result<Response<pb::ReconciliationBreak>, GrpcStatus> {
+        Ok(Response::new(
+            reconcile::resolve(&self.shared, caller(&req), req.get_ref()).await?,
+        ))
+    }
+
+    async fn export_breaks(
+        &self,
+        req: Request<pb::ReconciliationsRequest>,
+    ) -> Result<Response<pb::ExportFile>, GrpcStatus> {
+        let r = req.get_ref();
+        let reports = reconcile::list(&self.shared, r).await?;
+        let breaks: Vec<_> = reports.into_iter().flat_map(|x| x.breaks).collect();
+        let stem = if r.partner.is_empty() {
+            format!("breaks-{}", r.cycle)
+        } else {
+            format!("breaks-{}-{}", r.cycle, r.partner)
+        };
+        Ok(Response::new(pb::ExportFile {
+            filename: format!("{stem}.csv"),
+            content_type: "text/csv".into(),
+            content: coalition_clearing::reconcile::breaks_csv(&r.cycle, &breaks).into_bytes(),
+        }))
     }
 
     async fn get_statement(
@@ -503,12 +550,12 @@ impl FinanceService for FinanceApi {
             pb::ExportFormat::Csv => (
                 format!("{stem}.csv"),
                 "text/csv",
-                export::settlement_csv(st),
+                export::settlement_csv(st, s.accepted.as_ref()),
             ),
             pb::ExportFormat::Json => (
                 format!("{stem}.json"),
                 "application/json",
-                export::settlement_json(st),
+                export::settlement_json(st, s.accepted.as_ref()),
             ),
             pb::ExportFormat::Pain001 => {
                 if s.status != Status::Final {

@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod operator;
 pub mod partner;
 pub mod programme;
+pub mod reconcile;
 pub mod report;
 pub mod validate;
 pub mod views;

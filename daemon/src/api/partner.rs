@@ -417,6 +417,16 @@ fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, Api
 impl PartnerService for PartnerApi {
     type IngestBatchStream = super::ingest::IngestStream;
 
+    async fn submit_partner_records(
+        &self,
+        req: Request<tonic::Streaming<pb::PartnerRecords>>,
+    ) -> Result<Response<pb::Reconciliation>, Status> {
+        let partner = self.caller(&req)?.id.clone();
+        Ok(Response::new(
+            super::reconcile::submit_records(&self.shared, &partner, req.into_inner()).await?,
+        ))
+    }
+
     async fn ingest_batch(
         &self,
         req: Request<tonic::Streaming<pb::IngestLine>>,

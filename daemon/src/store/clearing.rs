@@ -53,6 +53,8 @@ pub struct Stored {
     pub created_at: Micros,
     /// When finalized.
     pub finalized_at: Option<Micros>,
+    /// Breaks finance accepted when it finalized with some still open (`store::reconciliation`).
+    pub accepted: Option<coalition_clearing::reconcile::Acceptance>,
 }
 
 /// What a clearing run needs besides the database.
@@ -338,6 +340,7 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
         status: Status::Draft,
         created_at: existing.as_ref().map_or(plan.now, |e| e.created_at),
         finalized_at: None,
+        accepted: None,
     };
     tx.save(&stored).await?;
     if sealed.is_none_or(|s| s < plan.cycle) {
@@ -424,13 +427,12 @@ pub mod sql {
     pub const FIRST_ACTIVITY: &str =
         "SELECT MIN(cycle) FROM transactions WHERE cycle > $1 AND cycle < $2";
     /// A stored settlement.
-    pub const SETTLEMENT: &str =
-        "SELECT cycle, status, content, created_at, finalized_at FROM settlements WHERE cycle = $1";
+    pub const SETTLEMENT: &str = "SELECT cycle, status, content, created_at, finalized_at, accepted_breaks FROM settlements WHERE cycle = $1";
     /// The latest settlement before $1.
-    pub const LATEST_BEFORE: &str = "SELECT cycle, status, content, created_at, finalized_at FROM settlements \
+    pub const LATEST_BEFORE: &str = "SELECT cycle, status, content, created_at, finalized_at, accepted_breaks FROM settlements \
         WHERE cycle < $1 ORDER BY cycle DESC LIMIT 1";
     /// Settlements before $1, newest first, at most $2.
-    pub const LIST: &str = "SELECT cycle, status, content, created_at, finalized_at FROM settlements \
+    pub const LIST: &str = "SELECT cycle, status, content, created_at, finalized_at, accepted_breaks FROM settlements \
         WHERE cycle < $1 ORDER BY cycle DESC LIMIT $2";
     /// Insert or replace a draft (a final row is never touched).
     pub const SAVE: &str = "INSERT INTO settlements (cycle, status, digest, previous_digest, content, created_at, finalized_at) \
@@ -449,8 +451,6 @@ pub mod sql {
         ON r.lot_id = l.id WHERE l.earned_at < $1";
     /// Seal a cycle.
     pub const SEAL: &str = "UPDATE clearing_state SET sealed_through = $1 WHERE id = 1";
-    /// Finalize a draft.
-    pub const FINALIZE: &str = "UPDATE settlements SET status = 'final', finalized_at = $2 WHERE cycle = $1 AND status = 'draft'";
     /// The latest settled cycle, the first cycle with any transaction, and the operator's
     /// confirmation of a long catch-up.
     pub const FRONTIER: &str = "SELECT (SELECT MAX(cycle) FROM settlements), (SELECT MIN(cycle) FROM transactions), \
@@ -499,14 +499,20 @@ pub fn stored_from(
     content: &str,
     created_at: Micros,
     finalized_at: Option<Micros>,
+    accepted: Option<&str>,
 ) -> Result<Stored, StoreError> {
     let settlement: Settlement = serde_json::from_str(content)
         .map_err(|e| StoreError::Corrupt(format!("stored settlement unreadable: {e}")))?;
+    let accepted = accepted
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("settlements.accepted_breaks unreadable: {e}")))?;
     Ok(Stored {
         settlement,
         status: Status::parse(status)?,
         created_at,
         finalized_at,
+        accepted,
     })
 }
 
@@ -546,6 +552,8 @@ where
             &content,
             row.try_get("created_at")?,
             row.try_get("finalized_at")?,
+            row.try_get::<Option<String>, _>("accepted_breaks")?
+                .as_deref(),
         )
     }
 
@@ -734,20 +742,6 @@ where
             .execute(&mut *conn)
             .await?;
         Ok(())
-    }
-
-    /// Finalizes a draft and returns the settlement.
-    pub async fn finalize(
-        conn: &mut DB::Connection,
-        cycle: NaiveDate,
-        now: Micros,
-    ) -> Result<Option<Stored>, StoreError> {
-        sqlx::query(sql::FINALIZE)
-            .bind(cycle.to_string())
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        Self::settlement(conn, cycle).await
     }
 
     /// Every lot issued before `as_of` and what had become of its points by then.

@@ -13,6 +13,7 @@ pub mod lots;
 pub mod matrix;
 pub mod postgres;
 pub mod programme;
+pub mod reconciliation;
 pub mod registry;
 pub mod report;
 pub mod responses;
@@ -480,12 +481,13 @@ pub trait Store: Send + Sync {
         before: Option<chrono::NaiveDate>,
         limit: i64,
     ) -> Result<Vec<clearing::Stored>, StoreError>;
-    /// Finalizes a draft (a final one is returned as it is); `None` if there is no settlement.
-    async fn finalize(
+    /// Reconciliation with partners' records, its breaks, and the finalization of a settlement
+    /// (which refuses open breaks unless finance accepts them): `store::reconciliation`, in one
+    /// write transaction.
+    async fn reconciliation(
         &self,
-        cycle: chrono::NaiveDate,
-        now: Micros,
-    ) -> Result<Option<clearing::Stored>, StoreError>;
+        call: reconciliation::ReconCall,
+    ) -> Result<reconciliation::ReconReply, StoreError>;
     /// The allocations behind a partner's amounts in a cycle.
     async fn statement_lines(
         &self,

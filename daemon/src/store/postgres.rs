@@ -585,13 +585,19 @@ impl Store for PgStore {
         clearing::SharedSql::<sqlx::Postgres>::settlements(&mut c, before, limit).await
     }
 
-    async fn finalize(
+    async fn reconciliation(
         &self,
-        cycle: chrono::NaiveDate,
-        now: Micros,
-    ) -> Result<Option<clearing::Stored>, StoreError> {
-        let mut c = self.pool.acquire().await?;
-        clearing::SharedSql::<sqlx::Postgres>::finalize(&mut c, cycle, now).await
+        call: super::reconciliation::ReconCall,
+    ) -> Result<super::reconciliation::ReconReply, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Submissions, resolutions and finalizations of every daemon are serialised (rare
+        // writes; reads of the ledger are not blocked), so a finalization sees every break.
+        sqlx::query("LOCK TABLE reconciliation_breaks IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let out = super::reconciliation::run::<sqlx::Postgres>(&mut tx, call).await?;
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn statement_lines(

@@ -607,13 +607,15 @@ impl Store for SqliteStore {
         clearing::SharedSql::<sqlx::Sqlite>::settlements(&mut c, before, limit).await
     }
 
-    async fn finalize(
+    async fn reconciliation(
         &self,
-        cycle: chrono::NaiveDate,
-        now: Micros,
-    ) -> Result<Option<clearing::Stored>, StoreError> {
+        call: super::reconciliation::ReconCall,
+    ) -> Result<super::reconciliation::ReconReply, StoreError> {
         let mut conn = self.clearing.lock().await;
-        clearing::SharedSql::<sqlx::Sqlite>::finalize(&mut conn, cycle, now).await
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let out = super::reconciliation::run::<sqlx::Sqlite>(&mut tx, call).await?;
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn statement_lines(
