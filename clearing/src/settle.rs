@@ -107,6 +107,8 @@ pub struct Input {
     pub counts: Counts,
     /// Digest of the previous cycle's settlement ("" for the first).
     pub previous_digest: String,
+    /// The head of the ledger's hash chain at the cycle's seal ("" where there is none).
+    pub ledger_head: String,
 }
 
 /// One cell of the gross matrix: what `issuer` owes `redeemer`.
@@ -219,6 +221,10 @@ pub struct Settlement {
     pub totals: Totals,
     /// The previous cycle's digest.
     pub previous_digest: String,
+    /// The head of the ledger's hash chain when the cycle was sealed: the digest pins the ledger
+    /// it was computed from. Absent from settlements made before the chain.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ledger_head: String,
     /// SHA-256 of the canonical content (which includes `previous_digest`), hex.
     pub digest: String,
 }
@@ -442,6 +448,7 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
         payments,
         totals,
         previous_digest: input.previous_digest.clone(),
+        ledger_head: input.ledger_head.clone(),
         digest: String::new(),
     };
     s.normalize();

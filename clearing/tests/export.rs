@@ -45,6 +45,7 @@ fn sample() -> Settlement {
         }],
         counts: Counts::default(),
         previous_digest: String::new(),
+        ledger_head: String::new(),
     })
     .unwrap()
 }

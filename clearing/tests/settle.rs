@@ -31,7 +31,23 @@ fn input(slices: Vec<Slice>, issuance: Vec<Issuance>) -> Input {
         issuance,
         counts: Counts::default(),
         previous_digest: "ab".repeat(32),
+        ledger_head: String::new(),
     }
+}
+
+#[test]
+fn the_digest_pins_the_ledger_head() {
+    let a = settle(&input(vec![], vec![])).unwrap();
+    assert!(
+        !canonical(&a).contains("ledger_head"),
+        "settlements made before the chain keep their digests"
+    );
+    let mut i = input(vec![], vec![]);
+    i.ledger_head = "cd".repeat(32);
+    let b = settle(&i).unwrap();
+    assert_ne!(a.digest, b.digest);
+    assert_eq!(b.ledger_head, "cd".repeat(32));
+    assert_eq!(digest_of(&b), b.digest);
 }
 
 fn net(s: &Settlement, p: &str) -> (Decimal, Decimal) {

@@ -49,11 +49,15 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
-    /// Check the ledger invariants of a database.
+    /// Check the ledger invariants of a database, its hash chain included.
     Audit {
         /// The config file (its database is audited).
         #[arg(long, default_value = "coalition.toml")]
         config: PathBuf,
+        /// Only recompute the ledger's hash chain from its rows, naming the first batch whose
+        /// rows were changed, inserted or deleted behind the daemon's back.
+        #[arg(long)]
+        verify_chain: bool,
     },
     /// Drive a mixed earn/burn load over mTLS and print throughput and latency.
     Bench(crate::bench::BenchArgs),
@@ -325,7 +329,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {}", dir.join(format!("{stem}.pem")).display());
             Ok(())
         }
-        Command::Audit { config } => {
+        Command::Audit {
+            config,
+            verify_chain: true,
+        } => {
+            let config = Config::load(&config)?;
+            let (store, _backend) = crate::store::open(&config.database_url).await?;
+            let report = store.verify_chain().await?;
+            println!(
+                "chain: {} links recomputed from their rows{}",
+                report.links,
+                if report.before_chain > 0 {
+                    format!("; {} transactions predate the chain", report.before_chain)
+                } else {
+                    String::new()
+                }
+            );
+            for v in &report.violations {
+                println!("VIOLATION: {v}");
+            }
+            match report.first_bad {
+                Some(seq) => anyhow::bail!(
+                    "the ledger was changed behind the daemon's back: first at batch #{seq}"
+                ),
+                None if !report.ok() => anyhow::bail!("the chain does not hold"),
+                None => {
+                    println!("the chain holds");
+                    Ok(())
+                }
+            }
+        }
+        Command::Audit { config, .. } => {
             let config = Config::load(&config)?;
             let (store, _backend) = crate::store::open(&config.database_url).await?;
             let report = store

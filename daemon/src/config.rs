@@ -149,6 +149,9 @@ struct RawLimits {
     pause_before_commit_ms: Option<u64>,
     /// Test hook (undocumented on purpose): panic inside the batch transaction for this member.
     panic_on_member: Option<String>,
+    /// Bench hook (undocumented on purpose): commit batches without their hash-chain links, to
+    /// measure what the chain costs. A ledger written so fails `audit --verify-chain`.
+    bench_unchained: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -390,6 +393,8 @@ pub struct Config {
     pub pause_before_commit: Option<std::time::Duration>,
     /// Test hook: panic inside the batch transaction for this member (`limits.panic_on_member`).
     pub panic_on_member: Option<&'static str>,
+    /// Bench hook: batches commit without their hash-chain links (`limits.bench_unchained`).
+    pub bench_unchained: bool,
     /// Clearing settings.
     pub clearing: ClearingConfig,
     /// Days after a member's last transaction before its id is replaced by a pseudonym
@@ -921,6 +926,7 @@ impl Config {
                 .limits
                 .pause_before_commit_ms
                 .map(std::time::Duration::from_millis),
+            bench_unchained: raw.limits.bench_unchained.unwrap_or(false),
             // Leaked once per config load: a test hook, never set in production.
             panic_on_member: raw
                 .limits

@@ -65,6 +65,7 @@ impl Daemon {
                 partner_kinds: Arc::new(config.partner_kinds()),
                 stamp_rules: Arc::new(config.stamp_rules()),
                 member_key: config.member_key.clone(),
+                chain: !config.bench_unchained,
             },
             clock.clone(),
         )

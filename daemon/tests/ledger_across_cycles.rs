@@ -258,6 +258,7 @@ async fn world(url: &str, expire_days: i64, p: &Prog) -> World {
             expire_after: Some(expire_days * 24 * HOUR),
             pause_before_commit: None,
             panic_on_member: None,
+            chain: true,
             cycles,
             ladder: Some(Arc::new(ladder(p))),
             partner_kinds: Arc::new(
@@ -443,6 +444,12 @@ async fn run(url: &str, steps: Vec<Step>, expire_days: i64, p: Prog) -> Result<(
     let report = w.store.audit(w.clock.now(), &w.rules).await.unwrap();
     prop_assert!(report.ok(), "{}", report);
     prop_assert_eq!(report.settlements, settled.len() as i64);
+    // Every batch of the run left one link of the hash chain, and each settlement pins a head
+    // that was the chain's when its cycle was sealed (the audit recomputes both).
+    let txns = w.store.transaction_count().await.unwrap();
+    prop_assert!(report.chain_links > 0 || txns == 0);
+    prop_assert!(report.chain_links <= txns);
+    prop_assert!(settled.iter().all(|s| !s.settlement.ledger_head.is_empty()));
     for s in &settled {
         let exact: Decimal = s.settlement.positions.iter().map(|p| p.net_exact).sum();
         let rounded: Decimal = s.settlement.positions.iter().map(|p| p.net).sum();

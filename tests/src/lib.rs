@@ -328,6 +328,25 @@ impl TestDaemon {
         }
     }
 
+    /// One whole number read with SQL straight from the test's database (`SELECT …` of one value).
+    pub async fn query_i64(&self, query: &str) -> i64 {
+        use sqlx::Connection;
+        let url = &self.config.database_url;
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query_scalar::<_, i64>(query)
+                .fetch_one(&mut c)
+                .await
+                .expect("query runs")
+        } else {
+            let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+            sqlx::query_scalar::<_, i64>(query)
+                .fetch_one(&mut c)
+                .await
+                .expect("query runs")
+        }
+    }
+
     /// The audit's report (invariants and every settlement recomputed).
     pub async fn audit(&self) -> coalitiond::store::audit::Report {
         self.daemon()

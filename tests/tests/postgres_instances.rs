@@ -89,6 +89,26 @@ async fn two_daemons_never_overdraw_and_apply_retries_once() {
     assert_eq!(t.transactions().await, 5 + ok + 1);
     second.shutdown().await.unwrap();
     t.assert_invariants().await;
+
+    // Both daemons appended to one hash chain: every link follows the one before it, every
+    // transaction is in exactly one link.
+    let chain = t.daemon().store.verify_chain().await.unwrap();
+    assert!(chain.ok(), "{:?}", chain.violations);
+    assert_eq!(
+        t.query_i64("SELECT CAST(SUM(transactions) AS BIGINT) FROM ledger_chain")
+            .await,
+        t.transactions().await
+    );
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM transactions WHERE batch_id IS NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        chain.links,
+        t.query_i64("SELECT COUNT(*) FROM ledger_chain").await
+    );
+    assert!(chain.links > 10, "{} links", chain.links);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

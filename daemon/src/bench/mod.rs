@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// campaigns, a stamp card) on two fresh daemons, one after the other; earns are purchases.
     #[arg(long)]
     pub programme: bool,
+    /// Compare the earn/burn rate with the ledger's hash chain off and on (two daemons on fresh
+    /// ledgers, the same load): what tamper evidence costs.
+    #[arg(long)]
+    pub chain: bool,
     /// Compare holds at the till with plain burns on one daemon: alternately plain burns and
     /// authorize+capture pairs (one in ten voided, one in ten captured in part), twice each, each
     /// after an unmeasured refill of earns; members are at most 10,000 so that most have points.
@@ -379,12 +383,31 @@ fn with_programme(toml: String) -> String {
     ) + "\n[programme]\n"
 }
 
-/// `bench --programme`: the same load on a daemon without and one with a programme.
-async fn run_programme(args: BenchArgs) -> anyhow::Result<()> {
+/// A daemon whose batches commit without their hash-chain links (`bench --chain`'s baseline).
+fn unchained(toml: String) -> String {
+    toml.replacen("[limits]\n", "[limits]\nbench_unchained = true\n", 1)
+}
+
+/// What an A/B bench switches between its two daemons.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    /// `--programme`: no programme, then the default ladder, a stamp card and two campaigns.
+    Programme,
+    /// `--chain`: the hash chain off, then on.
+    Chain,
+}
+
+/// `bench --programme` or `bench --chain`: the same load on a daemon with the feature off, then
+/// on one with it on, and the ratio of their rates.
+async fn run_ab(args: BenchArgs, switch: Switch) -> anyhow::Result<()> {
     use coalition_proto::v1::programme_service_client::ProgrammeServiceClient;
+    let what = match switch {
+        Switch::Programme => "programme",
+        Switch::Chain => "chain",
+    };
     anyhow::ensure!(
         args.addr.is_none(),
-        "--programme starts its own daemons; leave out --addr"
+        "--{what} starts its own daemons; leave out --addr"
     );
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -394,11 +417,15 @@ async fn run_programme(args: BenchArgs) -> anyhow::Result<()> {
         let (addr, certs, child) = start_child_with(
             args.database.as_deref(),
             "per_second = 1000000, burst = 1000000",
-            if on { with_programme } else { |t| t },
+            match (switch, on) {
+                (Switch::Programme, true) => with_programme,
+                (Switch::Chain, false) => unchained,
+                _ => |t| t,
+            },
             None,
         )
         .await?;
-        if on {
+        if on && switch == Switch::Programme {
             let pem = ClientPem::from_dir(&certs, "programme")?;
             let mut p = ProgrammeServiceClient::new(connect(&addr, &pem).await?);
             let now = crate::clock::Clock::default().now();
@@ -428,10 +455,11 @@ async fn run_programme(args: BenchArgs) -> anyhow::Result<()> {
             p.create_campaign(bonus).await?;
         }
         let channels = partner_channels(&args, &addr, &certs).await?;
-        let label = if on {
-            "earn/burn, programme on"
-        } else {
-            "earn/burn, programme off"
+        let label = match (switch, on) {
+            (Switch::Programme, true) => "earn/burn, programme on",
+            (Switch::Programme, false) => "earn/burn, programme off",
+            (Switch::Chain, true) => "earn/burn, chain on",
+            (Switch::Chain, false) => "earn/burn, chain off",
         };
         if args.warmup > 0 {
             drive(
@@ -458,7 +486,7 @@ async fn run_programme(args: BenchArgs) -> anyhow::Result<()> {
         rates.push(r.rate());
         drop(child);
     }
-    println!("ratio programme on : off = {:.2}", rates[1] / rates[0]);
+    println!("ratio {what} on : off = {:.2}", rates[1] / rates[0]);
     Ok(())
 }
 
@@ -714,7 +742,10 @@ async fn run_report(args: &BenchArgs, months: i64) -> anyhow::Result<()> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::client::install_crypto();
     if args.programme {
-        return run_programme(args).await;
+        return run_ab(args, Switch::Programme).await;
+    }
+    if args.chain {
+        return run_ab(args, Switch::Chain).await;
     }
     if args.holds {
         return run_holds(args).await;

@@ -198,6 +198,10 @@ pub struct Report {
     pub held: i64,
     /// Points owed.
     pub debt: i64,
+    /// Links of the ledger's hash chain recomputed from their rows (`store::chain`).
+    pub chain_links: i64,
+    /// Transactions written before the chain existed (not covered by it).
+    pub before_chain: i64,
     /// What does not hold, in words.
     pub violations: Vec<String>,
 }
@@ -226,8 +230,18 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "members {}  transactions {}  lots {}  allocations {}  settlements recomputed {}",
-            self.members, self.transactions, self.lots, self.allocations, self.settlements
+            "members {}  transactions {}  lots {}  allocations {}  settlements recomputed {}  chain links recomputed {}{}",
+            self.members,
+            self.transactions,
+            self.lots,
+            self.allocations,
+            self.settlements,
+            self.chain_links,
+            if self.before_chain > 0 {
+                format!(" ({} transactions predate the chain)", self.before_chain)
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             f,

@@ -41,6 +41,8 @@ pub struct Context {
     pub stamp_rules: std::sync::Arc<std::collections::BTreeMap<String, programme::StampRule>>,
     /// The members' key: a request naming a member whose pseudonym is forgotten is refused.
     pub member_key: Option<crate::privacy::MemberKey>,
+    /// Append each batch's link to the ledger's hash chain (always, but in the bench measuring it).
+    pub chain: bool,
 }
 
 /// The programme as one batch sees it: the campaigns in force at its instant and the state of the
@@ -310,6 +312,7 @@ pub async fn apply(
     let mut ids: VecDeque<i64> = tx.reserve_txn_ids(requests.len()).await?.into();
     let mut writes = Writes {
         cycle,
+        chain: ctx.chain,
         ..Writes::default()
     };
     let mut reversed: HashMap<i64, (i64, Vec<i64>)> = HashMap::new();

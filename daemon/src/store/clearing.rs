@@ -153,7 +153,7 @@ pub async fn verify(
             ));
         }
         let plan = rules.plan(cycle, 0, false);
-        match settle_from(tx, &plan, s.previous_digest.clone()).await {
+        match settle_from(tx, &plan, s.previous_digest.clone(), s.ledger_head.clone()).await {
             Ok(again) if again.digest == s.digest => {}
             Ok(again) => violations.push(format!(
                 "settlement of {cycle}: stored digest {} but the ledger gives {} now (control totals stored {:?}, now {:?})",
@@ -246,6 +246,8 @@ pub trait ClearingTx: Send {
     /// Expires every lot whose expiry is before `before` and books its points as breakage facts
     /// of `cycle`, locking the members concerned. Returns the points expired.
     async fn sweep(&mut self, before: Micros, cycle: NaiveDate) -> Result<i64, StoreError>;
+    /// The hash of the ledger chain's head (`store::chain`): what the settlement pins.
+    async fn chain_head(&mut self) -> Result<String, StoreError>;
     /// The earliest settlement after `cycle`.
     async fn first_after(&mut self, cycle: NaiveDate) -> Result<Option<NaiveDate>, StoreError>;
     /// The cycle of the first transaction the ledger accepted.
@@ -315,10 +317,17 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
     if sealed.is_none_or(|s| s < plan.cycle) {
         tx.sweep(close, plan.cycle).await?;
     }
+    // The chain's head at the seal: taken by the first run (no batch is in flight: the state is
+    // locked), kept by a re-run of the draft, whose cycle no batch has written to since.
+    let ledger_head = match &existing {
+        Some(e) => e.settlement.ledger_head.clone(),
+        None => tx.chain_head().await?,
+    };
     let settlement = settle_from(
         tx,
         plan,
         previous.map(|p| p.settlement.digest).unwrap_or_default(),
+        ledger_head,
     )
     .await?;
     if let Some(old) = &existing
@@ -365,11 +374,12 @@ pub fn first_cycle(
 /// it was made), its issuance (each earn charged the fee in force when it was accepted), counts
 /// and breakage facts (nothing is swept here). Nothing comes from today's config but the calendar,
 /// currency and rounding: a price change or a partner leaving never changes a cycle already past.
-/// `previous_digest` chains it.
+/// `previous_digest` chains it; `ledger_head` pins the ledger's hash chain at the seal.
 pub async fn settle_from(
     tx: &mut dyn ClearingTx,
     plan: &Plan,
     previous_digest: String,
+    ledger_head: String,
 ) -> Result<Settlement, ClearingError> {
     let input = Input {
         cycle: plan.cycle,
@@ -380,6 +390,7 @@ pub async fn settle_from(
         issuance: tx.issuance(plan.cycle).await?,
         counts: tx.counts(plan.cycle).await?,
         previous_digest,
+        ledger_head,
     };
     coalition_clearing::settle(&input).map_err(|e| ClearingError::Settle(plan.cycle, e))
 }

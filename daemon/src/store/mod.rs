@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 pub mod batch;
+pub mod chain;
 pub mod clearing;
 pub mod consent;
 pub mod holds;
@@ -308,6 +309,9 @@ pub struct Writes {
     pub programme: programme::ProgrammeWrites,
     /// Holds the batch opened or closed.
     pub holds: holds::HoldWrites,
+    /// Append the batch's link to the ledger's hash chain (`store::chain`); off only in the bench
+    /// that measures what the chain costs.
+    pub chain: bool,
 }
 
 /// The issuance row of one earn (positive points) or earn reversal (negative points, refunded at
@@ -462,6 +466,8 @@ pub trait Store: Send + Sync {
         now: Micros,
         rules: &clearing::Rules,
     ) -> Result<audit::Report, StoreError>;
+    /// Recomputes the ledger's hash chain from the rows (`store::chain::verify`), in one snapshot.
+    async fn verify_chain(&self) -> Result<chain::ChainReport, StoreError>;
     /// Transactions in the ledger, all partners (for tests and operators).
     async fn transaction_count(&self) -> Result<i64, StoreError>;
     /// Runs a clearing (see [`clearing::run`]) in one transaction. `Ok(None)`: skipped because

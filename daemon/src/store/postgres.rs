@@ -318,6 +318,15 @@ impl LedgerTx for PgTx<'_> {
         let r =
             super::matrix::MatrixSql::<sqlx::Postgres>::add(self.conn, w.cycle, &w.matrix).await;
         r.map_err(|e| self.fail(e))?;
+        // Last, so that the head is held only until the commit: the daemons' batches append
+        // one chain in commit order.
+        let r = super::chain::append::<sqlx::Postgres>(
+            self.conn,
+            w,
+            "SELECT seq, hash FROM ledger_chain_head WHERE id = 1 FOR UPDATE",
+        )
+        .await;
+        r.map_err(|e| self.fail(e))?;
         Ok(())
     }
 }
@@ -356,8 +365,8 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
              original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
-             debt_created, debt_repaid, accepted_at, parts, parts_reversed, tier, cycle) \
-             SELECT *, $21 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+             debt_created, debt_repaid, accepted_at, parts, parts_reversed, tier, cycle, batch_id) \
+             SELECT *, $21, $22 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
              $7::bigint[], $8::bigint[], $9::text[], $10::numeric[], $11::text[], $12::bytea[], $13::bigint[], \
              $14::text[], $15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::text[], $20::text[])",
         )
@@ -382,6 +391,7 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         .bind(t.iter().map(super::encode_parts_reversed).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.receipt.tier.clone()).collect::<Vec<_>>())
         .bind(w.cycle.to_string())
+        .bind(super::chain::batch_id(w))
         .execute(&mut *conn)
         .await?;
     }
@@ -527,6 +537,16 @@ impl Store for PgStore {
             .await
     }
 
+    async fn verify_chain(&self) -> Result<super::chain::ChainReport, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let report = super::chain::verify::<sqlx::Postgres>(&mut tx).await?;
+        tx.rollback().await?;
+        Ok(report)
+    }
+
     async fn audit(
         &self,
         now: Micros,
@@ -545,6 +565,10 @@ impl Store for PgStore {
             .violations
             .extend(clearing::verify(&mut PgClearing { conn: &mut tx }, rules, &all).await?);
         report.settlements = all.len() as i64;
+        let chain = super::chain::verify::<sqlx::Postgres>(&mut tx).await?;
+        report.chain_links = chain.links;
+        report.before_chain = chain.before_chain;
+        report.violations.extend(chain.violations);
         report
             .violations
             .extend(super::access::verify::<sqlx::Postgres>(&mut tx).await?);
@@ -898,6 +922,10 @@ impl clearing::ClearingTx for PgClearing<'_> {
         .fetch_all(&mut *self.conn)
         .await?;
         clearing::SharedSql::<sqlx::Postgres>::sweep(self.conn, before, cycle).await
+    }
+
+    async fn chain_head(&mut self) -> Result<String, StoreError> {
+        super::chain::head::<sqlx::Postgres>(&mut *self.conn).await
     }
 
     async fn first_after(

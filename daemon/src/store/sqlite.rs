@@ -342,11 +342,12 @@ impl LedgerTx for SqliteTx<'_> {
 
     async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
         let conn = &mut *self.conn;
-        for chunk in w.new_txns.chunks(MAX_BINDS / 21) {
+        let batch_id = super::chain::batch_id(w);
+        for chunk in w.new_txns.chunks(MAX_BINDS / 22) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO transactions (id, partner_id, partner_txn_id, kind, member_id, points, reversed_points, \
                  original_id, original_txn_id, purchase_amount, purchase_currency, request_hash, balance_after, slices, \
-                 debt_created, debt_repaid, accepted_at, parts, parts_reversed, tier, cycle) ",
+                 debt_created, debt_repaid, accepted_at, parts, parts_reversed, tier, cycle, batch_id) ",
             );
             qb.push_values(chunk, |mut b, t| {
                 let (amount, currency) = t.purchase.clone().unzip();
@@ -371,7 +372,8 @@ impl LedgerTx for SqliteTx<'_> {
                     .push_bind(crate::ledger::parts::encode(&r.parts))
                     .push_bind(super::encode_parts_reversed(t))
                     .push_bind(&r.tier)
-                    .push_bind(w.cycle.to_string());
+                    .push_bind(w.cycle.to_string())
+                    .push_bind(batch_id);
             });
             qb.build().execute(&mut *conn).await?;
         }
@@ -493,6 +495,12 @@ impl LedgerTx for SqliteTx<'_> {
         }
         super::holds::HoldsSql::<Sqlite>::write(&mut *conn, &w.holds).await?;
         super::matrix::MatrixSql::<Sqlite>::add(&mut *conn, w.cycle, &w.matrix).await?;
+        super::chain::append::<Sqlite>(
+            &mut *conn,
+            w,
+            "SELECT seq, hash FROM ledger_chain_head WHERE id = 1",
+        )
+        .await?;
         Ok(())
     }
 }
@@ -534,6 +542,14 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn verify_chain(&self) -> Result<super::chain::ChainReport, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let report = super::chain::verify::<sqlx::Sqlite>(&mut tx).await?;
+        tx.rollback().await?;
+        Ok(report)
+    }
+
     async fn audit(
         &self,
         now: Micros,
@@ -550,6 +566,10 @@ impl Store for SqliteStore {
             .violations
             .extend(clearing::verify(&mut SqliteClearing { conn: &mut tx }, rules, &all).await?);
         report.settlements = all.len() as i64;
+        let chain = super::chain::verify::<sqlx::Sqlite>(&mut tx).await?;
+        report.chain_links = chain.links;
+        report.before_chain = chain.before_chain;
+        report.violations.extend(chain.violations);
         report
             .violations
             .extend(super::access::verify::<sqlx::Sqlite>(&mut tx).await?);
@@ -891,6 +911,10 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
     async fn sweep(&mut self, before: Micros, cycle: chrono::NaiveDate) -> Result<i64, StoreError> {
         // The one writer's lock is held: no batch is half-way through a member.
         clearing::SharedSql::<sqlx::Sqlite>::sweep(self.conn, before, cycle).await
+    }
+
+    async fn chain_head(&mut self) -> Result<String, StoreError> {
+        super::chain::head::<sqlx::Sqlite>(&mut *self.conn).await
     }
 
     async fn first_after(

@@ -84,6 +84,8 @@ pub struct WriterConfig {
         std::sync::Arc<std::collections::BTreeMap<String, crate::programme::StampRule>>,
     /// The members' key (forgotten members are refused by their pseudonym).
     pub member_key: Option<crate::privacy::MemberKey>,
+    /// Append each batch's link to the ledger's hash chain.
+    pub chain: bool,
 }
 
 async fn run(
@@ -108,6 +110,7 @@ async fn run(
             partner_kinds: config.partner_kinds.clone(),
             stamp_rules: config.stamp_rules.clone(),
             member_key: config.member_key.clone(),
+            chain: config.chain,
         };
         let started = std::time::Instant::now();
         let result = apply_guarded(&mut backend, &requests, &ctx).await;
