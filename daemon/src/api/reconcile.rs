@@ -80,7 +80,7 @@ fn closed(shared: &Shared, cycle: NaiveDate) -> Result<(), ApiError> {
     let cycles = shared.config.cycles();
     let close = cycles
         .close(cycle)
-        .map_err(|e| ApiError::field("cycle", "INVALID_CYCLE", format!("{cycle}: {e}")))?;
+        .map_err(|e| ApiError::field("cycle", "MALFORMED_CYCLE", format!("{cycle}: {e}")))?;
     if shared.clock.now() < close {
         return Err(ApiError::refused(
             tonic::Code::FailedPrecondition,
