@@ -397,8 +397,9 @@ enum Switch {
     Chain,
 }
 
-/// `bench --programme` or `bench --chain`: the same load on a daemon with the feature off, then
-/// on one with it on, and the ratio of their rates.
+/// `bench --programme` or `bench --chain`: the same load on daemons with the feature off and on,
+/// in the order off, on, on, off (so that neither side always runs first, on a colder machine or
+/// database), and the ratio of the mean rates.
 async fn run_ab(args: BenchArgs, switch: Switch) -> anyhow::Result<()> {
     use coalition_proto::v1::programme_service_client::ProgrammeServiceClient;
     let what = match switch {
@@ -412,8 +413,8 @@ async fn run_ab(args: BenchArgs, switch: Switch) -> anyhow::Result<()> {
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let mut rates = Vec::new();
-    for on in [false, true] {
+    let (mut off_rates, mut on_rates) = (Vec::new(), Vec::new());
+    for on in [false, true, true, false] {
         let (addr, certs, child) = start_child_with(
             args.database.as_deref(),
             "per_second = 1000000, burst = 1000000",
@@ -483,10 +484,20 @@ async fn run_ab(args: BenchArgs, switch: Switch) -> anyhow::Result<()> {
         )
         .await;
         r.print();
-        rates.push(r.rate());
+        if on {
+            on_rates.push(r.rate());
+        } else {
+            off_rates.push(r.rate());
+        }
         drop(child);
     }
-    println!("ratio {what} on : off = {:.2}", rates[1] / rates[0]);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "mean {what} off {:.0} ops/s, on {:.0} ops/s; ratio {what} on : off = {:.2}",
+        mean(&off_rates),
+        mean(&on_rates),
+        mean(&on_rates) / mean(&off_rates)
+    );
     Ok(())
 }
 
