@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod ops;
 pub mod ops_cli;
+pub mod partner_calls;
 pub mod partner_cli;
 pub mod prices;
 pub mod privacy;

@@ -1,5 +1,7 @@
 //! `coalitiond partner …`: the partner API from the command line, with a partner's certificate.
-//! `ingest` sends a day file of offline tills through `IngestBatch` and writes one result per line.
+//! `ingest` sends a day file of offline tills through `IngestBatch` and writes one result per line;
+//! `earn`, `burn`, `reverse-earn`, `reverse-burn`, `balance`, `transaction` and `activity` make
+//! one call each (`partner_calls`).
 //!
 //! The day file is CSV with a header; columns by name, in any order, unknown ones ignored:
 //!
@@ -38,8 +40,12 @@ pub struct PartnerConnection {
     pub addr: Option<String>,
     /// The partner's certificate (PEM); its key is the file beside it ending in `.key` unless
     /// `--key` says otherwise.
+    #[arg(long, required_unless_present = "partner")]
+    pub cert: Option<PathBuf>,
+    /// Instead of `--cert`: the partner whose development certificate `certs issue` wrote into
+    /// the config's certificate folder (`partner-<id>.pem`).
     #[arg(long)]
-    pub cert: PathBuf,
+    pub partner: Option<String>,
     /// The partner's private key (PEM).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -60,6 +66,27 @@ pub enum PartnerCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// One call of the partner API.
+    #[command(flatten)]
+    Call(crate::partner_calls::Call),
+}
+
+/// Makes one call with the partner's certificate: its answer, or its refusal as an answer.
+pub async fn one_call(
+    call: &crate::partner_calls::Call,
+) -> anyhow::Result<crate::partner_calls::Answer> {
+    let (mut api, config) = client(&call.opts().conn).await?;
+    Ok(crate::partner_calls::call(&mut api, call, config.currency.code).await)
+}
+
+/// Global options of the one-call subcommands.
+#[derive(Debug, Args)]
+pub struct CallOptions {
+    #[command(flatten)]
+    pub conn: PartnerConnection,
+    /// Print the answer (or the refusal: code, reason, message) as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 async fn client(
@@ -70,16 +97,25 @@ async fn client(
 )> {
     let config = crate::config::Config::load(&c.config)?;
     let addr = c.addr.clone().unwrap_or_else(|| config.listen.to_string());
-    let key = c
-        .key
-        .clone()
-        .unwrap_or_else(|| c.cert.with_extension("key"));
+    let cert = match (&c.cert, &c.partner) {
+        (Some(cert), _) => cert.clone(),
+        (None, Some(p)) => config
+            .ca_cert
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(format!("partner-{p}.pem")),
+        (None, None) => {
+            anyhow::bail!("give the partner's certificate: --cert FILE or --partner ID")
+        }
+    };
+    let key = c.key.clone().unwrap_or_else(|| cert.with_extension("key"));
     let read = |p: &std::path::Path| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
     };
     let pem = crate::client::ClientPem {
         ca: read(&config.ca_cert)?,
-        cert: read(&c.cert)?,
+        cert: read(&cert)?,
         key: read(&key)?,
     };
     let channel = crate::client::connect(&addr, &pem)
@@ -203,7 +239,29 @@ fn write_row(
 
 /// Runs a `partner` subcommand.
 pub async fn run(cmd: PartnerCommand) -> anyhow::Result<()> {
-    let PartnerCommand::Ingest { conn, file, out } = cmd;
+    let (conn, file, out) = match cmd {
+        PartnerCommand::Ingest { conn, file, out } => (conn, file, out),
+        PartnerCommand::Call(call) => {
+            let a = one_call(&call).await?;
+            let text = if call.opts().json {
+                format!("{}\n", a.json)
+            } else {
+                a.table.clone()
+            };
+            if a.refused {
+                // The refusal is the answer: on stdout with --json (for a program), on stderr
+                // otherwise; the exit status says it failed.
+                if call.opts().json {
+                    print!("{text}");
+                } else {
+                    eprint!("{text}");
+                }
+                anyhow::bail!("the call was refused");
+            }
+            print!("{text}");
+            return Ok(());
+        }
+    };
     let (mut api, config) = client(&conn).await?;
     let out_path = out.unwrap_or_else(|| file.with_extension("results.csv"));
     let mut reader = csv::ReaderBuilder::new()

@@ -683,7 +683,8 @@ async fn run_ingest(args: &BenchArgs, lines: u64) -> anyhow::Result<()> {
         conn: crate::partner_cli::PartnerConnection {
             config: dir.join("coalition.toml"),
             addr: Some(addr.clone()),
-            cert: certs.join("partner-skyways.pem"),
+            cert: Some(certs.join("partner-skyways.pem")),
+            partner: None,
             key: None,
         },
         file: file.clone(),
