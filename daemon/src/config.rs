@@ -106,6 +106,7 @@ struct RawClearing {
     operator_account: Option<RawAccount>,
     first_cycle: Option<String>,
     max_catch_up_cycles: Option<u32>,
+    unhealthy_after_seconds: Option<u64>,
     business_days: Option<Vec<String>>,
     holidays: Option<Vec<String>>,
 }
@@ -261,6 +262,9 @@ pub struct ClearingConfig {
     /// The most cycles the scheduler clears by itself in one catch-up; beyond, it waits for an
     /// operator to confirm (`clearing.max_catch_up_cycles`, default 400).
     pub max_catch_up_cycles: u32,
+    /// How long scheduled clearing may keep failing before the finance service's health turns
+    /// NOT_SERVING (`clearing.unhealthy_after_seconds`, default 600).
+    pub unhealthy_after: std::time::Duration,
     /// Days of the week banks execute payments (`clearing.business_days`, default Mon–Fri).
     pub business_days: Vec<chrono::Weekday>,
     /// Dates banks do not execute payments (`clearing.holidays`).
@@ -973,6 +977,15 @@ impl Config {
                 max_catch_up_cycles: match raw.clearing.max_catch_up_cycles.unwrap_or(400) {
                     n @ 1..=100_000 => n,
                     _ => return Err(invalid("clearing.max_catch_up_cycles", "use 1..=100000")),
+                },
+                unhealthy_after: match raw.clearing.unhealthy_after_seconds.unwrap_or(600) {
+                    s @ 1..=604_800 => std::time::Duration::from_secs(s),
+                    _ => {
+                        return Err(invalid(
+                            "clearing.unhealthy_after_seconds",
+                            "use 1..=604800 (up to a week)",
+                        ));
+                    }
                 },
                 business_days: match &raw.clearing.business_days {
                     None => {

@@ -79,6 +79,7 @@ impl Daemon {
                 )
             })?;
         let addr = crate::server::local_addr(&listener);
+        let writer_signals = writer.signals();
         let shared = Shared {
             config: config.clone(),
             store: store.clone(),
@@ -87,6 +88,7 @@ impl Daemon {
             limits,
             tls: tls.clone(),
             prices,
+            health: writer_signals,
         };
         let (shutdown, rx) = watch::channel(false);
         let metrics_addr = match config.metrics_listen {

@@ -206,38 +206,13 @@ pub fn refusal(s: &tonic::Status) -> Answer {
         .get_details_error_info()
         .map(|i| i.reason)
         .unwrap_or_default();
-    let code = format!("{:?}", s.code());
-    let code = code_name(s.code()).unwrap_or(&code).to_string();
+    let code = crate::server::observe::code_name(s.code()).to_string();
     let json = json!({"code": code, "reason": reason, "message": s.message()});
     Answer {
         table: format!("refused: {code} {reason}\n{}\n", s.message()),
         json,
         refused: true,
     }
-}
-
-/// The canonical gRPC name of a code (`FAILED_PRECONDITION`).
-fn code_name(c: tonic::Code) -> Option<&'static str> {
-    use tonic::Code::*;
-    Some(match c {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    })
 }
 
 fn answered(json: Value, table: String) -> Answer {

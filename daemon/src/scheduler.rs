@@ -20,17 +20,82 @@ const TICK: Duration = Duration::from_millis(500);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const BLOCKED_WARNING_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs until `stop` turns true.
+/// The longest wait between two attempts while clearing keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// While clearing keeps failing, its warning is repeated at most this often.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A run of failed attempts: how many, when to try again, when last logged.
+#[derive(Debug, Default)]
+struct Failing {
+    consecutive: u32,
+    retry_at: Option<Instant>,
+    logged_at: Option<Instant>,
+}
+
+/// What kind of failure an attempt met, as the metric's `cause` label (bounded).
+fn cause(e: &anyhow::Error) -> &'static str {
+    use crate::store::StoreError;
+    use crate::store::clearing::ClearingError;
+    let store = |s: &StoreError| match s {
+        StoreError::Unavailable(_) | StoreError::ShuttingDown => "database",
+        StoreError::Refused(_) => "refused",
+        StoreError::Corrupt(_) => "corrupt",
+    };
+    if let Some(c) = e.downcast_ref::<ClearingError>() {
+        return match c {
+            ClearingError::Store(s) => store(s),
+            ClearingError::Settle(..) => "settlement",
+            ClearingError::OutOfOrder { .. } | ClearingError::ChainedDraftWouldChange { .. } => {
+                "order"
+            }
+            _ => "other",
+        };
+    }
+    match e.downcast_ref::<StoreError>() {
+        Some(s) => store(s),
+        None => "other",
+    }
+}
+
+/// Runs until `stop` turns true. A failing attempt is retried with capped exponential backoff
+/// (0.5 s, 1 s, 2 s … 60 s), counted by cause, logged when clearing starts failing and then at
+/// most once a minute, and once more when it recovers.
 pub async fn run(shared: Shared, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned: Option<Instant> = None;
+    let mut failing = Failing::default();
+    let mut last_success: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match catch_up(&shared, &stop).await {
+        if let Some(at) = last_success {
+            metrics::gauge!("coalition_clearing_seconds_since_success")
+                .set(at.elapsed().as_secs_f64());
+        }
+        if failing.retry_at.is_some_and(|at| Instant::now() < at) {
+            continue;
+        }
+        let attempt = catch_up(&shared, &stop).await;
+        if attempt.is_ok() {
+            if failing.consecutive > 0 {
+                tracing::warn!(
+                    failures = failing.consecutive,
+                    "scheduled clearing recovered"
+                );
+            }
+            failing = Failing::default();
+            shared.health.clearing_ok();
+            last_success = Some(Instant::now());
+            metrics::gauge!("coalition_clearing_failing").set(0.0);
+            metrics::gauge!("coalition_clearing_seconds_since_success").set(0.0);
+            metrics::gauge!("coalition_clearing_last_success_timestamp_seconds")
+                .set(chrono::Utc::now().timestamp() as f64);
+        }
+        match attempt {
             Ok(Progress::Blocked {
                 from,
                 through,
@@ -50,7 +115,29 @@ pub async fn run(shared: Shared, mut stop: watch::Receiver<bool>) {
                 metrics::gauge!("coalition_clearing_catch_up_blocked_cycles").set(0.0);
                 warned = None;
             }
-            Err(e) => tracing::warn!(error = %e, "scheduled clearing failed; will retry"),
+            Err(e) => {
+                failing.consecutive = failing.consecutive.saturating_add(1);
+                let backoff = TICK
+                    .saturating_mul(1u32 << failing.consecutive.saturating_sub(1).min(16))
+                    .min(MAX_BACKOFF);
+                failing.retry_at = Some(Instant::now() + backoff);
+                let cause = cause(&e);
+                metrics::counter!("coalition_clearing_failures_total", "cause" => cause)
+                    .increment(1);
+                metrics::gauge!("coalition_clearing_failing").set(1.0);
+                shared.health.clearing_failed();
+                if failing
+                    .logged_at
+                    .is_none_or(|at| at.elapsed() >= FAILURE_LOG_EVERY)
+                {
+                    failing.logged_at = Some(Instant::now());
+                    tracing::warn!(
+                        error = %e, cause, failures = failing.consecutive,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "scheduled clearing failed; retrying with backoff (logged again at most once a minute)"
+                    );
+                }
+            }
         }
     }
 }

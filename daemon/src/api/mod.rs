@@ -36,6 +36,8 @@ pub struct Shared {
     pub tls: Arc<crate::server::tls::TlsState>,
     /// Price versions (re-read every few seconds).
     pub prices: Arc<crate::prices::PriceBook>,
+    /// What the writer and the scheduler report for health (`server::health`).
+    pub health: Arc<crate::server::health::Signals>,
 }
 
 impl Shared {

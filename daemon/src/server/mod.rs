@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod identity;
+pub mod health;
 pub mod observe;
 pub mod tls;
 
@@ -98,35 +99,29 @@ pub async fn serve(
         }
     });
 
+    // Every service starts SERVING; `health::watch` judges them from the first second on.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(
-            "coalition.v1.PartnerService",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
-    health
-        .set_service_status(
-            "coalition.v1.FinanceService",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
-    health
-        .set_service_status(
-            "coalition.v1.OperatorService",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
-    health
-        .set_service_status(
-            "coalition.v1.ProgrammeService",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
+    for service in [
+        "coalition.v1.PartnerService",
+        "coalition.v1.FinanceService",
+        "coalition.v1.OperatorService",
+        "coalition.v1.ProgrammeService",
+    ] {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    tokio::spawn(health::watch(shared.clone(), health, shutdown.clone()));
+    // Reflection in both versions: v1, and v1alpha that older grpcurl builds and Python's
+    // grpcio-reflection still ask for.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coalition_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(coalition_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let partner = PartnerServiceServer::new(PartnerApi::new(shared.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let partner = tonic::service::interceptor::InterceptedService::new(
@@ -156,6 +151,7 @@ pub async fn serve(
         .max_concurrent_streams(Some(4096))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(partner)
         .add_service(finance)
         .add_service(operator)

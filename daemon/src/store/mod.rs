@@ -466,6 +466,8 @@ pub trait Store: Send + Sync {
         now: Micros,
         rules: &clearing::Rules,
     ) -> Result<audit::Report, StoreError>;
+    /// Whether the database answers (a `SELECT 1` on the read pool): for health.
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Recomputes the ledger's hash chain from the rows (`store::chain::verify`), in one snapshot.
     async fn verify_chain(&self) -> Result<chain::ChainReport, StoreError>;
     /// Transactions in the ledger, all partners (for tests and operators).

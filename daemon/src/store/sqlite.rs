@@ -542,6 +542,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn verify_chain(&self) -> Result<super::chain::ChainReport, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;

@@ -52,6 +52,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Job>,
+    signals: std::sync::Arc<crate::server::health::Signals>,
 }
 
 /// How the writer batches.
@@ -93,9 +94,11 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     config: WriterConfig,
     clock: Clock,
+    signals: std::sync::Arc<crate::server::health::Signals>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
     while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
+        metrics::gauge!("coalition_writer_queue_depth").set(rx.len() as f64);
         let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
         let ctx = batch::Context {
             prices: config.prices.clone(),
@@ -123,6 +126,11 @@ async fn run(
             ok = result.is_ok(),
             "batch"
         );
+        match &result {
+            Ok(_) => signals.writer_ok(),
+            Err(StoreError::Refused(_)) => {}
+            Err(_) => signals.writer_failed(),
+        }
         match result {
             Ok(answers) => {
                 assert_eq!(answers.len(), jobs.len(), "one answer per request");
@@ -175,6 +183,8 @@ impl Writer {
     ) -> Result<(Writer, tokio::task::JoinHandle<Result<(), StoreError>>), StoreError> {
         assert!(config.max_batch >= 1 && config.queue_depth >= 1);
         let (queue, rx) = mpsc::channel::<Job>(config.queue_depth);
+        let signals = std::sync::Arc::new(crate::server::health::Signals::default());
+        let theirs = signals.clone();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -196,7 +206,7 @@ impl Writer {
                     match open.await {
                         Ok(backend) => {
                             let _ = ready_tx.send(Ok(()));
-                            run(backend, rx, config, clock).await;
+                            run(backend, rx, config, clock, theirs).await;
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -214,7 +224,12 @@ impl Writer {
                 StoreError::Unavailable("the ledger writer died".into())
             })
         });
-        Ok((Writer { queue }, task))
+        Ok((Writer { queue, signals }, task))
+    }
+
+    /// What the writer reports for health; the scheduler reports into the same.
+    pub fn signals(&self) -> std::sync::Arc<crate::server::health::Signals> {
+        self.signals.clone()
     }
 
     /// Queues a request and waits until its batch is durable (or failed).
