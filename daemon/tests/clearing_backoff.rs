@@ -48,7 +48,9 @@ async fn clearing_that_keeps_failing_backs_off_logs_little_and_shows_in_health()
     let config = coalitiond::config::Config::load(&path).unwrap();
     assert_eq!(config.clearing.first_cycle, Some(first));
     // A clearing state no clearing run can read: every attempt fails (cause "corrupt").
-    coalitiond::store::migrate(&config.database_url).await.unwrap();
+    coalitiond::store::migrate(&config.database_url)
+        .await
+        .unwrap();
     let mut c = sqlx::SqliteConnection::connect(&config.database_url)
         .await
         .unwrap();

@@ -94,7 +94,11 @@ async fn reflection_answers_v1alpha_for_pythons_client() {
     let t = TestDaemon::start(Backend::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let pem = t.partner_pem("bistro");
-    for (f, v) in [("ca.pem", &pem.ca), ("c.pem", &pem.cert), ("c.key", &pem.key)] {
+    for (f, v) in [
+        ("ca.pem", &pem.ca),
+        ("c.pem", &pem.cert),
+        ("c.key", &pem.key),
+    ] {
         std::fs::write(dir.path().join(f), v).unwrap();
     }
     let script = r#"

@@ -177,6 +177,12 @@ impl ApiError {
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let (code, reason) = e.code_and_reason();
+        // Refusals by partner and reason (both bounded: configured partners, this file's reasons).
+        let caller = crate::server::observe::CALLER
+            .try_with(|c| c.clone())
+            .unwrap_or_else(|_| "-".into());
+        metrics::counter!("coalition_refusals_total", "partner" => caller, "reason" => reason)
+            .increment(1);
         let mut details = ErrorDetails::new();
         details.set_error_info(reason, DOMAIN, HashMap::new());
         if let ApiError::InvalidField { field, message, .. } = &e {

@@ -38,6 +38,19 @@ pub async fn refresh_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
         if let Err(e) = apply_overrides(&*shared.store, &shared.limits).await {
             tracing::warn!(error = %e, "could not refresh partner overrides");
         }
+        // Each partner's limit, beside its call and throttle counters (dashboards, alerts).
+        for s in shared.limits.snapshot() {
+            let p = s.partner.clone();
+            metrics::gauge!("coalition_partner_limit_per_second", "partner" => p.clone())
+                .set(f64::from(s.per_second));
+            metrics::gauge!("coalition_partner_limit_burst", "partner" => p.clone())
+                .set(f64::from(s.burst));
+            metrics::gauge!("coalition_partner_suspended", "partner" => p).set(if s.suspended {
+                1.0
+            } else {
+                0.0
+            });
+        }
         match shared.store.price_versions().await {
             Ok(v) => shared.prices.replace(v),
             Err(e) => tracing::warn!(error = %e, "could not refresh price versions"),

@@ -90,6 +90,7 @@ pub async fn watch(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last: [Option<bool>; 4] = [None; 4];
+    let mut ticks: u64 = 0;
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -97,6 +98,14 @@ pub async fn watch(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        // Certificates and the CRL, once a minute (and at once).
+        if ticks.is_multiple_of(60) {
+            for (what, at) in crate::server::tls::expiries(shared.tls.files()) {
+                metrics::gauge!("coalition_tls_expiry_timestamp_seconds", "what" => what)
+                    .set(at as f64);
+            }
+        }
+        ticks += 1;
         let database = match tokio::time::timeout(PROBE_TIMEOUT, shared.store.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -113,8 +122,11 @@ pub async fn watch(
                 1 => database.is_ok() && clearing,
                 _ => database.is_ok(),
             };
-            metrics::gauge!("coalition_health_serving", "service" => *service)
-                .set(if serving { 1.0 } else { 0.0 });
+            metrics::gauge!("coalition_health_serving", "service" => *service).set(if serving {
+                1.0
+            } else {
+                0.0
+            });
             if last[i] == Some(serving) {
                 continue;
             }

@@ -2,8 +2,8 @@
 //! timeout) feeding tonic, the identity layer, health and reflection.
 
 pub mod admission;
-pub mod identity;
 pub mod health;
+pub mod identity;
 pub mod observe;
 pub mod tls;
 

@@ -92,8 +92,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
+        // The caller's name for what counts refusals (`api::error`), both while the interceptors
+        // run (synchronously, in `call`) and while the handler's future runs.
+        let call = CALLER.sync_scope(label.clone(), || inner.call(req));
         Box::pin(async move {
-            let response = inner.call(req).await;
+            let response = CALLER.scope(label.clone(), call).await;
             // Errors from handlers come trailers-only: grpc-status in the headers. OK comes in trailers.
             let code = match &response {
                 Ok(r) => r
@@ -125,6 +128,12 @@ where
             response
         })
     }
+}
+
+tokio::task_local! {
+    /// The caller's name (partner id, or the role/name of staff; `-` if none) while its call
+    /// runs.
+    pub static CALLER: String;
 }
 
 /// A status code's canonical name, as gRPC's own tools and the Prometheus middlewares write it.

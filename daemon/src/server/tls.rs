@@ -91,6 +91,11 @@ impl TlsState {
         })
     }
 
+    /// The files it loads from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
     /// The configuration for the next handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
         self.current.read().expect("tls lock").clone()
@@ -163,4 +168,34 @@ pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, usize), Tls
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok((Arc::new(config), revoked))
+}
+
+/// When the server's certificate and the CA run out, and when the CRL's next update is due (unix
+/// seconds), read from the files now: `(name, instant)` for each that can be read.
+pub fn expiries(files: &TlsFiles) -> Vec<(&'static str, i64)> {
+    use x509_parser::prelude::*;
+    let mut out = Vec::new();
+    let not_after = |path: &std::path::Path| -> Option<i64> {
+        let pem = std::fs::read(path).ok()?;
+        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        let (_, cert) = X509Certificate::from_der(&p.contents).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    };
+    if let Some(t) = not_after(&files.cert) {
+        out.push(("server", t));
+    }
+    if let Some(t) = not_after(&files.ca) {
+        out.push(("ca", t));
+    }
+    if let Some(path) = &files.crl {
+        let next = std::fs::read(path).ok().and_then(|pem| {
+            let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+            let (_, crl) = CertificateRevocationList::from_der(&p.contents).ok()?;
+            crl.next_update().map(|t| t.timestamp())
+        });
+        if let Some(t) = next {
+            out.push(("crl_next_update", t));
+        }
+    }
+    out
 }
