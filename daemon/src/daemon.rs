@@ -96,6 +96,7 @@ impl Daemon {
             None => None,
         };
         tokio::spawn(crate::ops::refresh_loop(shared.clone(), rx.clone()));
+        tokio::spawn(crate::ops::instances_loop(shared.clone(), rx.clone()));
         tokio::spawn(retention_loop(shared.clone(), rx.clone()));
         tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
         let scheduler = config

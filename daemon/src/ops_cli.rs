@@ -185,6 +185,14 @@ pub fn limits_table(ls: &[pb::LimitState]) -> String {
         "thrott1h",
         "use%"
     );
+    if let Some(l) = ls.first()
+        && l.daemons > 1
+    {
+        out += &format!(
+            "(limits shared by {} live daemons, each letting through its share; traffic summed over them)\n",
+            l.daemons
+        );
+    }
     for l in ls {
         let usage = if l.per_second == 0 {
             0.0

@@ -190,3 +190,115 @@ async fn a_connection_killed_mid_batch_applies_nothing_of_it() {
     assert_eq!(t.balance("m1").await, (10 + (1..=20).sum::<i64>(), 0));
     t.assert_invariants().await;
 }
+
+/// Calls of skyways spread evenly over `addrs` for `secs`: how many got through.
+async fn flood(t: &TestDaemon, addrs: &[String], secs: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for i in 0..(addrs.len() * 4) {
+        let mut c = client_of(t, &addrs[i % addrs.len()], "skyways").await;
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            while std::time::Instant::now() < deadline {
+                match c
+                    .get_balance(v1::GetBalanceRequest {
+                        member_id: "m1".into(),
+                    })
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(e) => {
+                        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    ok
+}
+
+/// Waits until every daemon's `ops limits` view counts `n` live daemons.
+async fn daemons_are(t: &TestDaemon, n: u32) {
+    let started = std::time::Instant::now();
+    loop {
+        let l = t
+            .operator()
+            .await
+            .get_limits(v1::GetLimitsRequest {
+                partner: "skyways".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if l.limits.first().is_some_and(|s| s.daemons == n) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not {n} daemons: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partners_limit_holds_across_three_daemons() {
+    if !postgres_available("a_partners_limit_holds_across_three_daemons").await {
+        return;
+    }
+    let t = TestDaemon::start_with(Backend::Postgres, |toml| {
+        toml.replacen(
+            "rate_limit = { per_second = 5000, burst = 10000 }",
+            "rate_limit = { per_second = 20, burst = 20 }",
+            1,
+        )
+    })
+    .await;
+    let second = t.start_another().await;
+    let third = t.start_another().await;
+    daemons_are(&t, 3).await;
+    let addrs = [
+        t.addr.clone(),
+        second.addr.to_string(),
+        third.addr.to_string(),
+    ];
+    // 20/s with a burst of 20 over 3 s lets through at most 20 + 3 × 20 = 80 (plus 20 %).
+    let through = flood(&t, &addrs, 3).await;
+    eprintln!("three daemons: {through} calls through in 3 s");
+    assert!(
+        (40..=96).contains(&through),
+        "{through} calls in 3 s through three daemons, limit 20/s burst 20"
+    );
+    // ops limits sums the traffic of every daemon.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let l = t
+        .operator()
+        .await
+        .get_limits(v1::GetLimitsRequest {
+            partner: "skyways".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let allowed = l.limits[0].allowed_1m;
+    assert!(
+        allowed >= through,
+        "ops limits sums the daemons' traffic: {allowed} < {through}"
+    );
+    // One daemon stops: the two left share the limit between them.
+    third.shutdown().await.unwrap();
+    daemons_are(&t, 2).await;
+    let through = flood(&t, &addrs[..2], 3).await;
+    eprintln!("two daemons: {through} calls through in 3 s");
+    assert!(
+        (40..=96).contains(&through),
+        "{through} calls in 3 s through two daemons, limit 20/s burst 20"
+    );
+    second.shutdown().await.unwrap();
+}

@@ -114,6 +114,7 @@ fn limit_pb(s: &LimitState) -> pb::LimitState {
         throttled_5m: s.throttled[1],
         throttled_1h: s.throttled[2],
         recent_rate: (s.allowed[0] + s.throttled[0]) as f64 / 60.0,
+        daemons: s.daemons,
     }
 }
 

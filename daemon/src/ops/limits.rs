@@ -5,12 +5,16 @@
 //! partner may burst up to its new burst right after a change (documented in README).
 //! Allowed and throttled calls are counted per second over the last hour, for 1 min / 5 min / 1 h
 //! windows.
+//!
+//! A partner's limit is the coalition's, not one daemon's: with N live daemons on one database
+//! (`ops::instances_loop`) each enforces 1/N of the rate and of the burst (rounded up), and the
+//! shares are re-balanced when a daemon joins or leaves.
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -74,10 +78,11 @@ struct PartnerLimit {
     windows: Mutex<Windows>,
 }
 
-fn limiter(per_second: u32, burst: u32) -> DefaultDirectRateLimiter {
-    let q = Quota::per_second(NonZeroU32::new(per_second.max(1)).expect("≥ 1"))
-        .allow_burst(NonZeroU32::new(burst.max(1)).expect("≥ 1"));
-    RateLimiter::direct(q)
+/// This daemon's limiter for a coalition-wide `per_second` and `burst` shared by `daemons`.
+fn limiter(per_second: u32, burst: u32, daemons: u32) -> DefaultDirectRateLimiter {
+    let share =
+        |x: u32| NonZeroU32::new(x.div_ceil(daemons.max(1)).max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(share(per_second)).allow_burst(share(burst)))
 }
 
 /// The live limit state of one partner.
@@ -95,12 +100,17 @@ pub struct LimitState {
     pub allowed: [u64; 3],
     /// Throttled calls in the last 1 min, 5 min, 1 h.
     pub throttled: [u64; 3],
+    /// Live daemons sharing the limit (this one included).
+    pub daemons: u32,
 }
 
 /// Every partner's limiter and switches.
 pub struct Limits {
     started: Instant,
     partners: RwLock<HashMap<String, Arc<PartnerLimit>>>,
+    daemons: AtomicU32,
+    /// The other live daemons' traffic per partner: allowed, then throttled, in 1 min, 5 min, 1 h.
+    others: Mutex<HashMap<String, [u64; 6]>>,
 }
 
 impl Limits {
@@ -112,7 +122,7 @@ impl Limits {
                 let l = PartnerLimit {
                     per_second: r,
                     burst: b,
-                    limiter: limiter(r, b),
+                    limiter: limiter(r, b, 1),
                     suspended: AtomicBool::new(s),
                     windows: Mutex::default(),
                 };
@@ -122,7 +132,50 @@ impl Limits {
         Limits {
             started: Instant::now(),
             partners: RwLock::new(map),
+            daemons: AtomicU32::new(1),
+            others: Mutex::default(),
         }
+    }
+
+    /// Shares every partner's limit among `daemons` live daemons; `true` if that changed (the
+    /// limiters are then rebuilt with their share, buckets full).
+    pub fn set_daemons(&self, daemons: u32) -> bool {
+        let daemons = daemons.max(1);
+        let mut map = self.partners.write().expect("limits lock");
+        if self.daemons.swap(daemons, Ordering::Relaxed) == daemons {
+            return false;
+        }
+        for l in map.values_mut() {
+            let windows = std::mem::take(&mut *l.windows.lock().expect("windows lock"));
+            *l = Arc::new(PartnerLimit {
+                per_second: l.per_second,
+                burst: l.burst,
+                limiter: limiter(l.per_second, l.burst, daemons),
+                suspended: AtomicBool::new(l.suspended.load(Ordering::Relaxed)),
+                windows: Mutex::new(windows),
+            });
+        }
+        true
+    }
+
+    /// The other live daemons' traffic, per partner (summed into [`Limits::snapshot`]).
+    pub fn set_others(&self, others: HashMap<String, [u64; 6]>) {
+        *self.others.lock().expect("others lock") = others;
+    }
+
+    /// This daemon's own traffic per partner (allowed, then throttled, in 1 min, 5 min, 1 h).
+    pub fn own_traffic(&self) -> HashMap<String, [u64; 6]> {
+        let now = self.second();
+        let map = self.partners.read().expect("limits lock");
+        map.iter()
+            .map(|(p, l)| {
+                let w = l.windows.lock().expect("windows lock");
+                let (a1, t1) = w.sum(now, 60);
+                let (a5, t5) = w.sum(now, 300);
+                let (ah, th) = w.sum(now, HISTORY_SECS);
+                (p.clone(), [a1, a5, ah, t1, t5, th])
+            })
+            .collect()
     }
 
     fn second(&self) -> u64 {
@@ -169,7 +222,7 @@ impl Limits {
             Arc::new(PartnerLimit {
                 per_second,
                 burst,
-                limiter: limiter(per_second, burst),
+                limiter: limiter(per_second, burst, self.daemons.load(Ordering::Relaxed)),
                 suspended: AtomicBool::new(old.suspended.load(Ordering::Relaxed)),
                 windows: Mutex::new(windows),
             }),
@@ -188,9 +241,11 @@ impl Limits {
         }
     }
 
-    /// The live state of every partner, sorted by id.
+    /// The live state of every partner, sorted by id: its traffic summed over the live daemons.
     pub fn snapshot(&self) -> Vec<LimitState> {
         let now = self.second();
+        let others = self.others.lock().expect("others lock").clone();
+        let daemons = self.daemons.load(Ordering::Relaxed);
         let map = self.partners.read().expect("limits lock");
         let mut out: Vec<LimitState> = map
             .iter()
@@ -199,13 +254,15 @@ impl Limits {
                 let (a1, t1) = w.sum(now, 60);
                 let (a5, t5) = w.sum(now, 300);
                 let (ah, th) = w.sum(now, HISTORY_SECS);
+                let o = others.get(p).copied().unwrap_or_default();
                 LimitState {
                     partner: p.clone(),
                     per_second: l.per_second,
                     burst: l.burst,
                     suspended: l.suspended.load(Ordering::Relaxed),
-                    allowed: [a1, a5, ah],
-                    throttled: [t1, t5, th],
+                    allowed: [a1 + o[0], a5 + o[1], ah + o[2]],
+                    throttled: [t1 + o[3], t5 + o[4], th + o[5]],
+                    daemons,
                 }
             })
             .collect();
@@ -251,5 +308,27 @@ mod tests {
             "a new quota starts with a full bucket"
         );
         assert_eq!(l.check("nobody"), Err(Denied::Unknown));
+    }
+
+    #[test]
+    fn a_limit_is_shared_among_the_live_daemons() {
+        let l = Limits::new([("a".to_string(), 20, 20, false)]);
+        assert!(l.set_daemons(3));
+        assert!(!l.set_daemons(3), "unchanged");
+        let through = (0..100).filter(|_| l.check("a").is_ok()).count();
+        assert_eq!(through, 7, "a third of the burst of 20, rounded up");
+        let s = l.state("a").unwrap();
+        assert_eq!((s.per_second, s.burst, s.daemons), (20, 20, 3));
+        let mut others = HashMap::new();
+        others.insert("a".to_string(), [10, 10, 10, 5, 5, 5]);
+        l.set_others(others);
+        let s = l.state("a").unwrap();
+        assert_eq!(
+            (s.allowed[0], s.throttled[0]),
+            (17, 98),
+            "summed over the daemons"
+        );
+        assert!(l.set_daemons(0), "never fewer than one");
+        assert_eq!(l.state("a").unwrap().daemons, 1);
     }
 }

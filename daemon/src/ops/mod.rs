@@ -57,3 +57,79 @@ pub async fn refresh_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// How often a daemon announces itself, and how long one unheard of counts as gone.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const GONE_AFTER: Duration = Duration::from_secs(3);
+
+/// Announces this daemon in the database every second with its traffic, counts the live daemons
+/// and shares every partner's limit among them (re-balanced within `GONE_AFTER` of a daemon
+/// joining or leaving), and keeps the others' traffic for `ops limits`. Removes its announcement
+/// when it stops.
+pub async fn instances_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
+    let id = format!(
+        "{}-{}-{:x}",
+        hostname(),
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            if let Err(e) = shared.store.leave(&id).await {
+                tracing::warn!(error = %e, "could not remove this daemon's announcement");
+            }
+            return;
+        }
+        let own = shared.limits.own_traffic();
+        let traffic = serde_json::to_string(&own).unwrap_or_default();
+        let now = chrono::Utc::now().timestamp_micros();
+        let live = match shared
+            .store
+            .heartbeat(&id, now, &traffic, now - GONE_AFTER.as_micros() as i64)
+            .await
+        {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not announce this daemon; limits stay as they are");
+                continue;
+            }
+        };
+        let mut others: std::collections::HashMap<String, [u64; 6]> = Default::default();
+        for (other, t) in live.iter().filter(|(i, _)| *i != id) {
+            match serde_json::from_str::<std::collections::HashMap<String, [u64; 6]>>(t) {
+                Ok(t) => {
+                    for (p, v) in t {
+                        let sum = others.entry(p).or_default();
+                        for (s, x) in sum.iter_mut().zip(v) {
+                            *s += x;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(daemon = %other, error = %e, "unreadable traffic of another daemon")
+                }
+            }
+        }
+        shared.limits.set_others(others);
+        let daemons = live.len().max(1) as u32;
+        metrics::gauge!("coalition_daemons_live").set(f64::from(daemons));
+        if shared.limits.set_daemons(daemons) {
+            tracing::info!(daemons, "partners' limits shared among the live daemons");
+        }
+    }
+}
+
+/// This machine's name, for telling daemons apart in the database.
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
+}

@@ -537,6 +537,22 @@ impl Store for PgStore {
             .await
     }
 
+    async fn heartbeat(
+        &self,
+        id: &str,
+        now: Micros,
+        traffic: &str,
+        live_after: Micros,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::instances::heartbeat::<sqlx::Postgres>(&mut c, id, now, traffic, live_after).await
+    }
+
+    async fn leave(&self, id: &str) -> Result<(), StoreError> {
+        let mut c = self.pool.acquire().await?;
+        super::instances::leave::<sqlx::Postgres>(&mut c, id).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

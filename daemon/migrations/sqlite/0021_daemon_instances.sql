@@ -1,0 +1,10 @@
+-- The daemons serving this database (PostgreSQL; a SQLite file has one daemon and leaves this
+-- table empty), each announcing itself every second: a partner's rate limit
+-- is shared among the live ones (each enforces its share), and `ops limits` sums their traffic.
+-- A daemon removes its row when it stops; a row not refreshed for seconds is a daemon gone.
+CREATE TABLE daemon_instances (
+    id           TEXT PRIMARY KEY,
+    heartbeat_at INTEGER NOT NULL,
+    -- per partner: calls allowed and throttled in the last 1 min, 5 min, 1 h (JSON)
+    traffic      TEXT NOT NULL
+);
