@@ -111,6 +111,10 @@ pub async fn watch(
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
         };
+        let (open, idle) = shared.store.pool_connections();
+        metrics::gauge!("coalition_db_pool_connections", "state" => "in_use")
+            .set(f64::from(open).max(idle as f64) - idle as f64);
+        metrics::gauge!("coalition_db_pool_connections", "state" => "idle").set(idle as f64);
         let signals = &shared.health;
         let writer = !signals.writer_failing();
         let clearing = signals

@@ -83,7 +83,7 @@ impl From<&sqlx::Error> for StoreError {
         // A statement the database refused is something in the batch; a lost or shut-down
         // connection (SQLSTATE classes 08 and 57) is not.
         let connection = |code: &str| code.starts_with("08") || code.starts_with("57");
-        match e {
+        let out = match e {
             sqlx::Error::Database(d) if !d.code().as_deref().is_some_and(connection) => {
                 StoreError::Refused(e.to_string())
             }
@@ -92,7 +92,14 @@ impl From<&sqlx::Error> for StoreError {
             | sqlx::Error::ColumnNotFound(_)
             | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Unavailable(e.to_string()),
-        }
+        };
+        let kind = match &out {
+            StoreError::Refused(_) => "refused",
+            StoreError::Corrupt(_) => "corrupt",
+            _ => "unavailable",
+        };
+        metrics::counter!("coalition_db_errors_total", "kind" => kind).increment(1);
+        out
     }
 }
 
@@ -468,6 +475,8 @@ pub trait Store: Send + Sync {
     ) -> Result<audit::Report, StoreError>;
     /// Whether the database answers (a `SELECT 1` on the read pool): for health.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The read pool's connections: (open, idle).
+    fn pool_connections(&self) -> (u32, usize);
     /// Recomputes the ledger's hash chain from the rows (`store::chain::verify`), in one snapshot.
     async fn verify_chain(&self) -> Result<chain::ChainReport, StoreError>;
     /// Transactions in the ledger, all partners (for tests and operators).
