@@ -223,20 +223,26 @@ async fn flood(t: &TestDaemon, addrs: &[String], secs: u64) -> u64 {
     ok
 }
 
-/// Waits until every daemon's `ops limits` view counts `n` live daemons.
+/// skyways' limit and traffic as `ops limits` shows them.
+async fn skyways_limits(t: &TestDaemon) -> v1::LimitState {
+    t.operator()
+        .await
+        .get_limits(v1::GetLimitsRequest {
+            partner: "skyways".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .limits
+        .remove(0)
+}
+
+/// Waits until the first daemon's `ops limits` view counts `n` live daemons.
 async fn daemons_are(t: &TestDaemon, n: u32) {
     let started = std::time::Instant::now();
     loop {
-        let l = t
-            .operator()
-            .await
-            .get_limits(v1::GetLimitsRequest {
-                partner: "skyways".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if l.limits.first().is_some_and(|s| s.daemons == n) {
+        let l = skyways_limits(t).await;
+        if l.daemons == n {
             return;
         }
         assert!(
@@ -277,16 +283,7 @@ async fn a_partners_limit_holds_across_three_daemons() {
     );
     // ops limits sums the traffic of every daemon.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let l = t
-        .operator()
-        .await
-        .get_limits(v1::GetLimitsRequest {
-            partner: "skyways".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let allowed = l.limits[0].allowed_1m;
+    let allowed = skyways_limits(&t).await.allowed_1m;
     assert!(
         allowed >= through,
         "ops limits sums the daemons' traffic: {allowed} < {through}"
