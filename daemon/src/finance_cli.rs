@@ -189,6 +189,9 @@ pub fn print_settlement(s: &pb::Settlement) {
         s.currency
     );
     println!("  digest {}", s.digest);
+    if !s.ledger_head.is_empty() {
+        println!("  ledger head at seal {}", s.ledger_head);
+    }
     println!(
         "  previous {}",
         if s.previous_digest.is_empty() {
