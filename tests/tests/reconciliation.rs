@@ -452,6 +452,26 @@ async fn a_cycle_whose_breaks_are_resolved_finalizes(b: Backend) {
         ..Default::default()
     };
     assert!(fin.finalize_settlement(fin_req.clone()).await.is_err());
+    // A settlement made final behind the daemon's back while a break is open fails the audit.
+    assert!(t.audit().await.ok());
+    t.execute_sql(&format!(
+        "UPDATE settlements SET status = 'final', finalized_at = {} WHERE cycle = '{cycle}'",
+        t.clock.now()
+    ))
+    .await;
+    let audit = t.audit().await;
+    assert!(
+        audit
+            .violations
+            .iter()
+            .any(|v| v.contains("finalized while reconciliation breaks")),
+        "{audit}"
+    );
+    t.execute_sql(&format!(
+        "UPDATE settlements SET status = 'draft', finalized_at = NULL WHERE cycle = '{cycle}'"
+    ))
+    .await;
+    assert!(t.audit().await.ok());
     fin.resolve_break(v1::ResolveBreakRequest {
         cycle: cycle.clone(),
         partner: "bistro".into(),

@@ -111,6 +111,14 @@ pub const CHECKS: &[(&str, &str)] = &[
          OR s.finalized_at IS NULL OR r.answered_at < s.finalized_at",
     ),
     (
+        "a settlement finalized while reconciliation breaks of its cycle were open carries \
+         finance's acceptance of them",
+        "SELECT COUNT(*) FROM settlements s WHERE s.status = 'final' AND s.accepted_breaks IS NULL \
+         AND EXISTS (SELECT 1 FROM reconciliation_breaks b JOIN reconciliations r \
+         ON r.cycle = b.cycle AND r.partner_id = b.partner_id WHERE b.cycle = s.cycle \
+         AND r.submitted_at < s.finalized_at AND (b.resolved_at IS NULL OR b.resolved_at > s.finalized_at))",
+    ),
+    (
         "a forgotten member has no lot or hold that runs past its forget, and no earn, burn or \
          hold after it",
         "SELECT (SELECT COUNT(*) FROM lots l JOIN forgotten_members f ON f.pseudonym = l.member_id \
