@@ -414,7 +414,7 @@ pub async fn run(cmd: ClearingCommand) -> anyhow::Result<()> {
             let data =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let chunks: Vec<pb::PartnerFileChunk> = data
-                .chunks(1 << 20)
+                .chunks(32 << 10)
                 .enumerate()
                 .map(|(i, c)| pb::PartnerFileChunk {
                     cycle: if i == 0 { cycle.clone() } else { String::new() },

@@ -483,6 +483,79 @@ async fn a_cycle_whose_breaks_are_resolved_finalizes(b: Backend) {
     let s = fin.finalize_settlement(fin_req).await.unwrap().into_inner();
     assert_eq!(s.status, v1::SettlementStatus::Final as i32);
     assert!(s.accepted.is_none(), "nothing was accepted open");
+    // Records that differ from the ledger everywhere are the wrong file: refused, nothing stored.
+    // (A part is one gRPC message: at most 64 KiB, about 2,000 records.)
+    let parts: Vec<v1::PartnerRecords> = (0..51)
+        .map(|p| v1::PartnerRecords {
+            cycle: cycle.clone(),
+            records: (0..2_000)
+                .map(|i| v1::PartnerRecord {
+                    transaction_id: format!("x{p}-{i}"),
+                    kind: "earn".into(),
+                    member_id: "m9".into(),
+                    points: 1,
+                    purchase_amount: String::new(),
+                })
+                .collect(),
+        })
+        .collect();
+    let e = food
+        .submit_partner_records(tokio_stream::iter(parts))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "TOO_MANY_BREAKS"),
+        "{e:?}"
+    );
+    let kept = fin
+        .list_reconciliations(v1::ReconciliationsRequest {
+            cycle: cycle.clone(),
+            partner: "bistro".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        kept.reconciliations[0].records, 0,
+        "the earlier report stands"
+    );
+    // A partner file of several chunks (over 64 KiB) goes through the CLI whole.
+    let big = t.dir.path().join("freshmart.csv");
+    let mut text = String::from("transaction_id,kind,member_id,points,purchase_amount\n");
+    for i in 0..3_000 {
+        text.push_str(&format!(
+            "till-7-receipt-{i:06},earn,member-{i:06},{},\n",
+            1 + i % 90
+        ));
+    }
+    assert!(text.len() > 96 << 10);
+    std::fs::write(&big, text).unwrap();
+    clearing_cli(
+        &t,
+        &[
+            "reconcile",
+            "--cycle",
+            &cycle,
+            "--partner",
+            "freshmart",
+            "--file",
+            big.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    let fm = fin
+        .list_reconciliations(v1::ReconciliationsRequest {
+            cycle: cycle.clone(),
+            partner: "freshmart".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reconciliations
+        .remove(0);
+    assert_eq!((fm.records, fm.open_breaks), (3_000, 3_000));
     // A partner submits only its own records: the same call by skyways reconciles skyways.
     let mut air = t.partner("skyways").await;
     let theirs = air

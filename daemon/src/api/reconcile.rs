@@ -107,6 +107,15 @@ fn partner_known(shared: &Shared, partner: &str) -> Result<(), ApiError> {
 async fn store_submission(shared: &Shared, s: Submission) -> Result<pb::Reconciliation, ApiError> {
     let (cycle, partner) = (s.cycle.clone(), s.partner.clone());
     match shared.store.reconciliation(ReconCall::Submit(s)).await? {
+        ReconReply::TooManyBreaks(n) => Err(ApiError::refused(
+            tonic::Code::FailedPrecondition,
+            "TOO_MANY_BREAKS",
+            format!(
+                "these records differ from the ledger's {partner} transactions of {cycle} in {n} places \
+                 (at most {} are kept): is it the right file and the right cycle? Nothing was stored",
+                crate::store::reconciliation::MAX_BREAKS
+            ),
+        )),
         ReconReply::Reports(r) => r.first().map(report_pb).ok_or_else(|| {
             ApiError::Store(crate::store::StoreError::Corrupt(format!(
                 "the reconciliation of {partner} for {cycle} was not stored"

@@ -90,9 +90,15 @@ pub struct Report {
     pub breaks: Vec<WorkedBreak>,
 }
 
+/// Most breaks one reconciliation stores: a file that differs more is the wrong file or the
+/// wrong cycle, and is refused whole.
+pub const MAX_BREAKS: usize = 100_000;
+
 /// What a [`ReconCall`] answers.
 #[derive(Debug, Clone)]
 pub enum ReconReply {
+    /// Nothing stored: the submission has this many breaks, more than [`MAX_BREAKS`].
+    TooManyBreaks(usize),
     /// The stored reports.
     Reports(Vec<Report>),
     /// The break as it now stands; `None` if there is no such break.
@@ -132,7 +138,9 @@ where
 {
     match call {
         ReconCall::Submit(s) => {
-            submit::<DB>(conn, &s).await?;
+            if let Err(n) = submit::<DB>(conn, &s).await? {
+                return Ok(ReconReply::TooManyBreaks(n));
+            }
             Ok(ReconReply::Reports(
                 list::<DB>(conn, &s.cycle, Some(&s.partner)).await?,
             ))
@@ -225,7 +233,10 @@ struct NewBreak {
     detail: String,
 }
 
-async fn submit<DB>(conn: &mut DB::Connection, s: &Submission) -> Result<(), StoreError>
+async fn submit<DB>(
+    conn: &mut DB::Connection,
+    s: &Submission,
+) -> Result<Result<(), usize>, StoreError>
 where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -257,6 +268,9 @@ where
         line: Some(e.line),
         detail: e.message.clone(),
     }));
+    if new.len() > MAX_BREAKS {
+        return Ok(Err(new.len()));
+    }
     // A break found again keeps its resolution: the same kind, id, fields and detail.
     let resolved = resolutions::<DB>(conn, &s.cycle, &s.partner).await?;
     sqlx::query("DELETE FROM reconciliation_breaks WHERE cycle = $1 AND partner_id = $2")
@@ -306,7 +320,7 @@ where
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 fn key(kind: &str, id: &str, fields: &str, detail: &str) -> String {
