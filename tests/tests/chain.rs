@@ -193,3 +193,40 @@ async fn a_settlement_pins_the_chain_head_at_its_seal(b: Backend) {
     );
     assert!(!t.audit().await.ok());
 }
+
+backends!(an_operator_funded_lot_is_in_its_batch_link);
+
+async fn an_operator_funded_lot_is_in_its_batch_link(b: Backend) {
+    let t = TestDaemon::start_with(b, no_scheduler).await;
+    let now = t.clock.now();
+    let campaign = v1::Campaign {
+        campaign_id: "op-bonus".into(),
+        name: "ten points from the coalition".into(),
+        starts: coalitiond::clock::rfc3339(now),
+        ends: coalitiond::clock::rfc3339(now + 30 * 86_400_000_000),
+        effect: Some(v1::campaign::Effect::BonusPoints(10)),
+        funder: "operator".into(),
+        ..Default::default()
+    };
+    t.programme().await.create_campaign(campaign).await.unwrap();
+    let mut food = t.partner("bistro").await;
+    food.earn(earn_purchase("op1", "m1", "20.00"))
+        .await
+        .receipt();
+    let operator_lot = "-(SELECT id FROM transactions WHERE partner_txn_id = 'op1')";
+    assert_eq!(
+        t.query_i64(&format!(
+            "SELECT points FROM lots WHERE id = {operator_lot}"
+        ))
+        .await,
+        10,
+        "the operator's lot of the earn"
+    );
+    holds(&t).await;
+    let op1 = link_of(&t, "op1").await;
+    t.execute_sql(&format!(
+        "UPDATE lots SET points = points + 5 WHERE id = {operator_lot}"
+    ))
+    .await;
+    fails_at(&t, op1, "the operator's lot's points changed").await;
+}

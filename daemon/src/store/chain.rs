@@ -180,7 +180,8 @@ pub fn rows_of(w: &Writes) -> Result<Option<(i64, BatchRows)>, StoreError> {
             &cycle,
         );
     }
-    for l in w.lots.iter().filter(|l| new.contains(&l.id)) {
+    // An earn's lots: the partner's (its id) and the operator's (minus its id).
+    for l in w.lots.iter().filter(|l| new.contains(&l.id.abs())) {
         b.row(
             b'L',
             &[
@@ -331,7 +332,7 @@ mod sql {
         CAST(original_id AS BIGINT), CAST(purchase_amount AS TEXT), purchase_currency, request_hash, \
         CAST(balance_after AS BIGINT), CAST(accepted_at AS BIGINT), cycle FROM transactions WHERE batch_id = $1";
     pub const LOTS: &str = "SELECT l.id, l.issuer, CAST(l.points AS BIGINT), CAST(l.earned_at AS BIGINT) \
-        FROM lots l JOIN transactions t ON t.id = l.id WHERE t.batch_id = $1";
+        FROM transactions t JOIN lots l ON l.id = t.id OR l.id = -t.id WHERE t.batch_id = $1";
     pub const ALLOCATIONS: &str = "SELECT a.txn_id, CAST(a.seq AS BIGINT), a.lot_id, a.issuer, a.redeemer, \
         CAST(a.points AS BIGINT), CAST(a.rate AS TEXT), CAST(a.reverses_txn AS BIGINT), \
         CAST(a.reverses_seq AS BIGINT), CAST(a.accepted_at AS BIGINT), a.cycle \
@@ -348,8 +349,8 @@ mod sql {
     pub const ORPHANS: [(&str, &str); 3] = [
         (
             "lot",
-            "SELECT l.id FROM lots l WHERE l.id > $1 AND NOT EXISTS \
-             (SELECT 1 FROM transactions t WHERE t.id = l.id) ORDER BY l.id LIMIT 20",
+            "SELECT l.id FROM lots l WHERE (l.id > $1 OR l.id < -$1) AND NOT EXISTS \
+             (SELECT 1 FROM transactions t WHERE t.id = l.id OR t.id = -l.id) ORDER BY l.id LIMIT 20",
         ),
         (
             "allocation of transaction",
@@ -489,7 +490,7 @@ where
             .await?;
         for id in ids {
             let after: Option<i64> = sqlx::query_scalar(sql::LINK_BEFORE)
-                .bind(id)
+                .bind(id.abs())
                 .fetch_one(&mut *conn)
                 .await?;
             let after = after.unwrap_or(0);
