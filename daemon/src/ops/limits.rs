@@ -78,11 +78,17 @@ struct PartnerLimit {
     windows: Mutex<Windows>,
 }
 
+/// One daemon's share of a coalition-wide rate or burst `x` among `daemons`: rounded up, so
+/// that the daemons together allow at least `x` and less than `x + daemons`.
+pub fn share(x: u32, daemons: u32) -> NonZeroU32 {
+    NonZeroU32::new(x.div_ceil(daemons.max(1)).max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
 /// This daemon's limiter for a coalition-wide `per_second` and `burst` shared by `daemons`.
 fn limiter(per_second: u32, burst: u32, daemons: u32) -> DefaultDirectRateLimiter {
-    let share =
-        |x: u32| NonZeroU32::new(x.div_ceil(daemons.max(1)).max(1)).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(share(per_second)).allow_burst(share(burst)))
+    RateLimiter::direct(
+        Quota::per_second(share(per_second, daemons)).allow_burst(share(burst, daemons)),
+    )
 }
 
 /// The live limit state of one partner.
@@ -308,6 +314,17 @@ mod tests {
             "a new quota starts with a full bucket"
         );
         assert_eq!(l.check("nobody"), Err(Denied::Unknown));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shares_add_up_to_the_limit_and_less_than_one_more_per_daemon(
+            x in 1u32..2_000_000, n in 1u32..64,
+        ) {
+            let total = u64::from(share(x, n).get()) * u64::from(n);
+            proptest::prop_assert!(total >= u64::from(x));
+            proptest::prop_assert!(total < u64::from(x) + u64::from(n));
+        }
     }
 
     #[test]
