@@ -215,6 +215,12 @@ pub fn refusal(s: &tonic::Status) -> Answer {
     }
 }
 
+/// The answer of a call that returns a receipt.
+fn receipt_answer(r: Option<pb::Receipt>) -> Answer {
+    let r = r.unwrap_or_default();
+    answered(receipt_json(&r), receipt_table(&r))
+}
+
 fn answered(json: Value, table: String) -> Answer {
     Answer {
         json,
@@ -247,8 +253,8 @@ pub async fn call(
                     }),
                     (None, p) => pb::earn_request::Grant::BonusPoints(p.unwrap_or(0)),
                 };
-                let r = api
-                    .earn(pb::EarnRequest {
+                receipt_answer(
+                    api.earn(pb::EarnRequest {
                         transaction_id: transaction_id.clone(),
                         member_id: member.clone(),
                         grant: Some(grant),
@@ -256,9 +262,8 @@ pub async fn call(
                     })
                     .await?
                     .into_inner()
-                    .receipt
-                    .unwrap_or_default();
-                answered(receipt_json(&r), receipt_table(&r))
+                    .receipt,
+                )
             }
             Call::Burn {
                 transaction_id,
@@ -266,17 +271,16 @@ pub async fn call(
                 points,
                 ..
             } => {
-                let r = api
-                    .burn(pb::BurnRequest {
+                receipt_answer(
+                    api.burn(pb::BurnRequest {
                         transaction_id: transaction_id.clone(),
                         member_id: member.clone(),
                         points: *points,
                     })
                     .await?
                     .into_inner()
-                    .receipt
-                    .unwrap_or_default();
-                answered(receipt_json(&r), receipt_table(&r))
+                    .receipt,
+                )
             }
             Call::ReverseEarn {
                 transaction_id,
@@ -284,17 +288,16 @@ pub async fn call(
                 points,
                 ..
             } => {
-                let r = api
-                    .reverse_earn(pb::ReverseEarnRequest {
+                receipt_answer(
+                    api.reverse_earn(pb::ReverseEarnRequest {
                         transaction_id: transaction_id.clone(),
                         original_transaction_id: original.clone(),
                         points: *points,
                     })
                     .await?
                     .into_inner()
-                    .receipt
-                    .unwrap_or_default();
-                answered(receipt_json(&r), receipt_table(&r))
+                    .receipt,
+                )
             }
             Call::ReverseBurn {
                 transaction_id,
@@ -302,17 +305,16 @@ pub async fn call(
                 points,
                 ..
             } => {
-                let r = api
-                    .reverse_burn(pb::ReverseBurnRequest {
+                receipt_answer(
+                    api.reverse_burn(pb::ReverseBurnRequest {
                         transaction_id: transaction_id.clone(),
                         original_transaction_id: original.clone(),
                         points: *points,
                     })
                     .await?
                     .into_inner()
-                    .receipt
-                    .unwrap_or_default();
-                answered(receipt_json(&r), receipt_table(&r))
+                    .receipt,
+                )
             }
             Call::Balance { member, .. } => {
                 let b = api
