@@ -75,8 +75,9 @@ impl Signals {
     }
 }
 
-/// The services whose health is judged, with the rule that judges each.
-const SERVICES: [&str; 4] = [
+/// The services whose health is judged (the partner service first, finance second: `watch`
+/// judges them by their place).
+pub const SERVICES: [&str; 4] = [
     "coalition.v1.PartnerService",
     "coalition.v1.FinanceService",
     "coalition.v1.OperatorService",

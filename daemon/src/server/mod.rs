@@ -101,12 +101,7 @@ pub async fn serve(
 
     // Every service starts SERVING; `health::watch` judges them from the first second on.
     let (health, health_service) = tonic_health::server::health_reporter();
-    for service in [
-        "coalition.v1.PartnerService",
-        "coalition.v1.FinanceService",
-        "coalition.v1.OperatorService",
-        "coalition.v1.ProgrammeService",
-    ] {
+    for service in health::SERVICES {
         health
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;

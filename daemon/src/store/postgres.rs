@@ -644,7 +644,7 @@ impl Store for PgStore {
         sqlx::query("LOCK TABLE reconciliation_breaks IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
-        let out = super::reconciliation::run::<sqlx::Postgres>(&mut tx, call).await?;
+        let out = super::reconciliation::ReconSql::<sqlx::Postgres>::run(&mut tx, call).await?;
         tx.commit().await?;
         Ok(out)
     }

@@ -122,108 +122,6 @@ fn micros_text(at: Micros) -> String {
     crate::clock::rfc3339(at)
 }
 
-/// Runs `call` on a connection inside the caller's write transaction.
-pub async fn run<DB>(conn: &mut DB::Connection, call: ReconCall) -> Result<ReconReply, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    bool: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
-    for<'q> Option<i64>: sqlx::Encode<'q, DB>,
-    for<'q> Option<String>: sqlx::Encode<'q, DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    match call {
-        ReconCall::Submit(s) => {
-            if let Err(n) = submit::<DB>(conn, &s).await? {
-                return Ok(ReconReply::TooManyBreaks(n));
-            }
-            Ok(ReconReply::Reports(
-                list::<DB>(conn, &s.cycle, Some(&s.partner)).await?,
-            ))
-        }
-        ReconCall::List { cycle, partner } => Ok(ReconReply::Reports(
-            list::<DB>(conn, &cycle, partner.as_deref()).await?,
-        )),
-        ReconCall::Resolve {
-            cycle,
-            partner,
-            id,
-            note,
-            by,
-            at,
-        } => {
-            sqlx::query(
-                "UPDATE reconciliation_breaks SET resolved_by = $4, resolved_at = $5, note = $6 \
-                 WHERE cycle = $1 AND partner_id = $2 AND id = $3 AND resolved_at IS NULL",
-            )
-            .bind(cycle.clone())
-            .bind(partner.clone())
-            .bind(id)
-            .bind(by)
-            .bind(at)
-            .bind(note)
-            .execute(&mut *conn)
-            .await?;
-            let found = breaks::<DB>(conn, &cycle, Some(&partner), false)
-                .await?
-                .into_iter()
-                .find(|b| b.id == id);
-            Ok(ReconReply::Resolved(found))
-        }
-        ReconCall::Finalize { cycle, now, accept } => Ok(ReconReply::Finalized(
-            finalize::<DB>(conn, cycle, now, accept).await?,
-        )),
-    }
-}
-
-/// The ledger's records of a partner in a cycle.
-async fn ledger_records<DB>(
-    conn: &mut DB::Connection,
-    cycle: &str,
-    partner: &str,
-) -> Result<Vec<Record>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    use sqlx::Row;
-    let rows = sqlx::query(
-        "SELECT partner_txn_id, kind, member_id, points, CAST(purchase_amount AS TEXT) \
-         FROM transactions WHERE cycle = $1 AND partner_id = $2",
-    )
-    .bind(cycle.to_string())
-    .bind(partner.to_string())
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let amount: Option<String> = r.try_get(4)?;
-            let purchase_amount = amount
-                .map(|a| {
-                    a.parse().map_err(|_| {
-                        StoreError::Corrupt(format!("transactions.purchase_amount holds {a:?}"))
-                    })
-                })
-                .transpose()?;
-            Ok(Record {
-                transaction_id: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                member: r.try_get(2)?,
-                points: r.try_get(3)?,
-                purchase_amount,
-            })
-        })
-        .collect()
-}
-
 /// A break about to be stored.
 struct NewBreak {
     kind: String,
@@ -233,246 +131,11 @@ struct NewBreak {
     detail: String,
 }
 
-async fn submit<DB>(
-    conn: &mut DB::Connection,
-    s: &Submission,
-) -> Result<Result<(), usize>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
-    for<'q> Option<i64>: sqlx::Encode<'q, DB>,
-    for<'q> Option<String>: sqlx::Encode<'q, DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    let ledger = ledger_records::<DB>(conn, &s.cycle, &s.partner).await?;
-    let matched = reconcile::reconcile(&ledger, &s.records);
-    let mut new: Vec<NewBreak> = matched
-        .breaks
-        .iter()
-        .map(|b| NewBreak {
-            kind: b.kind.as_str().to_string(),
-            transaction_id: b.transaction_id.clone(),
-            fields: reconcile::fields(b),
-            line: b.line,
-            detail: reconcile::detail(b),
-        })
-        .collect();
-    new.extend(s.malformed.iter().map(|e| NewBreak {
-        kind: "malformed_line".into(),
-        transaction_id: String::new(),
-        fields: String::new(),
-        line: Some(e.line),
-        detail: e.message.clone(),
-    }));
-    if new.len() > MAX_BREAKS {
-        return Ok(Err(new.len()));
-    }
-    // A break found again keeps its resolution: the same kind, id, fields and detail.
-    let resolved = resolutions::<DB>(conn, &s.cycle, &s.partner).await?;
-    sqlx::query("DELETE FROM reconciliation_breaks WHERE cycle = $1 AND partner_id = $2")
-        .bind(s.cycle.clone())
-        .bind(s.partner.clone())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM reconciliations WHERE cycle = $1 AND partner_id = $2")
-        .bind(s.cycle.clone())
-        .bind(s.partner.clone())
-        .execute(&mut *conn)
-        .await?;
-    let records = i64::try_from(s.records.len() + s.malformed.len())
-        .map_err(|_| StoreError::Corrupt("too many records".into()))?;
-    sqlx::query(
-        "INSERT INTO reconciliations (cycle, partner_id, source, submitted_by, submitted_at, \
-         records, ledger_records, matched) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(s.cycle.clone())
-    .bind(s.partner.clone())
-    .bind(s.source.to_string())
-    .bind(s.by.clone())
-    .bind(s.at)
-    .bind(records)
-    .bind(ledger.len() as i64)
-    .bind(matched.matched as i64)
-    .execute(&mut *conn)
-    .await?;
-    for (i, b) in new.iter().enumerate() {
-        let kept = resolved.get(&key(&b.kind, &b.transaction_id, &b.fields, &b.detail));
-        sqlx::query(
-            "INSERT INTO reconciliation_breaks (cycle, partner_id, id, kind, transaction_id, \
-             fields, line, detail, resolved_by, resolved_at, note) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(s.cycle.clone())
-        .bind(s.partner.clone())
-        .bind(i as i64 + 1)
-        .bind(b.kind.clone())
-        .bind(b.transaction_id.clone())
-        .bind(b.fields.clone())
-        .bind(b.line.map(|l| l as i64))
-        .bind(b.detail.clone())
-        .bind(kept.map(|k| k.0.clone()))
-        .bind(kept.map(|k| k.1))
-        .bind(kept.map(|k| k.2.clone()))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(Ok(()))
-}
+/// Reconciliation's SQL, once for both backends (`Store::reconciliation` runs it in a write
+/// transaction).
+pub struct ReconSql<DB>(std::marker::PhantomData<DB>);
 
-fn key(kind: &str, id: &str, fields: &str, detail: &str) -> String {
-    format!("{kind}\u{1f}{id}\u{1f}{fields}\u{1f}{detail}")
-}
-
-/// A partner's resolved breaks of a cycle (who, when, note), by the key `submit` matches them with.
-async fn resolutions<DB>(
-    conn: &mut DB::Connection,
-    cycle: &str,
-    partner: &str,
-) -> Result<std::collections::HashMap<String, (String, Micros, String)>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    use sqlx::Row;
-    let rows = sqlx::query(
-        "SELECT kind, transaction_id, fields, detail, resolved_by, resolved_at, note \
-         FROM reconciliation_breaks WHERE cycle = $1 AND partner_id = $2 AND resolved_at IS NOT NULL",
-    )
-    .bind(cycle.to_string())
-    .bind(partner.to_string())
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let k = key(
-                &r.try_get::<String, _>(0)?,
-                &r.try_get::<String, _>(1)?,
-                &r.try_get::<String, _>(2)?,
-                &r.try_get::<String, _>(3)?,
-            );
-            let by: Option<String> = r.try_get(4)?;
-            let at: Option<i64> = r.try_get(5)?;
-            let note: Option<String> = r.try_get(6)?;
-            Ok((
-                k,
-                (
-                    by.unwrap_or_default(),
-                    at.unwrap_or_default(),
-                    note.unwrap_or_default(),
-                ),
-            ))
-        })
-        .collect()
-}
-
-/// Breaks of a cycle (one partner's, or all), by partner and number; only open ones if asked.
-async fn breaks<DB>(
-    conn: &mut DB::Connection,
-    cycle: &str,
-    partner: Option<&str>,
-    only_open: bool,
-) -> Result<Vec<WorkedBreak>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    use sqlx::Row;
-    let rows = sqlx::query(&format!(
-        "SELECT partner_id, id, kind, transaction_id, fields, line, detail, resolved_by, \
-         resolved_at, note FROM reconciliation_breaks WHERE cycle = $1 AND ($2 = '' OR partner_id = $2) \
-         {} ORDER BY partner_id, id",
-        if only_open {
-            "AND resolved_at IS NULL"
-        } else {
-            ""
-        }
-    ))
-    .bind(cycle.to_string())
-    .bind(partner.unwrap_or("").to_string())
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(WorkedBreak {
-                partner: r.try_get(0)?,
-                id: r.try_get(1)?,
-                kind: r.try_get(2)?,
-                transaction_id: r.try_get(3)?,
-                fields: r.try_get(4)?,
-                line: r.try_get::<Option<i64>, _>(5)?.map(|l| l.max(0) as u64),
-                detail: r.try_get(6)?,
-                resolved_by: r.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
-                resolved_at: r
-                    .try_get::<Option<i64>, _>(8)?
-                    .map(micros_text)
-                    .unwrap_or_default(),
-                note: r.try_get::<Option<String>, _>(9)?.unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
-async fn list<DB>(
-    conn: &mut DB::Connection,
-    cycle: &str,
-    partner: Option<&str>,
-) -> Result<Vec<Report>, StoreError>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
-    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
-    usize: sqlx::ColumnIndex<DB::Row>,
-{
-    use sqlx::Row;
-    let rows = sqlx::query(
-        "SELECT partner_id, source, submitted_by, submitted_at, records, ledger_records, matched \
-         FROM reconciliations WHERE cycle = $1 AND ($2 = '' OR partner_id = $2) ORDER BY partner_id",
-    )
-    .bind(cycle.to_string())
-    .bind(partner.unwrap_or("").to_string())
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut all = breaks::<DB>(conn, cycle, partner, false).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let partner: String = r.try_get(0)?;
-        let (mine, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|b| b.partner == partner);
-        all = rest;
-        out.push(Report {
-            cycle: cycle.to_string(),
-            partner,
-            source: r.try_get(1)?,
-            by: r.try_get(2)?,
-            at: r.try_get(3)?,
-            records: r.try_get(4)?,
-            ledger_records: r.try_get(5)?,
-            matched: r.try_get(6)?,
-            breaks: mine,
-        });
-    }
-    Ok(out)
-}
-
-async fn finalize<DB>(
-    conn: &mut DB::Connection,
-    cycle: chrono::NaiveDate,
-    now: Micros,
-    accept: Option<(String, String)>,
-) -> Result<Finalized, StoreError>
+impl<DB> ReconSql<DB>
 where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -485,50 +148,339 @@ where
     for<'q> Option<String>: sqlx::Encode<'q, DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
-    type Sql<DB> = super::clearing::SharedSql<DB>;
-    let Some(s) = Sql::<DB>::settlement(conn, cycle).await? else {
-        return Ok(Finalized::NoSettlement);
-    };
-    if s.status == super::clearing::Status::Final {
-        return Ok(Finalized::Done(Box::new(s)));
+    /// Runs `call` on a connection inside the caller's write transaction.
+    pub async fn run(conn: &mut DB::Connection, call: ReconCall) -> Result<ReconReply, StoreError> {
+        match call {
+            ReconCall::Submit(s) => {
+                if let Err(n) = Self::submit(conn, &s).await? {
+                    return Ok(ReconReply::TooManyBreaks(n));
+                }
+                Ok(ReconReply::Reports(
+                    Self::list(conn, &s.cycle, Some(&s.partner)).await?,
+                ))
+            }
+            ReconCall::List { cycle, partner } => Ok(ReconReply::Reports(
+                Self::list(conn, &cycle, partner.as_deref()).await?,
+            )),
+            ReconCall::Resolve {
+                cycle,
+                partner,
+                id,
+                note,
+                by,
+                at,
+            } => {
+                sqlx::query(
+                    "UPDATE reconciliation_breaks SET resolved_by = $4, resolved_at = $5, note = $6 \
+                     WHERE cycle = $1 AND partner_id = $2 AND id = $3 AND resolved_at IS NULL",
+                )
+                .bind(cycle.clone())
+                .bind(partner.clone())
+                .bind(id)
+                .bind(by)
+                .bind(at)
+                .bind(note)
+                .execute(&mut *conn)
+                .await?;
+                let found = Self::breaks(conn, &cycle, Some(&partner), false)
+                    .await?
+                    .into_iter()
+                    .find(|b| b.id == id);
+                Ok(ReconReply::Resolved(found))
+            }
+            ReconCall::Finalize { cycle, now, accept } => Ok(ReconReply::Finalized(
+                Self::finalize(conn, cycle, now, accept).await?,
+            )),
+        }
     }
-    let open: Vec<AcceptedBreak> = breaks::<DB>(conn, &cycle.to_string(), None, true)
-        .await?
-        .into_iter()
-        .map(|b| AcceptedBreak {
-            partner: b.partner,
-            id: b.id,
-            kind: b.kind,
-            transaction_id: b.transaction_id,
-            detail: b.detail,
-        })
-        .collect();
-    let acceptance = match (open.is_empty(), accept) {
-        (true, _) => None,
-        (false, None) => return Ok(Finalized::OpenBreaks(open)),
-        (false, Some((reason, by))) => Some(Acceptance {
-            reason,
-            by,
-            at: micros_text(now),
-            breaks: open,
-        }),
-    };
-    let text = acceptance
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("acceptance does not serialise: {e}")))?;
-    sqlx::query(
-        "UPDATE settlements SET status = 'final', finalized_at = $2, accepted_breaks = $3 \
-         WHERE cycle = $1 AND status = 'draft'",
-    )
-    .bind(cycle.to_string())
-    .bind(now)
-    .bind(text)
-    .execute(&mut *conn)
-    .await?;
-    match Sql::<DB>::settlement(conn, cycle).await? {
-        Some(s) => Ok(Finalized::Done(Box::new(s))),
-        None => Ok(Finalized::NoSettlement),
+
+    /// The ledger's records of a partner in a cycle.
+    async fn ledger_records(
+        conn: &mut DB::Connection,
+        cycle: &str,
+        partner: &str,
+    ) -> Result<Vec<Record>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT partner_txn_id, kind, member_id, points, CAST(purchase_amount AS TEXT) \
+             FROM transactions WHERE cycle = $1 AND partner_id = $2",
+        )
+        .bind(cycle.to_string())
+        .bind(partner.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let amount: Option<String> = r.try_get(4)?;
+                let purchase_amount = amount
+                    .map(|a| {
+                        a.parse().map_err(|_| {
+                            StoreError::Corrupt(format!("transactions.purchase_amount holds {a:?}"))
+                        })
+                    })
+                    .transpose()?;
+                Ok(Record {
+                    transaction_id: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    member: r.try_get(2)?,
+                    points: r.try_get(3)?,
+                    purchase_amount,
+                })
+            })
+            .collect()
     }
+
+    async fn submit(
+        conn: &mut DB::Connection,
+        s: &Submission,
+    ) -> Result<Result<(), usize>, StoreError> {
+        let ledger = Self::ledger_records(conn, &s.cycle, &s.partner).await?;
+        let matched = reconcile::reconcile(&ledger, &s.records);
+        let mut new: Vec<NewBreak> = matched
+            .breaks
+            .iter()
+            .map(|b| NewBreak {
+                kind: b.kind.as_str().to_string(),
+                transaction_id: b.transaction_id.clone(),
+                fields: reconcile::fields(b),
+                line: b.line,
+                detail: reconcile::detail(b),
+            })
+            .collect();
+        new.extend(s.malformed.iter().map(|e| NewBreak {
+            kind: "malformed_line".into(),
+            transaction_id: String::new(),
+            fields: String::new(),
+            line: Some(e.line),
+            detail: e.message.clone(),
+        }));
+        if new.len() > MAX_BREAKS {
+            return Ok(Err(new.len()));
+        }
+        // A break found again keeps its resolution: the same kind, id, fields and detail.
+        let resolved = Self::resolutions(conn, &s.cycle, &s.partner).await?;
+        sqlx::query("DELETE FROM reconciliation_breaks WHERE cycle = $1 AND partner_id = $2")
+            .bind(s.cycle.clone())
+            .bind(s.partner.clone())
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM reconciliations WHERE cycle = $1 AND partner_id = $2")
+            .bind(s.cycle.clone())
+            .bind(s.partner.clone())
+            .execute(&mut *conn)
+            .await?;
+        let records = i64::try_from(s.records.len() + s.malformed.len())
+            .map_err(|_| StoreError::Corrupt("too many records".into()))?;
+        sqlx::query(
+            "INSERT INTO reconciliations (cycle, partner_id, source, submitted_by, submitted_at, \
+             records, ledger_records, matched) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(s.cycle.clone())
+        .bind(s.partner.clone())
+        .bind(s.source.to_string())
+        .bind(s.by.clone())
+        .bind(s.at)
+        .bind(records)
+        .bind(ledger.len() as i64)
+        .bind(matched.matched as i64)
+        .execute(&mut *conn)
+        .await?;
+        for (i, b) in new.iter().enumerate() {
+            let kept = resolved.get(&key(&b.kind, &b.transaction_id, &b.fields, &b.detail));
+            sqlx::query(
+                "INSERT INTO reconciliation_breaks (cycle, partner_id, id, kind, transaction_id, \
+                 fields, line, detail, resolved_by, resolved_at, note) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(s.cycle.clone())
+            .bind(s.partner.clone())
+            .bind(i as i64 + 1)
+            .bind(b.kind.clone())
+            .bind(b.transaction_id.clone())
+            .bind(b.fields.clone())
+            .bind(b.line.map(|l| l as i64))
+            .bind(b.detail.clone())
+            .bind(kept.map(|k| k.0.clone()))
+            .bind(kept.map(|k| k.1))
+            .bind(kept.map(|k| k.2.clone()))
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// A partner's resolved breaks of a cycle (who, when, note), by the key `submit` matches them with.
+    async fn resolutions(
+        conn: &mut DB::Connection,
+        cycle: &str,
+        partner: &str,
+    ) -> Result<std::collections::HashMap<String, (String, Micros, String)>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT kind, transaction_id, fields, detail, resolved_by, resolved_at, note \
+             FROM reconciliation_breaks WHERE cycle = $1 AND partner_id = $2 AND resolved_at IS NOT NULL",
+        )
+        .bind(cycle.to_string())
+        .bind(partner.to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let k = key(
+                    &r.try_get::<String, _>(0)?,
+                    &r.try_get::<String, _>(1)?,
+                    &r.try_get::<String, _>(2)?,
+                    &r.try_get::<String, _>(3)?,
+                );
+                let by: Option<String> = r.try_get(4)?;
+                let at: Option<i64> = r.try_get(5)?;
+                let note: Option<String> = r.try_get(6)?;
+                Ok((
+                    k,
+                    (
+                        by.unwrap_or_default(),
+                        at.unwrap_or_default(),
+                        note.unwrap_or_default(),
+                    ),
+                ))
+            })
+            .collect()
+    }
+
+    /// Breaks of a cycle (one partner's, or all), by partner and number; only open ones if asked.
+    async fn breaks(
+        conn: &mut DB::Connection,
+        cycle: &str,
+        partner: Option<&str>,
+        only_open: bool,
+    ) -> Result<Vec<WorkedBreak>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(&format!(
+            "SELECT partner_id, id, kind, transaction_id, fields, line, detail, resolved_by, \
+             resolved_at, note FROM reconciliation_breaks WHERE cycle = $1 AND ($2 = '' OR partner_id = $2) \
+             {} ORDER BY partner_id, id",
+            if only_open {
+                "AND resolved_at IS NULL"
+            } else {
+                ""
+            }
+        ))
+        .bind(cycle.to_string())
+        .bind(partner.unwrap_or("").to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkedBreak {
+                    partner: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    transaction_id: r.try_get(3)?,
+                    fields: r.try_get(4)?,
+                    line: r.try_get::<Option<i64>, _>(5)?.map(|l| l.max(0) as u64),
+                    detail: r.try_get(6)?,
+                    resolved_by: r.try_get::<Option<String>, _>(7)?.unwrap_or_default(),
+                    resolved_at: r
+                        .try_get::<Option<i64>, _>(8)?
+                        .map(micros_text)
+                        .unwrap_or_default(),
+                    note: r.try_get::<Option<String>, _>(9)?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn list(
+        conn: &mut DB::Connection,
+        cycle: &str,
+        partner: Option<&str>,
+    ) -> Result<Vec<Report>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT partner_id, source, submitted_by, submitted_at, records, ledger_records, matched \
+             FROM reconciliations WHERE cycle = $1 AND ($2 = '' OR partner_id = $2) ORDER BY partner_id",
+        )
+        .bind(cycle.to_string())
+        .bind(partner.unwrap_or("").to_string())
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut all = Self::breaks(conn, cycle, partner, false).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let partner: String = r.try_get(0)?;
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                all.into_iter().partition(|b| b.partner == partner);
+            all = rest;
+            out.push(Report {
+                cycle: cycle.to_string(),
+                partner,
+                source: r.try_get(1)?,
+                by: r.try_get(2)?,
+                at: r.try_get(3)?,
+                records: r.try_get(4)?,
+                ledger_records: r.try_get(5)?,
+                matched: r.try_get(6)?,
+                breaks: mine,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn finalize(
+        conn: &mut DB::Connection,
+        cycle: chrono::NaiveDate,
+        now: Micros,
+        accept: Option<(String, String)>,
+    ) -> Result<Finalized, StoreError> {
+        type Sql<DB> = super::clearing::SharedSql<DB>;
+        let Some(s) = Sql::<DB>::settlement(conn, cycle).await? else {
+            return Ok(Finalized::NoSettlement);
+        };
+        if s.status == super::clearing::Status::Final {
+            return Ok(Finalized::Done(Box::new(s)));
+        }
+        let open: Vec<AcceptedBreak> = Self::breaks(conn, &cycle.to_string(), None, true)
+            .await?
+            .into_iter()
+            .map(|b| AcceptedBreak {
+                partner: b.partner,
+                id: b.id,
+                kind: b.kind,
+                transaction_id: b.transaction_id,
+                detail: b.detail,
+            })
+            .collect();
+        let acceptance = match (open.is_empty(), accept) {
+            (true, _) => None,
+            (false, None) => return Ok(Finalized::OpenBreaks(open)),
+            (false, Some((reason, by))) => Some(Acceptance {
+                reason,
+                by,
+                at: micros_text(now),
+                breaks: open,
+            }),
+        };
+        let text = acceptance
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("acceptance does not serialise: {e}")))?;
+        sqlx::query(
+            "UPDATE settlements SET status = 'final', finalized_at = $2, accepted_breaks = $3 \
+             WHERE cycle = $1 AND status = 'draft'",
+        )
+        .bind(cycle.to_string())
+        .bind(now)
+        .bind(text)
+        .execute(&mut *conn)
+        .await?;
+        match Sql::<DB>::settlement(conn, cycle).await? {
+            Some(s) => Ok(Finalized::Done(Box::new(s))),
+            None => Ok(Finalized::NoSettlement),
+        }
+    }
+}
+
+fn key(kind: &str, id: &str, fields: &str, detail: &str) -> String {
+    format!("{kind}\u{1f}{id}\u{1f}{fields}\u{1f}{detail}")
 }

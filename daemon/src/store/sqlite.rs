@@ -658,7 +658,7 @@ impl Store for SqliteStore {
     ) -> Result<super::reconciliation::ReconReply, StoreError> {
         let mut conn = self.clearing.lock().await;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let out = super::reconciliation::run::<sqlx::Sqlite>(&mut tx, call).await?;
+        let out = super::reconciliation::ReconSql::<sqlx::Sqlite>::run(&mut tx, call).await?;
         tx.commit().await?;
         Ok(out)
     }
