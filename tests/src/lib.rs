@@ -361,6 +361,20 @@ impl TestDaemon {
         self.daemon().metrics_addr.expect("metrics served")
     }
 
+    /// The Prometheus text the daemon serves on /metrics.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr())
+            .await
+            .expect("metrics port answers");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request sent");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("metrics read");
+        out
+    }
+
     /// Asserts the ledger invariants hold.
     pub async fn assert_invariants(&self) {
         let report = self

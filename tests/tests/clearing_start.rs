@@ -160,7 +160,7 @@ async fn a_catch_up_beyond_the_bound_waits_for_an_operator(b: Backend) {
         settlements(&t).await.is_empty(),
         "ten cycles > the bound of five"
     );
-    let metrics = reqwest_metrics(&t).await;
+    let metrics = t.metrics_text().await;
     assert!(
         metrics.contains("coalition_clearing_catch_up_blocked_cycles 10"),
         "{metrics}"
@@ -179,20 +179,6 @@ async fn a_catch_up_beyond_the_bound_waits_for_an_operator(b: Backend) {
     assert_eq!(s.len(), 10);
     assert_chained(&s, first);
     t.assert_invariants().await;
-}
-
-/// The Prometheus text the daemon serves.
-async fn reqwest_metrics(t: &TestDaemon) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(t.metrics_addr())
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 backends!(a_long_catch_up_stops_on_shutdown_and_resumes_on_the_next_start);

@@ -42,7 +42,7 @@ impl Shape {
         1000.min(self.transactions / 2 / self.frequent()).max(1)
     }
     fn name(&self) -> String {
-        format!("preload_v4_{}_{}", self.members, self.transactions)
+        format!("preload_v5_{}_{}", self.members, self.transactions)
     }
 }
 
