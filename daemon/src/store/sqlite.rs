@@ -95,9 +95,9 @@ pub async fn open(
         .max_connections(4)
         .connect_with(opts.clone().read_only(true))
         .await?;
-    let wal = url
-        .strip_prefix("sqlite://")
-        .map(|p| std::path::PathBuf::from(format!("{p}-wal")));
+    let mut wal = opts.get_filename().as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
     let writer = async move {
         let mut conn = SqliteConnection::connect_with(
             &opts
@@ -132,10 +132,11 @@ pub async fn open(
 /// frame copied. Under a steady load on a large file this checkpoint never catches up with
 /// the writer, so on its own the WAL grew without bound (past 1.8 GB in a minute of the
 /// preloaded bench), every frame extending the file (ext4 allocating and zeroing blocks: a
-/// fifth of the daemon's CPU). So the writer also checkpoints, on its own connection between
-/// two batches, once the WAL passes [`WAL_RESTART_BYTES`] (`wal_autocheckpoint`): the few
-/// frames this task has not yet copied, after which its next batch starts the WAL over.
-async fn checkpoint_loop(mut conn: SqliteConnection, wal: Option<std::path::PathBuf>) {
+/// fifth of the daemon's CPU). So the writer also checkpoints, on its own connection right after
+/// the commit that takes the WAL past [`WAL_RESTART_BYTES`] (`wal_autocheckpoint`; that batch's
+/// callers wait for it): only the frames this task has not yet copied, after which the next
+/// batch starts the WAL over.
+async fn checkpoint_loop(mut conn: SqliteConnection, wal: std::path::PathBuf) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     loop {
         tick.tick().await;
@@ -146,7 +147,7 @@ async fn checkpoint_loop(mut conn: SqliteConnection, wal: Option<std::path::Path
             tracing::debug!(error = %e, "checkpoint stopped");
             return;
         }
-        if let Some(size) = wal.as_ref().and_then(|w| std::fs::metadata(w).ok()) {
+        if let Ok(size) = std::fs::metadata(&wal) {
             metrics::gauge!("coalition_sqlite_wal_bytes").set(size.len() as f64);
         }
     }
