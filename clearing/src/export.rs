@@ -89,25 +89,31 @@ pub fn formula_like(s: &str) -> bool {
     s.starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
-/// The one CSV writer of the daemon: RFC 4180 quoting by the `csv` crate, text cells neutralised
-/// (see [`Cell::Text`]), numbers left as numbers.
-pub struct CsvWriter {
-    inner: csv::Writer<Vec<u8>>,
+/// The one CSV writer of the daemon and its command line: RFC 4180 quoting by the `csv` crate,
+/// text cells neutralised (see [`Cell::Text`]), numbers left as numbers. In memory by default
+/// (exports), or onto any writer (a result file of a million lines).
+pub struct CsvWriter<W: std::io::Write = Vec<u8>> {
+    inner: csv::Writer<W>,
 }
 
 impl Default for CsvWriter {
     fn default() -> Self {
-        CsvWriter {
-            inner: csv::WriterBuilder::new()
-                .terminator(csv::Terminator::Any(b'\n'))
-                .from_writer(Vec::new()),
-        }
+        CsvWriter::to_writer(Vec::new())
     }
 }
 
-impl CsvWriter {
-    /// Writes one row.
-    pub fn row<'a>(&mut self, cells: impl IntoIterator<Item = Cell<'a>>) {
+impl<W: std::io::Write> CsvWriter<W> {
+    /// A writer onto `w`.
+    pub fn to_writer(w: W) -> Self {
+        CsvWriter {
+            inner: csv::WriterBuilder::new()
+                .terminator(csv::Terminator::Any(b'\n'))
+                .from_writer(w),
+        }
+    }
+
+    /// Writes one row, or says why the underlying writer could not take it.
+    pub fn try_row<'a>(&mut self, cells: impl IntoIterator<Item = Cell<'a>>) -> csv::Result<()> {
         let fields: Vec<std::borrow::Cow<'a, str>> = cells
             .into_iter()
             .map(|c| match c {
@@ -116,13 +122,30 @@ impl CsvWriter {
                 Cell::Number(n) => n.into(),
             })
             .collect();
+        self.inner.write_record(fields.iter().map(|f| f.as_bytes()))
+    }
+
+    /// The header row (plain names), or why the writer could not take it.
+    pub fn try_header(&mut self, names: &[&str]) -> csv::Result<()> {
+        self.inner.write_record(names)
+    }
+
+    /// Flushes what is buffered to the underlying writer.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl CsvWriter {
+    /// Writes one row.
+    pub fn row<'a>(&mut self, cells: impl IntoIterator<Item = Cell<'a>>) {
         // Writing into a Vec cannot fail.
-        let _ = self.inner.write_record(fields.iter().map(|f| f.as_bytes()));
+        let _ = self.try_row(cells);
     }
 
     /// The header row (plain names).
     pub fn header(&mut self, names: &[&str]) {
-        let _ = self.inner.write_record(names);
+        let _ = self.try_header(names);
     }
 
     /// The file's text.

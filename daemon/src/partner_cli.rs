@@ -210,8 +210,12 @@ struct Tally {
     refused: BTreeMap<String, u64>,
 }
 
+/// The result file: the one CSV writer that neutralises formula-like cells, since the
+/// transaction ids, reasons and messages echo what the day file said.
+type ResultFile = coalition_clearing::export::CsvWriter<std::io::BufWriter<std::fs::File>>;
+
 fn write_row(
-    out: &mut csv::Writer<std::fs::File>,
+    out: &mut ResultFile,
     tally: &mut Tally,
     r: &pb::IngestResult,
 ) -> anyhow::Result<()> {
@@ -220,14 +224,15 @@ fn write_row(
         .as_ref()
         .map(|x| (x.points.to_string(), x.balance_after.to_string()))
         .unwrap_or_default();
-    out.write_record([
-        r.line.to_string(),
-        r.transaction_id.clone(),
-        r.status.clone(),
-        r.reason.clone(),
-        r.message.clone(),
-        points,
-        balance,
+    use coalition_clearing::export::Cell;
+    out.try_row([
+        Cell::Number(r.line.to_string()),
+        Cell::Text(&r.transaction_id),
+        Cell::Text(&r.status),
+        Cell::Text(&r.reason),
+        Cell::Text(&r.message),
+        Cell::Number(points),
+        Cell::Number(balance),
     ])?;
     if r.status == "OK" {
         tally.ok += 1;
@@ -311,9 +316,11 @@ pub async fn run(cmd: PartnerCommand) -> anyhow::Result<()> {
         .ingest_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let mut out = csv::Writer::from_path(&out_path)
-        .with_context(|| format!("writing {}", out_path.display()))?;
-    out.write_record([
+    let mut out = ResultFile::to_writer(std::io::BufWriter::new(
+        std::fs::File::create(&out_path)
+            .with_context(|| format!("writing {}", out_path.display()))?,
+    ));
+    out.try_header(&[
         "line",
         "transaction_id",
         "status",
@@ -325,7 +332,7 @@ pub async fn run(cmd: PartnerCommand) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     let mut malformed: VecDeque<(u64, String)> = VecDeque::new();
     let mut flush_bad = |upto: u64,
-                         out: &mut csv::Writer<std::fs::File>,
+                         out: &mut ResultFile,
                          tally: &mut Tally,
                          malformed: &mut VecDeque<(u64, String)>|
      -> anyhow::Result<()> {

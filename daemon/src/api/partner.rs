@@ -936,7 +936,8 @@ impl PartnerService for PartnerApi {
             .await
             .map_err(ApiError::from)?;
         let hold = self.hold(&partner.id, &r.transaction_id).await?;
-        let hold_pb = |h: &HoldRecord| hold_to_pb(&h.view(), h.id, &h.member);
+        let now = self.shared.clock.now();
+        let hold_pb = |h: &HoldRecord| hold_to_pb(&h.view_at(now), h.id, &h.member);
         match (t, hold) {
             // A capture: the burn, with the hold it burned from.
             (Some(t), h) => {

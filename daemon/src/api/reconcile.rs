@@ -116,6 +116,20 @@ async fn store_submission(shared: &Shared, s: Submission) -> Result<pb::Reconcil
                 crate::store::reconciliation::MAX_BREAKS
             ),
         )),
+        ReconReply::BeforeFirstCycle(first) => Err(ApiError::refused(
+            tonic::Code::FailedPrecondition,
+            "BEFORE_FIRST_CYCLE",
+            match first {
+                Some(f) => format!(
+                    "cycle {cycle} precedes the coalition's first cycle {f}: the ledger has nothing \
+                     to match; nothing was stored"
+                ),
+                None => format!(
+                    "cycle {cycle} cannot be reconciled: no transaction has been accepted yet and no \
+                     clearing.first_cycle is set; nothing was stored"
+                ),
+            },
+        )),
         ReconReply::Reports(r) => r.first().map(report_pb).ok_or_else(|| {
             ApiError::Store(crate::store::StoreError::Corrupt(format!(
                 "the reconciliation of {partner} for {cycle} was not stored"
@@ -199,6 +213,7 @@ pub async fn submit_records(
             at: shared.clock.now(),
             records,
             malformed,
+            first_cycle: shared.config.clearing.first_cycle,
         },
     )
     .await?;
@@ -251,7 +266,22 @@ pub async fn reconcile_file(
             ),
         )
     })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::field(
+            "data",
+            "EMPTY",
+            format!(
+                "the file is empty; send the partner's CSV, its first line {}",
+                reconcile::HEADER.join(",")
+            ),
+        ));
+    }
     let (records, malformed) = reconcile::parse_csv(&text);
+    // A file whose header is not ours is not a report of no records: refuse it whole, so that
+    // the partner's last stored report stands.
+    if let Some(e) = malformed.iter().find(|e| e.line == 1) {
+        return Err(ApiError::field("data", "BAD_HEADER", e.to_string()));
+    }
     let out = store_submission(
         shared,
         Submission {
@@ -262,6 +292,7 @@ pub async fn reconcile_file(
             at: shared.clock.now(),
             records,
             malformed,
+            first_cycle: shared.config.clearing.first_cycle,
         },
     )
     .await?;

@@ -42,7 +42,7 @@ impl Shape {
         1000.min(self.transactions / 2 / self.frequent()).max(1)
     }
     fn name(&self) -> String {
-        format!("preload_v5_{}_{}", self.members, self.transactions)
+        format!("preload_v6_{}_{}", self.members, self.transactions)
     }
 }
 
@@ -134,6 +134,7 @@ fn rest(n: &Numbers, postgres: bool) -> Vec<String> {
         crate::store::report::BACKFILL[0].to_string(),
         crate::store::report::BACKFILL[1].to_string(),
         crate::store::report::BACKFILL[2].to_string(),
+        crate::store::report::BACKFILL[3].to_string(),
         // Nine members in ten agreed to analytics (programme reports count only those).
         format!(
             "INSERT INTO consents (member_id, purpose, scope, granted, captured_by, captured_at) \

@@ -178,7 +178,9 @@ pub struct Activity {
     pub month: i64,
     /// Bit k set: a transaction in month `month − k` (k ≤ [`Activity::SPAN`]).
     pub mask: i64,
-    /// When the member's second transaction was accepted.
+    /// When the member's first transaction was accepted (the earliest `accepted_at`).
+    pub first_at: Option<Micros>,
+    /// When the member's second transaction was accepted (the second earliest).
     pub second_at: Option<Micros>,
 }
 
@@ -186,9 +188,11 @@ impl Activity {
     /// Months kept back from the latest (bit 62 is the last of a positive i64).
     pub const SPAN: i64 = 62;
 
-    /// A transaction in `month` accepted at `at`; `had_one` says whether the member had a
-    /// transaction before it.
-    pub fn record(&mut self, month: i64, at: Micros, had_one: bool) {
+    /// A transaction in `month` accepted at `at`. Every field is kept as a value that commutes
+    /// (the latest month, a set of months, the two earliest instants), so the row comes out the
+    /// same whichever of two daemons' batches commits first: a batch's `at` is taken before it
+    /// waits for its members, so commit order is not acceptance order.
+    pub fn record(&mut self, month: i64, at: Micros) {
         if self.mask == 0 {
             self.month = month;
             self.mask = 1;
@@ -203,8 +207,17 @@ impl Activity {
         } else if self.month - month <= Self::SPAN {
             self.mask |= 1 << (self.month - month);
         }
-        if had_one && self.second_at.is_none() {
-            self.second_at = Some(at);
+        match self.first_at {
+            None => self.first_at = Some(at),
+            Some(first) if at < first => {
+                self.second_at = Some(first);
+                self.first_at = Some(at);
+            }
+            Some(_) => {
+                if self.second_at.is_none_or(|second| at < second) {
+                    self.second_at = Some(at);
+                }
+            }
         }
     }
 

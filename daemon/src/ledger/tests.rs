@@ -352,7 +352,7 @@ proptest! {
     ) {
         let mut a = Activity::default();
         for (i, &m) in months.iter().enumerate() {
-            a.record(m, i as Micros * 10, i > 0);
+            a.record(m, i as Micros * 10);
         }
         let latest = *months.iter().max().unwrap();
         prop_assert_eq!(a.month, latest);
@@ -361,6 +361,38 @@ proptest! {
             prop_assert_eq!(a.active_in(m), kept, "month {}", m);
         }
         prop_assert_eq!(a.second_at, (months.len() > 1).then_some(10));
+        prop_assert_eq!(a.first_at, Some(0));
         prop_assert!(a.mask > 0);
+    }
+
+    /// Recorded in any order (as two daemons' batches may commit), the kept activity is the same:
+    /// the two earliest instants, the latest month, the same set of months.
+    #[test]
+    fn kept_activity_does_not_depend_on_commit_order(
+        txns in proptest::collection::vec((24_000i64..24_100, 0i64..1_000), 1..30),
+        seed in any::<u64>(),
+    ) {
+        let mut in_order = Activity::default();
+        for &(m, at) in &txns {
+            in_order.record(m, at);
+        }
+        let mut shuffled = txns.clone();
+        // A Fisher-Yates shuffle driven by the seed (no rand crate in the tests).
+        let mut s = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        let mut other = Activity::default();
+        for &(m, at) in &shuffled {
+            other.record(m, at);
+        }
+        prop_assert_eq!(in_order, other);
+        let mut ats: Vec<i64> = txns.iter().map(|t| t.1).collect();
+        ats.sort();
+        prop_assert_eq!(in_order.first_at, Some(ats[0]));
+        prop_assert_eq!(in_order.second_at, ats.get(1).copied());
     }
 }

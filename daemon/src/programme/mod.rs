@@ -167,6 +167,29 @@ pub enum StampReward {
     },
 }
 
+/// Whether a purchase still earns its stamp with `left` of its earn's `points` not reversed: some
+/// of it must be left, and the purchase net of its returns (its amount in proportion to the points
+/// left, as a reversal's points are split over the earn's parts) must still meet the card's
+/// `min_amount`. Without a purchase amount or a minimum, only a full reversal takes the stamp.
+pub fn stamp_stands(min_amount: Option<Decimal>, amount: Option<Decimal>, points: i64, left: i64) -> bool {
+    if left <= 0 {
+        return false;
+    }
+    match (min_amount, amount) {
+        (Some(min), Some(amount)) if points > 0 && min > Decimal::ZERO => {
+            // amount × left / points ≥ min, without dividing.
+            match (
+                amount.checked_mul(Decimal::from(left)),
+                min.checked_mul(Decimal::from(points)),
+            ) {
+                (Some(net), Some(need)) => net >= need,
+                _ => true,
+            }
+        }
+        _ => true,
+    }
+}
+
 /// A member's stamp card at one partner. The count goes below zero when a purchase whose stamp
 /// completed a card is reversed in full: the next purchase then makes up for it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

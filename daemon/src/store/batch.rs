@@ -452,13 +452,10 @@ pub async fn apply(
         use chrono::Datelike;
         i64::from(cycle.year()) * 12 + i64::from(cycle.month0())
     };
-    let mut had_one: HashSet<&str> = known_before.iter().map(String::as_str).collect();
     for t in &writes.new_txns {
         if let Some(m) = ledgers.get_mut(&t.member) {
-            m.activity
-                .record(month, ctx.now, had_one.contains(t.member.as_str()));
+            m.activity.record(month, ctx.now);
         }
-        had_one.insert(t.member.as_str());
     }
     let mut touched: Vec<&MemberLedger> = ledgers.values().filter(|m| m.known).collect();
     touched.sort_by(|a, b| a.member.cmp(&b.member));
@@ -833,8 +830,20 @@ fn decide(
                 for p in taken.iter().filter(|p| p.kind == PartKind::Campaign) {
                     *state.granted.entry(p.source.clone()).or_default() -= p.points;
                 }
-                if points == remaining && earn_parts.iter().any(|p| p.kind == PartKind::Stamp) {
-                    state.cards.entry(r.partner.clone()).or_default().stamps -= 1;
+                // The stamp goes back once: when the purchase, net of its returns, no longer
+                // meets the card's minimum (or nothing of it is left).
+                if earn_parts.iter().any(|p| p.kind == PartKind::Stamp) {
+                    let min = ctx.stamp_rules.get(&r.partner).map(|s| s.min_amount);
+                    let amount = o
+                        .purchase
+                        .as_ref()
+                        .and_then(|(a, _)| rust_decimal::Decimal::from_str_exact(a).ok());
+                    let total = o.points;
+                    if programme::stamp_stands(min, amount, total, remaining)
+                        && !programme::stamp_stands(min, amount, total, remaining - points)
+                    {
+                        state.cards.entry(r.partner.clone()).or_default().stamps -= 1;
+                    }
                 }
             }
             let partner_share = funded

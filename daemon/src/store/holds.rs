@@ -55,6 +55,17 @@ impl HoldRecord {
             closed_by: self.closed_by.clone(),
         }
     }
+
+    /// The hold as it stands at `now`: one still stored as held whose time has come reads
+    /// expired, as the balance already counts it, whether or not a batch or the clearing sweep
+    /// has released it yet (they store the same state, closed at `expires_at`).
+    pub fn view_at(&self, now: Micros) -> HoldView {
+        let mut v = self.view();
+        if v.state == HoldState::Held && self.expires_at <= now {
+            v.state = HoldState::Expired;
+        }
+        v
+    }
 }
 
 /// What a batch changes of holds.

@@ -76,7 +76,7 @@ where
                 let prefix = if DB::NAME == "SQLite" {
                     format!(
                         "SELECT m.member_id AS known_member, m.open_points, m.activity_month, m.activity_mask, \
-                         m.second_at, l.* FROM members m \
+                         m.first_at, m.second_at, l.* FROM members m \
                          LEFT JOIN lots l ON l.id IN (SELECT x.id FROM lots x WHERE x.member_id = m.member_id \
                          AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) \
                          WHERE m.member_id IN ({})",
@@ -85,7 +85,7 @@ where
                 } else {
                     format!(
                         "SELECT m.member_id AS known_member, m.open_points, m.activity_month, m.activity_mask, \
-                         m.second_at, l.* FROM members m \
+                         m.first_at, m.second_at, l.* FROM members m \
                          LEFT JOIN LATERAL (SELECT * FROM lots x WHERE x.member_id = m.member_id \
                          AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) l ON true \
                          WHERE m.member_id IN ({})",
@@ -109,6 +109,7 @@ where
                     ledger.activity = crate::ledger::Activity {
                         month: row.try_get("activity_month")?,
                         mask: row.try_get("activity_mask")?,
+                        first_at: row.try_get("first_at")?,
                         second_at: row.try_get("second_at")?,
                     };
                     if row.try_get::<Option<i64>, _>("id")?.is_some() {
@@ -207,11 +208,11 @@ where
     ) -> Result<(), sqlx::Error> {
         for chunk in rows.chunks(200) {
             let sql = format!(
-                "INSERT INTO members (member_id, first_seen, open_points, activity_month, activity_mask, second_at) \
+                "INSERT INTO members (member_id, first_seen, open_points, activity_month, activity_mask, first_at, second_at) \
                  VALUES {} ON CONFLICT (member_id) DO UPDATE SET open_points = excluded.open_points, \
                  activity_month = excluded.activity_month, activity_mask = excluded.activity_mask, \
-                 second_at = excluded.second_at",
-                super::rows_of_marks::<DB>(chunk.len(), 6)
+                 first_at = excluded.first_at, second_at = excluded.second_at",
+                super::rows_of_marks::<DB>(chunk.len(), 7)
             );
             let mut q = sqlx::query(&sql);
             for r in chunk {
@@ -221,6 +222,7 @@ where
                     .bind(r.open_points)
                     .bind(r.activity.month)
                     .bind(r.activity.mask)
+                    .bind(r.activity.first_at)
                     .bind(r.activity.second_at);
             }
             q.execute(&mut *conn).await?;

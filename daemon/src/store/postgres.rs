@@ -186,14 +186,8 @@ impl LedgerTx for PgTx<'_> {
     }
 
     async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError> {
-        // Sorted by the query, so two batches lock shared members in the same order.
-        let r = sqlx::query(
-            "SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
-        )
-        .bind(members)
-        .fetch_all(&mut *self.conn)
-        .await;
-        r.map(|_| ()).map_err(|e| self.fail(e))
+        let r = lock_members(&mut *self.conn, members).await;
+        r.map_err(|e| self.fail(e))
     }
 
     async fn find_transactions(
@@ -787,12 +781,7 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let due = super::retention::inactive::<sqlx::Postgres>(&mut tx, cutoff).await?;
         // Lock them as batches do (sorted), then check again: one may have come back meanwhile.
-        sqlx::query(
-            "SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
-        )
-        .bind(&due)
-        .fetch_all(&mut *tx)
-        .await?;
+        lock_members(&mut *tx, &due).await?;
         let still: Vec<String> = super::retention::inactive::<sqlx::Postgres>(&mut tx, cutoff)
             .await?
             .into_iter()
@@ -887,6 +876,34 @@ struct PgClearing<'c> {
     conn: &'c mut PgConnection,
 }
 
+/// The class of the advisory locks that serialise a member's state across daemons ("MEMB").
+const MEMBER_LOCK_CLASS: i32 = 0x4d45_4d42;
+
+/// Locks `members` for the rest of the transaction, as every writer of a member's state does
+/// (batches, the clearing sweep, retention). A row lock alone would miss a member who has no row
+/// yet: two daemons would both decide its first earns and the last to commit would overwrite the
+/// other's programme state and kept values. So each member is first locked by an advisory
+/// transaction lock on a hash of its id (in key order: batches never wait on each other in a
+/// circle, and a collision only serialises two members more than needed), then its row, if any,
+/// `FOR UPDATE` — which also takes the table's ROW SHARE lock a forget waits on.
+async fn lock_members(conn: &mut PgConnection, members: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($2, k) FROM \
+         (SELECT DISTINCT hashtext(m) AS k FROM UNNEST($1::text[]) AS m ORDER BY k) s",
+    )
+    .bind(members)
+    .bind(MEMBER_LOCK_CLASS)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
+    )
+    .bind(members)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// The advisory lock key of clearing runs ("CLR" + 1).
 const CLEARING_LOCK: i64 = 0x434c_5201;
 
@@ -940,12 +957,7 @@ impl clearing::ClearingTx for PgClearing<'_> {
         if members.is_empty() {
             return Ok(0);
         }
-        sqlx::query(
-            "SELECT member_id FROM members WHERE member_id = ANY($1) ORDER BY member_id FOR UPDATE",
-        )
-        .bind(&members)
-        .fetch_all(&mut *self.conn)
-        .await?;
+        lock_members(&mut *self.conn, &members).await?;
         clearing::SharedSql::<sqlx::Postgres>::sweep(self.conn, before, cycle).await
     }
 

@@ -65,6 +65,9 @@ pub struct Submission {
     pub records: Vec<(u64, Record)>,
     /// Lines (or records) that could not be read.
     pub malformed: Vec<reconcile::LineError>,
+    /// The configured first cycle (`clearing.first_cycle`): with the cycle of the first accepted
+    /// transaction, the first cycle records can be of (as for a clearing run).
+    pub first_cycle: Option<chrono::NaiveDate>,
 }
 
 /// One partner's stored reconciliation of a cycle.
@@ -99,6 +102,8 @@ pub const MAX_BREAKS: usize = 100_000;
 pub enum ReconReply {
     /// Nothing stored: the submission has this many breaks, more than [`MAX_BREAKS`].
     TooManyBreaks(usize),
+    /// Nothing stored: the cycle precedes the coalition's first (given, if known).
+    BeforeFirstCycle(Option<chrono::NaiveDate>),
     /// The stored reports.
     Reports(Vec<Report>),
     /// The break as it now stands; `None` if there is no such break.
@@ -152,6 +157,16 @@ where
     pub async fn run(conn: &mut DB::Connection, call: ReconCall) -> Result<ReconReply, StoreError> {
         match call {
             ReconCall::Submit(s) => {
+                // As a clearing run: a cycle before the coalition's first has no ledger side.
+                let first_txn: Option<String> =
+                    sqlx::query_scalar("SELECT MIN(cycle) FROM transactions")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                let first_txn = super::parse_date("transactions.cycle", first_txn.as_deref())?;
+                let first = super::clearing::first_cycle(s.first_cycle, first_txn);
+                if first.is_none_or(|f| s.cycle < f.to_string()) {
+                    return Ok(ReconReply::BeforeFirstCycle(first));
+                }
                 if let Err(n) = Self::submit(conn, &s).await? {
                     return Ok(ReconReply::TooManyBreaks(n));
                 }

@@ -70,10 +70,11 @@ pub const POSTGRES_TIER: &str = "(CAST(programme AS json) -> 't' ->> 0)";
 
 /// Sets every member's kept activity from its transactions (migration 0017 runs the same; the
 /// bench's preload runs these after writing its rows).
-pub const BACKFILL: [&str; 3] = [
+pub const BACKFILL: [&str; 4] = [
     "UPDATE members SET activity_month = a.m FROM (SELECT member_id, MAX((CAST(substr(cycle, 1, 4) AS BIGINT) * 12 + CAST(substr(cycle, 6, 2) AS BIGINT) - 1)) AS m FROM transactions GROUP BY member_id) a WHERE a.member_id = members.member_id",
     "UPDATE members SET activity_mask = a.mask FROM (SELECT t.member_id, CAST(SUM(DISTINCT CAST(1 AS BIGINT) << CAST(x.activity_month - (CAST(substr(t.cycle, 1, 4) AS BIGINT) * 12 + CAST(substr(t.cycle, 6, 2) AS BIGINT) - 1) AS INTEGER)) AS BIGINT) AS mask FROM transactions t JOIN members x ON x.member_id = t.member_id WHERE x.activity_month - (CAST(substr(t.cycle, 1, 4) AS BIGINT) * 12 + CAST(substr(t.cycle, 6, 2) AS BIGINT) - 1) <= 62 GROUP BY t.member_id) a WHERE a.member_id = members.member_id",
     "UPDATE members SET second_at = s.at FROM (SELECT member_id, accepted_at AS at FROM (SELECT member_id, accepted_at, ROW_NUMBER() OVER (PARTITION BY member_id ORDER BY accepted_at, id) AS n FROM transactions) r WHERE n = 2) s WHERE s.member_id = members.member_id",
+    "UPDATE members SET first_at = s.at FROM (SELECT member_id, MIN(accepted_at) AS at FROM transactions GROUP BY member_id) s WHERE s.member_id = members.member_id",
 ];
 
 /// Members counted in member KPIs: those whose analytics consent is granted now.
