@@ -1,0 +1,278 @@
+//! Issue 31, points 3, 6 and 8, on both backends: a hold past its expiry reads expired before
+//! anything releases it; a partial return keeps a stamp only while the purchase net of its
+//! returns meets the card's minimum; reconciliation files at their edges and the ingest result
+//! CSV.
+
+use coalition_tests::*;
+use coalitiond::cli::{Cli, run};
+use tonic::Code;
+
+const SECOND: i64 = 1_000_000;
+
+fn no_scheduler(toml: String) -> String {
+    toml.replace("scheduler = true", "scheduler = false")
+}
+
+backends!(
+    an_expired_hold_reads_expired_before_any_release,
+    a_partial_return_keeps_the_stamp_only_while_the_purchase_meets_the_minimum,
+    reconciliation_files_at_their_edges_are_refused_whole,
+    the_ingest_result_file_neutralises_formula_cells,
+);
+
+async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
+    let t = TestDaemon::start_with(b, no_scheduler).await;
+    let mut shop = t.partner("freshmart").await;
+    shop.earn(earn_bonus("e1", "m1", 1_000)).await.receipt();
+    shop.authorize_burn(v1::AuthorizeBurnRequest {
+        transaction_id: "h1".into(),
+        member_id: "m1".into(),
+        points: 500,
+        hold_seconds: 2,
+    })
+    .await
+    .unwrap();
+    let state = |t: v1::Transaction| t.hold.unwrap().state;
+    let get = v1::GetTransactionRequest {
+        transaction_id: "h1".into(),
+    };
+    let held = shop.get_transaction(get.clone()).await.unwrap().into_inner();
+    assert_eq!(state(held), v1::HoldState::Held as i32);
+    // Past its expiry, nothing in between: the balance has the points back, and the hold says so.
+    t.advance_to(t.clock.now() + 2 * SECOND);
+    let b = shop
+        .get_balance(v1::GetBalanceRequest {
+            member_id: "m1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.points, b.held_points), (1_000, 0));
+    let read = shop.get_transaction(get.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        state(read),
+        v1::HoldState::Expired as i32,
+        "a hold past its expiry reads expired before any release"
+    );
+    // Still stored as held (nothing released it): the view, not the row, says expired.
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM holds WHERE state = 'held'")
+            .await,
+        1
+    );
+    // A capture is refused as expired, and releasing it stores the same state.
+    let e = shop
+        .capture_burn(v1::CaptureBurnRequest {
+            transaction_id: "c1".into(),
+            authorization_id: "h1".into(),
+            points: 100,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let read = shop.get_transaction(get).await.unwrap().into_inner();
+    assert_eq!(state(read), v1::HoldState::Expired as i32);
+    t.assert_invariants().await;
+}
+
+/// bistro: every 3rd purchase of at least 10.00 completes a voucher card.
+fn with_stamps(toml: String) -> String {
+    no_scheduler(toml).replace(
+        "max_bonus_points = 5000",
+        "max_bonus_points = 5000\nstamps = { every = 3, min_purchase = \"10.00\", within_days = 30, voucher = \"a free dessert\", voucher_days = 10 }",
+    )
+}
+
+async fn stamps_of(c: &mut PartnerClient, m: &str) -> i64 {
+    c.get_member(v1::GetMemberRequest {
+        member_id: m.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .stamp_cards
+    .first()
+    .map_or(0, |c| c.stamps)
+}
+
+async fn a_partial_return_keeps_the_stamp_only_while_the_purchase_meets_the_minimum(b: Backend) {
+    let t = TestDaemon::start_with(b, with_stamps).await;
+    let mut bistro = t.partner("bistro").await;
+    // Ten items of 10.00: one stamp.
+    let r = bistro
+        .earn(earn_purchase("big", "s", "100.00"))
+        .await
+        .receipt();
+    assert_eq!(stamps_of(&mut bistro, "s").await, 1);
+    // Five returned: 50.00 is left, still past the minimum, the stamp stays.
+    bistro
+        .reverse_earn(reverse_earn("back1", "big", r.points / 2))
+        .await
+        .receipt();
+    assert_eq!(stamps_of(&mut bistro, "s").await, 1);
+    // Four more: 10.00 left, exactly the minimum.
+    bistro
+        .reverse_earn(reverse_earn("back2", "big", r.points * 4 / 10))
+        .await
+        .receipt();
+    assert_eq!(stamps_of(&mut bistro, "s").await, 1);
+    // One more point of it back: below the minimum, the stamp goes back once…
+    bistro
+        .reverse_earn(reverse_earn("back3", "big", 1))
+        .await
+        .receipt();
+    assert_eq!(stamps_of(&mut bistro, "s").await, 0);
+    // …and the rest returned takes nothing more.
+    bistro
+        .reverse_earn(reverse_earn("back4", "big", 0))
+        .await
+        .receipt();
+    assert_eq!(stamps_of(&mut bistro, "s").await, 0);
+    // A purchase that completed a card whose voucher was then used: returned past the minimum,
+    // the card goes below zero as for a full return (the voucher is not taken back).
+    for (i, amount) in ["12.00", "12.00", "100.00"].iter().enumerate() {
+        bistro
+            .earn(earn_purchase(&format!("p{i}"), "s", amount))
+            .await
+            .receipt();
+    }
+    assert_eq!(stamps_of(&mut bistro, "s").await, 0, "completed, starts over");
+    let p2 = bistro
+        .get_transaction(v1::GetTransactionRequest {
+            transaction_id: "p2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .receipt
+        .unwrap();
+    bistro
+        .reverse_earn(reverse_earn("p2-back", "p2", p2.points * 95 / 100))
+        .await
+        .receipt();
+    assert_eq!(stamps_of(&mut bistro, "s").await, -1);
+    t.assert_invariants().await;
+}
+
+async fn reconciliation_files_at_their_edges_are_refused_whole(b: Backend) {
+    let t = TestDaemon::start_with(b, |toml| {
+        no_scheduler(toml).replace("[clearing]", "[clearing]\nfirst_cycle = \"2020-01-01\"")
+    })
+    .await;
+    let mut air = t.partner("skyways").await;
+    air.earn(earn_bonus("a1", "m1", 500)).await.receipt();
+    let day = t.config.cycles().cycle_of(t.clock.now()).unwrap();
+    t.advance_to(t.config.cycles().close(day).unwrap() + 3_600 * SECOND);
+    t.clear(day).await.unwrap();
+    let mut fin = t.finance().await;
+    let send = |cycle: String, data: &str| {
+        tokio_stream::iter(vec![v1::PartnerFileChunk {
+            cycle,
+            partner: "skyways".into(),
+            data: data.as_bytes().to_vec(),
+        }])
+    };
+    let good = "transaction_id,kind,member_id,points,purchase_amount\na1,earn,m1,500,\n";
+    let r = fin
+        .reconcile_partner_file(send(day.to_string(), good))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.matched, r.open_breaks), (1, 0));
+    for (data, why) in [
+        ("", "EMPTY"),
+        ("\n", "EMPTY"),
+        ("id,what,who\na1,earn,m1\n", "BAD_HEADER"),
+    ] {
+        let e = fin
+            .reconcile_partner_file(send(day.to_string(), data))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::InvalidArgument, why),
+            "{data:?}: {e:?}"
+        );
+    }
+    // The last report stands.
+    let listed = fin
+        .list_reconciliations(v1::ReconciliationsRequest {
+            cycle: day.to_string(),
+            partner: "skyways".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reconciliations;
+    assert_eq!((listed[0].matched, listed[0].open_breaks), (1, 0));
+    // A cycle before the coalition's first, by the file and by the partner's own call.
+    let e = fin
+        .reconcile_partner_file(send("2019-01-01".into(), good))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "BEFORE_FIRST_CYCLE")
+    );
+    let e = air
+        .submit_partner_records(tokio_stream::iter(vec![v1::PartnerRecords {
+            cycle: "2019-01-01".into(),
+            records: vec![],
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "BEFORE_FIRST_CYCLE")
+    );
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM reconciliations WHERE cycle = '2019-01-01'")
+            .await,
+        0
+    );
+}
+
+async fn the_ingest_result_file_neutralises_formula_cells(b: Backend) {
+    let t = TestDaemon::start(b).await;
+    let day = t.dir.path().join("day.csv");
+    std::fs::write(
+        &day,
+        "kind,transaction_id,member_id,points\n\
+         earn,\"=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\",m1,10\n\
+         earn,+plain,m1,10\n\
+         earn,ok-1,m1,10\n",
+    )
+    .unwrap();
+    let config = t.dir.path().join("coalition.toml");
+    let out = t.dir.path().join("day.results.csv");
+    run(<Cli as clap::Parser>::parse_from([
+        "coalitiond",
+        "partner",
+        "ingest",
+        "--config",
+        config.to_str().unwrap(),
+        "--addr",
+        &t.addr,
+        "--partner",
+        "skyways",
+        "--file",
+        day.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut rows = csv::Reader::from_reader(text.as_bytes());
+    let ids: Vec<String> = rows
+        .records()
+        .map(|r| r.unwrap().get(1).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            "'=HYPERLINK(\"http://evil.example\",\"x\")".to_string(),
+            "'+plain".to_string(),
+            "ok-1".to_string(),
+        ],
+        "{text}"
+    );
+}
