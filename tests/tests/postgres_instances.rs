@@ -299,3 +299,50 @@ async fn a_partners_limit_holds_across_three_daemons() {
     );
     second.shutdown().await.unwrap();
 }
+
+/// Issue 31, point 5: daemons that join while load is already flowing hold the shared limit from
+/// their first call — each knows its peers from the database before it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_started_together_share_the_limit_from_their_first_second() {
+    if !postgres_available("daemons_started_together_share_the_limit_from_their_first_second")
+        .await
+    {
+        return;
+    }
+    let t = TestDaemon::start_with(Backend::Postgres, |toml| {
+        toml.replacen(
+            "rate_limit = { per_second = 5000, burst = 10000 }",
+            "rate_limit = { per_second = 20, burst = 20 }",
+            1,
+        )
+    })
+    .await;
+    // Two more started at the same instant; the load goes to all three the moment they listen.
+    let (second, third) = tokio::join!(t.start_another(), t.start_another());
+    let addrs = [
+        t.addr.clone(),
+        second.addr.to_string(),
+        third.addr.to_string(),
+    ];
+    let through = flood(&t, &addrs, 3).await;
+    eprintln!("three daemons from their start: {through} calls through in 3 s");
+    // One shared limit: 20 + 3 × 20 = 80 in 3 s (plus 20 %); a daemon granting the whole limit
+    // before hearing its peers let 123 through.
+    assert!(
+        (40..=96).contains(&through),
+        "{through} calls in the first 3 s of three daemons, limit 20/s burst 20"
+    );
+    // A rolling restart: one stops, a new one starts and serves at once.
+    third.shutdown().await.unwrap();
+    daemons_are(&t, 2).await;
+    let fourth = t.start_another().await;
+    let addrs = [t.addr.clone(), second.addr.to_string(), fourth.addr.to_string()];
+    let through = flood(&t, &addrs, 3).await;
+    eprintln!("after a restart: {through} calls through in 3 s");
+    assert!(
+        (40..=96).contains(&through),
+        "{through} calls in 3 s after a rolling restart, limit 20/s burst 20"
+    );
+    second.shutdown().await.unwrap();
+    fourth.shutdown().await.unwrap();
+}

@@ -66,13 +66,7 @@ const GONE_AFTER: Duration = Duration::from_secs(3);
 /// and shares every partner's limit among them (re-balanced within `GONE_AFTER` of a daemon
 /// joining or leaving), and keeps the others' traffic for `ops limits`. Removes its announcement
 /// when it stops.
-pub async fn instances_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
-    let id = format!(
-        "{}-{}-{:x}",
-        hostname(),
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
+pub async fn instances_loop(shared: Shared, id: String, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -86,42 +80,68 @@ pub async fn instances_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
             }
             return;
         }
-        let own = shared.limits.own_traffic();
-        let traffic = serde_json::to_string(&own).unwrap_or_default();
-        let now = chrono::Utc::now().timestamp_micros();
-        let live = match shared
-            .store
-            .heartbeat(&id, now, &traffic, now - GONE_AFTER.as_micros() as i64)
-            .await
-        {
-            Ok(live) => live,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not announce this daemon; limits stay as they are");
-                continue;
-            }
-        };
-        let mut others: std::collections::HashMap<String, [u64; 6]> = Default::default();
-        for (other, t) in live.iter().filter(|(i, _)| *i != id) {
-            match serde_json::from_str::<std::collections::HashMap<String, [u64; 6]>>(t) {
-                Ok(t) => {
-                    for (p, v) in t {
-                        let sum = others.entry(p).or_default();
-                        for (s, x) in sum.iter_mut().zip(v) {
-                            *s += x;
-                        }
+        announce(&shared, &id).await;
+    }
+}
+
+/// Joins the database's daemons before this one serves a partner call, and returns its id: it
+/// announces itself and, when other daemons may share the database, waits one heartbeat and
+/// announces again, so that its limits are already its share of what the live daemons grant
+/// (each announces every `HEARTBEAT`). Without this, a daemon started beside others, or in a
+/// rolling restart, granted the whole limit until it first heard them.
+pub async fn join(shared: &Shared, shared_database: bool) -> String {
+    let id = format!(
+        "{}-{}-{:x}",
+        hostname(),
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    announce(shared, &id).await;
+    if shared_database {
+        tokio::time::sleep(HEARTBEAT + Duration::from_millis(100)).await;
+        announce(shared, &id).await;
+    }
+    id
+}
+
+/// One announcement: this daemon's traffic in, the live daemons and their traffic out, and each
+/// partner's limit re-shared among them.
+async fn announce(shared: &Shared, id: &str) {
+    let own = shared.limits.own_traffic();
+    let traffic = serde_json::to_string(&own).unwrap_or_default();
+    let now = chrono::Utc::now().timestamp_micros();
+    let live = match shared
+        .store
+        .heartbeat(id, now, &traffic, now - GONE_AFTER.as_micros() as i64)
+        .await
+    {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not announce this daemon; limits stay as they are");
+            return;
+        }
+    };
+    let mut others: std::collections::HashMap<String, [u64; 6]> = Default::default();
+    for (other, t) in live.iter().filter(|(i, _)| *i != id) {
+        match serde_json::from_str::<std::collections::HashMap<String, [u64; 6]>>(t) {
+            Ok(t) => {
+                for (p, v) in t {
+                    let sum = others.entry(p).or_default();
+                    for (s, x) in sum.iter_mut().zip(v) {
+                        *s += x;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(daemon = %other, error = %e, "unreadable traffic of another daemon")
-                }
+            }
+            Err(e) => {
+                tracing::warn!(daemon = %other, error = %e, "unreadable traffic of another daemon")
             }
         }
-        shared.limits.set_others(others);
-        let daemons = live.len().max(1) as u32;
-        metrics::gauge!("coalition_daemons_live").set(f64::from(daemons));
-        if shared.limits.set_daemons(daemons) {
-            tracing::info!(daemons, "partners' limits shared among the live daemons");
-        }
+    }
+    shared.limits.set_others(others);
+    let daemons = live.len().max(1) as u32;
+    metrics::gauge!("coalition_daemons_live").set(f64::from(daemons));
+    if shared.limits.set_daemons(daemons) {
+        tracing::info!(daemons, "partners' limits shared among the live daemons");
     }
 }
 
