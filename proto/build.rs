@@ -14,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // `prost::Name` on every message: the codec finds a request's schema by its full name.
+    config.enable_type_names();
     tonic_prost_build::configure()
+        .codec_path("crate::codec::CheckedCodec")
         .file_descriptor_set_path(out.join("coalition_descriptor.bin"))
         .compile_with_config(config, &protos, &["."])?;
     for p in protos {

@@ -100,7 +100,11 @@ impl Daemon {
         // first call on.
         let shared_database = !config.database_url.starts_with("sqlite:");
         let instance = crate::ops::join(&shared, shared_database).await;
-        tokio::spawn(crate::ops::instances_loop(shared.clone(), instance, rx.clone()));
+        tokio::spawn(crate::ops::instances_loop(
+            shared.clone(),
+            instance,
+            rx.clone(),
+        ));
         tokio::spawn(retention_loop(shared.clone(), rx.clone()));
         tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
         let scheduler = config

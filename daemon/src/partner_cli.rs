@@ -135,6 +135,14 @@ fn parse_line(
     columns: &BTreeMap<String, usize>,
     currency: &str,
 ) -> Result<pb::IngestLine, String> {
+    // What the daemon would refuse the whole stream for (a control character in a text field)
+    // is refused here, line by line, naming the column.
+    for (name, &i) in columns {
+        if let Some(cell) = row.get(i) {
+            coalition_proto::codec::check_text(|| name.clone(), cell)
+                .map_err(|r| format!("{}: {}", r.field, r.message))?;
+        }
+    }
     let get = |name: &str| {
         columns
             .get(name)
@@ -214,11 +222,7 @@ struct Tally {
 /// transaction ids, reasons and messages echo what the day file said.
 type ResultFile = coalition_clearing::export::CsvWriter<std::io::BufWriter<std::fs::File>>;
 
-fn write_row(
-    out: &mut ResultFile,
-    tally: &mut Tally,
-    r: &pb::IngestResult,
-) -> anyhow::Result<()> {
+fn write_row(out: &mut ResultFile, tally: &mut Tally, r: &pb::IngestResult) -> anyhow::Result<()> {
     let (points, balance) = r
         .receipt
         .as_ref()

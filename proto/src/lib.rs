@@ -1,6 +1,8 @@
 //! The coalition's gRPC API, generated from `proto/coalition/v1/*.proto`.
 #![allow(clippy::all, missing_docs)]
 
+pub mod codec;
+
 /// Version 1 of the API.
 pub mod v1 {
     tonic::include_proto!("coalition.v1");

@@ -179,7 +179,10 @@ async fn daemons_keep_each_members_state(daemons: usize) {
                 .iter()
                 .map(|(_, r)| part_points(r, "campaign", Some("cap")))
                 .sum();
-            assert_eq!(bonus, 100, "round {round}, {m}: campaign bonus beyond its cap");
+            assert_eq!(
+                bonus, 100,
+                "round {round}, {m}: campaign bonus beyond its cap"
+            );
             // Nine purchases at bistro: three vouchers, the card back at 0.
             let completed = receipts
                 .iter()
@@ -200,7 +203,10 @@ async fn daemons_keep_each_members_state(daemons: usize) {
             assert_eq!(rewards, 150, "round {round}, {m}: freshmart rewards");
             let mut bistro = clients[0][1].clone();
             let seen = member(&mut bistro, m).await;
-            assert_eq!(seen.stamp_cards[0].stamps, 0, "round {round}, {m}: card left");
+            assert_eq!(
+                seen.stamp_cards[0].stamps, 0,
+                "round {round}, {m}: card left"
+            );
             assert_eq!(seen.vouchers.len(), 3, "round {round}, {m}: vouchers");
             // The balance is exactly what the receipts gave.
             let earned: i64 = receipts.iter().map(|(_, r)| r.points).sum();
@@ -210,7 +216,10 @@ async fn daemons_keep_each_members_state(daemons: usize) {
             .iter()
             .map(|(_, r)| part_points(r, "campaign", Some("cap")))
             .sum::<i64>();
-        assert!(regular_bonus <= 100, "round {round}: the regular member past the cap: {regular_bonus}");
+        assert!(
+            regular_bonus <= 100,
+            "round {round}: the regular member past the cap: {regular_bonus}"
+        );
         let (holder, held) = t.balance("holder").await;
         assert_eq!(
             (holder, held),

@@ -36,7 +36,11 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
     let get = v1::GetTransactionRequest {
         transaction_id: "h1".into(),
     };
-    let held = shop.get_transaction(get.clone()).await.unwrap().into_inner();
+    let held = shop
+        .get_transaction(get.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(state(held), v1::HoldState::Held as i32);
     // Past its expiry, nothing in between: the balance has the points back, and the hold says so.
     t.advance_to(t.clock.now() + 2 * SECOND);
@@ -48,7 +52,11 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!((b.points, b.held_points), (1_000, 0));
-    let read = shop.get_transaction(get.clone()).await.unwrap().into_inner();
+    let read = shop
+        .get_transaction(get.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         state(read),
         v1::HoldState::Expired as i32,
@@ -136,7 +144,11 @@ async fn a_partial_return_keeps_the_stamp_only_while_the_purchase_meets_the_mini
             .await
             .receipt();
     }
-    assert_eq!(stamps_of(&mut bistro, "s").await, 0, "completed, starts over");
+    assert_eq!(
+        stamps_of(&mut bistro, "s").await,
+        0,
+        "completed, starts over"
+    );
     let p2 = bistro
         .get_transaction(v1::GetTransactionRequest {
             transaction_id: "p2".into(),
@@ -240,7 +252,8 @@ async fn the_ingest_result_file_neutralises_formula_cells(b: Backend) {
         "kind,transaction_id,member_id,points\n\
          earn,\"=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\",m1,10\n\
          earn,+plain,m1,10\n\
-         earn,ok-1,m1,10\n",
+         earn,ok-1,m1,10\n\
+         earn,ok-2,m\u{1}1,10\n",
     )
     .unwrap();
     let config = t.dir.path().join("coalition.toml");
@@ -272,7 +285,18 @@ async fn the_ingest_result_file_neutralises_formula_cells(b: Backend) {
             "'=HYPERLINK(\"http://evil.example\",\"x\")".to_string(),
             "'+plain".to_string(),
             "ok-1".to_string(),
+            String::new(),
         ],
         "{text}"
     );
+    // A control character in a cell is refused on its line (as a line that is not CSV is),
+    // naming the column; the line was never sent.
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .contains("member_id: holds a control character"),
+        "{text}"
+    );
+    assert_eq!(t.balance("m1").await.0, 30);
 }

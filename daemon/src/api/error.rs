@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The ErrorInfo domain of every status the daemon sends.
-pub const DOMAIN: &str = "coalition.v1";
+pub const DOMAIN: &str = coalition_proto::codec::ERROR_DOMAIN;
 
 /// Everything a call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,10 @@ pub enum ApiError {
         /// What is wrong and what to do.
         message: String,
     },
+    /// A request of a stream the codec refused (a control character, text not UTF-8): answered
+    /// with the codec's own status, which names the field.
+    #[error("{}", .0.message())]
+    Decode(Box<Status>),
     /// Over the partner's rate limit.
     #[error("partner {partner} is over its rate limit; retry in {} ms", retry_after.as_millis().max(1))]
     Throttled {
@@ -87,6 +91,15 @@ impl ApiError {
         }
     }
 
+    /// A stream's broken message: the codec's refusal as it is, anything else `BROKEN_STREAM`
+    /// on `field`.
+    pub fn from_stream(field: &'static str, status: Status) -> ApiError {
+        if coalition_proto::codec::refusal_reason(&status).is_some() {
+            return ApiError::Decode(Box::new(status));
+        }
+        ApiError::field(field, "BROKEN_STREAM", status.message().to_string())
+    }
+
     /// The store answered a programme call with a reply of another kind (a bug, never input).
     pub fn mismatched() -> ApiError {
         ApiError::refused(
@@ -109,6 +122,10 @@ impl ApiError {
     pub fn code_and_reason(&self) -> (Code, &'static str) {
         match self {
             ApiError::InvalidField { reason, .. } => (Code::InvalidArgument, reason),
+            ApiError::Decode(status) => (
+                status.code(),
+                coalition_proto::codec::refusal_reason(status).unwrap_or("BROKEN_STREAM"),
+            ),
             ApiError::Refused { code, reason, .. } => (*code, reason),
             ApiError::NotFound { reason, .. } => (Code::NotFound, reason),
             ApiError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
@@ -183,6 +200,9 @@ impl From<ApiError> for Status {
             .unwrap_or_else(|_| "-".into());
         metrics::counter!("coalition_refusals_total", "partner" => caller, "reason" => reason)
             .increment(1);
+        if let ApiError::Decode(status) = e {
+            return *status;
+        }
         let mut details = ErrorDetails::new();
         details.set_error_info(reason, DOMAIN, HashMap::new());
         if let ApiError::InvalidField { field, message, .. } = &e {

@@ -154,7 +154,7 @@ pub async fn submit_records(
     while let Some(part) = parts
         .message()
         .await
-        .map_err(|e| ApiError::field("records", "BROKEN_STREAM", e.message().to_string()))?
+        .map_err(|e| ApiError::from_stream("records", e))?
     {
         match &cycle_text {
             None => cycle_text = Some(part.cycle.clone()),
@@ -232,7 +232,7 @@ pub async fn reconcile_file(
     while let Some(c) = chunks
         .message()
         .await
-        .map_err(|e| ApiError::field("data", "BROKEN_STREAM", e.message().to_string()))?
+        .map_err(|e| ApiError::from_stream("data", e))?
     {
         if head.is_none() {
             head = Some((c.cycle.clone(), c.partner.clone()));
@@ -266,6 +266,19 @@ pub async fn reconcile_file(
             ),
         )
     })?;
+    // A line of the file holding a control character is no partner's record: the file is
+    // refused whole, naming the line, as a text field of any request is.
+    for (n, line) in text.lines().enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Err(r) = coalition_proto::codec::check_text(|| format!("data line {}", n + 1), line)
+        {
+            return Err(ApiError::field(
+                "data",
+                coalition_proto::codec::CONTROL_CHARACTER,
+                format!("line {}: {}", n + 1, r.message),
+            ));
+        }
+    }
     if text.trim().is_empty() {
         return Err(ApiError::field(
             "data",

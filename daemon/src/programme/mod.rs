@@ -171,7 +171,12 @@ pub enum StampReward {
 /// of it must be left, and the purchase net of its returns (its amount in proportion to the points
 /// left, as a reversal's points are split over the earn's parts) must still meet the card's
 /// `min_amount`. Without a purchase amount or a minimum, only a full reversal takes the stamp.
-pub fn stamp_stands(min_amount: Option<Decimal>, amount: Option<Decimal>, points: i64, left: i64) -> bool {
+pub fn stamp_stands(
+    min_amount: Option<Decimal>,
+    amount: Option<Decimal>,
+    points: i64,
+    left: i64,
+) -> bool {
     if left <= 0 {
         return false;
     }

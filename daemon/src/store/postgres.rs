@@ -781,7 +781,7 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let due = super::retention::inactive::<sqlx::Postgres>(&mut tx, cutoff).await?;
         // Lock them as batches do (sorted), then check again: one may have come back meanwhile.
-        lock_members(&mut *tx, &due).await?;
+        lock_members(&mut tx, &due).await?;
         let still: Vec<String> = super::retention::inactive::<sqlx::Postgres>(&mut tx, cutoff)
             .await?
             .into_iter()
