@@ -221,12 +221,31 @@ pub struct Settlement {
     pub totals: Totals,
     /// The previous cycle's digest.
     pub previous_digest: String,
-    /// The head of the ledger's hash chain when the cycle was sealed: the digest pins the ledger
-    /// it was computed from. Absent from settlements made before the chain.
+    /// The head of the ledger's hash chain when the cycle was sealed: the seal pins the ledger
+    /// the settlement was computed from. Absent from settlements made before the chain.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ledger_head: String,
-    /// SHA-256 of the canonical content (which includes `previous_digest`), hex.
+    /// What `digest` covers: [`DIGEST_PINNED`] (0, settlements sealed before the content digest:
+    /// the content and the ledger head together) or [`DIGEST_CONTENT`] (what the settlement
+    /// says, and nothing of how the ledger was batched).
+    #[serde(default, skip_serializing_if = "is_pinned")]
+    pub digest_scheme: u32,
+    /// SHA-256 of the digest and the ledger head ([`seal_of`]), hex; empty without a ledger head
+    /// and on settlements of [`DIGEST_PINNED`], whose digest already pins it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seal: String,
+    /// SHA-256 of the canonical content (which includes `previous_digest`), hex: the same for
+    /// the same ledger on any backend, however its transactions were batched.
     pub digest: String,
+}
+
+/// The digest of a settlement sealed before issue 31: its content and its ledger head together.
+pub const DIGEST_PINNED: u32 = 0;
+/// The digest of what a settlement says, apart from its seal.
+pub const DIGEST_CONTENT: u32 = 1;
+
+fn is_pinned(scheme: &u32) -> bool {
+    *scheme == DIGEST_PINNED
 }
 
 /// Why a settlement cannot be computed.
@@ -449,11 +468,12 @@ pub fn settle(input: &Input) -> Result<Settlement, SettleError> {
         totals,
         previous_digest: input.previous_digest.clone(),
         ledger_head: input.ledger_head.clone(),
+        digest_scheme: DIGEST_CONTENT,
+        seal: String::new(),
         digest: String::new(),
     };
     s.normalize();
-    s.digest = digest_of(&s);
-    Ok(s)
+    Ok(s.with_scheme(DIGEST_CONTENT))
 }
 
 impl Settlement {
@@ -565,14 +585,45 @@ fn round_positions(
 }
 
 /// The canonical content: the settlement as JSON with its fields in declaration order, sorted
-/// collections, decimals as strings, and the digest left empty.
+/// collections, decimals as strings, the digest and the seal left empty, and — under
+/// [`DIGEST_CONTENT`] — the ledger head too (it belongs to the seal).
 pub fn canonical(s: &Settlement) -> String {
     let mut c = s.clone();
     c.digest = String::new();
-    serde_json::to_string(&c).expect("settlement serialises")
+    c.seal = String::new();
+    if c.digest_scheme != DIGEST_PINNED {
+        c.ledger_head = String::new();
+    }
+    // A struct of strings, numbers and decimals: serde_json cannot fail on it.
+    serde_json::to_string(&c).unwrap_or_default()
 }
 
 /// SHA-256 over the canonical content (which carries the previous cycle's digest), hex.
 pub fn digest_of(s: &Settlement) -> String {
     hex::encode(Sha256::digest(canonical(s).as_bytes()))
+}
+
+/// SHA-256 over the content digest and the ledger head the settlement pins, hex; empty where
+/// there is no ledger head or the digest itself pins it ([`DIGEST_PINNED`]).
+pub fn seal_of(s: &Settlement) -> String {
+    if s.ledger_head.is_empty() || s.digest_scheme == DIGEST_PINNED {
+        return String::new();
+    }
+    let mut h = Sha256::new();
+    h.update(b"coalition settlement seal v1\n");
+    h.update(s.digest.as_bytes());
+    h.update(b"\n");
+    h.update(s.ledger_head.as_bytes());
+    hex::encode(h.finalize())
+}
+
+impl Settlement {
+    /// The same settlement with its digest (and seal) computed under `scheme`: a re-run or an
+    /// audit recomputes a stored settlement under the scheme it was sealed with.
+    pub fn with_scheme(mut self, scheme: u32) -> Settlement {
+        self.digest_scheme = scheme;
+        self.digest = digest_of(&self);
+        self.seal = seal_of(&self);
+        self
+    }
 }

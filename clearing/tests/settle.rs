@@ -36,18 +36,48 @@ fn input(slices: Vec<Slice>, issuance: Vec<Issuance>) -> Input {
 }
 
 #[test]
-fn the_digest_pins_the_ledger_head() {
+fn the_digest_is_of_the_content_and_the_seal_pins_the_ledger_head() {
     let a = settle(&input(vec![], vec![])).unwrap();
-    assert!(
-        !canonical(&a).contains("ledger_head"),
-        "settlements made before the chain keep their digests"
-    );
+    assert!(!canonical(&a).contains("ledger_head"));
+    assert_eq!(a.seal, "", "no ledger head, no seal");
     let mut i = input(vec![], vec![]);
     i.ledger_head = "cd".repeat(32);
     let b = settle(&i).unwrap();
-    assert_ne!(a.digest, b.digest);
+    assert_eq!(a.digest, b.digest, "the ledger head is not content");
     assert_eq!(b.ledger_head, "cd".repeat(32));
     assert_eq!(digest_of(&b), b.digest);
+    assert_eq!(seal_of(&b), b.seal);
+    assert_eq!(b.seal.len(), 64);
+    i.ledger_head = "ef".repeat(32);
+    let c = settle(&i).unwrap();
+    assert_eq!(c.digest, b.digest);
+    assert_ne!(c.seal, b.seal, "another ledger head, another seal");
+    // An edited ledger head no longer gives the stored seal.
+    let mut edited = b.clone();
+    edited.ledger_head = "ef".repeat(32);
+    assert_ne!(seal_of(&edited), edited.seal);
+}
+
+#[test]
+fn a_settlement_sealed_before_the_content_digest_keeps_its_digest() {
+    let mut i = input(vec![], vec![]);
+    i.ledger_head = "cd".repeat(32);
+    let new = settle(&i).unwrap();
+    // As it was stored before: no scheme, no seal, a digest over content and ledger head.
+    let legacy = new.clone().with_scheme(DIGEST_PINNED);
+    let json = serde_json::to_string(&legacy).unwrap();
+    assert!(
+        !json.contains("digest_scheme") && !json.contains("seal"),
+        "{json}"
+    );
+    let back: Settlement = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.digest_scheme, DIGEST_PINNED);
+    assert_eq!(digest_of(&back), legacy.digest);
+    assert_ne!(legacy.digest, new.digest);
+    // Its digest covers the ledger head.
+    let mut edited = back.clone();
+    edited.ledger_head = "ef".repeat(32);
+    assert_ne!(digest_of(&edited), back.digest);
 }
 
 fn net(s: &Settlement, p: &str) -> (Decimal, Decimal) {

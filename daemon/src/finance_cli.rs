@@ -188,9 +188,12 @@ pub fn print_settlement(s: &pb::Settlement) {
         status(s.status),
         s.currency
     );
-    println!("  digest {}", s.digest);
+    println!("  digest {} (of its content)", s.digest);
     if !s.ledger_head.is_empty() {
         println!("  ledger head at seal {}", s.ledger_head);
+    }
+    if !s.seal.is_empty() {
+        println!("  seal {} (digest and ledger head)", s.seal);
     }
     println!(
         "  previous {}",

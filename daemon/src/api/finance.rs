@@ -76,6 +76,7 @@ pub fn settlement_pb(s: &Stored) -> pb::Settlement {
         digest: st.digest.clone(),
         previous_digest: st.previous_digest.clone(),
         ledger_head: st.ledger_head.clone(),
+        seal: st.seal.clone(),
         gross: st.gross.iter().map(cell_pb).collect(),
         self_redemptions: st.self_redemptions.iter().map(cell_pb).collect(),
         responses: vec![],

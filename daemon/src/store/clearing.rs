@@ -130,6 +130,12 @@ pub async fn verify(
                 s.digest
             ));
         }
+        if coalition_clearing::seal_of(s) != s.seal {
+            violations.push(format!(
+                "settlement of {cycle}: its digest and ledger head {:?} do not give its seal {:?}",
+                s.ledger_head, s.seal
+            ));
+        }
         if let Some(first) = rules.first_cycle
             && cycle < first
         {
@@ -153,7 +159,10 @@ pub async fn verify(
             ));
         }
         let plan = rules.plan(cycle, 0, false);
-        match settle_from(tx, &plan, s.previous_digest.clone(), s.ledger_head.clone()).await {
+        let again = settle_from(tx, &plan, s.previous_digest.clone(), s.ledger_head.clone())
+            .await
+            .map(|a| a.with_scheme(s.digest_scheme));
+        match again {
             Ok(again) if again.digest == s.digest => {}
             Ok(again) => violations.push(format!(
                 "settlement of {cycle}: stored digest {} but the ledger gives {} now (control totals stored {:?}, now {:?})",
@@ -323,13 +332,17 @@ pub async fn run(tx: &mut dyn ClearingTx, plan: &Plan) -> Result<Option<Stored>,
         Some(e) => e.settlement.ledger_head.clone(),
         None => tx.chain_head().await?,
     };
-    let settlement = settle_from(
+    let mut settlement = settle_from(
         tx,
         plan,
         previous.map(|p| p.settlement.digest).unwrap_or_default(),
         ledger_head,
     )
     .await?;
+    // A re-run keeps the scheme its draft was sealed with, so that it gives the same digest.
+    if let Some(e) = &existing {
+        settlement = settlement.with_scheme(e.settlement.digest_scheme);
+    }
     if let Some(old) = &existing
         && old.settlement.digest != settlement.digest
     {
