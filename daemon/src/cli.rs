@@ -59,6 +59,14 @@ pub enum Command {
         #[arg(long)]
         verify_chain: bool,
     },
+    /// Rewrite a SQLite ledger file in place (VACUUM) with the daemon stopped: once, for a file
+    /// written before every freed byte was zeroed, so that no forgotten member's id is left in
+    /// its free space.
+    Compact {
+        /// The config file (its SQLite database is rewritten).
+        #[arg(long, default_value = "coalition.toml")]
+        config: PathBuf,
+    },
     /// Drive a mixed earn/burn load over mTLS and print throughput and latency.
     Bench(crate::bench::BenchArgs),
     /// Clear one generated cycle of many allocations and time it against a bare SQL aggregate.
@@ -369,6 +377,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !report.ok() {
                 anyhow::bail!("ledger invariants violated");
             }
+            Ok(())
+        }
+        Command::Compact { config } => {
+            let config = Config::load(&config)?;
+            let (before, after) = crate::store::sqlite::compact(&config.database_url).await?;
+            println!("compacted: {before} bytes before, {after} after; its WAL is empty");
             Ok(())
         }
         Command::Bench(args) => crate::bench::run(args).await,

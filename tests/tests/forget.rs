@@ -381,3 +381,144 @@ async fn forgetting_needs_a_key_a_reason_and_a_real_id(b: Backend) {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 }
+
+/// Issue 31, point 7: a member with a history (30 earns across three partners and a burn, among
+/// other members' traffic, so that its rows and index entries were moved and rewritten many
+/// times) is forgotten, the daemon stops cleanly, and its id is in no byte of the SQLite file,
+/// its WAL or the log — not in free space of the pages either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_id_is_in_no_byte_of_the_sqlite_file_its_wal_or_the_log() {
+    logs();
+    let old = "cc1-forget-me-7f3a9e";
+    let mut t = TestDaemon::start_with(Backend::Sqlite, config).await;
+    let partners = ["skyways", "freshmart", "bistro"];
+    let mut clients = Vec::new();
+    for p in partners {
+        clients.push(t.partner(p).await);
+    }
+    for i in 0..30 {
+        let c = &mut clients[i % 3];
+        c.earn(earn_bonus(&format!("x{i}"), old, 10 + i as i64))
+            .await
+            .receipt();
+        // Others' traffic between the member's calls: splits and rebalances of every page the
+        // member's rows and index entries live on.
+        let others = (0..40).map(|j| {
+            let mut c = clients[(i + j) % 3].clone();
+            async move {
+                c.earn(earn_bonus(&format!("o{i}-{j}"), &format!("other-{j}"), 5))
+                    .await
+                    .receipt();
+            }
+        });
+        futures::future::join_all(others).await;
+    }
+    clients[1].burn(burn("x-burn", old, 100)).await.receipt();
+    // A reversal and a partial return rewrite the member's rows in place.
+    clients[0]
+        .reverse_earn(reverse_earn("x-back", "x0", 5))
+        .await
+        .receipt();
+    assert!(stored_anywhere(&t, old), "control: the id is stored before");
+    let f = t
+        .operator()
+        .await
+        .forget_member(v1::ForgetMemberRequest {
+            member_id: old.into(),
+            reason: "ticket 31: member's request".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(f.newly_forgotten);
+    // At once, while the daemon runs: in no byte of the file or its WAL.
+    let count = |t: &TestDaemon| {
+        let mut n = 0;
+        for name in ["coalition.db", "coalition.db-wal", "coalition.db-journal"] {
+            if let Ok(bytes) = std::fs::read(t.dir.path().join(name)) {
+                n += bytes
+                    .windows(old.len())
+                    .filter(|w| *w == old.as_bytes())
+                    .count();
+            }
+        }
+        n
+    };
+    assert_eq!(
+        count(&t),
+        0,
+        "the id is in the file or its WAL after the forget"
+    );
+    // More traffic, then a clean stop: still nowhere.
+    clients[2]
+        .earn(earn_bonus("after", "other-1", 5))
+        .await
+        .receipt();
+    let audit = t.audit().await;
+    assert!(audit.ok(), "{audit}");
+    t.stop().await;
+    assert_eq!(
+        count(&t),
+        0,
+        "the id is in the file or its WAL after a clean stop"
+    );
+    assert!(!logged().contains(old), "a log line names the member");
+}
+
+/// A file written before every freed byte was zeroed can hold remains in its free pages:
+/// `coalitiond compact` rewrites it once, and they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_rewrites_a_file_with_remains_in_its_free_space() {
+    use sqlx::Connection;
+    let mut t = TestDaemon::start_with(Backend::Sqlite, config).await;
+    t.partner("skyways")
+        .await
+        .earn(earn_bonus("e1", "m1", 10))
+        .await
+        .receipt();
+    t.stop().await;
+    let marker = "remains-of-an-old-row-5e1f";
+    let file = t.dir.path().join("coalition.db");
+    let has = |needle: &str| {
+        let mut bytes = std::fs::read(&file).unwrap();
+        if let Ok(w) = std::fs::read(t.dir.path().join("coalition.db-wal")) {
+            bytes.extend(w);
+        }
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    {
+        // As an older daemon wrote: without secure_delete, freed pages keep their bytes.
+        let mut c = sqlx::SqliteConnection::connect(&t.config.database_url)
+            .await
+            .unwrap();
+        for q in [
+            "PRAGMA secure_delete = OFF".to_string(),
+            "CREATE TABLE scratch (x TEXT)".into(),
+            format!("INSERT INTO scratch VALUES ('{marker}')"),
+            "PRAGMA wal_checkpoint(TRUNCATE)".into(),
+            "DROP TABLE scratch".into(),
+            "PRAGMA wal_checkpoint(TRUNCATE)".into(),
+        ] {
+            sqlx::query(&q).execute(&mut c).await.unwrap();
+        }
+        c.close().await.unwrap();
+    }
+    assert!(
+        has(marker),
+        "control: the dropped row's bytes stay in a free page"
+    );
+    let path = t.dir.path().join("coalition.toml");
+    coalitiond::cli::run(<coalitiond::cli::Cli as clap::Parser>::parse_from([
+        "coalitiond",
+        "compact",
+        "--config",
+        path.to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert!(!has(marker), "compact left the remains in the file");
+    t.restart().await;
+    let audit = t.audit().await;
+    assert!(audit.ok(), "{audit}");
+    assert_eq!(t.balance("m1").await.0, 10);
+}

@@ -65,7 +65,39 @@ pub(crate) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .pragma("cache_size", "-131072"))
+        .pragma("cache_size", "-131072")
+        // Every byte SQLite frees (a row rewritten, an index entry moved by a page split, a page
+        // put on the free list) is overwritten with zeros at once: a forgotten member's id
+        // leaves no remains in the free space of the file's pages, whatever its history.
+        .pragma("secure_delete", "ON"))
+}
+
+/// Rewrites the ledger file at `url` whole (`VACUUM`) and empties its WAL: every page written
+/// anew, nothing left in free space from before `secure_delete`. The daemon must be stopped (the
+/// rewrite takes the file's write lock for as long as it runs). Returns the file's size before
+/// and after.
+pub async fn compact(url: &str) -> Result<(u64, u64), StoreError> {
+    if !url.starts_with("sqlite:") {
+        return Err(StoreError::Unavailable(
+            "compact rewrites a SQLite file; on PostgreSQL run VACUUM FULL".into(),
+        ));
+    }
+    let opts = options(url)?.create_if_missing(false);
+    let path = opts.get_filename().to_path_buf();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = size(&path);
+    let mut conn = SqliteConnection::connect_with(&opts).await?;
+    sqlx::query("VACUUM").execute(&mut conn).await?;
+    let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    if busy != 0 {
+        return Err(StoreError::Unavailable(
+            "the WAL could not be emptied: is a daemon still running on this file?".into(),
+        ));
+    }
+    Ok((before, size(&path)))
 }
 
 /// Opens (creating and migrating if needed) a SQLite ledger: the reader now, and the future that
@@ -734,10 +766,8 @@ impl Store for SqliteStore {
     ) -> Result<super::retention::Forgotten, StoreError> {
         // The write lock of the file: no batch is half-way through this member.
         let mut conn = self.clearing.lock().await;
-        // What the forget deletes or moves is overwritten with zeros, not left in free space.
-        sqlx::query("PRAGMA secure_delete = ON")
-            .execute(&mut *conn)
-            .await?;
+        // What the forget deletes or moves is overwritten with zeros, as every connection's
+        // frees are (`secure_delete`, in `options`).
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let out = super::retention::forget::<sqlx::Sqlite>(&mut tx, f).await?;
         tx.commit().await?;
