@@ -4,6 +4,7 @@
 //! digest chained to the previous cycle's. No I/O: the daemon gathers the inputs and stores the
 //! output.
 
+pub mod csv_writer;
 pub mod cycle;
 pub mod export;
 pub mod reconcile;

@@ -390,7 +390,7 @@ pub fn fields(b: &Break) -> String {
 
 /// Breaks as CSV (through the one CSV writer), one row per break, open or resolved.
 pub fn breaks_csv(cycle: &str, breaks: &[WorkedBreak]) -> String {
-    use crate::export::{Cell, CsvWriter};
+    use crate::csv_writer::{Cell, CsvWriter};
     let mut w = CsvWriter::default();
     w.header(&[
         "cycle",

@@ -1,6 +1,7 @@
 //! Exports: the pain.001 file validates against its XSD; the CSVs have one header row and stable columns.
 
 use chrono::NaiveDate;
+use coalition_clearing::csv_writer::formula_like;
 use coalition_clearing::export::*;
 use coalition_clearing::*;
 use rust_decimal::Decimal;

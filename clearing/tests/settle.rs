@@ -414,7 +414,7 @@ proptest! {
         }
         // Zero has one spelling in everything written.
         for text in [canonical(&s), export::settlement_csv(&s, None), export::settlement_json(&s, None)] {
-            prop_assert!(!export::has_negative_zero(&text), "-0 in {}", text);
+            prop_assert!(!coalition_clearing::csv_writer::has_negative_zero(&text), "-0 in {}", text);
         }
     }
 }
@@ -451,12 +451,12 @@ fn a_cancelled_cycle_writes_zero_without_a_sign() {
         export::settlement_csv(&s, None),
         export::statement_csv(&s, "air", &[]),
     ] {
-        assert!(!export::has_negative_zero(&text), "{text}");
+        assert!(!coalition_clearing::csv_writer::has_negative_zero(&text), "{text}");
     }
     assert!(
-        export::has_negative_zero("x,-0.00,y")
-            && export::has_negative_zero("\"-0\"")
-            && !export::has_negative_zero("2026-03-29")
-            && !export::has_negative_zero("a-0b")
+        coalition_clearing::csv_writer::has_negative_zero("x,-0.00,y")
+            && coalition_clearing::csv_writer::has_negative_zero("\"-0\"")
+            && !coalition_clearing::csv_writer::has_negative_zero("2026-03-29")
+            && !coalition_clearing::csv_writer::has_negative_zero("a-0b")
     );
 }

@@ -220,7 +220,7 @@ struct Tally {
 
 /// The result file: the one CSV writer that neutralises formula-like cells, since the
 /// transaction ids, reasons and messages echo what the day file said.
-type ResultFile = coalition_clearing::export::CsvWriter<std::io::BufWriter<std::fs::File>>;
+type ResultFile = coalition_clearing::csv_writer::CsvWriter<std::io::BufWriter<std::fs::File>>;
 
 fn write_row(out: &mut ResultFile, tally: &mut Tally, r: &pb::IngestResult) -> anyhow::Result<()> {
     let (points, balance) = r
@@ -228,7 +228,7 @@ fn write_row(out: &mut ResultFile, tally: &mut Tally, r: &pb::IngestResult) -> a
         .as_ref()
         .map(|x| (x.points.to_string(), x.balance_after.to_string()))
         .unwrap_or_default();
-    use coalition_clearing::export::Cell;
+    use coalition_clearing::csv_writer::Cell;
     out.try_row([
         Cell::Number(r.line.to_string()),
         Cell::Text(&r.transaction_id),

@@ -2,7 +2,8 @@
 //! a formula is neutralised in every CSV, numbers stay numbers, pain.001 escapes and keeps names,
 //! JSON parses back equal. On both backends, from real traffic over mTLS.
 
-use coalition_clearing::export::{element_texts, formula_like};
+use coalition_clearing::csv_writer::formula_like;
+use coalition_clearing::export::element_texts;
 use coalition_tests::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;

@@ -5,7 +5,8 @@
 //! settlements; the pay-in listing; no `-0.00` anywhere; the liability report at a past month-end;
 //! a retry matched by id before today's rules.
 
-use coalition_clearing::export::{element_texts, has_negative_zero};
+use coalition_clearing::csv_writer::has_negative_zero;
+use coalition_clearing::export::element_texts;
 use coalition_tests::*;
 use rust_decimal::Decimal;
 use std::str::FromStr;
