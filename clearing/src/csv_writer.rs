@@ -123,4 +123,3 @@ impl CsvWriter {
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
-

@@ -451,7 +451,10 @@ fn a_cancelled_cycle_writes_zero_without_a_sign() {
         export::settlement_csv(&s, None),
         export::statement_csv(&s, "air", &[]),
     ] {
-        assert!(!coalition_clearing::csv_writer::has_negative_zero(&text), "{text}");
+        assert!(
+            !coalition_clearing::csv_writer::has_negative_zero(&text),
+            "{text}"
+        );
     }
     assert!(
         coalition_clearing::csv_writer::has_negative_zero("x,-0.00,y")

@@ -8,26 +8,19 @@
 //! - [`cli`]: the subcommands (`serve`, `demo`, `certs`, `bench`, `audit`).
 
 pub mod api;
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cmd;
 pub mod config;
 pub mod daemon;
-pub mod demo;
-pub mod finance_cli;
+pub mod devsetup;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;
-pub mod ops_cli;
-pub mod partner_calls;
-pub mod partner_cli;
 pub mod prices;
 pub mod privacy;
 pub mod programme;
-pub mod programme_cli;
 pub mod report;
-pub mod report_cli;
 pub mod scheduler;
 pub mod server;
 pub mod store;

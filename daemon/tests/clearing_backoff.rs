@@ -29,7 +29,7 @@ async fn clearing_that_keeps_failing_backs_off_logs_little_and_shows_in_health()
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
-    coalitiond::demo::write_dev_setup(dir.path(), &addr).unwrap();
+    coalitiond::devsetup::write_dev_setup(dir.path(), &addr).unwrap();
     let path = dir.path().join("coalition.toml");
     let first = (chrono::Utc::now() - chrono::Duration::days(3)).date_naive();
     let text = std::fs::read_to_string(&path)

@@ -28,7 +28,7 @@ async fn a_flood_of_silent_connections_does_not_lock_partners_out() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    coalitiond::demo::write_dev_setup(dir.path(), &addr).unwrap();
+    coalitiond::devsetup::write_dev_setup(dir.path(), &addr).unwrap();
     let path = dir.path().join("coalition.toml");
     let log = dir.path().join("daemon.log");
     let mut child = Command::new("prlimit")

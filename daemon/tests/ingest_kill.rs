@@ -66,8 +66,8 @@ async fn killed_mid_file(database_url: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let config = match &database_url {
-        Some(url) => coalitiond::demo::write_dev_setup_on(dir.path(), &addr, url).unwrap(),
-        None => coalitiond::demo::write_dev_setup(dir.path(), &addr).unwrap(),
+        Some(url) => coalitiond::devsetup::write_dev_setup_on(dir.path(), &addr, url).unwrap(),
+        None => coalitiond::devsetup::write_dev_setup(dir.path(), &addr).unwrap(),
     };
     let path = dir.path().join("coalition.toml");
     day_file(&dir.path().join("day.csv"));

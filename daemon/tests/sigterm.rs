@@ -24,7 +24,7 @@ async fn sigterm_drains_and_nothing_is_lost_or_doubled() {
     coalitiond::client::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let config = coalitiond::demo::write_dev_setup(dir.path(), &addr).unwrap();
+    let config = coalitiond::devsetup::write_dev_setup(dir.path(), &addr).unwrap();
     let path = dir.path().join("coalition.toml");
     let mut child = spawn(&path, &addr).await;
     let pem = ClientPem::from_dir(&dir.path().join("certs/dev"), "partner-skyways").unwrap();
@@ -100,7 +100,7 @@ async fn sigterm_stops_a_long_catch_up_and_the_next_start_finishes_it() {
     coalitiond::client::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    coalitiond::demo::write_dev_setup(dir.path(), &addr).unwrap();
+    coalitiond::devsetup::write_dev_setup(dir.path(), &addr).unwrap();
     let path = dir.path().join("coalition.toml");
     let days = 1500u64;
     let today = chrono::Utc::now().date_naive();

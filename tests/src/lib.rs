@@ -189,7 +189,8 @@ impl TestDaemon {
         let url = pg
             .as_ref()
             .map_or("sqlite://coalition.db".to_string(), |p| p.url.clone());
-        coalitiond::demo::write_dev_setup_on(dir.path(), "127.0.0.1:0", &url).expect("dev setup");
+        coalitiond::devsetup::write_dev_setup_on(dir.path(), "127.0.0.1:0", &url)
+            .expect("dev setup");
         let path = dir.path().join("coalition.toml");
         std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
         let config = Config::load(&path).expect("edited config loads");

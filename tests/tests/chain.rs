@@ -3,7 +3,7 @@
 //! ledger passes; each settlement pins the chain's head. On both backends, over mTLS.
 
 use coalition_tests::*;
-use coalitiond::cli::{Cli, run};
+use coalitiond::cmd::{Cli, run};
 
 fn no_scheduler(toml: String) -> String {
     toml.replace("scheduler = true", "scheduler = false")

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use coalition_tests::*;
-use coalitiond::cli::{Cli, run};
+use coalitiond::cmd::{Cli, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_to_the_end() {
@@ -205,7 +205,7 @@ async fn ops_cli_lists_changes_and_suspends() {
         (2, "0.0091", false)
     );
     assert!(next.set_by.starts_with("operator/"), "{next:?}");
-    let table = coalitiond::ops_cli::limits_table(&limits);
+    let table = coalitiond::cmd::ops::limits_table(&limits);
     assert!(
         table.contains("SUSPENDED") && table.lines().count() == 4,
         "{table}"

@@ -508,7 +508,7 @@ async fn compact_rewrites_a_file_with_remains_in_its_free_space() {
         "control: the dropped row's bytes stay in a free page"
     );
     let path = t.dir.path().join("coalition.toml");
-    coalitiond::cli::run(<coalitiond::cli::Cli as clap::Parser>::parse_from([
+    coalitiond::cmd::run(<coalitiond::cmd::Cli as clap::Parser>::parse_from([
         "coalitiond",
         "compact",
         "--config",

@@ -4,7 +4,7 @@
 //! CSV.
 
 use coalition_tests::*;
-use coalitiond::cli::{Cli, run};
+use coalitiond::cmd::{Cli, run};
 use tonic::Code;
 
 const SECOND: i64 = 1_000_000;

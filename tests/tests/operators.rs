@@ -219,7 +219,7 @@ async fn a_revoked_certificate_is_refused_after_reload_while_others_keep_working
 
     // Revoke skyways, reload through the operator API.
     assert_eq!(
-        coalitiond::cli::revoke(&t.config, &t.partner_pem("skyways").cert).unwrap(),
+        coalitiond::devsetup::revoke(&t.config, &t.partner_pem("skyways").cert).unwrap(),
         1
     );
     let mut op = t.operator().await;
@@ -247,7 +247,7 @@ async fn a_revoked_certificate_is_refused_after_reload_while_others_keep_working
     let mut shop = t.partner("freshmart").await;
     shop.earn(earn_bonus("s0", "m1", 1)).await.unwrap();
     assert_eq!(
-        coalitiond::cli::revoke(&t.config, &t.partner_pem("freshmart").cert).unwrap(),
+        coalitiond::devsetup::revoke(&t.config, &t.partner_pem("freshmart").cert).unwrap(),
         2
     );
     let status = std::process::Command::new("kill")

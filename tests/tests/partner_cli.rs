@@ -3,8 +3,8 @@
 //! back, and a refusal rendered with its code, reason and message. On both backends.
 
 use coalition_tests::*;
-use coalitiond::cli::{Cli, Command, run};
-use coalitiond::partner_cli::{PartnerCommand, one_call};
+use coalitiond::cmd::partner::{PartnerCommand, one_call};
+use coalitiond::cmd::{Cli, Command, run};
 use serde_json::Value;
 
 /// `coalitiond partner <args…>` against `t`, as bistro: the answer's JSON (from the `--json` text)

@@ -4,7 +4,7 @@
 //! exports. Through the finance CLI and the partner API, on both backends, over mTLS.
 
 use coalition_tests::*;
-use coalitiond::cli::{Cli, run};
+use coalitiond::cmd::{Cli, run};
 use std::collections::BTreeMap;
 use tonic::Code;
 

@@ -5,7 +5,7 @@
 use chrono::{Datelike, NaiveDate, TimeZone};
 use clap::Parser;
 use coalition_tests::*;
-use coalitiond::cli::{Cli, run};
+use coalitiond::cmd::{Cli, run};
 use std::collections::BTreeMap;
 
 /// A key for members' pseudonyms (tests only).

@@ -3,9 +3,10 @@
 //! support reproducing a partner's call. The answer is printed as a table or, with `--json`, as
 //! one JSON object; a refusal as its status, its `ErrorInfo` reason and its message.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use coalition_proto::v1 as pb;
 use serde_json::{Value, json};
+use std::path::PathBuf;
 
 /// One call of the partner API.
 #[derive(Debug, Subcommand)]
@@ -13,7 +14,7 @@ pub enum Call {
     /// Earn points on a purchase (`--amount`) or as a bonus (`--points`).
     Earn {
         #[command(flatten)]
-        opts: crate::partner_cli::CallOptions,
+        opts: CallOptions,
         /// Your id for this transaction (a retry with the same id is safe).
         #[arg(long)]
         transaction_id: String,
@@ -36,7 +37,7 @@ pub enum Call {
     /// Spend a member's points.
     Burn {
         #[command(flatten)]
-        opts: crate::partner_cli::CallOptions,
+        opts: CallOptions,
         /// Your id for this transaction.
         #[arg(long)]
         transaction_id: String,
@@ -50,7 +51,7 @@ pub enum Call {
     /// Take back (part of) an earn, e.g. on a return.
     ReverseEarn {
         #[command(flatten)]
-        opts: crate::partner_cli::CallOptions,
+        opts: CallOptions,
         /// Your id for this reversal.
         #[arg(long)]
         transaction_id: String,
@@ -64,7 +65,7 @@ pub enum Call {
     /// Give back (part of) a burn.
     ReverseBurn {
         #[command(flatten)]
-        opts: crate::partner_cli::CallOptions,
+        opts: CallOptions,
         /// Your id for this reversal.
         #[arg(long)]
         transaction_id: String,
@@ -78,7 +79,7 @@ pub enum Call {
     /// A member's balance.
     Balance {
         #[command(flatten)]
-        opts: crate::partner_cli::CallOptions,
+        opts: CallOptions,
         /// The member.
         #[arg(long)]
         member: String,
@@ -86,7 +87,7 @@ pub enum Call {
     /// One of your transactions by your id.
     Transaction {
         #[command(flatten)]
-        opts: crate::partner_cli::CallOptions,
+        opts: CallOptions,
         /// Your id of the transaction.
         #[arg(long)]
         transaction_id: String,
@@ -94,7 +95,7 @@ pub enum Call {
     /// Your transactions with a member, newest first.
     Activity {
         #[command(flatten)]
-        opts: crate::partner_cli::CallOptions,
+        opts: CallOptions,
         /// The member.
         #[arg(long)]
         member: String,
@@ -106,7 +107,7 @@ pub enum Call {
 
 impl Call {
     /// Where to call and how to print.
-    pub fn opts(&self) -> &crate::partner_cli::CallOptions {
+    pub fn opts(&self) -> &CallOptions {
         match self {
             Call::Earn { opts, .. }
             | Call::Burn { opts, .. }
@@ -378,4 +379,36 @@ pub async fn call(
     }
     .await;
     result.unwrap_or_else(|s| refusal(&s))
+}
+
+/// Where the daemon is and which partner we are.
+#[derive(Debug, Args)]
+pub struct PartnerConnection {
+    /// The config file (its `listen` address, CA and currency are used).
+    #[arg(long, default_value = "coalition.toml")]
+    pub config: PathBuf,
+    /// host:port of the daemon, if not the config's `listen`.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// The partner's certificate (PEM); its key is the file beside it ending in `.key` unless
+    /// `--key` says otherwise.
+    #[arg(long, required_unless_present = "partner")]
+    pub cert: Option<PathBuf>,
+    /// Instead of `--cert`: the partner whose development certificate `certs issue` wrote into
+    /// the config's certificate folder (`partner-<id>.pem`).
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// The partner's private key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// Global options of the one-call subcommands.
+#[derive(Debug, Args)]
+pub struct CallOptions {
+    #[command(flatten)]
+    pub conn: PartnerConnection,
+    /// Print the answer (or the refusal: code, reason, message) as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -21,35 +21,14 @@
 //! this shape is answered `INVALID_ARGUMENT` / `MALFORMED_LINE` here, naming the line and the
 //! column, and never sent; the rest of the file goes on.
 
+use crate::cmd::partner_calls::PartnerConnection;
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::partner_service_client::PartnerServiceClient;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
-
-/// Where the daemon is and which partner we are.
-#[derive(Debug, Args)]
-pub struct PartnerConnection {
-    /// The config file (its `listen` address, CA and currency are used).
-    #[arg(long, default_value = "coalition.toml")]
-    pub config: PathBuf,
-    /// host:port of the daemon, if not the config's `listen`.
-    #[arg(long)]
-    pub addr: Option<String>,
-    /// The partner's certificate (PEM); its key is the file beside it ending in `.key` unless
-    /// `--key` says otherwise.
-    #[arg(long, required_unless_present = "partner")]
-    pub cert: Option<PathBuf>,
-    /// Instead of `--cert`: the partner whose development certificate `certs issue` wrote into
-    /// the config's certificate folder (`partner-<id>.pem`).
-    #[arg(long)]
-    pub partner: Option<String>,
-    /// The partner's private key (PEM).
-    #[arg(long)]
-    pub key: Option<PathBuf>,
-}
 
 /// `coalitiond partner …`
 #[derive(Debug, Subcommand)]
@@ -68,25 +47,15 @@ pub enum PartnerCommand {
     },
     /// One call of the partner API.
     #[command(flatten)]
-    Call(crate::partner_calls::Call),
+    Call(crate::cmd::partner_calls::Call),
 }
 
 /// Makes one call with the partner's certificate: its answer, or its refusal as an answer.
 pub async fn one_call(
-    call: &crate::partner_calls::Call,
-) -> anyhow::Result<crate::partner_calls::Answer> {
+    call: &crate::cmd::partner_calls::Call,
+) -> anyhow::Result<crate::cmd::partner_calls::Answer> {
     let (mut api, config) = client(&call.opts().conn).await?;
-    Ok(crate::partner_calls::call(&mut api, call, config.currency.code).await)
-}
-
-/// Global options of the one-call subcommands.
-#[derive(Debug, Args)]
-pub struct CallOptions {
-    #[command(flatten)]
-    pub conn: PartnerConnection,
-    /// Print the answer (or the refusal: code, reason, message) as one JSON object.
-    #[arg(long)]
-    pub json: bool,
+    Ok(crate::cmd::partner_calls::call(&mut api, call, config.currency.code).await)
 }
 
 async fn client(

@@ -4,46 +4,12 @@ use crate::client::{ClientPem, connect};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::devsetup::write_dev_setup;
 use anyhow::Context;
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::partner_service_client::PartnerServiceClient;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
-
-/// The example config, shipped in the binary.
-pub const EXAMPLE_CONFIG: &str = include_str!("../../coalition.example.toml");
-
-/// Writes a development setup into `dir`: `coalition.toml` (the example, listening on `listen`,
-/// its database in `dir`), and certificates under `dir/certs/dev`. Returns the loaded config.
-pub fn write_dev_setup(dir: &Path, listen: &str) -> anyhow::Result<Config> {
-    write_dev_setup_on(dir, listen, "sqlite://coalition.db")
-}
-
-/// [`write_dev_setup`] with another database URL.
-pub fn write_dev_setup_on(dir: &Path, listen: &str, database_url: &str) -> anyhow::Result<Config> {
-    std::fs::create_dir_all(dir.join("certs/dev"))?;
-    let text = EXAMPLE_CONFIG
-        .replacen(
-            "listen = \"127.0.0.1:7443\"",
-            &format!("listen = \"{listen}\""),
-            1,
-        )
-        .replacen(
-            "url = \"sqlite://data/coalition.db\"",
-            &format!("url = \"{database_url}\""),
-            1,
-        )
-        .replacen(
-            "metrics_listen = \"127.0.0.1:9464\"",
-            "metrics_listen = \"127.0.0.1:0\"",
-            1,
-        );
-    let path = dir.join("coalition.toml");
-    std::fs::write(&path, text)?;
-    let config = Config::load(&path)?;
-    crate::cli::certs_init(&config, &dir.join("certs/dev"))?;
-    Ok(config)
-}
 
 struct Till {
     name: &'static str,
@@ -153,7 +119,7 @@ async fn programme_part(
         })
         .await?
         .into_inner();
-    print!("{}", crate::programme_cli::campaigns_table(&[c]));
+    print!("{}", crate::cmd::programme::campaigns_table(&[c]));
     println!("\nA second member flies, dines and shops:");
     for (txn, amount, step) in [
         (
@@ -440,7 +406,7 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    crate::finance_cli::print_settlement(&settlement);
+    crate::cmd::finance::print_settlement(&settlement);
     let full = finance
         .get_member_balance(pb::MemberBalanceRequest {
             member_id: m.into(),

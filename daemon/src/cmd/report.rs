@@ -2,7 +2,7 @@
 //! HTML page, read over mTLS from the finance API (or, with a partner certificate, the partner's
 //! own from the partner API).
 
-use crate::finance_cli::Connection;
+use crate::cmd::finance::Connection;
 use crate::report::{self, Cohorts, Report};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
@@ -62,7 +62,7 @@ enum Api {
 
 impl Api {
     async fn open(c: &Connection) -> anyhow::Result<Api> {
-        let channel = crate::ops_cli::channel(&c.config, c.addr.as_deref(), &c.identity).await?;
+        let channel = crate::cmd::ops::channel(&c.config, c.addr.as_deref(), &c.identity).await?;
         Ok(if c.identity.starts_with("partner-") {
             Api::Partner(pb::partner_service_client::PartnerServiceClient::new(
                 channel,

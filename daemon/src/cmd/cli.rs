@@ -2,6 +2,7 @@
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::devsetup::{cert_stem, certs_init, revoke, write_pair};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use coalition_certs::{Authority, Identity, Role};
@@ -68,44 +69,44 @@ pub enum Command {
         config: PathBuf,
     },
     /// Drive a mixed earn/burn load over mTLS and print throughput and latency.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::cmd::bench::BenchArgs),
     /// Clear one generated cycle of many allocations and time it against a bare SQL aggregate.
-    BenchClearing(crate::bench::ClearingBenchArgs),
+    BenchClearing(crate::cmd::bench::ClearingBenchArgs),
     /// One partner floods at 10x its quota while another runs at half of its own: compare p99s.
-    BenchLimits(crate::bench::LimitsBenchArgs),
+    BenchLimits(crate::cmd::bench::LimitsBenchArgs),
     /// Finance: run, show, finalize and export settlements, and partner statements (over mTLS,
     /// with the finance certificate).
     Clearing {
         /// What to do.
         #[command(subcommand)]
-        command: crate::finance_cli::ClearingCommand,
+        command: crate::cmd::finance::ClearingCommand,
     },
     /// Operators: partners, live limits, quota changes, suspension, certificate reload (over
     /// mTLS, with the operator certificate).
     Ops {
         /// What to do.
         #[command(subcommand)]
-        command: crate::ops_cli::OpsCommand,
+        command: crate::cmd::ops::OpsCommand,
     },
     /// A partner's integrator: the partner API with a partner certificate (over mTLS); `ingest`
     /// sends a day file of offline tills.
     Partner {
         /// What to do.
         #[command(subcommand)]
-        command: crate::partner_cli::PartnerCommand,
+        command: crate::cmd::partner::PartnerCommand,
     },
     /// The programme team: campaigns (over mTLS, with the programme or an operator certificate).
     Programme {
         /// What to do.
         #[command(subcommand)]
-        command: crate::programme_cli::ProgrammeCommand,
+        command: crate::cmd::programme::ProgrammeCommand,
     },
     /// Managers: programme KPIs and cohorts as a table, CSV, JSON or an HTML page (over mTLS,
     /// with the finance certificate, or a partner's for its own).
     Report {
         /// What to report.
         #[command(subcommand)]
-        command: crate::report_cli::ReportCommand,
+        command: crate::cmd::report::ReportCommand,
     },
 }
 
@@ -149,105 +150,6 @@ pub enum CertsCommand {
     },
 }
 
-/// File stem of a client identity's certificate and key.
-pub fn cert_stem(id: &Identity) -> String {
-    match id.role {
-        Role::Partner => format!("partner-{}", id.name),
-        Role::Finance | Role::Operator | Role::Programme => id.role.as_str().to_string(),
-    }
-}
-
-fn write_pair(dir: &Path, stem: &str, cert: &str, key: &str) -> anyhow::Result<()> {
-    std::fs::write(dir.join(format!("{stem}.pem")), cert)?;
-    write_private(&dir.join(format!("{stem}.key")), key)
-}
-
-fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
-    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
-
-/// Adds a certificate's serial to the config's CRL (re-signed by the CA beside `tls.ca_cert`).
-/// Returns how many serials the CRL lists.
-pub fn revoke(config: &Config, cert_pem: &str) -> anyhow::Result<usize> {
-    let crl_path = config
-        .crl
-        .as_ref()
-        .context("config has no tls.crl: set one to revoke certificates")?;
-    let dir = config
-        .ca_cert
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let ca = Authority::load(
-        &std::fs::read_to_string(&config.ca_cert)?,
-        &std::fs::read_to_string(dir.join("ca.key"))
-            .context("reading ca.key beside tls.ca_cert")?,
-    )?;
-    let mut serials = match std::fs::read_to_string(crl_path) {
-        Ok(pem) => coalition_certs::crl_serials(&pem)?,
-        Err(_) => vec![],
-    };
-    let serial = coalition_certs::serial_of(cert_pem)?;
-    if !serials.contains(&serial) {
-        serials.push(serial);
-    }
-    let number = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_micros() as u64;
-    std::fs::write(crl_path, ca.crl(&serials, number, 30)?)?;
-    Ok(serials.len())
-}
-
-/// Writes a dev CA, server certificate and all client identities for `config` into `dir`.
-pub fn certs_init(config: &Config, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca = Authority::generate(&format!("{} development CA", config.coalition))?;
-    std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
-    write_private(&dir.join("ca.key"), &ca.key_pem)?;
-    let server = ca.issue_server(&["localhost", "127.0.0.1", "::1"])?;
-    std::fs::write(&config.server_cert, &server.cert_pem)
-        .with_context(|| format!("writing {}", config.server_cert.display()))?;
-    write_private(&config.server_key, &server.key_pem)?;
-    let mut written = vec![dir.join("ca.pem"), config.server_cert.clone()];
-    if let Some(crl) = &config.crl {
-        std::fs::write(crl, ca.crl(&[], 1, 30)?)?;
-        written.push(crl.clone());
-    }
-    let mut ids: Vec<Identity> = config
-        .partners
-        .keys()
-        .map(|p| Identity {
-            role: Role::Partner,
-            name: p.clone(),
-        })
-        .collect();
-    ids.push(Identity {
-        role: Role::Finance,
-        name: "finance".into(),
-    });
-    ids.push(Identity {
-        role: Role::Operator,
-        name: "oncall".into(),
-    });
-    ids.push(Identity {
-        role: Role::Programme,
-        name: "programme".into(),
-    });
-    for id in ids {
-        let issued = ca.issue_client(&config.coalition, &id, 365)?;
-        let stem = cert_stem(&id);
-        write_pair(dir, &stem, &issued.cert_pem, &issued.key_pem)?;
-        written.push(dir.join(format!("{stem}.pem")));
-    }
-    Ok(written)
-}
-
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn"));
@@ -271,7 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let daemon = crate::daemon::Daemon::start(config, Clock::default()).await?;
             daemon.run_until_signal().await
         }
-        Command::Demo { dir } => crate::demo::run(dir).await,
+        Command::Demo { dir } => crate::cmd::demo::run(dir).await,
         Command::Certs {
             command: CertsCommand::Init { config, force },
         } => {
@@ -385,13 +287,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("compacted: {before} bytes before, {after} after; its WAL is empty");
             Ok(())
         }
-        Command::Bench(args) => crate::bench::run(args).await,
-        Command::BenchClearing(args) => crate::bench::clearing(args).await,
-        Command::BenchLimits(args) => crate::bench::limits(args).await,
-        Command::Clearing { command } => crate::finance_cli::run(command).await,
-        Command::Programme { command } => crate::programme_cli::run(command).await,
-        Command::Ops { command } => crate::ops_cli::run(command).await,
-        Command::Partner { command } => crate::partner_cli::run(command).await,
-        Command::Report { command } => crate::report_cli::run(command).await,
+        Command::Bench(args) => crate::cmd::bench::run(args).await,
+        Command::BenchClearing(args) => crate::cmd::bench::clearing(args).await,
+        Command::BenchLimits(args) => crate::cmd::bench::limits(args).await,
+        Command::Clearing { command } => crate::cmd::finance::run(command).await,
+        Command::Programme { command } => crate::cmd::programme::run(command).await,
+        Command::Ops { command } => crate::cmd::ops::run(command).await,
+        Command::Partner { command } => crate::cmd::partner::run(command).await,
+        Command::Report { command } => crate::cmd::report::run(command).await,
     }
 }

@@ -107,7 +107,7 @@ pub struct CreateArgs {
 
 async fn client(c: &Connection) -> anyhow::Result<ProgrammeServiceClient<Channel>> {
     Ok(ProgrammeServiceClient::new(
-        crate::ops_cli::channel(&c.config, c.addr.as_deref(), &c.identity).await?,
+        crate::cmd::ops::channel(&c.config, c.addr.as_deref(), &c.identity).await?,
     ))
 }
 

@@ -512,7 +512,7 @@ async fn start_child_with(
         .prefix("coalitiond-bench-")
         .tempdir()?;
     let addr = format!("127.0.0.1:{}", free_port()?);
-    let config = crate::demo::write_dev_setup(dir.path(), &addr)?;
+    let config = crate::devsetup::write_dev_setup(dir.path(), &addr)?;
     let config_path = dir.path().join("coalition.toml");
     let file = format!("sqlite://{}", dir.path().join("bench.db").display());
     let database = match (database, preload) {
@@ -679,8 +679,8 @@ async fn run_ingest(args: &BenchArgs, lines: u64) -> anyhow::Result<()> {
         args.members
     );
     let started = Instant::now();
-    crate::partner_cli::run(crate::partner_cli::PartnerCommand::Ingest {
-        conn: crate::partner_cli::PartnerConnection {
+    crate::cmd::partner::run(crate::cmd::partner::PartnerCommand::Ingest {
+        conn: crate::cmd::partner_calls::PartnerConnection {
             config: dir.join("coalition.toml"),
             addr: Some(addr.clone()),
             cert: Some(certs.join("partner-skyways.pem")),
