@@ -68,6 +68,26 @@ fn in_range(d: NaiveDate) -> Result<NaiveDate, CycleError> {
     }
 }
 
+/// A business date written as `YYYY-MM-DD` between [`FIRST_CYCLE`] and [`LAST_CYCLE`], or `None`
+/// (chrono alone would take signed and five-digit years, `+262142-12-31`: the shape is insisted
+/// on). The one parser of a cycle's name: requests and the config both use it.
+pub fn parse_business_date(s: &str) -> Option<NaiveDate> {
+    let shape = s.len() == 10
+        && s.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if !shape {
+        return None;
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .filter(|d| (FIRST_CYCLE..=LAST_CYCLE).contains(d))
+}
+
 /// The day after `d`, within the calendar.
 pub fn next_day(d: NaiveDate) -> Result<NaiveDate, CycleError> {
     d.succ_opt()

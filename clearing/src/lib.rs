@@ -7,8 +7,12 @@
 pub mod csv_writer;
 pub mod cycle;
 pub mod export;
+pub mod plan;
 pub mod reconcile;
 pub mod settle;
 
-pub use cycle::{CycleError, Cycles, FIRST_CYCLE, LAST_CYCLE, next_day, previous_day};
+pub use cycle::{
+    CycleError, Cycles, FIRST_CYCLE, LAST_CYCLE, next_day, parse_business_date, previous_day,
+};
+pub use plan::{Plan, Rules};
 pub use settle::*;

@@ -44,6 +44,17 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A business date of the config (`YYYY-MM-DD`), or what is wrong with it.
+fn business_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    coalition_clearing::parse_business_date(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a business date like 2026-11-21 between {} and {}",
+            coalition_clearing::FIRST_CYCLE,
+            coalition_clearing::LAST_CYCLE
+        )
+    })
+}
+
 /// The file as written. Strings that need checking stay strings until [`Config::from_raw`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -616,8 +627,8 @@ impl Config {
     }
 
     /// The clearing rules every run and every audit of a settlement uses.
-    pub fn clearing_rules(&self) -> crate::store::clearing::Rules {
-        crate::store::clearing::Rules {
+    pub fn clearing_rules(&self) -> coalition_clearing::Rules {
+        coalition_clearing::Rules {
             cycles: self.cycles(),
             currency: self.currency.code.to_string(),
             minor_units: self.currency.minor_units,
@@ -806,8 +817,7 @@ impl Config {
             let date = |k: &str, v: &Option<String>| {
                 v.as_deref()
                     .map(|s| {
-                        crate::api::validate::cycle("date", s)
-                            .map_err(|e| invalid(key(k), e.to_string()))
+                        business_date(s).map_err(|e| invalid(key(k), e))
                     })
                     .transpose()
             };
@@ -970,8 +980,7 @@ impl Config {
                     .first_cycle
                     .as_deref()
                     .map(|s| {
-                        crate::api::validate::cycle("clearing.first_cycle", s)
-                            .map_err(|e| invalid("clearing.first_cycle", e.to_string()))
+                        business_date(s).map_err(|e| invalid("clearing.first_cycle", e))
                     })
                     .transpose()?,
                 max_catch_up_cycles: match raw.clearing.max_catch_up_cycles.unwrap_or(400) {
@@ -1017,8 +1026,7 @@ impl Config {
                     .iter()
                     .flatten()
                     .map(|s| {
-                        crate::api::validate::cycle("clearing.holidays", s)
-                            .map_err(|e| invalid("clearing.holidays", e.to_string()))
+                        business_date(s).map_err(|e| invalid("clearing.holidays", e))
                     })
                     .collect::<Result<_, _>>()?,
             },

@@ -215,23 +215,7 @@ pub fn cycle(field: &'static str, s: &str) -> Result<chrono::NaiveDate, ApiError
             ),
         )
     };
-    // chrono alone accepts signed and five-digit years ("+262142-12-31"): insist on the shape.
-    let shape = s.len() == 10
-        && s.bytes().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        });
-    if !shape {
-        return Err(malformed());
-    }
-    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| malformed())?;
-    if !(coalition_clearing::FIRST_CYCLE..=coalition_clearing::LAST_CYCLE).contains(&d) {
-        return Err(malformed());
-    }
-    Ok(d)
+    coalition_clearing::parse_business_date(s).ok_or_else(malformed)
 }
 
 /// A purchase category sent by a till (empty: none): 1..=64 letters, digits, '-', '_' or '.'.
