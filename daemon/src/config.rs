@@ -816,9 +816,7 @@ impl Config {
             };
             let date = |k: &str, v: &Option<String>| {
                 v.as_deref()
-                    .map(|s| {
-                        business_date(s).map_err(|e| invalid(key(k), e))
-                    })
+                    .map(|s| business_date(s).map_err(|e| invalid(key(k), e)))
                     .transpose()
             };
             let retired_from = date("retired_from", &p.retired_from)?;
@@ -979,9 +977,7 @@ impl Config {
                     .clearing
                     .first_cycle
                     .as_deref()
-                    .map(|s| {
-                        business_date(s).map_err(|e| invalid("clearing.first_cycle", e))
-                    })
+                    .map(|s| business_date(s).map_err(|e| invalid("clearing.first_cycle", e)))
                     .transpose()?,
                 max_catch_up_cycles: match raw.clearing.max_catch_up_cycles.unwrap_or(400) {
                     n @ 1..=100_000 => n,
@@ -1025,9 +1021,7 @@ impl Config {
                     .holidays
                     .iter()
                     .flatten()
-                    .map(|s| {
-                        business_date(s).map_err(|e| invalid("clearing.holidays", e))
-                    })
+                    .map(|s| business_date(s).map_err(|e| invalid("clearing.holidays", e)))
                     .collect::<Result<_, _>>()?,
             },
             retention_days: match raw.privacy.retention_days.unwrap_or(1095) {

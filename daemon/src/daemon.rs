@@ -1,9 +1,9 @@
 //! One running daemon: storage opened, writer started, server listening. `coalitiond serve`, the
 //! demo and the tests all start it the same way.
 
-use crate::api::Shared;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::services::shared::Shared;
 use crate::store::writer::{Writer, WriterConfig};
 use crate::store::{self, Store};
 use std::net::SocketAddr;
@@ -48,13 +48,14 @@ impl Daemon {
         crate::ops::apply_overrides(&*store, &limits).await?;
         // Before the writer starts: the registry, price versions and their backfill follow the
         // config, so the first batch is priced.
-        let prices = Arc::new(crate::prices::sync(&*store, &config, clock.now()).await?);
+        let prices =
+            Arc::new(crate::services::registry::sync(&*store, &config, clock.now()).await?);
         let (writer, writer_task) = Writer::spawn(
             backend,
             WriterConfig {
                 prices: prices.clone(),
-                retired: Arc::new(crate::prices::retirements(&config)?),
-                taken_over: Arc::new(crate::prices::takeovers(&config)?),
+                retired: Arc::new(crate::services::registry::retirements(&config)?),
+                taken_over: Arc::new(crate::services::registry::takeovers(&config)?),
                 max_batch: config.max_batch,
                 queue_depth: config.queue_depth,
                 expire_after: config.points_expire_after_days.map(|d| d * 86_400_000_000),
@@ -86,7 +87,6 @@ impl Daemon {
             writer,
             clock: clock.clone(),
             limits,
-            tls: tls.clone(),
             prices,
             health: writer_signals,
         };
@@ -95,13 +95,19 @@ impl Daemon {
             Some(addr) => Some(crate::metrics::serve(addr, rx.clone()).await?),
             None => None,
         };
-        tokio::spawn(crate::ops::refresh_loop(shared.clone(), rx.clone()));
+        tokio::spawn(crate::ops::refresh_loop(
+            shared.store.clone(),
+            shared.limits.clone(),
+            shared.prices.clone(),
+            rx.clone(),
+        ));
         // Know the other daemons of the database before serving: limits are shared from the
         // first call on.
         let shared_database = !config.database_url.starts_with("sqlite:");
-        let instance = crate::ops::join(&shared, shared_database).await;
+        let instance = crate::ops::join(&*shared.store, &shared.limits, shared_database).await;
         tokio::spawn(crate::ops::instances_loop(
-            shared.clone(),
+            shared.store.clone(),
+            shared.limits.clone(),
             instance,
             rx.clone(),
         ));

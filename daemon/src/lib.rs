@@ -23,4 +23,6 @@ pub mod programme;
 pub mod report;
 pub mod scheduler;
 pub mod server;
+pub mod services;
+pub mod signals;
 pub mod store;

@@ -8,8 +8,8 @@
 //! stops it within a cycle; the next start goes on where it stopped. A catch-up longer than
 //! `clearing.max_catch_up_cycles` waits for an operator (`coalitiond ops confirm-catch-up`).
 
-use crate::api::Shared;
-use crate::api::finance::plan;
+use crate::services::clearing::plan;
+use crate::services::shared::Shared;
 use chrono::NaiveDate;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;

@@ -2,18 +2,18 @@
 //! the coalition-wide purposes, never another partner's marketing); operators record on a member's
 //! behalf and read everything (each read in the access log).
 
-use super::Shared;
-use super::error::ApiError;
 use crate::clock::rfc3339;
+use crate::services::error::ServiceError;
+use crate::services::shared::Shared;
 use crate::store::Rejection;
 use crate::store::consent::{ConsentChange, ConsentOutcome, ConsentRecord, Purpose};
 use coalition_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 
 /// A purpose field.
-pub fn purpose(s: &str) -> Result<Purpose, ApiError> {
+pub fn purpose(s: &str) -> Result<Purpose, ServiceError> {
     Purpose::parse(s).ok_or_else(|| {
-        ApiError::field(
+        ServiceError::field(
             "purpose",
             "UNKNOWN_PURPOSE",
             format!("{s:?} is not a consent purpose; use marketing, analytics or sharing"),
@@ -42,7 +42,7 @@ pub async fn set(
     purpose: Purpose,
     scope_partner: &str,
     granted: bool,
-) -> Result<pb::Consent, ApiError> {
+) -> Result<pb::Consent, ServiceError> {
     let scope = if purpose.scoped() { scope_partner } else { "" };
     let canonical = format!(
         "consent\n{member}\n{}\n{scope}\n{granted}",
@@ -63,7 +63,7 @@ pub async fn set(
     };
     match shared.store.set_consent(&change).await? {
         ConsentOutcome::Applied(r) | ConsentOutcome::Replayed(r) => Ok(consent_pb(&r)),
-        ConsentOutcome::IdReused => Err(ApiError::Rejected(Rejection::IdReused(request_id))),
+        ConsentOutcome::IdReused => Err(ServiceError::Rejected(Rejection::IdReused(request_id))),
     }
 }
 
@@ -72,7 +72,7 @@ pub async fn for_partner(
     shared: &Shared,
     partner: &str,
     member: &str,
-) -> Result<pb::ConsentList, ApiError> {
+) -> Result<pb::ConsentList, ServiceError> {
     let all = shared.store.consents(member).await?;
     Ok(pb::ConsentList {
         member_id: member.to_string(),
@@ -85,7 +85,7 @@ pub async fn for_partner(
 }
 
 /// Every consent of a member (staff).
-pub async fn all(shared: &Shared, member: &str) -> Result<pb::ConsentList, ApiError> {
+pub async fn all(shared: &Shared, member: &str) -> Result<pb::ConsentList, ServiceError> {
     Ok(pb::ConsentList {
         member_id: member.to_string(),
         consents: shared

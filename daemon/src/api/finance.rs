@@ -1,10 +1,12 @@
 //! The finance service: clearing runs, settlements, statements, exports. Finance certificates only.
 
-use super::Shared;
-use super::error::ApiError;
 use super::reconcile;
 use crate::clock::rfc3339;
-use crate::store::clearing::{Plan, Status, Stored};
+use crate::services::clearing::{run, stored};
+use crate::services::error::ServiceError;
+use crate::services::shared::Shared;
+use crate::services::validate::cycle as parse_cycle;
+use crate::store::clearing::{Status, Stored};
 use chrono::NaiveDate;
 use coalition_clearing::export;
 use coalition_proto::v1 as pb;
@@ -22,19 +24,6 @@ impl FinanceApi {
     pub fn new(shared: Shared) -> FinanceApi {
         FinanceApi { shared }
     }
-}
-
-/// Parses a cycle field (`YYYY-MM-DD`, within the calendar).
-pub fn parse_cycle(field: &'static str, s: &str) -> Result<NaiveDate, ApiError> {
-    super::validate::cycle(field, s)
-}
-
-/// The clearing plan for `cycle` under this daemon's config.
-pub fn plan(shared: &Shared, cycle: NaiveDate, skip_if_busy: bool) -> Plan {
-    shared
-        .config
-        .clearing_rules()
-        .plan(cycle, shared.clock.now(), skip_if_busy)
 }
 
 fn status_pb(s: Status) -> pb::SettlementStatus {
@@ -143,27 +132,15 @@ pub fn answer_pb(a: &crate::store::responses::Answer) -> pb::SettlementResponse 
     }
 }
 
-/// The stored settlement of `cycle`, or NOT_FOUND.
-pub(super) async fn stored(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> {
-    shared
-        .store
-        .settlement(cycle)
-        .await?
-        .ok_or_else(|| ApiError::NotFound {
-            reason: "UNKNOWN_SETTLEMENT",
-            message: format!("cycle {cycle} has no settlement yet; run clearing for it first"),
-        })
-}
-
 /// The coalition's settlement account, which pays out and is paid into.
-fn settlement_account(shared: &Shared) -> Result<export::Account, ApiError> {
+fn settlement_account(shared: &Shared) -> Result<export::Account, ServiceError> {
     shared
         .config
         .clearing
         .settlement_account
         .clone()
         .ok_or_else(|| {
-            ApiError::Export(export::ExportError::NoAccount(
+            ServiceError::Export(export::ExportError::NoAccount(
                 "the coalition (clearing.settlement_account)".into(),
             ))
         })
@@ -171,7 +148,7 @@ fn settlement_account(shared: &Shared) -> Result<export::Account, ApiError> {
 
 /// When a payment file is made (RFC 3339 with the coalition's offset, as `CreDtTm`) and the
 /// banking day its payments are due: the first business day after the cycle, not before today.
-fn payment_dates(shared: &Shared, cycle: NaiveDate) -> Result<(String, NaiveDate), ApiError> {
+fn payment_dates(shared: &Shared, cycle: NaiveDate) -> Result<(String, NaiveDate), ServiceError> {
     let now = shared.clock.now();
     let local = chrono::DateTime::from_timestamp_micros(now)
         .unwrap_or_default()
@@ -181,7 +158,7 @@ fn payment_dates(shared: &Shared, cycle: NaiveDate) -> Result<(String, NaiveDate
         .clearing
         .next_business_day(cycle, local.date_naive())
         .ok_or_else(|| {
-            ApiError::refused(
+            ServiceError::refused(
                 tonic::Code::FailedPrecondition,
                 "NO_BUSINESS_DAY",
                 "clearing.business_days and clearing.holidays leave no banking day within a year",
@@ -198,7 +175,7 @@ pub async fn statement(
     shared: &Shared,
     cycle: NaiveDate,
     partner: &str,
-) -> Result<pb::Statement, ApiError> {
+) -> Result<pb::Statement, ServiceError> {
     let s = stored(shared, cycle).await?;
     let participant = s
         .settlement
@@ -214,7 +191,7 @@ pub async fn statement(
             .iter()
             .any(|p| p.id == partner)
     {
-        return Err(ApiError::NotFound {
+        return Err(ServiceError::NotFound {
             reason: "UNKNOWN_PARTNER",
             message: format!("{partner:?} is not a partner of this coalition"),
         });
@@ -260,20 +237,6 @@ pub async fn statement(
                 signed_value: l.signed_value.to_string(),
             })
             .collect(),
-    })
-}
-
-/// Runs the clearing of one cycle (finance's way: waits for a run in progress).
-pub async fn run(shared: &Shared, cycle: NaiveDate) -> Result<Stored, ApiError> {
-    let s = shared
-        .store
-        .run_clearing(&plan(shared, cycle, false))
-        .await?;
-    // A run that may wait is never skipped; if a backend ever did, say so rather than panic.
-    s.ok_or_else(|| {
-        ApiError::Store(crate::store::StoreError::Unavailable(
-            "another daemon is clearing; try again".into(),
-        ))
     })
 }
 
@@ -339,14 +302,12 @@ impl FinanceService for FinanceApi {
             "" => now,
             day => {
                 let day = parse_cycle("as_of", day)?;
-                let cut = self
-                    .shared
-                    .config
-                    .cycles()
-                    .close(day)
-                    .map_err(|e| ApiError::field("as_of", "MALFORMED_CYCLE", e.to_string()))?;
+                let cut =
+                    self.shared.config.cycles().close(day).map_err(|e| {
+                        ServiceError::field("as_of", "MALFORMED_CYCLE", e.to_string())
+                    })?;
                 if cut > now {
-                    return Err(ApiError::refused(
+                    return Err(ServiceError::refused(
                         tonic::Code::FailedPrecondition,
                         "CUT_IN_THE_FUTURE",
                         format!("business day {day} has not closed yet; ask for a day that has"),
@@ -361,13 +322,13 @@ impl FinanceService for FinanceApi {
             .store
             .lot_fates(as_of)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let values: BTreeMap<String, rust_decimal::Decimal> = self
             .shared
             .store
             .partners()
             .await
-            .map_err(ApiError::from)?
+            .map_err(ServiceError::from)?
             .into_iter()
             .map(|p| (p.id, p.liability_value))
             .collect();
@@ -419,7 +380,7 @@ impl FinanceService for FinanceApi {
         let size = match r.page_size {
             0 => 30,
             n if n < 0 => {
-                return Err(ApiError::field(
+                return Err(ServiceError::field(
                     "page_size",
                     "INVALID_PAGE_SIZE",
                     "must not be negative",
@@ -438,7 +399,7 @@ impl FinanceService for FinanceApi {
             .store
             .settlements(before, size as i64 + 1)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let more = rows.len() > size;
         rows.truncate(size);
         let next_page_token = match (more, rows.last()) {
@@ -462,7 +423,7 @@ impl FinanceService for FinanceApi {
             .store
             .settlement_answers(&cycle.to_string())
             .await
-            .map_err(ApiError::from)?
+            .map_err(ServiceError::from)?
             .iter()
             .map(answer_pb)
             .collect();
@@ -561,7 +522,7 @@ impl FinanceService for FinanceApi {
             ),
             pb::ExportFormat::Pain001 => {
                 if s.status != Status::Final {
-                    return Err(ApiError::refused(
+                    return Err(ServiceError::refused(
                             tonic::Code::FailedPrecondition,
                             "SETTLEMENT_NOT_FINAL",
                             format!(
@@ -576,7 +537,7 @@ impl FinanceService for FinanceApi {
                     .store
                     .partners()
                     .await
-                    .map_err(ApiError::from)?
+                    .map_err(ServiceError::from)?
                     .into_iter()
                     .filter_map(|p| p.account.map(|a| (p.id, a)))
                     .collect();
@@ -585,7 +546,7 @@ impl FinanceService for FinanceApi {
                 }
                 let (created, due) = payment_dates(&self.shared, cycle)?;
                 let xml = export::pain001(st, &debtor, &accounts, &created, due)
-                    .map_err(ApiError::from)?;
+                    .map_err(ServiceError::from)?;
                 (format!("{stem}.pain.001.xml"), "application/xml", xml)
             }
             pb::ExportFormat::Payins => {
@@ -598,7 +559,7 @@ impl FinanceService for FinanceApi {
                 )
             }
             pb::ExportFormat::Unspecified => {
-                return Err(ApiError::field(
+                return Err(ServiceError::field(
                     "format",
                     "MISSING_FORMAT",
                     "choose CSV, JSON, PAIN001 or PAYINS",

@@ -2,10 +2,10 @@
 //! certificates only. Changes are stored first, then applied: they survive a restart and reach the
 //! other daemons of the database within seconds.
 
-use super::Shared;
-use super::error::ApiError;
 use crate::ops::limits::LimitState;
 use crate::prices::PriceVersion;
+use crate::services::error::ServiceError;
+use crate::services::shared::Shared;
 use crate::store::PartnerOverride;
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::operator_service_server::OperatorService;
@@ -14,15 +14,19 @@ use tonic::{Request, Response, Status};
 /// Implements `coalition.v1.OperatorService`.
 pub struct OperatorApi {
     shared: Shared,
+    tls: std::sync::Arc<dyn crate::services::shared::CertificateReload>,
 }
 
 impl OperatorApi {
-    /// A service over the shared state.
-    pub fn new(shared: Shared) -> OperatorApi {
-        OperatorApi { shared }
+    /// A service over the shared state and the server's certificates.
+    pub fn new(
+        shared: Shared,
+        tls: std::sync::Arc<dyn crate::services::shared::CertificateReload>,
+    ) -> OperatorApi {
+        OperatorApi { shared, tls }
     }
 
-    fn info(&self, partner: &str) -> Result<pb::PartnerInfo, ApiError> {
+    fn info(&self, partner: &str) -> Result<pb::PartnerInfo, ServiceError> {
         let p = self
             .shared
             .config
@@ -64,7 +68,7 @@ impl OperatorApi {
         &self,
         partner: &str,
         f: impl FnOnce(&mut PartnerOverride),
-    ) -> Result<pb::PartnerInfo, ApiError> {
+    ) -> Result<pb::PartnerInfo, ServiceError> {
         let s = self
             .shared
             .limits
@@ -94,8 +98,8 @@ impl OperatorApi {
     }
 }
 
-fn unknown(partner: &str) -> ApiError {
-    ApiError::NotFound {
+fn unknown(partner: &str) -> ServiceError {
+    ServiceError::NotFound {
         reason: "UNKNOWN_PARTNER",
         message: format!("{partner:?} is not a partner of this coalition"),
     }
@@ -142,7 +146,13 @@ impl OperatorService for OperatorApi {
             .map(|p| self.info(p))
             .collect::<Result<Vec<_>, _>>()?;
         // Partners that left the config still settle what they took part in.
-        for r in self.shared.store.partners().await.map_err(ApiError::from)? {
+        for r in self
+            .shared
+            .store
+            .partners()
+            .await
+            .map_err(ServiceError::from)?
+        {
             if !self.shared.config.partners.contains_key(&r.id) {
                 partners.push(pb::PartnerInfo {
                     id: r.id,
@@ -184,7 +194,7 @@ impl OperatorService for OperatorApi {
             } else {
                 "burst"
             };
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 field,
                 "INVALID_LIMIT",
                 "must be at least 1 (suspend a partner to stop it)",
@@ -225,16 +235,16 @@ impl OperatorService for OperatorApi {
         let who = caller_name(&req)?;
         let r = req.get_ref();
         if r.member_id.starts_with('~') {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "member_id",
                 "ALREADY_A_PSEUDONYM",
                 "ids beginning with `~` are pseudonyms: nothing links them to a member any more",
             )
             .into());
         }
-        super::validate::id("member_id", &r.member_id)?;
+        crate::services::validate::id("member_id", &r.member_id)?;
         if r.reason.trim().is_empty() {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "reason",
                 "REASON_REQUIRED",
                 "say why the member is forgotten (a ticket, \"member's request\"): it is kept with the record",
@@ -242,7 +252,7 @@ impl OperatorService for OperatorApi {
             .into());
         }
         let Some(key) = &self.shared.config.member_key else {
-            return Err(ApiError::refused(
+            return Err(ServiceError::refused(
                 tonic::Code::FailedPrecondition,
                 "NO_MEMBER_KEY",
                 "this daemon has no privacy.member_key: set one (at least 32 characters of secret) \
@@ -262,7 +272,7 @@ impl OperatorService for OperatorApi {
             .store
             .forget_member(&f)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         tracing::info!(
             member = %self.shared.log_ref(&r.member_id),
             pseudonym = %out.pseudonym,
@@ -285,10 +295,10 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::Consent>, Status> {
         let who = caller_name(&req)?;
         let r = req.get_ref();
-        super::validate::id("member_id", &r.member_id)?;
+        crate::services::validate::id("member_id", &r.member_id)?;
         let purpose = super::consent::purpose(&r.purpose)?;
         if purpose.scoped() && !self.shared.config.partners.contains_key(&r.partner) {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "partner",
                 "UNKNOWN_PARTNER",
                 format!(
@@ -337,15 +347,15 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<pb::ConfirmCatchUpRequest>,
     ) -> Result<Response<pb::ConfirmCatchUpResponse>, Status> {
-        let through = super::validate::cycle("through", &req.get_ref().through)?;
+        let through = crate::services::validate::cycle("through", &req.get_ref().through)?;
         self.shared
             .store
             .confirm_catch_up(through)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let cycles = match crate::scheduler::due(&self.shared)
             .await
-            .map_err(|e| ApiError::Store(crate::store::StoreError::Unavailable(e.to_string())))?
+            .map_err(|e| ServiceError::Store(crate::store::StoreError::Unavailable(e.to_string())))?
             .0
         {
             Some((start, target)) if start <= through => {
@@ -365,10 +375,9 @@ impl OperatorService for OperatorApi {
         _req: Request<pb::ReloadCertificatesRequest>,
     ) -> Result<Response<pb::ReloadCertificatesResponse>, Status> {
         let revoked = self
-            .shared
             .tls
-            .reload()
-            .map_err(|e| ApiError::ReloadRefused(e.to_string()))?;
+            .reload_certificates()
+            .map_err(ServiceError::ReloadRefused)?;
         Ok(Response::new(pb::ReloadCertificatesResponse {
             revoked: revoked as u32,
         }))
@@ -396,7 +405,7 @@ impl OperatorService for OperatorApi {
             .store
             .price_versions()
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ListPricesResponse {
             versions: versions
                 .iter()
@@ -429,7 +438,7 @@ async fn set_prices(
     shared: &Shared,
     r: &pb::SetPricesRequest,
     set_by: String,
-) -> Result<PriceVersion, ApiError> {
+) -> Result<PriceVersion, ServiceError> {
     let now = shared.clock.now();
     let known = shared
         .store
@@ -438,7 +447,7 @@ async fn set_prices(
         .into_iter()
         .any(|p| p.id == r.partner);
     if !known {
-        return Err(ApiError::NotFound {
+        return Err(ServiceError::NotFound {
             reason: "UNKNOWN_PARTNER",
             message: format!("no partner {:?} in the coalition", r.partner),
         });
@@ -448,11 +457,13 @@ async fn set_prices(
         cycles
             .cycle_of(now)
             .and_then(|c| cycles.close(c))
-            .map_err(|e| ApiError::Store(crate::store::StoreError::Unavailable(e.to_string())))?
+            .map_err(|e| {
+                ServiceError::Store(crate::store::StoreError::Unavailable(e.to_string()))
+            })?
     } else {
         chrono::DateTime::parse_from_rfc3339(&r.effective_from)
             .map_err(|_| {
-                ApiError::field(
+                ServiceError::field(
                     "effective_from",
                     "MALFORMED_INSTANT",
                     format!(
@@ -464,7 +475,7 @@ async fn set_prices(
             .timestamp_micros()
     };
     if effective_from < now + crate::prices::MIN_LEAD {
-        return Err(ApiError::refused(
+        return Err(ServiceError::refused(
             tonic::Code::FailedPrecondition,
             "PRICE_CHANGE_TOO_SOON",
             crate::prices::PriceError::TooSoon {
@@ -477,14 +488,14 @@ async fn set_prices(
     let rate = |field: &'static str, s: &str, was: Option<rust_decimal::Decimal>| {
         if s.is_empty() {
             return was.ok_or_else(|| {
-                ApiError::field(
+                ServiceError::field(
                     field,
                     "MISSING_PRICE",
                     "the partner has no price yet: give both",
                 )
             });
         }
-        crate::config::rate(s).map_err(|m| ApiError::field(field, "MALFORMED_RATE", m))
+        crate::config::rate(s).map_err(|m| ServiceError::field(field, "MALFORMED_RATE", m))
     };
     let v = PriceVersion {
         partner: r.partner.clone(),
@@ -506,7 +517,7 @@ async fn set_prices(
     };
     let stored = shared.store.add_price(&v).await?;
     if stored.redemption_rate != v.redemption_rate || stored.issuance_fee != v.issuance_fee {
-        return Err(ApiError::refused(
+        return Err(ServiceError::refused(
             tonic::Code::AlreadyExists,
             "PRICE_VERSION_EXISTS",
             crate::prices::PriceError::Conflict {
@@ -523,9 +534,9 @@ async fn set_prices(
 }
 
 /// The name on the operator certificate of a call.
-fn caller_name<T>(req: &Request<T>) -> Result<String, ApiError> {
+fn caller_name<T>(req: &Request<T>) -> Result<String, ServiceError> {
     req.extensions()
         .get::<coalition_certs::Identity>()
         .map(|i| i.name.clone())
-        .ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))
+        .ok_or_else(|| ServiceError::Unauthenticated("no identity on this call".into()))
 }

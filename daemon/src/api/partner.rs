@@ -1,14 +1,18 @@
 //! The partner service: Earn, Burn, the two reversals, and the reads.
 
-use super::error::ApiError;
-use super::{CallerPartner, Shared, validate};
+use super::caller::CallerPartner;
+use super::wire::{
+    burn_op, earn_canonical, parts_to_pb, receipt_to_pb, reverse_burn_op, reverse_earn_op,
+};
 use crate::clock::rfc3339;
 use crate::config::Partner;
-use crate::ledger::{Kind, Receipt};
-use crate::store::{Op, Request as LedgerRequest, TxnRecord};
+use crate::ledger::Receipt;
+use crate::services::error::ServiceError;
+use crate::services::shared::Shared;
+use crate::services::{validate, writes};
+use crate::store::{Op, TxnRecord};
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::partner_service_server::PartnerService;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 /// Implements `coalition.v1.PartnerService`.
@@ -27,28 +31,28 @@ impl PartnerApi {
         &self,
         req: &Request<pb::SettlementAnswerRequest>,
         state: &str,
-    ) -> Result<pb::SettlementResponse, ApiError> {
+    ) -> Result<pb::SettlementResponse, ServiceError> {
         let partner = self.caller(req)?;
         let r = req.get_ref();
-        let cycle = super::finance::parse_cycle("cycle", &r.cycle)?;
+        let cycle = crate::services::validate::cycle("cycle", &r.cycle)?;
         let reason = r.reason.trim();
         if state == "disputed" && reason.is_empty() {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "reason",
                 "REASON_REQUIRED",
                 "say what is wrong with the settlement (e.g. \"our tills show 12 burns, not 13\")",
             ));
         }
         if reason.chars().count() > 500 {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "reason",
                 "REASON_TOO_LONG",
                 "at most 500 characters",
             ));
         }
-        let s = super::finance::stored(&self.shared, cycle).await?;
+        let s = crate::services::clearing::stored(&self.shared, cycle).await?;
         if s.status != crate::store::clearing::Status::Final {
-            return Err(ApiError::refused(
+            return Err(ServiceError::refused(
                 tonic::Code::FailedPrecondition,
                 "SETTLEMENT_NOT_FINAL",
                 format!(
@@ -71,88 +75,13 @@ impl PartnerApi {
         Ok(super::finance::answer_pb(&out))
     }
 
-    pub(super) fn caller<T>(&self, req: &Request<T>) -> Result<&Partner, ApiError> {
-        let id = req
-            .extensions()
-            .get::<CallerPartner>()
-            .ok_or_else(|| ApiError::Unauthenticated("no partner identity on this call".into()))?;
+    pub(super) fn caller<T>(&self, req: &Request<T>) -> Result<&Partner, ServiceError> {
+        let id = req.extensions().get::<CallerPartner>().ok_or_else(|| {
+            ServiceError::Unauthenticated("no partner identity on this call".into())
+        })?;
         self.shared.config.partners.get(&id.0).ok_or_else(|| {
-            ApiError::Unauthenticated(format!("partner {:?} is not configured", id.0))
+            ServiceError::Unauthenticated(format!("partner {:?} is not configured", id.0))
         })
-    }
-
-    /// An earn's fields judged by today's rules: the operation and its canonical content.
-    pub(super) fn earn_validated(
-        &self,
-        partner: &Partner,
-        r: &pb::EarnRequest,
-    ) -> Result<(Op, String), ApiError> {
-        validate::id("transaction_id", &r.transaction_id)?;
-        validate::id("member_id", &r.member_id)?;
-        let (points, purchase, grant) = match &r.grant {
-            Some(pb::earn_request::Grant::Purchase(m)) => {
-                let amount = validate::money(
-                    "purchase.amount",
-                    &m.amount,
-                    &m.currency,
-                    self.shared.config.currency,
-                )?;
-                let points = validate::purchase_points(amount, partner)?;
-                (
-                    points,
-                    Some((amount, m.currency.clone())),
-                    format!("purchase:{}:{}", amount.normalize(), m.currency),
-                )
-            }
-            Some(pb::earn_request::Grant::BonusPoints(p)) => {
-                (validate::bonus(*p, partner)?, None, format!("bonus:{p}"))
-            }
-            None => {
-                return Err(ApiError::field(
-                    "grant",
-                    "MISSING_GRANT",
-                    "set either purchase or bonus_points",
-                ));
-            }
-        };
-        let category = validate::category(&r.category)?;
-        let canonical = canonical_earn(&r.member_id, &grant, &r.category);
-        let op = Op::Earn {
-            member: r.member_id.clone(),
-            points,
-            purchase,
-            category,
-        };
-        Ok((op, canonical))
-    }
-
-    /// A retry is matched by its id before its fields are judged by today's rules: if the
-    /// partner already has a transaction with this id and the same content, its stored receipt
-    /// is the answer even when today's config (a lower bonus cap, another currency) would refuse
-    /// the request. Called only when validation failed, so the common path reads nothing.
-    pub(super) async fn replay(
-        &self,
-        partner: &Partner,
-        transaction_id: &str,
-        canonical: Option<String>,
-        refused: ApiError,
-    ) -> Result<Receipt, ApiError> {
-        let Some(canonical) = canonical else {
-            return Err(refused);
-        };
-        if validate::id("transaction_id", transaction_id).is_err() {
-            return Err(refused);
-        }
-        let hash: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
-        match self
-            .shared
-            .store
-            .transaction(&partner.id, transaction_id)
-            .await?
-        {
-            Some(t) if t.request_hash == hash => Ok(t.receipt),
-            _ => Err(refused),
-        }
     }
 
     /// A member's programme state and the campaigns in force at `now`, as an earn at `partner`
@@ -167,7 +96,7 @@ impl PartnerApi {
             crate::programme::MemberProgramme,
             Vec<crate::programme::Campaign>,
         ),
-        ApiError,
+        ServiceError,
     > {
         use crate::store::programme::{ProgrammeCall, ProgrammeReply};
         let call = ProgrammeCall::State {
@@ -178,17 +107,21 @@ impl PartnerApi {
         };
         match self.shared.store.programme(call).await? {
             ProgrammeReply::State(m, c) => Ok((m, c)),
-            _ => Err(ApiError::mismatched()),
+            _ => Err(ServiceError::mismatched()),
         }
     }
 
     /// What `member` has held at `now` (see [`super::views::held`]).
-    async fn held(&self, member: &str, now: crate::ledger::Micros) -> Result<(i64, i64), ApiError> {
+    async fn held(
+        &self,
+        member: &str,
+        now: crate::ledger::Micros,
+    ) -> Result<(i64, i64), ServiceError> {
         super::views::held(&self.shared, member, now).await
     }
 
     /// One of `partner`'s holds by its authorization id or the id of the call that closed it.
-    async fn hold(&self, partner: &str, id: &str) -> Result<Option<HoldRecord>, ApiError> {
+    async fn hold(&self, partner: &str, id: &str) -> Result<Option<HoldRecord>, ServiceError> {
         use crate::store::holds::{HoldsCall, HoldsReply};
         let call = HoldsCall::One {
             partner: partner.to_string(),
@@ -196,96 +129,8 @@ impl PartnerApi {
         };
         match self.shared.store.holds(call).await? {
             HoldsReply::One(h) => Ok(h.map(|h| *h)),
-            _ => Err(ApiError::mismatched()),
+            _ => Err(ServiceError::mismatched()),
         }
-    }
-
-    async fn submit(
-        &self,
-        partner: &Partner,
-        transaction_id: &str,
-        op: Op,
-        canonical: String,
-    ) -> Result<Receipt, ApiError> {
-        let hash: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
-        let request = LedgerRequest {
-            partner: partner.id.clone(),
-            transaction_id: transaction_id.to_string(),
-            hash,
-            op,
-        };
-        Ok(self.shared.writer.submit(request).await??)
-    }
-}
-
-/// An earn's canonical content from its fields as sent (no rule applied), to match a retry.
-/// A burn's operation and canonical content.
-pub(super) fn burn_op(r: &pb::BurnRequest) -> Result<(Op, String), ApiError> {
-    validate::id("transaction_id", &r.transaction_id)?;
-    validate::id("member_id", &r.member_id)?;
-    let points = validate::burn_points(r.points)?;
-    let canonical = format!("burn\n{}\n{points}", r.member_id);
-    let op = Op::Burn {
-        member: r.member_id.clone(),
-        points,
-    };
-    Ok((op, canonical))
-}
-
-/// An earn reversal's operation and canonical content.
-pub(super) fn reverse_earn_op(r: &pb::ReverseEarnRequest) -> Result<(Op, String), ApiError> {
-    validate::id("transaction_id", &r.transaction_id)?;
-    validate::id("original_transaction_id", &r.original_transaction_id)?;
-    let points = validate::reversal_points(r.points)?;
-    let canonical = format!("reverse_earn\n{}\n{points}", r.original_transaction_id);
-    let op = Op::ReverseEarn {
-        original: r.original_transaction_id.clone(),
-        points,
-    };
-    Ok((op, canonical))
-}
-
-/// A burn reversal's operation and canonical content.
-pub(super) fn reverse_burn_op(r: &pb::ReverseBurnRequest) -> Result<(Op, String), ApiError> {
-    validate::id("transaction_id", &r.transaction_id)?;
-    validate::id("original_transaction_id", &r.original_transaction_id)?;
-    let points = validate::reversal_points(r.points)?;
-    let canonical = format!("reverse_burn\n{}\n{points}", r.original_transaction_id);
-    let op = Op::ReverseBurn {
-        original: r.original_transaction_id.clone(),
-        points,
-    };
-    Ok((op, canonical))
-}
-
-pub(super) fn earn_canonical(r: &pb::EarnRequest) -> Option<String> {
-    let grant = match &r.grant {
-        Some(pb::earn_request::Grant::Purchase(m)) => {
-            let amount: rust_decimal::Decimal = m.amount.trim().parse().ok()?;
-            format!("purchase:{}:{}", amount.normalize(), m.currency)
-        }
-        Some(pb::earn_request::Grant::BonusPoints(p)) => format!("bonus:{p}"),
-        None => return None,
-    };
-    Some(canonical_earn(&r.member_id, &grant, &r.category))
-}
-
-/// An earn's canonical content; the category joins it only when sent, so that earns stored
-/// before categories existed still match their retries.
-fn canonical_earn(member: &str, grant: &str, category: &str) -> String {
-    if category.is_empty() {
-        format!("earn\n{member}\n{grant}")
-    } else {
-        format!("earn\n{member}\n{grant}\ncategory:{category}")
-    }
-}
-
-fn kind_to_pb(k: Kind) -> pb::TransactionKind {
-    match k {
-        Kind::Earn => pb::TransactionKind::Earn,
-        Kind::Burn => pb::TransactionKind::Burn,
-        Kind::ReverseEarn => pb::TransactionKind::ReverseEarn,
-        Kind::ReverseBurn => pb::TransactionKind::ReverseBurn,
     }
 }
 
@@ -298,45 +143,6 @@ fn voucher_to_pb(v: &crate::programme::Voucher) -> pb::Voucher {
         issued_at: rfc3339(v.issued_at),
         expires_at: rfc3339(v.expires_at),
         redeemed_at: v.redeemed_at.map(rfc3339).unwrap_or_default(),
-    }
-}
-
-/// An earn's parts on the wire, each funder named by its issuer id.
-pub fn parts_to_pb(parts: &[crate::ledger::Part], partner: &str) -> Vec<pb::EarnPart> {
-    parts
-        .iter()
-        .map(|p| pb::EarnPart {
-            kind: p.kind.as_str().to_string(),
-            source: p.source.clone(),
-            funder: p.funder.issuer(partner).to_string(),
-            points: p.points,
-        })
-        .collect()
-}
-
-/// A receipt on the wire (`partner`: the partner that made the transaction).
-pub fn receipt_to_pb(r: &Receipt, partner: &str) -> pb::Receipt {
-    pb::Receipt {
-        transaction_id: r.transaction_id.clone(),
-        ledger_id: r.ledger_id,
-        kind: kind_to_pb(r.kind) as i32,
-        member_id: r.member_id.clone(),
-        points: r.points,
-        balance_after: r.balance_after,
-        accepted_at: rfc3339(r.accepted_at),
-        slices: r
-            .slices
-            .iter()
-            .map(|(issuer, points)| pb::IssuerSlice {
-                issuer: issuer.clone(),
-                points: *points,
-            })
-            .collect(),
-        debt_created: r.debt_created,
-        debt_repaid: r.debt_repaid,
-        original_transaction_id: r.original_transaction_id.clone().unwrap_or_default(),
-        parts: parts_to_pb(&r.parts, partner),
-        tier: r.tier.clone().unwrap_or_default(),
     }
 }
 
@@ -362,8 +168,8 @@ fn hold_to_pb(v: &crate::ledger::HoldView, ledger_id: i64, member: &str) -> pb::
 }
 
 /// The answer of an authorization or a void.
-fn hold_response(receipt: &Receipt) -> Result<pb::HoldResponse, ApiError> {
-    let view = receipt.hold.as_ref().ok_or_else(ApiError::mismatched)?;
+fn hold_response(receipt: &Receipt) -> Result<pb::HoldResponse, ServiceError> {
+    let view = receipt.hold.as_ref().ok_or_else(ServiceError::mismatched)?;
     Ok(pb::HoldResponse {
         hold: Some(hold_to_pb(view, receipt.ledger_id, &receipt.member_id)),
         balance_after: receipt.balance_after,
@@ -391,12 +197,12 @@ fn page_token(member: &str, at: i64, id: i64) -> String {
     hex::encode(format!("v1:{at}:{id}:{member}"))
 }
 
-fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, ApiError> {
+fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, ServiceError> {
     if token.is_empty() {
         return Ok(None);
     }
     let bad = || {
-        ApiError::field(
+        ServiceError::field(
             "page_token",
             "INVALID_PAGE_TOKEN",
             "is not a token from a previous page of this member's activity",
@@ -431,7 +237,12 @@ impl PartnerService for PartnerApi {
         &self,
         req: Request<tonic::Streaming<pb::IngestLine>>,
     ) -> Result<Response<Self::IngestBatchStream>, Status> {
-        Ok(Response::new(self.ingest(req)?))
+        let partner = self.caller(&req)?.clone();
+        Ok(Response::new(super::ingest::ingest(
+            self.shared.clone(),
+            partner,
+            req.into_inner(),
+        )))
     }
 
     async fn earn(
@@ -440,14 +251,19 @@ impl PartnerService for PartnerApi {
     ) -> Result<Response<pb::EarnResponse>, Status> {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
-        let receipt = match self.earn_validated(partner, r) {
+        let receipt = match super::wire::earn_op(self.shared.config.currency, partner, r) {
             Ok((op, canonical)) => {
-                self.submit(partner, &r.transaction_id, op, canonical)
-                    .await?
+                writes::submit(&self.shared, partner, &r.transaction_id, op, canonical).await?
             }
             Err(refused) => {
-                self.replay(partner, &r.transaction_id, earn_canonical(r), refused)
-                    .await?
+                writes::replay(
+                    &self.shared,
+                    partner,
+                    &r.transaction_id,
+                    earn_canonical(r),
+                    refused,
+                )
+                .await?
             }
         };
         Ok(Response::new(pb::EarnResponse {
@@ -461,9 +277,8 @@ impl PartnerService for PartnerApi {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         let (op, canonical) = burn_op(r)?;
-        let receipt = self
-            .submit(partner, &r.transaction_id, op, canonical)
-            .await?;
+        let receipt =
+            writes::submit(&self.shared, partner, &r.transaction_id, op, canonical).await?;
         Ok(Response::new(pb::BurnResponse {
             receipt: Some(receipt_to_pb(&receipt, &partner.id)),
             hold: None,
@@ -483,7 +298,7 @@ impl PartnerService for PartnerApi {
         let seconds = match r.hold_seconds {
             0 => config.default_hold_seconds,
             s if s < 0 || s as u64 > config.max_hold_seconds => {
-                return Err(ApiError::field(
+                return Err(ServiceError::field(
                     "hold_seconds",
                     "HOLD_TOO_LONG",
                     format!(
@@ -502,9 +317,8 @@ impl PartnerService for PartnerApi {
             points,
             hold_for: seconds as i64 * 1_000_000,
         };
-        let receipt = self
-            .submit(partner, &r.transaction_id, op, canonical)
-            .await?;
+        let receipt =
+            writes::submit(&self.shared, partner, &r.transaction_id, op, canonical).await?;
         Ok(Response::new(hold_response(&receipt)?))
     }
 
@@ -522,9 +336,8 @@ impl PartnerService for PartnerApi {
             authorization: r.authorization_id.clone(),
             points,
         };
-        let receipt = self
-            .submit(partner, &r.transaction_id, op, canonical)
-            .await?;
+        let receipt =
+            writes::submit(&self.shared, partner, &r.transaction_id, op, canonical).await?;
         let hold = receipt
             .hold
             .as_ref()
@@ -547,9 +360,8 @@ impl PartnerService for PartnerApi {
         let op = Op::Void {
             authorization: r.authorization_id.clone(),
         };
-        let receipt = self
-            .submit(partner, &r.transaction_id, op, canonical)
-            .await?;
+        let receipt =
+            writes::submit(&self.shared, partner, &r.transaction_id, op, canonical).await?;
         Ok(Response::new(hold_response(&receipt)?))
     }
 
@@ -560,9 +372,8 @@ impl PartnerService for PartnerApi {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         let (op, canonical) = reverse_earn_op(r)?;
-        let receipt = self
-            .submit(partner, &r.transaction_id, op, canonical)
-            .await?;
+        let receipt =
+            writes::submit(&self.shared, partner, &r.transaction_id, op, canonical).await?;
         Ok(Response::new(pb::ReverseResponse {
             receipt: Some(receipt_to_pb(&receipt, &partner.id)),
         }))
@@ -575,9 +386,8 @@ impl PartnerService for PartnerApi {
         let partner = self.caller(&req)?;
         let r = req.get_ref();
         let (op, canonical) = reverse_burn_op(r)?;
-        let receipt = self
-            .submit(partner, &r.transaction_id, op, canonical)
-            .await?;
+        let receipt =
+            writes::submit(&self.shared, partner, &r.transaction_id, op, canonical).await?;
         Ok(Response::new(pb::ReverseResponse {
             receipt: Some(receipt_to_pb(&receipt, &partner.id)),
         }))
@@ -597,7 +407,7 @@ impl PartnerService for PartnerApi {
             .store
             .member_at(&r.member_id, now)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let held = self.held(&r.member_id, now).await?;
         Ok(Response::new(super::views::balance(
             &r.member_id,
@@ -622,7 +432,7 @@ impl PartnerService for PartnerApi {
             .store
             .member_at(&r.member_id, now)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let held = self.held(&r.member_id, now).await?;
         let balance = super::views::balance(
             &r.member_id,
@@ -713,7 +523,7 @@ impl PartnerService for PartnerApi {
         if r.transaction_id.is_empty() {
             r.transaction_id = "quote".into();
         }
-        let (op, _) = self.earn_validated(partner, &r)?;
+        let (op, _) = super::wire::earn_op(self.shared.config.currency, partner, &r)?;
         self.shared.refuse_forgotten(&r.member_id).await?;
         let Op::Earn {
             member,
@@ -722,7 +532,7 @@ impl PartnerService for PartnerApi {
             category,
         } = op
         else {
-            return Err(ApiError::refused(
+            return Err(ServiceError::refused(
                 tonic::Code::Internal,
                 "INTERNAL",
                 "an earn validated into another operation",
@@ -751,7 +561,7 @@ impl PartnerService for PartnerApi {
         };
         let priced =
             crate::programme::price_earn(ladder, &campaigns, &state, &facts).map_err(|e| {
-                ApiError::refused(
+                ServiceError::refused(
                     tonic::Code::InvalidArgument,
                     "POINTS_OVERFLOW",
                     e.to_string(),
@@ -782,21 +592,21 @@ impl PartnerService for PartnerApi {
             now: self.shared.clock.now(),
         };
         let refused = |code, reason, message: String| -> Status {
-            ApiError::refused(code, reason, message).into()
+            ServiceError::refused(code, reason, message).into()
         };
         match self
             .shared
             .store
             .programme(call)
             .await
-            .map_err(ApiError::from)?
+            .map_err(ServiceError::from)?
         {
             ProgrammeReply::Redeemed(Ok(v)) => Ok(Response::new(pb::VoucherRedemption {
                 voucher: Some(voucher_to_pb(&v)),
                 transaction_id: r.transaction_id.clone(),
             })),
             ProgrammeReply::Redeemed(Err(e)) => Err(match e {
-                RedeemRefusal::Unknown => ApiError::NotFound {
+                RedeemRefusal::Unknown => ServiceError::NotFound {
                     reason: "UNKNOWN_VOUCHER",
                     message: format!("no voucher {:?}", r.voucher_id),
                 }
@@ -829,7 +639,7 @@ impl PartnerService for PartnerApi {
                     ),
                 ),
             }),
-            _ => Err(ApiError::mismatched().into()),
+            _ => Err(ServiceError::mismatched().into()),
         }
     }
 
@@ -842,7 +652,7 @@ impl PartnerService for PartnerApi {
         validate::id("member_id", &r.member_id)?;
         self.shared.refuse_forgotten(&r.member_id).await?;
         if r.points < 0 {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "points",
                 "POINTS_NOT_POSITIVE",
                 format!("{} is negative; 0 prices the whole balance", r.points),
@@ -855,7 +665,7 @@ impl PartnerService for PartnerApi {
             .store
             .member_at(&r.member_id, now)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let burnable = ledger.as_ref().map_or(0, |m| m.balance(now)).max(0);
         let points = if r.points == 0 { burnable } else { r.points };
         let rate = self
@@ -863,7 +673,7 @@ impl PartnerService for PartnerApi {
             .prices
             .at(&partner.id, now)
             .ok_or_else(|| {
-                ApiError::refused(
+                ServiceError::refused(
                     tonic::Code::FailedPrecondition,
                     "PARTNER_NOT_PRICED",
                     format!("partner {} has no price in force", partner.id),
@@ -934,7 +744,7 @@ impl PartnerService for PartnerApi {
             .store
             .transaction(&partner.id, &r.transaction_id)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let hold = self.hold(&partner.id, &r.transaction_id).await?;
         let now = self.shared.clock.now();
         let hold_pb = |h: &HoldRecord| hold_to_pb(&h.view_at(now), h.id, &h.member);
@@ -956,7 +766,7 @@ impl PartnerService for PartnerApi {
                     hold: Some(hold_pb(&h)),
                 }))
             }
-            _ => Err(ApiError::NotFound {
+            _ => Err(ServiceError::NotFound {
                 reason: "UNKNOWN_TRANSACTION",
                 message: format!(
                     "no transaction {:?} of partner {}",
@@ -1006,7 +816,7 @@ impl PartnerService for PartnerApi {
         req: Request<pb::PartnerStatementRequest>,
     ) -> Result<Response<pb::Statement>, Status> {
         let partner = self.caller(&req)?;
-        let cycle = super::finance::parse_cycle("cycle", &req.get_ref().cycle)?;
+        let cycle = crate::services::validate::cycle("cycle", &req.get_ref().cycle)?;
         Ok(Response::new(
             super::finance::statement(&self.shared, cycle, &partner.id).await?,
         ))
@@ -1023,7 +833,7 @@ impl PartnerService for PartnerApi {
         let size = match r.page_size {
             0 => DEFAULT_PAGE,
             n if n < 0 => {
-                return Err(ApiError::field(
+                return Err(ServiceError::field(
                     "page_size",
                     "INVALID_PAGE_SIZE",
                     "must not be negative",
@@ -1039,7 +849,7 @@ impl PartnerService for PartnerApi {
             .store
             .activity(&partner.id, &r.member_id, before, size as i64 + 1)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ServiceError::from)?;
         let more = rows.len() > size as usize;
         rows.truncate(size as usize);
         let next_page_token = match (more, rows.last()) {

@@ -2,11 +2,11 @@
 //! (or an operator). Rules are judged by `crate::programme`; campaigns live in the database, so
 //! every daemon of it applies a new one from its next batch.
 
-use super::Shared;
-use super::error::ApiError;
 use crate::clock::rfc3339;
 use crate::ledger::{Funder, Micros};
 use crate::programme::{self, Campaign, Effect};
+use crate::services::error::ServiceError;
+use crate::services::shared::Shared;
 use crate::store::programme::{ProgrammeCall, ProgrammeReply};
 use coalition_proto::v1 as pb;
 use coalition_proto::v1::programme_service_server::ProgrammeService;
@@ -25,12 +25,12 @@ impl ProgrammeApi {
         ProgrammeApi { shared }
     }
 
-    async fn call(&self, call: ProgrammeCall) -> Result<ProgrammeReply, ApiError> {
+    async fn call(&self, call: ProgrammeCall) -> Result<ProgrammeReply, ServiceError> {
         Ok(self.shared.store.programme(call).await?)
     }
 
     /// A window's end: local time in the coalition's zone, or RFC 3339 with an offset.
-    fn instant(&self, field: &'static str, s: &str) -> Result<Micros, ApiError> {
+    fn instant(&self, field: &'static str, s: &str) -> Result<Micros, ServiceError> {
         let s = s.trim();
         if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
             return Ok(t.timestamp_micros());
@@ -38,7 +38,7 @@ impl ProgrammeApi {
         let local = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S")
             .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M"))
             .map_err(|_| {
-                ApiError::field(
+                ServiceError::field(
                     field,
                     "MALFORMED_INSTANT",
                     format!(
@@ -51,7 +51,7 @@ impl ProgrammeApi {
             LocalResult::Single(t) => Ok(t.timestamp_micros()),
             // Clocks went back: the first of the two instants, so no earn of the hour is missed.
             LocalResult::Ambiguous(first, _) => Ok(first.timestamp_micros()),
-            LocalResult::None => Err(ApiError::field(
+            LocalResult::None => Err(ServiceError::field(
                 field,
                 "NO_SUCH_LOCAL_TIME",
                 format!(
@@ -67,11 +67,11 @@ impl ProgrammeApi {
         c: &pb::Campaign,
         by: String,
         now: Micros,
-    ) -> Result<Campaign, ApiError> {
+    ) -> Result<Campaign, ServiceError> {
         let effect = match &c.effect {
             Some(pb::campaign::Effect::Multiplier(m)) => {
                 Effect::Multiplier(Decimal::from_str(m.trim()).map_err(|_| {
-                    ApiError::field(
+                    ServiceError::field(
                         "multiplier",
                         "MALFORMED_MULTIPLIER",
                         format!("{m:?} is not a decimal number"),
@@ -80,7 +80,7 @@ impl ProgrammeApi {
             }
             Some(pb::campaign::Effect::BonusPoints(p)) => Effect::Bonus(*p),
             None => {
-                return Err(ApiError::field(
+                return Err(ServiceError::field(
                     "effect",
                     "MISSING_EFFECT",
                     "set either multiplier or bonus_points",
@@ -90,7 +90,7 @@ impl ProgrammeApi {
         let funder = match c.funder.as_str() {
             "" => Funder::Partner,
             f => Funder::parse(f).ok_or_else(|| {
-                ApiError::field(
+                ServiceError::field(
                     "funder",
                     "UNKNOWN_FUNDER",
                     format!("{f:?} is neither \"partner\" nor \"operator\""),
@@ -99,7 +99,7 @@ impl ProgrammeApi {
         };
         let min_amount = match c.min_purchase.trim() {
             "" => None,
-            a => Some(super::validate::money(
+            a => Some(crate::services::validate::money(
                 "min_purchase",
                 a,
                 self.shared.config.currency.code,
@@ -108,8 +108,8 @@ impl ProgrammeApi {
         };
         let category = match c.category.as_str() {
             "" => None,
-            cat => super::validate::category(cat).map_err(|_| {
-                ApiError::field(
+            cat => crate::services::validate::category(cat).map_err(|_| {
+                ServiceError::field(
                     "category",
                     "MALFORMED_CATEGORY",
                     "use 1..=64 letters, digits, '-', '_' or '.'",
@@ -117,7 +117,7 @@ impl ProgrammeApi {
             })?,
         };
         if c.cap_per_member < 0 {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "cap_per_member",
                 "CAP_OUT_OF_RANGE",
                 "use 0 (no cap) or more",
@@ -126,7 +126,7 @@ impl ProgrammeApi {
         let starts_at = self.instant("starts", &c.starts)?;
         let ends_at = self.instant("ends", &c.ends)?;
         if ends_at <= now {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "ends",
                 "ENDS_IN_THE_PAST",
                 format!(
@@ -219,7 +219,7 @@ impl ProgrammeService for ProgrammeApi {
             })
             .await?
         else {
-            return Err(ApiError::mismatched().into());
+            return Err(ServiceError::mismatched().into());
         };
         // A retry of a stored campaign is answered before the checks that depend on the others.
         if let Some(stored) = others.iter().find(|o| o.id == c.id)
@@ -239,7 +239,7 @@ impl ProgrammeService for ProgrammeApi {
             self.shared.config.ladder.as_ref(),
             &others,
         ) {
-            return Err(ApiError::InvalidField {
+            return Err(ServiceError::InvalidField {
                 field: e.field,
                 reason: e.reason,
                 message: e.message,
@@ -252,7 +252,7 @@ impl ProgrammeService for ProgrammeApi {
                 self.shared.config.time_zone,
                 now,
             ))),
-            ProgrammeReply::Created(Err(existing)) => Err(ApiError::refused(
+            ProgrammeReply::Created(Err(existing)) => Err(ServiceError::refused(
                 Code::AlreadyExists,
                 "CAMPAIGN_EXISTS",
                 format!(
@@ -263,7 +263,7 @@ impl ProgrammeService for ProgrammeApi {
                 ),
             )
             .into()),
-            _ => Err(ApiError::mismatched().into()),
+            _ => Err(ServiceError::mismatched().into()),
         }
     }
 
@@ -276,7 +276,7 @@ impl ProgrammeService for ProgrammeApi {
         let ProgrammeReply::Campaigns(all) =
             self.call(ProgrammeCall::Campaigns { not_over_at }).await?
         else {
-            return Err(ApiError::mismatched().into());
+            return Err(ServiceError::mismatched().into());
         };
         Ok(Response::new(pb::ListCampaignsResponse {
             campaigns: all
@@ -303,12 +303,12 @@ impl ProgrammeService for ProgrammeApi {
                 self.shared.config.time_zone,
                 now,
             ))),
-            ProgrammeReply::Ended(None) => Err(ApiError::NotFound {
+            ProgrammeReply::Ended(None) => Err(ServiceError::NotFound {
                 reason: "UNKNOWN_CAMPAIGN",
                 message: format!("no campaign {id:?}"),
             }
             .into()),
-            _ => Err(ApiError::mismatched().into()),
+            _ => Err(ServiceError::mismatched().into()),
         }
     }
 }

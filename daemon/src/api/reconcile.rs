@@ -2,9 +2,9 @@
 //! finance (`ReconcilePartnerFile`) are read here, matched and stored by
 //! `store::reconciliation`; finance lists, exports and resolves the breaks, and finalizes.
 
-use super::Shared;
-use super::error::ApiError;
 use crate::clock::rfc3339;
+use crate::services::error::ServiceError;
+use crate::services::shared::Shared;
 use crate::store::reconciliation::{Finalized, ReconCall, ReconReply, Report, Submission};
 use chrono::NaiveDate;
 use coalition_clearing::reconcile::{self, LineError, WorkedBreak};
@@ -76,13 +76,13 @@ pub fn accepted_pb(a: &reconcile::Acceptance) -> pb::AcceptedBreaks {
 }
 
 /// Refuses a cycle that has not closed: its records are still arriving.
-fn closed(shared: &Shared, cycle: NaiveDate) -> Result<(), ApiError> {
+fn closed(shared: &Shared, cycle: NaiveDate) -> Result<(), ServiceError> {
     let cycles = shared.config.cycles();
     let close = cycles
         .close(cycle)
-        .map_err(|e| ApiError::field("cycle", "MALFORMED_CYCLE", format!("{cycle}: {e}")))?;
+        .map_err(|e| ServiceError::field("cycle", "MALFORMED_CYCLE", format!("{cycle}: {e}")))?;
     if shared.clock.now() < close {
-        return Err(ApiError::refused(
+        return Err(ServiceError::refused(
             tonic::Code::FailedPrecondition,
             "CYCLE_OPEN",
             format!(
@@ -94,20 +94,23 @@ fn closed(shared: &Shared, cycle: NaiveDate) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn partner_known(shared: &Shared, partner: &str) -> Result<(), ApiError> {
+fn partner_known(shared: &Shared, partner: &str) -> Result<(), ServiceError> {
     if shared.config.partners.contains_key(partner) {
         return Ok(());
     }
-    Err(ApiError::NotFound {
+    Err(ServiceError::NotFound {
         reason: "UNKNOWN_PARTNER",
         message: format!("no partner {partner:?} is configured"),
     })
 }
 
-async fn store_submission(shared: &Shared, s: Submission) -> Result<pb::Reconciliation, ApiError> {
+async fn store_submission(
+    shared: &Shared,
+    s: Submission,
+) -> Result<pb::Reconciliation, ServiceError> {
     let (cycle, partner) = (s.cycle.clone(), s.partner.clone());
     match shared.store.reconciliation(ReconCall::Submit(s)).await? {
-        ReconReply::TooManyBreaks(n) => Err(ApiError::refused(
+        ReconReply::TooManyBreaks(n) => Err(ServiceError::refused(
             tonic::Code::FailedPrecondition,
             "TOO_MANY_BREAKS",
             format!(
@@ -116,7 +119,7 @@ async fn store_submission(shared: &Shared, s: Submission) -> Result<pb::Reconcil
                 crate::store::reconciliation::MAX_BREAKS
             ),
         )),
-        ReconReply::BeforeFirstCycle(first) => Err(ApiError::refused(
+        ReconReply::BeforeFirstCycle(first) => Err(ServiceError::refused(
             tonic::Code::FailedPrecondition,
             "BEFORE_FIRST_CYCLE",
             match first {
@@ -131,11 +134,11 @@ async fn store_submission(shared: &Shared, s: Submission) -> Result<pb::Reconcil
             },
         )),
         ReconReply::Reports(r) => r.first().map(report_pb).ok_or_else(|| {
-            ApiError::Store(crate::store::StoreError::Corrupt(format!(
+            ServiceError::Store(crate::store::StoreError::Corrupt(format!(
                 "the reconciliation of {partner} for {cycle} was not stored"
             )))
         }),
-        _ => Err(ApiError::Store(crate::store::StoreError::Corrupt(
+        _ => Err(ServiceError::Store(crate::store::StoreError::Corrupt(
             "unexpected reply".into(),
         ))),
     }
@@ -146,7 +149,7 @@ pub async fn submit_records(
     shared: &Shared,
     partner: &str,
     mut parts: Streaming<pb::PartnerRecords>,
-) -> Result<pb::Reconciliation, ApiError> {
+) -> Result<pb::Reconciliation, ServiceError> {
     let mut cycle_text: Option<String> = None;
     let mut records = Vec::new();
     let mut malformed = Vec::new();
@@ -154,12 +157,12 @@ pub async fn submit_records(
     while let Some(part) = parts
         .message()
         .await
-        .map_err(|e| ApiError::from_stream("records", e))?
+        .map_err(|e| ServiceError::from_stream("records", e))?
     {
         match &cycle_text {
             None => cycle_text = Some(part.cycle.clone()),
             Some(c) if *c != part.cycle => {
-                return Err(ApiError::field(
+                return Err(ServiceError::field(
                     "cycle",
                     "MIXED_CYCLES",
                     format!(
@@ -173,7 +176,7 @@ pub async fn submit_records(
         for r in &part.records {
             position += 1;
             if position as usize > MAX_RECORDS {
-                return Err(ApiError::field(
+                return Err(ServiceError::field(
                     "records",
                     "TOO_MANY_RECORDS",
                     format!("at most {MAX_RECORDS} records in one submission"),
@@ -195,13 +198,13 @@ pub async fn submit_records(
         }
     }
     let cycle_text = cycle_text.ok_or_else(|| {
-        ApiError::field(
+        ServiceError::field(
             "records",
             "EMPTY",
             "send at least one part naming the cycle",
         )
     })?;
-    let cycle = super::finance::parse_cycle("cycle", &cycle_text)?;
+    let cycle = crate::services::validate::cycle("cycle", &cycle_text)?;
     closed(shared, cycle)?;
     let out = store_submission(
         shared,
@@ -226,19 +229,19 @@ pub async fn reconcile_file(
     shared: &Shared,
     by: String,
     mut chunks: Streaming<pb::PartnerFileChunk>,
-) -> Result<pb::Reconciliation, ApiError> {
+) -> Result<pb::Reconciliation, ServiceError> {
     let mut head: Option<(String, String)> = None;
     let mut data = Vec::new();
     while let Some(c) = chunks
         .message()
         .await
-        .map_err(|e| ApiError::from_stream("data", e))?
+        .map_err(|e| ServiceError::from_stream("data", e))?
     {
         if head.is_none() {
             head = Some((c.cycle.clone(), c.partner.clone()));
         }
         if data.len() + c.data.len() > MAX_FILE_BYTES {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "data",
                 "FILE_TOO_LARGE",
                 format!("at most {} MiB; split the file", MAX_FILE_BYTES >> 20),
@@ -247,17 +250,17 @@ pub async fn reconcile_file(
         data.extend_from_slice(&c.data);
     }
     let (cycle_text, partner) = head.ok_or_else(|| {
-        ApiError::field(
+        ServiceError::field(
             "data",
             "EMPTY",
             "send the file, the first chunk naming cycle and partner",
         )
     })?;
-    let cycle = super::finance::parse_cycle("cycle", &cycle_text)?;
+    let cycle = crate::services::validate::cycle("cycle", &cycle_text)?;
     partner_known(shared, &partner)?;
     closed(shared, cycle)?;
     let text = String::from_utf8(data).map_err(|e| {
-        ApiError::field(
+        ServiceError::field(
             "data",
             "NOT_UTF8",
             format!(
@@ -272,7 +275,7 @@ pub async fn reconcile_file(
         let line = line.strip_suffix('\r').unwrap_or(line);
         if let Err(r) = coalition_proto::codec::check_text(|| format!("data line {}", n + 1), line)
         {
-            return Err(ApiError::field(
+            return Err(ServiceError::field(
                 "data",
                 coalition_proto::codec::CONTROL_CHARACTER,
                 format!("line {}: {}", n + 1, r.message),
@@ -280,7 +283,7 @@ pub async fn reconcile_file(
         }
     }
     if text.trim().is_empty() {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "data",
             "EMPTY",
             format!(
@@ -293,7 +296,7 @@ pub async fn reconcile_file(
     // A file whose header is not ours is not a report of no records: refuse it whole, so that
     // the partner's last stored report stands.
     if let Some(e) = malformed.iter().find(|e| e.line == 1) {
-        return Err(ApiError::field("data", "BAD_HEADER", e.to_string()));
+        return Err(ServiceError::field("data", "BAD_HEADER", e.to_string()));
     }
     let out = store_submission(
         shared,
@@ -317,8 +320,8 @@ pub async fn reconcile_file(
 pub async fn list(
     shared: &Shared,
     r: &pb::ReconciliationsRequest,
-) -> Result<Vec<Report>, ApiError> {
-    let cycle = super::finance::parse_cycle("cycle", &r.cycle)?;
+) -> Result<Vec<Report>, ServiceError> {
+    let cycle = crate::services::validate::cycle("cycle", &r.cycle)?;
     let partner = (!r.partner.is_empty()).then(|| r.partner.clone());
     match shared
         .store
@@ -329,7 +332,7 @@ pub async fn list(
         .await?
     {
         ReconReply::Reports(r) => Ok(r),
-        _ => Err(ApiError::Store(crate::store::StoreError::Corrupt(
+        _ => Err(ServiceError::Store(crate::store::StoreError::Corrupt(
             "unexpected reply".into(),
         ))),
     }
@@ -340,18 +343,18 @@ pub async fn resolve(
     shared: &Shared,
     by: String,
     r: &pb::ResolveBreakRequest,
-) -> Result<pb::ReconciliationBreak, ApiError> {
-    let cycle = super::finance::parse_cycle("cycle", &r.cycle)?;
+) -> Result<pb::ReconciliationBreak, ServiceError> {
+    let cycle = crate::services::validate::cycle("cycle", &r.cycle)?;
     let note = r.note.trim();
     if note.is_empty() {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "note",
             "NOTE_REQUIRED",
             "say why the break is resolved (e.g. \"re-sent by the partner\", \"partner's error\")",
         ));
     }
     if note.chars().count() > MAX_NOTE {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "note",
             "NOTE_TOO_LONG",
             format!("at most {MAX_NOTE} characters"),
@@ -370,14 +373,14 @@ pub async fn resolve(
         .await?
     {
         ReconReply::Resolved(Some(b)) => Ok(break_pb(&b)),
-        ReconReply::Resolved(None) => Err(ApiError::NotFound {
+        ReconReply::Resolved(None) => Err(ServiceError::NotFound {
             reason: "UNKNOWN_BREAK",
             message: format!(
                 "{} has no break {} in cycle {cycle}; list them with `clearing breaks`",
                 r.partner, r.break_id
             ),
         }),
-        _ => Err(ApiError::Store(crate::store::StoreError::Corrupt(
+        _ => Err(ServiceError::Store(crate::store::StoreError::Corrupt(
             "unexpected reply".into(),
         ))),
     }
@@ -388,18 +391,18 @@ pub async fn finalize(
     shared: &Shared,
     by: String,
     r: &pb::FinalizeSettlementRequest,
-) -> Result<crate::store::clearing::Stored, ApiError> {
-    let cycle = super::finance::parse_cycle("cycle", &r.cycle)?;
+) -> Result<crate::store::clearing::Stored, ServiceError> {
+    let cycle = crate::services::validate::cycle("cycle", &r.cycle)?;
     let reason = r.reason.trim();
     if r.accept_breaks && reason.is_empty() {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "reason",
             "REASON_REQUIRED",
             "say why the cycle is finalized with open breaks; the reason is kept with the settlement",
         ));
     }
     if reason.chars().count() > MAX_NOTE {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "reason",
             "REASON_TOO_LONG",
             format!("at most {MAX_NOTE} characters"),
@@ -416,7 +419,7 @@ pub async fn finalize(
         .await?
     {
         ReconReply::Finalized(Finalized::Done(s)) => Ok(*s),
-        ReconReply::Finalized(Finalized::NoSettlement) => Err(ApiError::NotFound {
+        ReconReply::Finalized(Finalized::NoSettlement) => Err(ServiceError::NotFound {
             reason: "UNKNOWN_SETTLEMENT",
             message: format!(
                 "cycle {cycle} has no settlement to finalize; run clearing for it first"
@@ -431,7 +434,7 @@ pub async fn finalize(
                 .iter()
                 .map(|(p, n)| format!("{p}: {n}"))
                 .collect();
-            Err(ApiError::refused(
+            Err(ServiceError::refused(
                 tonic::Code::FailedPrecondition,
                 "OPEN_BREAKS",
                 format!(
@@ -442,7 +445,7 @@ pub async fn finalize(
                 ),
             ))
         }
-        _ => Err(ApiError::Store(crate::store::StoreError::Corrupt(
+        _ => Err(ServiceError::Store(crate::store::StoreError::Corrupt(
             "unexpected reply".into(),
         ))),
     }

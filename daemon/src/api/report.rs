@@ -3,9 +3,9 @@
 //! `report` module divides, and here the result becomes its wire form and back (the CLI renders
 //! the domain form).
 
-use super::Shared;
-use super::error::ApiError;
 use crate::report::{self, Cohort, Cohorts, Flow, MonthKpis, Report, Span, TierCount};
+use crate::services::error::ServiceError;
+use crate::services::shared::Shared;
 use crate::store::report::KpiQuery;
 use coalition_proto::v1 as pb;
 use rust_decimal::Decimal;
@@ -15,14 +15,14 @@ async fn query(
     shared: &Shared,
     r: &pb::ProgrammeReportRequest,
     partner: Option<&str>,
-) -> Result<KpiQuery, ApiError> {
+) -> Result<KpiQuery, ServiceError> {
     let span = Span::parse(&r.from_month, &r.to_month).map_err(|e| {
         let field = match e {
             report::SpanError::NotAMonth(ref s) if *s == r.to_month => "to_month",
             report::SpanError::NotAMonth(_) => "from_month",
             _ => "to_month",
         };
-        ApiError::field(field, "INVALID_MONTHS", e.to_string())
+        ServiceError::field(field, "INVALID_MONTHS", e.to_string())
     })?;
     let partner = match partner {
         Some(p) => Some(p.to_string()),
@@ -36,7 +36,7 @@ async fn query(
                 .into_iter()
                 .any(|x| x.id == p);
             if !known {
-                return Err(ApiError::NotFound {
+                return Err(ServiceError::NotFound {
                     reason: "UNKNOWN_PARTNER",
                     message: format!(
                         "no partner {p:?} in the coalition; leave partner empty for the whole coalition"
@@ -81,11 +81,11 @@ pub async fn programme_report(
     shared: &Shared,
     r: &pb::ProgrammeReportRequest,
     partner: Option<&str>,
-) -> Result<pb::ProgrammeReport, ApiError> {
+) -> Result<pb::ProgrammeReport, ServiceError> {
     let q = query(shared, r, partner).await?;
     let facts = shared.store.kpi_facts(&q).await?;
     let flows = report::flows(&facts.flows)
-        .map_err(|e| ApiError::Store(crate::store::StoreError::Corrupt(e)))?;
+        .map_err(|e| ServiceError::Store(crate::store::StoreError::Corrupt(e)))?;
     // A member without a stored tier is on the ladder's first rung (nothing was ever promoted).
     let base = shared
         .config
@@ -122,7 +122,7 @@ pub async fn cohorts(
     shared: &Shared,
     r: &pb::ProgrammeReportRequest,
     partner: Option<&str>,
-) -> Result<pb::Cohorts, ApiError> {
+) -> Result<pb::Cohorts, ServiceError> {
     let q = query(shared, r, partner).await?;
     let cells = shared.store.cohort_cells(&q).await?;
     Ok(pb::Cohorts {

@@ -79,18 +79,18 @@ pub fn balance(
 /// Writes a finance or operator read of a member's data to the access log, before anything is
 /// shown: if the log cannot be written, nothing is.
 pub async fn log_staff_read(
-    shared: &super::Shared,
+    shared: &crate::services::shared::Shared,
     caller: Option<&coalition_certs::Identity>,
     r: &pb::MemberBalanceRequest,
     action: &str,
-) -> Result<(), super::error::ApiError> {
-    use super::error::ApiError;
+) -> Result<(), crate::services::error::ServiceError> {
+    use crate::services::error::ServiceError;
     let caller =
-        caller.ok_or_else(|| ApiError::Unauthenticated("no identity on this call".into()))?;
-    super::validate::id("member_id", &r.member_id)?;
+        caller.ok_or_else(|| ServiceError::Unauthenticated("no identity on this call".into()))?;
+    crate::services::validate::id("member_id", &r.member_id)?;
     shared.refuse_forgotten(&r.member_id).await?;
     if r.reason.chars().count() > 500 {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "reason",
             "REASON_TOO_LONG",
             "use at most 500 characters",
@@ -112,10 +112,10 @@ pub async fn log_staff_read(
 
 /// A finance or operator read of a member's balance: logged, then the full view.
 pub async fn staff_balance(
-    shared: &super::Shared,
+    shared: &crate::services::shared::Shared,
     caller: Option<&coalition_certs::Identity>,
     r: &pb::MemberBalanceRequest,
-) -> Result<pb::Balance, super::error::ApiError> {
+) -> Result<pb::Balance, crate::services::error::ServiceError> {
     log_staff_read(shared, caller, r, "GetMemberBalance").await?;
     let m = shared.store.member(&r.member_id).await?;
     let now = shared.clock.now();
@@ -132,10 +132,10 @@ pub async fn staff_balance(
 /// What `member` has held at `now`: (points of running holds, points of holds that ran out and go
 /// back to live lots).
 pub async fn held(
-    shared: &super::Shared,
+    shared: &crate::services::shared::Shared,
     member: &str,
     now: Micros,
-) -> Result<(i64, i64), super::error::ApiError> {
+) -> Result<(i64, i64), crate::services::error::ServiceError> {
     use crate::store::holds::{HoldsCall, HoldsReply};
     let call = HoldsCall::Of {
         member: member.to_string(),
@@ -143,6 +143,6 @@ pub async fn held(
     };
     match shared.store.holds(call).await? {
         HoldsReply::Of(held, released) => Ok((held, released)),
-        _ => Err(super::error::ApiError::mismatched()),
+        _ => Err(crate::services::error::ServiceError::mismatched()),
     }
 }

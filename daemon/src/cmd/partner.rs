@@ -359,7 +359,7 @@ pub async fn run(cmd: PartnerCommand) -> anyhow::Result<()> {
         anyhow::bail!(
             "the stream failed after {} answered lines ({}: {}); send the same file again: lines already applied answer with their first receipt",
             tally.ok + refused,
-            crate::api::ingest::code_name(status.code()),
+            crate::api::error::code_name(status.code()),
             status.message()
         );
     }

@@ -207,7 +207,7 @@ pub fn refusal(s: &tonic::Status) -> Answer {
         .get_details_error_info()
         .map(|i| i.reason)
         .unwrap_or_default();
-    let code = crate::server::observe::code_name(s.code()).to_string();
+    let code = crate::api::error::code_name(s.code()).to_string();
     let json = json!({"code": code, "reason": reason, "message": s.message()});
     Answer {
         table: format!("refused: {code} {reason}\n{}\n", s.message()),

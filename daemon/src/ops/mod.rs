@@ -2,9 +2,10 @@
 
 pub mod limits;
 
-use crate::api::Shared;
+use crate::prices::PriceBook;
 use crate::store::{Store, StoreError};
 use limits::Limits;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -28,18 +29,23 @@ pub async fn apply_overrides(store: &dyn Store, limits: &Limits) -> Result<(), S
 
 /// Re-reads the overrides every two seconds, so that a change made through another daemon on the
 /// same database takes effect here too.
-pub async fn refresh_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
+pub async fn refresh_loop(
+    store: Arc<dyn Store>,
+    limits: Arc<Limits>,
+    prices: Arc<PriceBook>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        if let Err(e) = apply_overrides(&*shared.store, &shared.limits).await {
+        if let Err(e) = apply_overrides(&*store, &limits).await {
             tracing::warn!(error = %e, "could not refresh partner overrides");
         }
         // Each partner's limit, beside its call and throttle counters (dashboards, alerts).
-        for s in shared.limits.snapshot() {
+        for s in limits.snapshot() {
             let p = s.partner.clone();
             metrics::gauge!("coalition_partner_limit_per_second", "partner" => p.clone())
                 .set(f64::from(s.per_second));
@@ -51,8 +57,8 @@ pub async fn refresh_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
                 0.0
             });
         }
-        match shared.store.price_versions().await {
-            Ok(v) => shared.prices.replace(v),
+        match store.price_versions().await {
+            Ok(v) => prices.replace(v),
             Err(e) => tracing::warn!(error = %e, "could not refresh price versions"),
         }
     }
@@ -66,7 +72,12 @@ const GONE_AFTER: Duration = Duration::from_secs(3);
 /// and shares every partner's limit among them (re-balanced within `GONE_AFTER` of a daemon
 /// joining or leaving), and keeps the others' traffic for `ops limits`. Removes its announcement
 /// when it stops.
-pub async fn instances_loop(shared: Shared, id: String, mut stop: watch::Receiver<bool>) {
+pub async fn instances_loop(
+    store: Arc<dyn Store>,
+    limits: Arc<Limits>,
+    id: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -75,12 +86,12 @@ pub async fn instances_loop(shared: Shared, id: String, mut stop: watch::Receive
             _ = stop.wait_for(|s| *s) => true,
         };
         if stopping {
-            if let Err(e) = shared.store.leave(&id).await {
+            if let Err(e) = store.leave(&id).await {
                 tracing::warn!(error = %e, "could not remove this daemon's announcement");
             }
             return;
         }
-        announce(&shared, &id).await;
+        announce(&*store, &limits, &id).await;
     }
 }
 
@@ -89,29 +100,28 @@ pub async fn instances_loop(shared: Shared, id: String, mut stop: watch::Receive
 /// announces again, so that its limits are already its share of what the live daemons grant
 /// (each announces every `HEARTBEAT`). Without this, a daemon started beside others, or in a
 /// rolling restart, granted the whole limit until it first heard them.
-pub async fn join(shared: &Shared, shared_database: bool) -> String {
+pub async fn join(store: &dyn Store, limits: &Limits, shared_database: bool) -> String {
     let id = format!(
         "{}-{}-{:x}",
         hostname(),
         std::process::id(),
         chrono::Utc::now().timestamp_micros()
     );
-    announce(shared, &id).await;
+    announce(store, limits, &id).await;
     if shared_database {
         tokio::time::sleep(HEARTBEAT + Duration::from_millis(100)).await;
-        announce(shared, &id).await;
+        announce(store, limits, &id).await;
     }
     id
 }
 
 /// One announcement: this daemon's traffic in, the live daemons and their traffic out, and each
 /// partner's limit re-shared among them.
-async fn announce(shared: &Shared, id: &str) {
-    let own = shared.limits.own_traffic();
+async fn announce(store: &dyn Store, limits: &Limits, id: &str) {
+    let own = limits.own_traffic();
     let traffic = serde_json::to_string(&own).unwrap_or_default();
     let now = chrono::Utc::now().timestamp_micros();
-    let live = match shared
-        .store
+    let live = match store
         .heartbeat(id, now, &traffic, now - GONE_AFTER.as_micros() as i64)
         .await
     {
@@ -137,10 +147,10 @@ async fn announce(shared: &Shared, id: &str) {
             }
         }
     }
-    shared.limits.set_others(others);
+    limits.set_others(others);
     let daemons = live.len().max(1) as u32;
     metrics::gauge!("coalition_daemons_live").set(f64::from(daemons));
-    if shared.limits.set_daemons(daemons) {
+    if limits.set_daemons(daemons) {
         tracing::info!(daemons, "partners' limits shared among the live daemons");
     }
 }

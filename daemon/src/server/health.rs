@@ -5,8 +5,7 @@
 //! while clearing has failed for longer than `clearing.unhealthy_after_seconds` — and back to
 //! SERVING by itself. Each change is logged once and shown as `coalition_health_serving{service}`.
 
-use crate::api::Shared;
-use std::sync::atomic::{AtomicI64, Ordering};
+use crate::services::shared::Shared;
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
@@ -15,66 +14,6 @@ use tonic_health::ServingStatus;
 const EVERY: Duration = Duration::from_secs(1);
 /// The longest a database probe may take before it counts as no answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a failed batch keeps the partner service NOT_SERVING when nothing is written after it
-/// (with no traffic, nothing else would tell that the writer recovered).
-const WRITER_FAILURE_HOLDS: Duration = Duration::from_secs(5);
-
-/// What the writer and the scheduler report, read by the health loop (wall-clock micros, 0: never).
-#[derive(Debug, Default)]
-pub struct Signals {
-    writer_failed_at: AtomicI64,
-    writer_ok_at: AtomicI64,
-    clearing_failing_since: AtomicI64,
-}
-
-fn now_micros() -> i64 {
-    chrono::Utc::now().timestamp_micros()
-}
-
-impl Signals {
-    /// The writer committed a batch.
-    pub fn writer_ok(&self) {
-        self.writer_ok_at.store(now_micros(), Ordering::Relaxed);
-    }
-
-    /// A batch failed for want of the database (nothing of it applied).
-    pub fn writer_failed(&self) {
-        self.writer_failed_at.store(now_micros(), Ordering::Relaxed);
-    }
-
-    /// Scheduled clearing failed (the first failure of a run of them starts the clock).
-    pub fn clearing_failed(&self) {
-        let _ = self.clearing_failing_since.compare_exchange(
-            0,
-            now_micros(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Scheduled clearing succeeded (or had nothing to do).
-    pub fn clearing_ok(&self) {
-        self.clearing_failing_since.store(0, Ordering::Relaxed);
-    }
-
-    /// Whether the writer's last batch failed, recently, with no commit since.
-    pub fn writer_failing(&self) -> bool {
-        let (failed, ok) = (
-            self.writer_failed_at.load(Ordering::Relaxed),
-            self.writer_ok_at.load(Ordering::Relaxed),
-        );
-        failed > ok && now_micros() - failed < WRITER_FAILURE_HOLDS.as_micros() as i64
-    }
-
-    /// How long scheduled clearing has kept failing.
-    pub fn clearing_failing_for(&self) -> Option<Duration> {
-        match self.clearing_failing_since.load(Ordering::Relaxed) {
-            0 => None,
-            since => Some(Duration::from_micros((now_micros() - since).max(0) as u64)),
-        }
-    }
-}
-
 /// The services whose health is judged (the partner service first, finance second: `watch`
 /// judges them by their place).
 pub const SERVICES: [&str; 4] = [
@@ -87,6 +26,7 @@ pub const SERVICES: [&str; 4] = [
 /// Sets every service's status every second until `stop`.
 pub async fn watch(
     shared: Shared,
+    tls: std::sync::Arc<crate::server::tls::TlsState>,
     reporter: tonic_health::server::HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -101,7 +41,7 @@ pub async fn watch(
         }
         // Certificates and the CRL, once a minute (and at once).
         if ticks.is_multiple_of(60) {
-            for (what, at) in crate::server::tls::expiries(shared.tls.files()) {
+            for (what, at) in crate::server::tls::expiries(tls.files()) {
                 metrics::gauge!("coalition_tls_expiry_timestamp_seconds", "what" => what)
                     .set(at as f64);
             }

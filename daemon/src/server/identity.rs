@@ -1,9 +1,9 @@
 //! The identity layer: the verified client certificate names the caller. Resolved once per call,
 //! before any handler runs, and put in the request extensions as data; handlers read only that.
 
-use crate::api::CallerPartner;
-use crate::api::error::ApiError;
+use crate::api::caller::CallerPartner;
 use crate::config::Config;
+use crate::services::error::ServiceError;
 use coalition_certs::{Identity, Role, identity_from_der};
 use std::sync::Arc;
 use tonic::{Request, Status};
@@ -43,19 +43,19 @@ impl RequireRole {
         self
     }
 
-    fn resolve<T>(&self, req: &Request<T>) -> Result<Identity, ApiError> {
+    fn resolve<T>(&self, req: &Request<T>) -> Result<Identity, ServiceError> {
         let id = match req.extensions().get::<Identity>() {
             Some(id) => id.clone(), // read once by the observe layer
             None => self.identity_of(req)?,
         };
         if id.role != self.role && Some(id.role) != self.also {
-            return Err(ApiError::PermissionDenied(format!(
+            return Err(ServiceError::PermissionDenied(format!(
                 "{id} may not call the {} API",
                 self.role.as_str()
             )));
         }
         if id.role == Role::Partner && !self.config.partners.contains_key(&id.name) {
-            return Err(ApiError::Unauthenticated(format!(
+            return Err(ServiceError::Unauthenticated(format!(
                 "certificate names partner {:?}, which is not a partner of this coalition",
                 id.name
             )));
@@ -65,19 +65,19 @@ impl RequireRole {
             match limits.check(&id.name) {
                 Ok(()) => {}
                 Err(Denied::Suspended) => {
-                    return Err(ApiError::PermissionDenied(format!(
+                    return Err(ServiceError::PermissionDenied(format!(
                         "partner {} is suspended by the coalition's operators; nothing it sends is applied",
                         id.name
                     )));
                 }
                 Err(Denied::Throttled(wait)) => {
-                    return Err(ApiError::Throttled {
+                    return Err(ServiceError::Throttled {
                         partner: id.name.clone(),
                         retry_after: wait,
                     });
                 }
                 Err(Denied::Unknown) => {
-                    return Err(ApiError::Unauthenticated(format!(
+                    return Err(ServiceError::Unauthenticated(format!(
                         "partner {:?} is not a partner of this coalition",
                         id.name
                     )));
@@ -87,15 +87,15 @@ impl RequireRole {
         Ok(id)
     }
 
-    fn identity_of<T>(&self, req: &Request<T>) -> Result<Identity, ApiError> {
+    fn identity_of<T>(&self, req: &Request<T>) -> Result<Identity, ServiceError> {
         let certs = req.peer_certs().ok_or_else(|| {
-            ApiError::Unauthenticated("no client certificate on this connection".into())
+            ServiceError::Unauthenticated("no client certificate on this connection".into())
         })?;
         let leaf = certs.first().ok_or_else(|| {
-            ApiError::Unauthenticated("no client certificate on this connection".into())
+            ServiceError::Unauthenticated("no client certificate on this connection".into())
         })?;
         identity_from_der(&self.config.coalition, leaf)
-            .map_err(|e| ApiError::Unauthenticated(format!("client certificate: {e}")))
+            .map_err(|e| ServiceError::Unauthenticated(format!("client certificate: {e}")))
     }
 }
 

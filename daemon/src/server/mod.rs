@@ -7,10 +7,10 @@ pub mod identity;
 pub mod observe;
 pub mod tls;
 
-use crate::api::Shared;
 use crate::api::finance::FinanceApi;
 use crate::api::operator::OperatorApi;
 use crate::api::partner::PartnerApi;
+use crate::services::shared::Shared;
 use coalition_proto::v1::finance_service_server::FinanceServiceServer;
 use coalition_proto::v1::operator_service_server::OperatorServiceServer;
 use coalition_proto::v1::partner_service_server::PartnerServiceServer;
@@ -48,7 +48,9 @@ pub async fn serve(
         >,
     >(256);
     let mut accept_shutdown = shutdown.clone();
+    let handshakes = tls.clone();
     let accept_loop = tokio::spawn(async move {
+        let tls = handshakes;
         loop {
             let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -106,7 +108,12 @@ pub async fn serve(
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    tokio::spawn(health::watch(shared.clone(), health, shutdown.clone()));
+    tokio::spawn(health::watch(
+        shared.clone(),
+        tls.clone(),
+        health,
+        shutdown.clone(),
+    ));
     // Reflection in both versions: v1, and v1alpha that older grpcurl builds and Python's
     // grpcio-reflection still ask for.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -125,7 +132,7 @@ pub async fn serve(
             .with_limits(shared.limits.clone()),
     );
     let operator = tonic::service::interceptor::InterceptedService::new(
-        OperatorServiceServer::new(OperatorApi::new(shared.clone()))
+        OperatorServiceServer::new(OperatorApi::new(shared.clone(), tls.clone()))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         identity::RequireRole::new(shared.config.clone(), coalition_certs::Role::Operator),
     );

@@ -94,9 +94,9 @@ where
         let started = Instant::now();
         // The caller's name for what counts refusals (`api::error`), both while the interceptors
         // run (synchronously, in `call`) and while the handler's future runs.
-        let call = CALLER.sync_scope(label.clone(), || inner.call(req));
+        let call = crate::api::caller::CALLER.sync_scope(label.clone(), || inner.call(req));
         Box::pin(async move {
-            let response = CALLER.scope(label.clone(), call).await;
+            let response = crate::api::caller::CALLER.scope(label.clone(), call).await;
             // Errors from handlers come trailers-only: grpc-status in the headers. OK comes in trailers.
             let code = match &response {
                 Ok(r) => r
@@ -104,7 +104,9 @@ where
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
-                    .map_or("OK", |c| code_name(tonic::Code::from_i32(c))),
+                    .map_or("OK", |c| {
+                        crate::api::error::code_name(tonic::Code::from_i32(c))
+                    }),
                 Err(_) => "TRANSPORT_ERROR",
             };
             let elapsed = started.elapsed();
@@ -127,35 +129,5 @@ where
             }
             response
         })
-    }
-}
-
-tokio::task_local! {
-    /// The caller's name (partner id, or the role/name of staff; `-` if none) while its call
-    /// runs.
-    pub static CALLER: String;
-}
-
-/// A status code's canonical name, as gRPC's own tools and the Prometheus middlewares write it.
-pub fn code_name(c: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match c {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }

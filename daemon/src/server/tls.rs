@@ -199,3 +199,9 @@ pub fn expiries(files: &TlsFiles) -> Vec<(&'static str, i64)> {
     }
     out
 }
+
+impl crate::services::shared::CertificateReload for TlsState {
+    fn reload_certificates(&self) -> Result<usize, String> {
+        self.reload().map_err(|e| e.to_string())
+    }
+}

@@ -8,9 +8,7 @@ use super::StoreError;
 use crate::ledger::Micros;
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use coalition_clearing::{
-    Counts, Input, Issuance, SettleError, Settlement, Slice,
-};
+use coalition_clearing::{Counts, Input, Issuance, SettleError, Settlement, Slice};
 
 /// Draft or final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +56,6 @@ pub struct Stored {
 }
 
 pub use coalition_clearing::{Plan, Rules};
-
 
 /// Checks every stored settlement (given oldest first) against the ledger: its content gives its
 /// digest, it chains to the one before it with no gap, none precedes the first cycle, and

@@ -52,7 +52,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Job>,
-    signals: std::sync::Arc<crate::server::health::Signals>,
+    signals: std::sync::Arc<crate::signals::Signals>,
 }
 
 /// How the writer batches.
@@ -94,7 +94,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     config: WriterConfig,
     clock: Clock,
-    signals: std::sync::Arc<crate::server::health::Signals>,
+    signals: std::sync::Arc<crate::signals::Signals>,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
     while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
@@ -183,7 +183,7 @@ impl Writer {
     ) -> Result<(Writer, tokio::task::JoinHandle<Result<(), StoreError>>), StoreError> {
         assert!(config.max_batch >= 1 && config.queue_depth >= 1);
         let (queue, rx) = mpsc::channel::<Job>(config.queue_depth);
-        let signals = std::sync::Arc::new(crate::server::health::Signals::default());
+        let signals = std::sync::Arc::new(crate::signals::Signals::default());
         let theirs = signals.clone();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -228,7 +228,7 @@ impl Writer {
     }
 
     /// What the writer reports for health; the scheduler reports into the same.
-    pub fn signals(&self) -> std::sync::Arc<crate::server::health::Signals> {
+    pub fn signals(&self) -> std::sync::Arc<crate::signals::Signals> {
         self.signals.clone()
     }
 

@@ -1,7 +1,7 @@
 //! Checks on request fields that need no database: ids, money, points. Each failure names the
 //! field and says what is expected.
 
-use super::error::ApiError;
+use super::error::ServiceError;
 use crate::config::{Currency, Partner};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
@@ -11,12 +11,12 @@ use std::str::FromStr;
 pub const MAX_ID_LEN: usize = 64;
 
 /// An id: 1..=64 printable ASCII characters, no spaces.
-pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
+pub fn id(field: &'static str, value: &str) -> Result<(), ServiceError> {
     if value.is_empty() {
-        return Err(ApiError::field(field, "MISSING_ID", "is required"));
+        return Err(ServiceError::field(field, "MISSING_ID", "is required"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "ID_TOO_LONG",
             format!(
@@ -26,7 +26,7 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
         ));
     }
     if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "MALFORMED_ID",
             "may hold only printable ASCII without spaces",
@@ -35,7 +35,7 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
     // Pseudonyms (retention, ForgetMember) begin with `~`: no call may name one, or a caller
     // who learned a pseudonym could add to a forgotten member's books.
     if field == "member_id" && value.starts_with('~') {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "RESERVED_ID",
             "member ids beginning with `~` are reserved for pseudonyms",
@@ -51,9 +51,9 @@ pub fn money(
     amount: &str,
     currency: &str,
     coalition: Currency,
-) -> Result<Decimal, ApiError> {
+) -> Result<Decimal, ServiceError> {
     if currency != coalition.code {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "CURRENCY_NOT_ACCEPTED",
             format!(
@@ -68,28 +68,28 @@ pub fn money(
         && !amount.starts_with('.')
         && !amount.ends_with('.');
     if amount.starts_with('-') {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "NEGATIVE_AMOUNT",
             format!("{amount:?} is negative; amounts must be positive"),
         ));
     }
     if !plain {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "MALFORMED_AMOUNT",
             format!("{amount:?} is not a decimal amount like \"12.50\""),
         ));
     }
     let value = Decimal::from_str(amount).map_err(|_| {
-        ApiError::field(
+        ServiceError::field(
             field,
             "AMOUNT_TOO_LARGE",
             format!("{amount:?} is too large"),
         )
     })?;
     if value.scale() > coalition.minor_units {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "AMOUNT_TOO_PRECISE",
             format!(
@@ -101,7 +101,7 @@ pub fn money(
         ));
     }
     if value.is_zero() {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "AMOUNT_NOT_POSITIVE",
             "must be greater than zero",
@@ -111,26 +111,26 @@ pub fn money(
 }
 
 /// Points a purchase earns at `partner`: floor(amount × earn rate).
-pub fn purchase_points(amount: Decimal, partner: &Partner) -> Result<i64, ApiError> {
+pub fn purchase_points(amount: Decimal, partner: &Partner) -> Result<i64, ServiceError> {
     let points = amount
         .checked_mul(partner.earn_rate)
         .and_then(|p| p.floor().to_i64())
         .ok_or_else(|| {
-            ApiError::field(
+            ServiceError::field(
                 "purchase.amount",
                 "POINTS_OVERFLOW",
                 "earns more points than the ledger can hold",
             )
         })?;
     if points > MAX_POINTS {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "purchase.amount",
             "POINTS_OVERFLOW",
             format!("earns {points} points; one transaction may move at most {MAX_POINTS}"),
         ));
     }
     if points < 1 {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "purchase.amount",
             "NO_POINTS_EARNED",
             format!(
@@ -143,16 +143,16 @@ pub fn purchase_points(amount: Decimal, partner: &Partner) -> Result<i64, ApiErr
 }
 
 /// An explicit bonus: 1..=the partner's cap.
-pub fn bonus(points: i64, partner: &Partner) -> Result<i64, ApiError> {
+pub fn bonus(points: i64, partner: &Partner) -> Result<i64, ServiceError> {
     if points < 1 {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "bonus_points",
             "POINTS_NOT_POSITIVE",
             format!("{points} is not a positive number of points"),
         ));
     }
     if points > partner.max_bonus_points {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "bonus_points",
             "BONUS_ABOVE_CAP",
             format!(
@@ -165,9 +165,9 @@ pub fn bonus(points: i64, partner: &Partner) -> Result<i64, ApiError> {
 }
 
 /// Points of a burn: 1..=[`MAX_POINTS`].
-pub fn burn_points(points: i64) -> Result<i64, ApiError> {
+pub fn burn_points(points: i64) -> Result<i64, ServiceError> {
     if points < 1 {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "points",
             "POINTS_NOT_POSITIVE",
             format!("{points} is not a positive number of points"),
@@ -177,9 +177,9 @@ pub fn burn_points(points: i64) -> Result<i64, ApiError> {
 }
 
 /// Points of a reversal: 0 (everything left) or more, up to [`MAX_POINTS`].
-pub fn reversal_points(points: i64) -> Result<i64, ApiError> {
+pub fn reversal_points(points: i64) -> Result<i64, ServiceError> {
     if points < 0 {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "points",
             "POINTS_NOT_POSITIVE",
             format!("{points} is negative; use 0 to reverse everything left"),
@@ -191,9 +191,9 @@ pub fn reversal_points(points: i64) -> Result<i64, ApiError> {
 /// The most points one transaction may move.
 pub const MAX_POINTS: i64 = crate::ledger::MAX_POINTS_PER_TRANSACTION;
 
-fn at_most_max(field: &'static str, points: i64) -> Result<i64, ApiError> {
+fn at_most_max(field: &'static str, points: i64) -> Result<i64, ServiceError> {
     if points > MAX_POINTS {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             field,
             "POINTS_OVERFLOW",
             format!("{points} points; one transaction may move at most {MAX_POINTS}"),
@@ -203,9 +203,9 @@ fn at_most_max(field: &'static str, points: i64) -> Result<i64, ApiError> {
 }
 
 /// A business date (`YYYY-MM-DD`, four-digit year) within the calendar the coalition clears.
-pub fn cycle(field: &'static str, s: &str) -> Result<chrono::NaiveDate, ApiError> {
+pub fn cycle(field: &'static str, s: &str) -> Result<chrono::NaiveDate, ServiceError> {
     let malformed = || {
-        ApiError::field(
+        ServiceError::field(
             field,
             "MALFORMED_CYCLE",
             format!(
@@ -219,7 +219,7 @@ pub fn cycle(field: &'static str, s: &str) -> Result<chrono::NaiveDate, ApiError
 }
 
 /// A purchase category sent by a till (empty: none): 1..=64 letters, digits, '-', '_' or '.'.
-pub fn category(c: &str) -> Result<Option<String>, ApiError> {
+pub fn category(c: &str) -> Result<Option<String>, ServiceError> {
     if c.is_empty() {
         return Ok(None);
     }
@@ -228,7 +228,7 @@ pub fn category(c: &str) -> Result<Option<String>, ApiError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return Err(ApiError::field(
+        return Err(ServiceError::field(
             "category",
             "MALFORMED_CATEGORY",
             "use 1..=64 letters, digits, '-', '_' or '.'",
@@ -289,7 +289,7 @@ mod tests {
             assert!(
                 matches!(
                     e,
-                    ApiError::InvalidField {
+                    ServiceError::InvalidField {
                         reason: "MALFORMED_CYCLE",
                         ..
                     }
