@@ -1,7 +1,7 @@
 //! The access log: who read which member's data, when and why — append-only, each entry chained
 //! to the one before by SHA-256, written once for both backends and checked by the audit.
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::Micros;
 use sha2::{Digest, Sha256};
 

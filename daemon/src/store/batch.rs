@@ -2,15 +2,86 @@
 //! few bulk reads, decide each request in order with the pure ledger (so two requests on one member
 //! in one batch see each other), and hand the backend one set of [`Writes`].
 
-use super::{LedgerTx, Op, Rejection, Request, StoreError, TxnRecord, Writes};
+use super::error::StoreError;
+use super::model::{Op, Rejection, Request, TxnRecord, Writes};
 use crate::ledger::{
     self, Funder, Kind, MemberLedger, Micros, NewEarn, Part, PartKind, Receipt, Refusal, Reversible,
 };
 use crate::programme::{self, Campaign, Ladder, MemberProgramme};
+use async_trait::async_trait;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 mod holds;
 use holds::Holds;
+
+/// What a backend does inside one write transaction for the shared batch logic.
+#[async_trait]
+pub trait LedgerTx: Send {
+    /// The cycle a transaction committed now belongs to: `now_cycle`, or the first cycle after
+    /// the last one sealed by a clearing run if that is later. Holds off clearing runs (a shared
+    /// lock) until the transaction ends.
+    async fn open_cycle(
+        &mut self,
+        now_cycle: chrono::NaiveDate,
+    ) -> Result<chrono::NaiveDate, StoreError>;
+    /// Locks these members (sorted, so that batches of several daemons never deadlock) until the
+    /// transaction ends. A backend with a single writer has nothing to lock.
+    async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError>;
+    /// Transactions by (partner, partner's id).
+    async fn find_transactions(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<TxnRecord>, StoreError>;
+    /// Members, each with the points the batch may take from its lots at most, for a decision at
+    /// `now`: their open debts and enough of their open lots ([`super::lots::LotsSql::load_members`]).
+    /// Unknown members are absent.
+    async fn load_members(
+        &mut self,
+        members: &[(String, i64)],
+        now: Micros,
+    ) -> Result<Vec<MemberLedger>, StoreError>;
+    /// Lots by id (a lot's id is its earn's id, negated for the operator-funded lot).
+    async fn load_lots(&mut self, ids: &[i64]) -> Result<Vec<crate::ledger::Lot>, StoreError>;
+    /// The allocations of these burns, in the order made, with what is left to reverse of each.
+    async fn load_burn_slices(&mut self, burn_txns: &[i64]) -> Result<Vec<Reversible>, StoreError>;
+    /// Campaigns in force at `now`.
+    async fn live_campaigns(
+        &mut self,
+        now: Micros,
+    ) -> Result<Vec<crate::programme::Campaign>, StoreError>;
+    /// The stored programme text of these members (see [`super::programme::ProgrammeSql::load`]).
+    async fn load_programme(
+        &mut self,
+        members: &[String],
+    ) -> Result<std::collections::HashMap<String, Option<String>>, StoreError>;
+    /// Which (member, partner) pairs have an earn.
+    async fn earned_before(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> Result<std::collections::HashSet<(String, String)>, StoreError>;
+    /// Holds whose authorization id or closing call's id is one of `keys` (see
+    /// [`super::holds::HoldsSql::find`]).
+    async fn find_holds(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<super::holds::HoldRecord>, StoreError>;
+    /// The holds named by `keys` and those still held of `members`, with their slices (see
+    /// [`super::holds::HoldsSql::named_or_open`]).
+    async fn holds_of(
+        &mut self,
+        keys: &[(String, String)],
+        members: &[String],
+    ) -> Result<Vec<super::holds::HoldRecord>, StoreError>;
+    /// `n` fresh transaction ids, increasing.
+    async fn reserve_txn_ids(&mut self, n: usize) -> Result<Vec<i64>, StoreError>;
+    /// Of these pseudonyms, those of forgotten members (read after the members are locked).
+    async fn forgotten(
+        &mut self,
+        pseudonyms: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
+    /// Writes the batch's changes.
+    async fn write(&mut self, writes: &Writes) -> Result<(), StoreError>;
+}
 
 /// What a batch needs to know besides the requests.
 #[derive(Debug, Clone)]
@@ -429,7 +500,7 @@ pub async fn apply(
         let stored = txns.values().find(|t| t.id == id).and_then(|t| {
             let mut t = t.clone();
             t.parts_reversed = parts;
-            super::encode_parts_reversed(&t)
+            super::model::encode_parts_reversed(&t)
         });
         writes.reversed.push((id, points, stored));
     }
@@ -467,7 +538,7 @@ pub async fn apply(
             .debts
             .extend(m.debts.iter().filter(|d| d.dirty).cloned());
         let open = m.open_points();
-        let row = |first_seen| super::lots::MemberRow {
+        let row = |first_seen| super::model::MemberRow {
             member: m.member.clone(),
             first_seen,
             open_points: open,
@@ -674,7 +745,7 @@ fn decide(
             };
             writes.allocations.extend(effect.repayments);
             if partner_points > 0 {
-                writes.issuance.push(super::IssuanceRow {
+                writes.issuance.push(super::model::IssuanceRow {
                     txn: id,
                     issuer: r.partner.clone(),
                     fee_rate: fee,
@@ -800,7 +871,7 @@ fn decide(
             slices_shown.extend(ledger::by_issuer(&effect.allocations));
             for take in effect.own.iter().filter(|t| t.unswept > 0) {
                 if let Some(lot) = m.lots.iter().find(|l| l.id == take.lot) {
-                    writes.breakage.push(super::BreakageFact {
+                    writes.breakage.push(super::model::BreakageFact {
                         lot: lot.id,
                         member: lot.member.clone(),
                         issuer: lot.issuer.clone(),
@@ -868,7 +939,7 @@ fn decide(
             };
             writes.allocations.extend(effect.allocations);
             if partner_share > 0 {
-                writes.issuance.push(super::IssuanceRow {
+                writes.issuance.push(super::model::IssuanceRow {
                     txn: id,
                     issuer: r.partner.clone(),
                     fee_rate: fee,

@@ -14,7 +14,8 @@
 //! Rows carry their batch in `transactions.batch_id` (the batch's smallest transaction id); lots,
 //! allocations and issuance rows belong to the batch of their transaction.
 
-use super::{StoreError, Writes};
+use super::error::StoreError;
+use super::model::Writes;
 use crate::ledger::Micros;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;

@@ -4,7 +4,7 @@
 //! `coalition-clearing` library, store the draft and seal the cycle. A crash anywhere leaves nothing:
 //! the transaction rolls back.
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::Micros;
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -529,7 +529,7 @@ where
     }
 
     fn date(column: &str, s: Option<String>) -> Result<Option<NaiveDate>, StoreError> {
-        super::parse_date(column, s.as_deref())
+        super::model::parse_date(column, s.as_deref())
     }
 
     /// The stored settlement of a cycle.
@@ -742,14 +742,14 @@ where
     /// Operators' overrides.
     pub async fn overrides(
         conn: &mut DB::Connection,
-    ) -> Result<Vec<super::PartnerOverride>, StoreError> {
+    ) -> Result<Vec<super::model::PartnerOverride>, StoreError> {
         use sqlx::Row;
-        let rows = sqlx::query(super::overrides_sql::LIST)
+        let rows = sqlx::query(super::model::overrides_sql::LIST)
             .fetch_all(&mut *conn)
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(super::PartnerOverride {
+                Ok(super::model::PartnerOverride {
                     partner: r.try_get(0)?,
                     per_second: r.try_get::<i64, _>(1)? as u32,
                     burst: r.try_get::<i64, _>(2)? as u32,
@@ -763,9 +763,9 @@ where
     /// Stores an operator's override.
     pub async fn save_override(
         conn: &mut DB::Connection,
-        o: &super::PartnerOverride,
+        o: &super::model::PartnerOverride,
     ) -> Result<(), StoreError> {
-        sqlx::query(super::overrides_sql::SAVE)
+        sqlx::query(super::model::overrides_sql::SAVE)
             .bind(o.partner.clone())
             .bind(o.per_second as i64)
             .bind(o.burst as i64)

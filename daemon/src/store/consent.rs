@@ -1,7 +1,7 @@
 //! Members' consents: per purpose, who captured them and when, with withdrawal; each change
 //! idempotent by the caller's own request id. Written once for both backends.
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::Micros;
 
 /// What a member may agree to.

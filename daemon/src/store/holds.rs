@@ -2,7 +2,7 @@
 //! lot while it is held). The batch reads and writes them inside its transaction; the read pool
 //! answers what is held of a member and one hold by its id.
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::{HeldSlice, HoldState, HoldView, Micros};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -158,7 +158,7 @@ where
             .collect();
         let mut slices: HashMap<i64, Vec<HeldSlice>> = HashMap::new();
         for chunk in ids.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
+            let marks: Vec<String> = (1..=chunk.len()).map(super::dialect::mark::<DB>).collect();
             let sql = format!(
                 "SELECT hold_id, lot_id, points FROM hold_slices WHERE hold_id IN ({}) ORDER BY hold_id, seq",
                 marks.join(", ")
@@ -195,8 +195,8 @@ where
                     .map(|i| {
                         format!(
                             "({}, {})",
-                            super::mark::<DB>(2 * i + 1),
-                            super::mark::<DB>(2 * i + 2)
+                            super::dialect::mark::<DB>(2 * i + 1),
+                            super::dialect::mark::<DB>(2 * i + 2)
                         )
                     })
                     .collect();
@@ -250,7 +250,7 @@ where
             let mut n = 0;
             let mut next = || {
                 n += 1;
-                super::mark::<DB>(n)
+                super::dialect::mark::<DB>(n)
             };
             let mut parts = Vec::new();
             // VALUES columns are column1, column2 on both backends; CROSS JOIN keeps SQLite to one
@@ -299,7 +299,7 @@ where
 
     /// Writes what a batch changed of holds: multi-row statements of at most 250 rows.
     pub async fn write(conn: &mut DB::Connection, w: &HoldWrites) -> Result<(), sqlx::Error> {
-        let values = super::rows_of_marks::<DB>;
+        let values = super::dialect::rows_of_marks::<DB>;
         const ROWS: usize = 250;
         for chunk in w.holds.chunks(ROWS) {
             let sql = format!(
@@ -336,7 +336,7 @@ where
             .map(|h| h.id)
             .collect();
         for chunk in closed.chunks(ROWS) {
-            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
+            let marks: Vec<String> = (1..=chunk.len()).map(super::dialect::mark::<DB>).collect();
             let sql = format!(
                 "DELETE FROM hold_slices WHERE hold_id IN ({})",
                 marks.join(", ")

@@ -29,7 +29,7 @@ where
 {
     fn marks(n: usize) -> String {
         (1..=n)
-            .map(super::mark::<DB>)
+            .map(super::dialect::mark::<DB>)
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -204,7 +204,7 @@ where
     /// known member is never touched).
     pub async fn write_members(
         conn: &mut DB::Connection,
-        rows: &[MemberRow],
+        rows: &[super::model::MemberRow],
     ) -> Result<(), sqlx::Error> {
         for chunk in rows.chunks(200) {
             let sql = format!(
@@ -212,7 +212,7 @@ where
                  VALUES {} ON CONFLICT (member_id) DO UPDATE SET open_points = excluded.open_points, \
                  activity_month = excluded.activity_month, activity_mask = excluded.activity_mask, \
                  first_at = excluded.first_at, second_at = excluded.second_at",
-                super::rows_of_marks::<DB>(chunk.len(), 7)
+                super::dialect::rows_of_marks::<DB>(chunk.len(), 7)
             );
             let mut q = sqlx::query(&sql);
             for r in chunk {
@@ -229,17 +229,4 @@ where
         }
         Ok(())
     }
-}
-
-/// A member row as a batch writes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberRow {
-    /// The member.
-    pub member: String,
-    /// Its first instant (used only when the row is new).
-    pub first_seen: Micros,
-    /// Points left in all its open lots.
-    pub open_points: i64,
-    /// Its kept activity.
-    pub activity: crate::ledger::Activity,
 }

@@ -2,7 +2,7 @@
 //! a clearing run reads cells, not allocations: SQL once for both backends. The audit recomputes
 //! every cell from the allocations ([`MATRIX_CHECK`]).
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::Allocation;
 use std::collections::BTreeMap;
 
@@ -68,7 +68,7 @@ where
                  ON CONFLICT (cycle, issuer, redeemer, rate) DO UPDATE SET \
                  points = cycle_matrix.points + excluded.points, \
                  allocations = cycle_matrix.allocations + excluded.allocations",
-                super::rows_of_marks::<DB>(chunk.len(), 6)
+                super::dialect::rows_of_marks::<DB>(chunk.len(), 6)
             );
             let mut q = sqlx::query(&sql);
             for ((issuer, redeemer, rate), (points, n)) in chunk {

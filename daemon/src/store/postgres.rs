@@ -4,10 +4,11 @@
 //! Serialization failures, deadlocks and unique-key races (two daemons taking the same new member or
 //! the same retried transaction id) roll the batch back and run it again, inside the daemon.
 
-use super::{
-    BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes, audit, batch,
-    clearing,
-};
+use super::batch::LedgerTx;
+use super::error::StoreError;
+use super::model::{Rejection, Request, TxnRecord, Writes};
+use super::seam::{BatchBackend, Store};
+use super::{audit, batch, clearing};
 use crate::ledger::{Allocation, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
@@ -182,7 +183,7 @@ impl LedgerTx for PgTx<'_> {
         .fetch_one(&mut *self.conn)
         .await;
         let sealed = r.map_err(|e| self.fail(e))?;
-        super::first_open_cycle(now_cycle, sealed.as_deref())
+        super::model::first_open_cycle(now_cycle, sealed.as_deref())
     }
 
     async fn lock_members(&mut self, members: &[String]) -> Result<(), StoreError> {
@@ -377,12 +378,12 @@ async fn write(conn: &mut PgConnection, w: &Writes) -> Result<(), sqlx::Error> {
         .bind(t.iter().map(|t| t.purchase.as_ref().map(|(_, c)| c.clone())).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.request_hash.clone()).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.receipt.balance_after).collect::<Vec<_>>())
-        .bind(t.iter().map(|t| super::encode_slices(&t.receipt.slices)).collect::<Vec<_>>())
+        .bind(t.iter().map(|t| super::model::encode_slices(&t.receipt.slices)).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.receipt.debt_created).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.receipt.debt_repaid).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.accepted_at).collect::<Vec<_>>())
         .bind(t.iter().map(|t| crate::ledger::parts::encode(&t.receipt.parts)).collect::<Vec<_>>())
-        .bind(t.iter().map(super::encode_parts_reversed).collect::<Vec<_>>())
+        .bind(t.iter().map(super::model::encode_parts_reversed).collect::<Vec<_>>())
         .bind(t.iter().map(|t| t.receipt.tier.clone()).collect::<Vec<_>>())
         .bind(w.cycle.to_string())
         .bind(super::chain::batch_id(w))
@@ -804,12 +805,15 @@ impl Store for PgStore {
         Ok(n)
     }
 
-    async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
+    async fn partner_overrides(&self) -> Result<Vec<super::model::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::overrides(&mut c).await
     }
 
-    async fn save_partner_override(&self, o: &super::PartnerOverride) -> Result<(), StoreError> {
+    async fn save_partner_override(
+        &self,
+        o: &super::model::PartnerOverride,
+    ) -> Result<(), StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Postgres>::save_override(&mut c, o).await
     }
@@ -915,7 +919,7 @@ impl clearing::ClearingTx for PgClearing<'_> {
             sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1 FOR UPDATE")
                 .fetch_one(&mut *self.conn)
                 .await?;
-        super::parse_date("clearing_state.sealed_through", s.as_deref())
+        super::model::parse_date("clearing_state.sealed_through", s.as_deref())
     }
 
     async fn try_exclusive(&mut self) -> Result<bool, StoreError> {

@@ -3,7 +3,7 @@
 //! text. The batch reads and writes it inside its transaction; the
 //! read pool uses the same reads for `GetMember` and quotes.
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::{Funder, Micros};
 use crate::programme::{Campaign, Effect, Ladder, MemberProgramme, TierState};
 use rust_decimal::Decimal;
@@ -399,7 +399,7 @@ where
     ) -> Result<HashMap<String, Option<String>>, StoreError> {
         let mut out = HashMap::new();
         for chunk in members.chunks(1000) {
-            let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
+            let marks: Vec<String> = (1..=chunk.len()).map(super::dialect::mark::<DB>).collect();
             let sql = format!(
                 "SELECT member_id, programme FROM members WHERE member_id IN ({})",
                 marks.join(", ")
@@ -439,7 +439,7 @@ where
 
     /// Writes what a batch changed: one multi-row statement per table and 250 rows.
     pub async fn write(conn: &mut DB::Connection, w: &ProgrammeWrites) -> Result<(), sqlx::Error> {
-        let values = super::rows_of_marks::<DB>;
+        let values = super::dialect::rows_of_marks::<DB>;
         const ROWS: usize = 250;
         let states: Vec<_> = w.states.iter().collect();
         for chunk in states.chunks(ROWS) {

@@ -4,8 +4,8 @@
 //! for both backends; each backend runs these inside one write transaction that holds the
 //! reconciliation tables (and, for `finalize`, the settlement).
 
-use super::StoreError;
 use super::clearing::Stored;
+use super::error::StoreError;
 use crate::ledger::Micros;
 use coalition_clearing::reconcile::{self, Acceptance, AcceptedBreak, Record, WorkedBreak};
 
@@ -162,7 +162,8 @@ where
                     sqlx::query_scalar("SELECT MIN(cycle) FROM transactions")
                         .fetch_one(&mut *conn)
                         .await?;
-                let first_txn = super::parse_date("transactions.cycle", first_txn.as_deref())?;
+                let first_txn =
+                    super::model::parse_date("transactions.cycle", first_txn.as_deref())?;
                 let first = super::clearing::first_cycle(s.first_cycle, first_txn);
                 if first.is_none_or(|f| s.cycle < f.to_string()) {
                     return Ok(ReconReply::BeforeFirstCycle(first));

@@ -1,7 +1,7 @@
 //! Price versions, the partner registry and the issuance rows behind fees: SQL written once for
 //! both backends (rates are TEXT decimal strings in these tables on both).
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::Micros;
 use crate::prices::{PartnerRecord, PriceVersion};
 use rust_decimal::Decimal;
@@ -87,7 +87,7 @@ fn decimal(column: &str, s: &str) -> Result<Decimal, StoreError> {
 }
 
 fn date(column: &str, s: Option<String>) -> Result<Option<chrono::NaiveDate>, StoreError> {
-    super::parse_date(column, s.as_deref())
+    super::model::parse_date(column, s.as_deref())
 }
 
 /// The registry and price SQL, generic over the sqlx database.

@@ -4,7 +4,7 @@
 //! zone), so a report adds up exactly as the settlements and statements of those days.
 //! Member counts take only members who agreed to `analytics` (README, "Consent").
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::{Activity, Micros};
 use crate::report::{KpiFacts, LedgerSums, Month, Span};
 

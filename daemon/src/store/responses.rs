@@ -2,7 +2,7 @@
 //! kept in order, a partner's state being its last. SQL once for both backends; the API checks
 //! that the settlement is final and that the caller answers only for itself.
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::Micros;
 
 /// One answer of a partner to a cycle's settlement.

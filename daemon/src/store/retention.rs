@@ -3,7 +3,7 @@
 //! settlement digest: settlements hold no member ids) while nothing links them to the id any more.
 //! The same id arriving again is a new member. Written once for both backends.
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::ledger::Micros;
 
 /// Most members pseudonymized in one run (the next run takes the rest).
@@ -244,7 +244,7 @@ where
 {
     let mut out = std::collections::HashSet::new();
     for chunk in pseudonyms.chunks(500) {
-        let marks: Vec<String> = (1..=chunk.len()).map(super::mark::<DB>).collect();
+        let marks: Vec<String> = (1..=chunk.len()).map(super::dialect::mark::<DB>).collect();
         let marks = marks.join(", ");
         let sql = format!("SELECT pseudonym FROM forgotten_members WHERE pseudonym IN ({marks})");
         let mut q = sqlx::query_scalar::<DB, String>(&sql);

@@ -1,7 +1,8 @@
 //! Rows to domain types, once for both backends. The only difference between them is how money
 //! is stored: TEXT decimal strings on SQLite, NUMERIC on PostgreSQL ([`Money`]).
 
-use super::{StoreError, TxnRecord, decode_slices};
+use super::error::StoreError;
+use super::model::{TxnRecord, decode_slices};
 use crate::ledger::{Allocation, Debt, Kind, Lot, Receipt};
 use rust_decimal::Decimal;
 use sqlx::Row;

@@ -2,10 +2,11 @@
 //! disk before any caller of its batch is answered. One connection writes (owned by the writer
 //! task, so there is never a second writer to wait for); a small pool reads.
 
-use super::{
-    BatchBackend, LedgerTx, Rejection, Request, Store, StoreError, TxnRecord, Writes, audit, batch,
-    clearing,
-};
+use super::batch::LedgerTx;
+use super::error::StoreError;
+use super::model::{Rejection, Request, TxnRecord, Writes};
+use super::seam::{BatchBackend, Store};
+use super::{audit, batch, clearing};
 use crate::ledger::{Allocation, Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -352,7 +353,7 @@ impl LedgerTx for SqliteTx<'_> {
             sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
                 .fetch_one(&mut *self.conn)
                 .await?;
-        super::first_open_cycle(now_cycle, sealed.as_deref())
+        super::model::first_open_cycle(now_cycle, sealed.as_deref())
     }
 
     async fn lock_members(&mut self, _members: &[String]) -> Result<(), StoreError> {
@@ -433,12 +434,12 @@ impl LedgerTx for SqliteTx<'_> {
                     .push_bind(currency)
                     .push_bind(&t.request_hash)
                     .push_bind(r.balance_after)
-                    .push_bind(super::encode_slices(&r.slices))
+                    .push_bind(super::model::encode_slices(&r.slices))
                     .push_bind(r.debt_created)
                     .push_bind(r.debt_repaid)
                     .push_bind(t.accepted_at)
                     .push_bind(crate::ledger::parts::encode(&r.parts))
-                    .push_bind(super::encode_parts_reversed(t))
+                    .push_bind(super::model::encode_parts_reversed(t))
                     .push_bind(&r.tier)
                     .push_bind(w.cycle.to_string())
                     .push_bind(batch_id);
@@ -875,12 +876,15 @@ impl Store for SqliteStore {
         Ok(n)
     }
 
-    async fn partner_overrides(&self) -> Result<Vec<super::PartnerOverride>, StoreError> {
+    async fn partner_overrides(&self) -> Result<Vec<super::model::PartnerOverride>, StoreError> {
         let mut c = self.pool.acquire().await?;
         clearing::SharedSql::<sqlx::Sqlite>::overrides(&mut c).await
     }
 
-    async fn save_partner_override(&self, o: &super::PartnerOverride) -> Result<(), StoreError> {
+    async fn save_partner_override(
+        &self,
+        o: &super::model::PartnerOverride,
+    ) -> Result<(), StoreError> {
         let mut conn = self.clearing.lock().await;
         clearing::SharedSql::<sqlx::Sqlite>::save_override(&mut conn, o).await
     }
@@ -970,7 +974,7 @@ impl clearing::ClearingTx for SqliteClearing<'_> {
             sqlx::query_scalar("SELECT sealed_through FROM clearing_state WHERE id = 1")
                 .fetch_one(&mut *self.conn)
                 .await?;
-        super::parse_date("clearing_state.sealed_through", s.as_deref())
+        super::model::parse_date("clearing_state.sealed_through", s.as_deref())
     }
 
     async fn try_exclusive(&mut self) -> Result<bool, StoreError> {

@@ -2,7 +2,10 @@
 //! queued (up to `max_batch`), applies it in one database transaction, commits once, and only then
 //! answers each caller. Under load many calls share one fsync; when idle a call commits alone.
 
-use super::{BatchBackend, OpenBackend, Rejection, Request, StoreError, batch};
+use super::batch;
+use super::error::StoreError;
+use super::model::{Rejection, Request};
+use super::seam::{BatchBackend, OpenBackend};
 use crate::clock::Clock;
 use crate::ledger::{Micros, Receipt};
 use futures::FutureExt;
