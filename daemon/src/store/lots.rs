@@ -17,7 +17,7 @@ pub struct LotsSql<DB>(std::marker::PhantomData<DB>);
 
 impl<DB> LotsSql<DB>
 where
-    DB: super::rows::Money,
+    DB: super::dialect::Dialect,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
@@ -73,25 +73,12 @@ where
                 break;
             }
             for chunk in todo.chunks(500) {
-                let prefix = if DB::NAME == "SQLite" {
-                    format!(
-                        "SELECT m.member_id AS known_member, m.open_points, m.activity_month, m.activity_mask, \
-                         m.first_at, m.second_at, l.* FROM members m \
-                         LEFT JOIN lots l ON l.id IN (SELECT x.id FROM lots x WHERE x.member_id = m.member_id \
-                         AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) \
-                         WHERE m.member_id IN ({})",
-                        Self::marks(chunk.len())
-                    )
-                } else {
-                    format!(
-                        "SELECT m.member_id AS known_member, m.open_points, m.activity_month, m.activity_mask, \
-                         m.first_at, m.second_at, l.* FROM members m \
-                         LEFT JOIN LATERAL (SELECT * FROM lots x WHERE x.member_id = m.member_id \
-                         AND x.points_left > 0 ORDER BY {SPEND_ORDER} LIMIT {limit}) l ON true \
-                         WHERE m.member_id IN ({})",
-                        Self::marks(chunk.len())
-                    )
-                };
+                let prefix = format!(
+                    "SELECT m.member_id AS known_member, m.open_points, m.activity_month, m.activity_mask, \
+                     m.first_at, m.second_at, l.* {} WHERE m.member_id IN ({})",
+                    DB::first_lots_join(SPEND_ORDER, limit),
+                    Self::marks(chunk.len())
+                );
                 let mut q = sqlx::query(&prefix);
                 for (m, _) in chunk {
                     q = q.bind(m.clone());

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 pub mod batch;
+pub mod body;
 pub mod chain;
 pub mod clearing;
 pub mod consent;

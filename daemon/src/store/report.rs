@@ -62,12 +62,6 @@ fn active_in(m: Month) -> String {
     )
 }
 
-/// How each backend reads the stored tier's name from `members.programme` (compact JSON whose
-/// `t` is `[name, since, review]`).
-pub const SQLITE_TIER: &str = "json_extract(programme, '$.t[0]')";
-/// PostgreSQL's reading of the same.
-pub const POSTGRES_TIER: &str = "(CAST(programme AS json) -> 't' ->> 0)";
-
 /// Sets every member's kept activity from its transactions (migration 0017 runs the same; the
 /// bench's preload runs these after writing its rows).
 pub const BACKFILL: [&str; 4] = [

@@ -1,34 +1,14 @@
 //! Rows to domain types, once for both backends. The only difference between them is how money
-//! is stored: TEXT decimal strings on SQLite, NUMERIC on PostgreSQL ([`Money`]).
+//! is stored: TEXT decimal strings on SQLite, NUMERIC on PostgreSQL ([`Dialect::decimal`]).
 
+use super::dialect::Dialect;
 use super::error::StoreError;
 use super::model::{TxnRecord, decode_slices};
 use crate::ledger::{Allocation, Debt, Kind, Lot, Receipt};
 use rust_decimal::Decimal;
 use sqlx::Row;
-use std::str::FromStr;
 
-/// How a backend stores decimals.
-pub trait Money: sqlx::Database {
-    /// A decimal column (`None` for NULL).
-    fn decimal(row: &Self::Row, col: &str) -> Result<Option<Decimal>, sqlx::Error>;
-}
-
-impl Money for sqlx::Sqlite {
-    fn decimal(row: &Self::Row, col: &str) -> Result<Option<Decimal>, sqlx::Error> {
-        let s: Option<String> = row.try_get(col)?;
-        s.map(|s| Decimal::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
-            .transpose()
-    }
-}
-
-impl Money for sqlx::Postgres {
-    fn decimal(row: &Self::Row, col: &str) -> Result<Option<Decimal>, sqlx::Error> {
-        row.try_get(col)
-    }
-}
-
-fn rate<DB: Money>(row: &DB::Row) -> Result<Decimal, sqlx::Error> {
+fn rate<DB: Dialect>(row: &DB::Row) -> Result<Decimal, sqlx::Error> {
     DB::decimal(row, "rate")?.ok_or_else(|| sqlx::Error::ColumnDecode {
         index: "rate".into(),
         source: "NULL rate".into(),
@@ -40,7 +20,7 @@ pub struct Rows<DB>(std::marker::PhantomData<DB>);
 
 impl<DB> Rows<DB>
 where
-    DB: Money,
+    DB: Dialect,
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     i32: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
@@ -178,7 +158,7 @@ pub struct TxnReads<DB>(std::marker::PhantomData<DB>);
 
 impl<DB> TxnReads<DB>
 where
-    DB: Money,
+    DB: Dialect,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
