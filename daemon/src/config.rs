@@ -144,6 +144,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: String,
+    writer_lanes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -387,6 +388,9 @@ pub struct Config {
     pub database_url: String,
     /// Largest number of calls applied in one commit.
     pub max_batch: usize,
+    /// Writers of one daemon on PostgreSQL, each with its own connection (`database.writer_lanes`,
+    /// default 4); a SQLite file has one.
+    pub writer_lanes: usize,
     /// How long a hold at the till runs when the call does not say (`limits.default_hold_seconds`,
     /// default 900).
     pub default_hold_seconds: u64,
@@ -739,6 +743,10 @@ impl Config {
                 format!("use 1..={max_hold_seconds} (limits.max_hold_seconds)"),
             ));
         }
+        let writer_lanes = raw.database.writer_lanes.unwrap_or(4);
+        if !(1..=64).contains(&writer_lanes) {
+            return Err(invalid("database.writer_lanes", "use 1..=64"));
+        }
         let queue_depth = raw.limits.queue_depth.unwrap_or(16_384);
         if !(1..=1_000_000).contains(&queue_depth) {
             return Err(invalid("limits.queue_depth", "use 1..=1000000"));
@@ -927,6 +935,7 @@ impl Config {
             metrics_listen,
             database_url,
             max_batch,
+            writer_lanes,
             default_hold_seconds,
             max_hold_seconds,
             queue_depth,

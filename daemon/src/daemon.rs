@@ -38,7 +38,7 @@ impl Daemon {
                 crl: config.crl.clone(),
             },
         )?);
-        let (store, backend) = store::open(&config.database_url).await?;
+        let (store, backend) = store::open(&config.database_url, config.writer_lanes).await?;
         let limits = Arc::new(crate::ops::limits::Limits::new(
             config
                 .partners

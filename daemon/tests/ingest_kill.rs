@@ -118,7 +118,9 @@ async fn killed_mid_file(database_url: Option<String>) {
         assert_eq!((&a.1, &a.4), (&b.1, &b.4), "line {}", b.0);
     }
     // Nothing twice: one transaction per OK line, and every member holds what its lines say.
-    let (store, _) = coalitiond::store::open(&config.database_url).await.unwrap();
+    let (store, _) = coalitiond::store::open(&config.database_url, 1)
+        .await
+        .unwrap();
     let ok = after.iter().filter(|r| r.2 == "OK").count() as i64;
     assert_eq!(store.transaction_count().await.unwrap(), ok);
     let report = store

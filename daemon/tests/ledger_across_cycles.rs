@@ -265,7 +265,7 @@ impl World {
 }
 
 async fn world(url: &str, expire_days: i64, p: &Prog) -> World {
-    let (store, backend) = store::open(url).await.unwrap();
+    let (store, backend) = store::open(url, 1).await.unwrap();
     let cycles = coalition_clearing::Cycles::new(chrono_tz::UTC, 0).unwrap();
     let clock = Clock::default();
     let prices = Arc::new(coalitiond::prices::PriceBook::default());

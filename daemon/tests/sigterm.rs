@@ -61,7 +61,9 @@ async fn sigterm_drains_and_nothing_is_lost_or_doubled() {
 
     // Restart: every OK is there; retries of everything apply each call once.
     let mut child = spawn(&path, &addr).await;
-    let (store, _) = coalitiond::store::open(&config.database_url).await.unwrap();
+    let (store, _) = coalitiond::store::open(&config.database_url, 1)
+        .await
+        .unwrap();
     for i in &ok {
         assert!(
             store
@@ -115,7 +117,9 @@ async fn sigterm_stops_a_long_catch_up_and_the_next_start_finishes_it() {
         .replace("max_catch_up_cycles = 400", "max_catch_up_cycles = 100000");
     std::fs::write(&path, text).unwrap();
     let config = coalitiond::config::Config::load(&path).unwrap();
-    let (store, _) = coalitiond::store::open(&config.database_url).await.unwrap();
+    let (store, _) = coalitiond::store::open(&config.database_url, 1)
+        .await
+        .unwrap();
     let count = || async {
         store
             .settlements(None, 100_000)

@@ -142,7 +142,9 @@ async fn a_connection_killed_mid_batch_applies_nothing_of_it() {
     let db = t.pg.as_ref().unwrap();
     let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
     let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'coalitiond-writer'",
+        // The lane whose batch is paused before its commit (the other lanes' connections idle).
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 \
+         AND application_name = 'coalitiond-writer' AND state = 'idle in transaction'",
     )
     .bind(&db.name)
     .fetch_all(&mut admin)

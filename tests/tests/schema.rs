@@ -29,7 +29,8 @@ async fn sqlite_schema(url: &str) -> Schema {
             .fetch_all(&mut c)
             .await
             .unwrap();
-        s.columns.extend(cols.into_iter().map(|col| (t.clone(), col)));
+        s.columns
+            .extend(cols.into_iter().map(|col| (t.clone(), col)));
     }
     // Indexes made by CREATE INDEX (not those SQLite makes for a key or UNIQUE constraint).
     let indexes: Vec<(String, String)> = sqlx::query_as(
@@ -39,14 +40,13 @@ async fn sqlite_schema(url: &str) -> Schema {
     .await
     .unwrap();
     for (t, i) in indexes {
-        let cols: Vec<String> =
-            sqlx::query_scalar(
-                "SELECT COALESCE(name, '<expression>') FROM pragma_index_info(?) ORDER BY seqno",
-            )
-                .bind(&i)
-                .fetch_all(&mut c)
-                .await
-                .unwrap();
+        let cols: Vec<String> = sqlx::query_scalar(
+            "SELECT COALESCE(name, '<expression>') FROM pragma_index_info(?) ORDER BY seqno",
+        )
+        .bind(&i)
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
         s.indexes.insert((t, i, cols.join(",")));
     }
     s
@@ -102,7 +102,10 @@ async fn both_backends_migrate_to_the_same_tables_columns_and_indexes() {
     coalitiond::store::migrate(&sqlite_url).await.unwrap();
     let pg = PgDatabase::create().await;
     coalitiond::store::migrate(&pg.url).await.unwrap();
-    let (lite, post) = (sqlite_schema(&sqlite_url).await, postgres_schema(&pg.url).await);
+    let (lite, post) = (
+        sqlite_schema(&sqlite_url).await,
+        postgres_schema(&pg.url).await,
+    );
     assert!(lite.columns.len() > 100, "{} columns", lite.columns.len());
     assert!(lite.indexes.len() > 10, "{} indexes", lite.indexes.len());
     assert_eq!(

@@ -145,7 +145,8 @@ async fn line_of(shared: &Shared, partner: &Partner, line: pb::IngestLine) -> Pe
         }
     }
     let request = writes::request(&p, &id, op, &canonical);
-    match shared.writer.enqueue(request).await {
+    // One stream's lines keep their order: all in the lane of its partner.
+    match shared.writer.enqueue(request, &p).await {
         Ok(reply) => Box::pin(async move {
             let r = match reply.await {
                 Ok(Ok(receipt)) => Ok(receipt),

@@ -244,7 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             verify_chain: true,
         } => {
             let config = Config::load(&config)?;
-            let (store, _backend) = crate::store::open(&config.database_url).await?;
+            let (store, _backend) = crate::store::open(&config.database_url, 1).await?;
             let report = store.verify_chain().await?;
             println!(
                 "chain: {} links recomputed from their rows{}",
@@ -271,7 +271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { config, .. } => {
             let config = Config::load(&config)?;
-            let (store, _backend) = crate::store::open(&config.database_url).await?;
+            let (store, _backend) = crate::store::open(&config.database_url, 1).await?;
             let report = store
                 .audit(Clock::default().now(), &config.clearing_rules())
                 .await?;

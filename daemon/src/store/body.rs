@@ -809,22 +809,6 @@ where
 {
     let cycle = w.cycle.to_string();
     lots::LotsSql::<DB>::write_members(&mut *conn, &w.members).await?;
-    insert::<DB, _, _>(
-        conn,
-        "INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points)",
-        " ON CONFLICT (cycle, partner_id, kind) DO UPDATE SET transactions = cycle_totals.transactions + \
-         excluded.transactions, points = cycle_totals.points + excluded.points",
-        5,
-        &w.cycle_totals,
-        |q, (p, k, n, pts)| {
-            q.bind(cycle.clone())
-                .bind(p.clone())
-                .bind(k.to_string())
-                .bind(*n)
-                .bind(*pts)
-        },
-    )
-    .await?;
     // A purchase is stored as the decimal it was validated as.
     let amounts: Vec<Option<rust_decimal::Decimal>> = w
         .new_txns
@@ -971,6 +955,27 @@ where
                 .bind(d.points_left)
                 .bind(DB::decimal_param(d.rate))
                 .bind(d.created_at)
+        },
+    )
+    .await?;
+    // Last of the batch's own rows, and in key order: these rows are every lane's and every
+    // daemon's, locked until the commit, so they are held as briefly as can be and always taken
+    // in the same order (no two batches wait for each other in a circle).
+    let mut totals = w.cycle_totals.clone();
+    totals.sort();
+    insert::<DB, _, _>(
+        conn,
+        "INSERT INTO cycle_totals (cycle, partner_id, kind, transactions, points)",
+        " ON CONFLICT (cycle, partner_id, kind) DO UPDATE SET transactions = cycle_totals.transactions + \
+         excluded.transactions, points = cycle_totals.points + excluded.points",
+        5,
+        &totals,
+        |q, (p, k, n, pts)| {
+            q.bind(cycle.clone())
+                .bind(p.clone())
+                .bind(k.to_string())
+                .bind(*n)
+                .bind(*pts)
         },
     )
     .await?;

@@ -20,17 +20,25 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Opens the store a database URL names: the reader shared by calls, and the opener of the backend
-/// the writer owns.
-pub async fn open(url: &str) -> Result<(std::sync::Arc<dyn Store>, OpenBackend), StoreError> {
+/// Opens the store a database URL names: the reader shared by calls, and an opener per lane of
+/// the writer (`lanes` on PostgreSQL; one on SQLite, whose file has one writer).
+pub async fn open(
+    url: &str,
+    lanes: usize,
+) -> Result<(std::sync::Arc<dyn Store>, Vec<OpenBackend>), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (store, writer) = postgres::open(url).await?;
-        let writer: OpenBackend =
-            Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
-        return Ok((std::sync::Arc::new(store), writer));
+        let (store, lane) = postgres::open(url).await?;
+        let writers = (0..lanes.max(1))
+            .map(|_| {
+                let open = lane.clone();
+                Box::pin(async move { Ok(Box::new(open().await?) as Box<dyn BatchBackend>) })
+                    as OpenBackend
+            })
+            .collect();
+        return Ok((std::sync::Arc::new(store), writers));
     }
     let (store, writer) = sqlite::open(url).await?;
     let writer: OpenBackend =
         Box::pin(async move { Ok(Box::new(writer.await?) as Box<dyn BatchBackend>) });
-    Ok((std::sync::Arc::new(store), writer))
+    Ok((std::sync::Arc::new(store), vec![writer]))
 }

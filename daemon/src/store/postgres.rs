@@ -16,16 +16,17 @@ fn options(url: &str, application: &str) -> Result<PgConnectOptions, StoreError>
     Ok(PgConnectOptions::from_str(url)?.application_name(application))
 }
 
-/// Connects, migrates, and returns the store and the future that opens the writer's backend.
-pub async fn open(
-    url: &str,
-) -> Result<
-    (
-        SqlStore<Postgres>,
-        impl std::future::Future<Output = Result<SqlBackend<Postgres>, StoreError>> + Send + 'static,
-    ),
-    StoreError,
-> {
+/// What opens one lane of the writer: its own connection (a pool of one, so that a connection
+/// lost is opened again).
+pub type OpenLane = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<SqlBackend<Postgres>, StoreError>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// Connects, migrates, and returns the store and what opens each lane of the writer.
+pub async fn open(url: &str) -> Result<(SqlStore<Postgres>, OpenLane), StoreError> {
     let read = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))
@@ -34,15 +35,18 @@ pub async fn open(
     // Several daemons may start at once: the migrator takes an advisory lock of its own.
     sqlx::migrate!("./migrations/postgres").run(&read).await?;
     let write_options = options(url, "coalitiond-writer")?;
-    let writer = async move {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .test_before_acquire(true)
-            .connect_with(write_options)
-            .await?;
-        Ok(SqlBackend::new(pool))
-    };
+    let lane: OpenLane = std::sync::Arc::new(move || {
+        let options = write_options.clone();
+        Box::pin(async move {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .test_before_acquire(true)
+                .connect_with(options)
+                .await?;
+            Ok(SqlBackend::new(pool))
+        })
+    });
     // Rare writes share the read pool: PostgreSQL serialises what must be, by its locks.
-    Ok((SqlStore::new(read.clone(), read), writer))
+    Ok((SqlStore::new(read.clone(), read), lane))
 }

@@ -39,6 +39,9 @@ pub(crate) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
         .pragma("cache_size", "-131072")
+        // Statement journals (every multi-row statement keeps one, to undo itself alone) in
+        // memory, not in a temporary file written and synced beside the ledger.
+        .pragma("temp_store", "MEMORY")
         // Every byte SQLite frees (a row rewritten, an index entry moved by a page split, a page
         // put on the free list) is overwritten with zeros at once: a forgotten member's id
         // leaves no remains in the free space of the file's pages, whatever its history.

@@ -1,6 +1,14 @@
-//! Group commit. Every mutation goes through one queue to one writer task, which takes whatever is
+//! Group commit. Every mutation goes through a queue to a writer task, which takes whatever is
 //! queued (up to `max_batch`), applies it in one database transaction, commits once, and only then
 //! answers each caller. Under load many calls share one fsync; when idle a call commits alone.
+//!
+//! A writer has one *lane* or several: each a queue, a thread and a connection of its own, so
+//! that on PostgreSQL several batches are read, decided and written at once (a SQLite file has
+//! one writer, so one lane). A request goes to the lane of its member (or of the transaction it
+//! names), so one member's calls mostly meet in one lane; what two lanes share is serialised by
+//! the database's own locks, exactly as between two daemons: members locked in order, and at the
+//! end of each batch the cycle's totals, its gross matrix and the chain's head, held until the
+//! commit. Requests queued in order under one key ([`Writer::enqueue`]) are decided in order.
 
 use super::batch;
 use super::error::StoreError;
@@ -49,13 +57,42 @@ pub type Answer = Result<Result<Receipt, Rejection>, StoreError>;
 struct Job {
     request: Request,
     reply: oneshot::Sender<Answer>,
+    /// A line of a day file (`IngestBatch`): batched by [`BULK_BATCH`], not `max_batch`.
+    bulk: bool,
 }
+
+/// The most requests of one batch that ends in lines of a day file: a file is applied in
+/// batches larger than single calls', fewer commits for as many lines (single calls keep
+/// `max_batch`, so that their latency stays bounded).
+pub const BULK_BATCH: usize = 4096;
 
 /// The handle callers submit through. Cloning it is cheap.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Job>,
+    lanes: std::sync::Arc<[mpsc::Sender<Job>]>,
     signals: std::sync::Arc<crate::signals::Signals>,
+}
+
+/// The lane a key's requests go to (FNV-1a: stable, and the same in every daemon).
+fn lane_of(key: &str, lanes: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % lanes.max(1) as u64) as usize
+}
+
+/// What a request's lane is chosen by: its member, or the transaction or hold it names.
+fn lane_key(r: &Request) -> String {
+    match &r.op {
+        super::model::Op::Earn { member, .. }
+        | super::model::Op::Burn { member, .. }
+        | super::model::Op::Authorize { member, .. } => member.clone(),
+        super::model::Op::ReverseEarn { original, .. }
+        | super::model::Op::ReverseBurn { original, .. } => format!("{}\n{original}", r.partner),
+        super::model::Op::Capture { authorization, .. }
+        | super::model::Op::Void { authorization } => format!("{}\n{authorization}", r.partner),
+    }
 }
 
 /// How the writer batches.
@@ -93,6 +130,7 @@ pub struct WriterConfig {
 }
 
 async fn run(
+    lane: usize,
     mut backend: Box<dyn BatchBackend>,
     mut rx: mpsc::Receiver<Job>,
     config: WriterConfig,
@@ -101,7 +139,15 @@ async fn run(
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(config.max_batch);
     while rx.recv_many(&mut jobs, config.max_batch).await > 0 {
-        metrics::gauge!("coalition_writer_queue_depth").set(rx.len() as f64);
+        // A day file's lines: take more of what is queued, up to their own bound.
+        while jobs.last().is_some_and(|j| j.bulk) && jobs.len() < BULK_BATCH.max(config.max_batch) {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::gauge!("coalition_writer_queue_depth", "lane" => lane.to_string())
+            .set(rx.len() as f64);
         let requests: Vec<Request> = jobs.iter().map(|j| j.request.clone()).collect();
         let ctx = batch::Context {
             prices: config.prices.clone(),
@@ -174,60 +220,84 @@ async fn run(
 }
 
 impl Writer {
-    /// Starts the writer on a thread of its own (its chain of statements must not wait in a queue
-    /// behind hundreds of request tasks), opening its backend there. Returns once the backend is
-    /// open. The writer ends when every [`Writer`] handle is dropped, after answering everything
-    /// queued; the returned task then ends with `Ok`. If the writer thread dies instead, the task
-    /// ends with an error, and the daemon must stop: a daemon that cannot write must not look alive.
+    /// Starts the writer: one lane per opener in `open`, each on a thread of its own (its chain
+    /// of statements must not wait in a queue behind hundreds of request tasks), opening its
+    /// backend there. Returns once every backend is open. The writer ends when every [`Writer`]
+    /// handle is dropped, after answering everything queued; the returned task then ends with
+    /// `Ok`. If a lane's thread dies instead, the task ends with an error, and the daemon must
+    /// stop: a daemon that cannot write must not look alive.
     pub async fn spawn(
-        open: OpenBackend,
+        open: Vec<OpenBackend>,
         config: WriterConfig,
         clock: Clock,
     ) -> Result<(Writer, tokio::task::JoinHandle<Result<(), StoreError>>), StoreError> {
-        assert!(config.max_batch >= 1 && config.queue_depth >= 1);
-        let (queue, rx) = mpsc::channel::<Job>(config.queue_depth);
+        assert!(config.max_batch >= 1 && config.queue_depth >= 1 && !open.is_empty());
         let signals = std::sync::Arc::new(crate::signals::Signals::default());
-        let theirs = signals.clone();
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
-        let (done_tx, done_rx) = oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(StoreError::Unavailable(format!(
-                            "cannot start the writer's runtime: {e}"
-                        ))));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    match open.await {
-                        Ok(backend) => {
-                            let _ = ready_tx.send(Ok(()));
-                            run(backend, rx, config, clock, theirs).await;
-                        }
+        let mut queues = Vec::with_capacity(open.len());
+        let mut done = Vec::with_capacity(open.len());
+        for (lane, open) in open.into_iter().enumerate() {
+            let (queue, rx) = mpsc::channel::<Job>(config.queue_depth);
+            let theirs = signals.clone();
+            let config = config.clone();
+            let clock = clock.clone();
+            let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(if lane == 0 {
+                    "ledger-writer".into()
+                } else {
+                    format!("ledger-writer-{lane}")
+                })
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e));
+                            let _ = ready_tx.send(Err(StoreError::Unavailable(format!(
+                                "cannot start the writer's runtime: {e}"
+                            ))));
+                            return;
                         }
-                    }
-                });
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        ready_rx.await.map_err(|_| StoreError::ShuttingDown)??;
+                    };
+                    rt.block_on(async move {
+                        match open.await {
+                            Ok(backend) => {
+                                let _ = ready_tx.send(Ok(()));
+                                run(lane, backend, rx, config, clock, theirs).await;
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                            }
+                        }
+                    });
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot start the writer thread: {e}"))
+                })?;
+            ready_rx.await.map_err(|_| StoreError::ShuttingDown)??;
+            queues.push(queue);
+            done.push(done_rx);
+        }
         let task = tokio::spawn(async move {
-            // The thread sends on `done_tx` only when it ends normally; a panic drops it unsent.
-            done_rx.await.map_err(|_| {
-                tracing::error!("the ledger writer died; the daemon cannot write and stops");
-                StoreError::Unavailable("the ledger writer died".into())
-            })
+            // A thread sends on its `done_tx` only when it ends normally; a panic drops it unsent.
+            for d in done {
+                d.await.map_err(|_| {
+                    tracing::error!("a ledger writer died; the daemon cannot write and stops");
+                    StoreError::Unavailable("the ledger writer died".into())
+                })?;
+            }
+            Ok(())
         });
-        Ok((Writer { queue, signals }, task))
+        Ok((
+            Writer {
+                lanes: queues.into(),
+                signals,
+            },
+            task,
+        ))
     }
 
     /// What the writer reports for health; the scheduler reports into the same.
@@ -237,19 +307,35 @@ impl Writer {
 
     /// Queues a request and waits until its batch is durable (or failed).
     pub async fn submit(&self, request: Request) -> Answer {
-        self.enqueue(request).await?.await
+        let key = lane_key(&request);
+        self.queue(request, &key, false).await?.await
     }
 
-    /// Queues a request (waiting only for room in the queue) and returns what resolves to its
-    /// answer: requests queued one after another are decided in that order, so a caller can keep
-    /// many in flight and still have them applied in its order (bulk ingestion).
+    /// Queues a line of a day file in the lane of `key` (waiting only for room in its queue)
+    /// and returns what resolves to its answer: lines queued one after another under one key are
+    /// decided in that order, so a caller can keep many in flight and still have them applied in
+    /// its order; they are batched by [`BULK_BATCH`].
     pub async fn enqueue(
         &self,
         request: Request,
+        key: &str,
+    ) -> Result<impl std::future::Future<Output = Answer> + Send + 'static, StoreError> {
+        self.queue(request, key, true).await
+    }
+
+    async fn queue(
+        &self,
+        request: Request,
+        key: &str,
+        bulk: bool,
     ) -> Result<impl std::future::Future<Output = Answer> + Send + 'static, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.queue
-            .send(Job { request, reply })
+        self.lanes[lane_of(key, self.lanes.len())]
+            .send(Job {
+                request,
+                reply,
+                bulk,
+            })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         Ok(async move { rx.await.map_err(|_| StoreError::ShuttingDown)? })

@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Database URL for the daemon the bench starts (default: a SQLite file in a temp folder).
     #[arg(long)]
     pub database: Option<String>,
+    /// Writer lanes of the daemon the bench starts on PostgreSQL (default: the config's, 4).
+    #[arg(long)]
+    pub writer_lanes: Option<usize>,
     /// Partners to drive (default: skyways,freshmart,bistro).
     #[arg(
         long,
@@ -352,12 +355,16 @@ fn free_port() -> anyhow::Result<u16> {
 
 async fn start_child(args: &BenchArgs) -> anyhow::Result<(String, PathBuf, Child)> {
     let cache = args.preload_cache();
+    let lanes = |t: String| match args.writer_lanes {
+        Some(n) => t.replacen("writer_lanes = 4", &format!("writer_lanes = {n}"), 1),
+        None => t,
+    };
     match args.preload() {
         None => {
             start_child_with(
                 args.database.as_deref(),
                 "per_second = 1000000, burst = 1000000",
-                |t| t,
+                lanes,
                 None,
             )
             .await
@@ -366,7 +373,7 @@ async fn start_child(args: &BenchArgs) -> anyhow::Result<(String, PathBuf, Child
             start_child_with(
                 args.database.as_deref(),
                 "per_second = 1000000, burst = 1000000",
-                |t| t.replacen("scheduler = true", "scheduler = false", 1),
+                |t| lanes(t.replacen("scheduler = true", "scheduler = false", 1)),
                 Some((shape, cache.as_path())),
             )
             .await
@@ -723,7 +730,7 @@ async fn run_report(args: &BenchArgs, months: i64) -> anyhow::Result<()> {
         partner: String::new(),
     };
     let config = crate::config::Config::load(&child.dir.path().join("coalition.toml"))?;
-    let (store, _) = crate::store::open(&config.database_url).await?;
+    let (store, _) = crate::store::open(&config.database_url, 1).await?;
     let transactions = store.transaction_count().await?;
     println!(
         "bench --report-months {months}: {} to {} over {transactions} transactions",
@@ -903,7 +910,7 @@ pub async fn clearing(args: ClearingBenchArgs) -> anyhow::Result<()> {
         .database
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let (store, _writer) = crate::store::open(&url).await?;
+    let (store, _writer) = crate::store::open(&url, 1).await?;
     let cycle = chrono::NaiveDate::from_ymd_opt(2026, 1, 15).expect("date");
     let c = cycle.to_string();
     let started = Instant::now();
