@@ -512,7 +512,7 @@ async fn run_ab(args: BenchArgs, switch: Switch) -> anyhow::Result<()> {
 async fn start_child_with(
     database: Option<&str>,
     limit: &str,
-    edit: fn(String) -> String,
+    edit: impl FnOnce(String) -> String,
     preload: Option<(preload::Shape, &std::path::Path)>,
 ) -> anyhow::Result<(String, PathBuf, Child)> {
     let dir = tempfile::Builder::new()
