@@ -20,6 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::CheckedCodec")
         .file_descriptor_set_path(out.join("coalition_descriptor.bin"))
         .compile_with_config(config, &protos, &["."])?;
+    // serde for every message in the proto3 JSON mapping (webhooks post events as JSON).
+    let descriptors = std::fs::read(out.join("coalition_descriptor.bin"))?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .build(&[".coalition.v1"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

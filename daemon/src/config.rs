@@ -78,7 +78,19 @@ struct Raw {
     privacy: RawPrivacy,
     #[serde(default)]
     programme: Option<RawProgramme>,
+    #[serde(default)]
+    events: RawEvents,
     partners: Vec<RawPartner>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    retention_days: Option<u32>,
+    webhook_pause_after_seconds: Option<u64>,
+    webhook_max_backoff_seconds: Option<u64>,
+    webhook_timeout_seconds: Option<u64>,
+    webhook_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -209,6 +221,10 @@ struct RawPartner {
     points_expire_on: Option<String>,
     #[serde(default)]
     points_taken_over: Option<bool>,
+    #[serde(default)]
+    webhook_url: Option<String>,
+    #[serde(default)]
+    webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +269,89 @@ pub struct Partner {
     pub points_expire_on: Option<chrono::NaiveDate>,
     /// The operator takes its points over as issuer when it retires.
     pub points_taken_over: bool,
+    /// Where its events are pushed, and the secret they are signed with (`webhook_url`,
+    /// `webhook_secret`); the operator API can change both without a restart.
+    pub webhook: Option<Webhook>,
+}
+
+/// A partner's webhook as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// https://… (http:// only to a loopback address).
+    pub url: String,
+    /// `whsec_` and base64 of the key (Standard Webhooks).
+    pub secret: String,
+}
+
+/// Partners' event feeds and their webhooks (`[events]`).
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// Days an event is kept (`retention_days`, default 30).
+    pub retention_days: u32,
+    /// A webhook failing this long is paused (`webhook_pause_after_seconds`, default 3600).
+    pub pause_after: std::time::Duration,
+    /// The longest wait between two attempts of a failing webhook (`webhook_max_backoff_seconds`,
+    /// default 60).
+    pub max_backoff: std::time::Duration,
+    /// How long a delivery may take (`webhook_timeout_seconds`, default 10).
+    pub timeout: std::time::Duration,
+    /// A CA, besides the web's, that receivers' certificates may chain to (`webhook_ca_cert`).
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Whether `url` is one a webhook may post to: https, or http to a loopback address.
+pub fn webhook_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        let host = r.split(['/', '?']).next().unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(format!(
+                "{url:?}: use https:// (http:// only to a loopback address, for a receiver on this host)"
+            ));
+        }
+        r
+    } else {
+        return Err(format!("{url:?}: use an https:// URL"));
+    };
+    if rest.is_empty()
+        || rest.starts_with('/')
+        || url.len() > 2048
+        || url.chars().any(char::is_whitespace)
+    {
+        return Err(format!("{url:?} is not a URL with a host"));
+    }
+    Ok(())
+}
+
+/// Whether `secret` is a Standard Webhooks signing secret: `whsec_` and base64 of 24..=64 bytes.
+pub fn webhook_secret(secret: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    let key = secret
+        .strip_prefix("whsec_")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .ok_or_else(|| {
+            "use \"whsec_\" and the base64 of the key (Standard Webhooks)".to_string()
+        })?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!(
+            "the key is {} bytes: use 24 to 64 random bytes",
+            key.len()
+        ));
+    }
+    Ok(key)
 }
 
 /// How and when cycles are cleared.
@@ -421,6 +520,10 @@ pub struct Config {
     pub retention_days: u32,
     /// Days the access log keeps an entry (`privacy.access_log_days`, default 365).
     pub access_log_days: u32,
+    /// Days a partner's event is kept (`events.retention_days`, default 30).
+    pub events_retention_days: u32,
+    /// Partners' event feeds and webhooks.
+    pub events: EventsConfig,
     /// How often the daemon looks for members past retention (`privacy.retention_check_seconds`,
     /// default 3600).
     pub retention_check: std::time::Duration,
@@ -895,7 +998,22 @@ impl Config {
                     })
                 }
             };
+            let webhook = match (p.webhook_url, p.webhook_secret) {
+                (None, None) => None,
+                (Some(url), Some(secret)) => {
+                    webhook_url(&url).map_err(|m| invalid(key("webhook_url"), m))?;
+                    webhook_secret(&secret).map_err(|m| invalid(key("webhook_secret"), m))?;
+                    Some(Webhook { url, secret })
+                }
+                _ => {
+                    return Err(invalid(
+                        key("webhook_url"),
+                        "give both webhook_url and webhook_secret, or neither",
+                    ));
+                }
+            };
             let partner = Partner {
+                webhook,
                 stamps,
                 id: p.id.clone(),
                 name: p.name,
@@ -1040,6 +1158,47 @@ impl Config {
             access_log_days: match raw.privacy.access_log_days.unwrap_or(365) {
                 d @ 1..=36_500 => d,
                 _ => return Err(invalid("privacy.access_log_days", "use 1..=36500 days")),
+            },
+            events_retention_days: match raw.events.retention_days.unwrap_or(30) {
+                d @ 1..=3650 => d,
+                _ => return Err(invalid("events.retention_days", "use 1..=3650 days")),
+            },
+            events: EventsConfig {
+                retention_days: raw.events.retention_days.unwrap_or(30),
+                pause_after: std::time::Duration::from_secs(
+                    match raw.events.webhook_pause_after_seconds.unwrap_or(3600) {
+                        s @ 10..=604_800 => s,
+                        _ => {
+                            return Err(invalid(
+                                "events.webhook_pause_after_seconds",
+                                "use 10..=604800 seconds",
+                            ));
+                        }
+                    },
+                ),
+                max_backoff: std::time::Duration::from_secs(
+                    match raw.events.webhook_max_backoff_seconds.unwrap_or(60) {
+                        s @ 1..=3600 => s,
+                        _ => {
+                            return Err(invalid(
+                                "events.webhook_max_backoff_seconds",
+                                "use 1..=3600 seconds",
+                            ));
+                        }
+                    },
+                ),
+                timeout: std::time::Duration::from_secs(
+                    match raw.events.webhook_timeout_seconds.unwrap_or(10) {
+                        s @ 1..=120 => s,
+                        _ => {
+                            return Err(invalid(
+                                "events.webhook_timeout_seconds",
+                                "use 1..=120 seconds",
+                            ));
+                        }
+                    },
+                ),
+                ca_cert: raw.events.webhook_ca_cert.map(|p| base.join(p)),
             },
             retention_check: std::time::Duration::from_secs(
                 match raw.privacy.retention_check_seconds.unwrap_or(3600) {

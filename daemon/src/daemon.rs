@@ -108,9 +108,21 @@ impl Daemon {
         tokio::spawn(crate::ops::instances_loop(
             shared.store.clone(),
             shared.limits.clone(),
-            instance,
+            instance.clone(),
             rx.clone(),
         ));
+        // Partners' webhooks: the config's brought in, then delivered (one daemon per partner
+        // at a time), events rendered in the API's JSON.
+        crate::services::webhooks::sync(&shared)
+            .await
+            .map_err(|e| anyhow::anyhow!("webhooks of the config: {e}"))?;
+        tokio::spawn(crate::services::webhooks::run(
+            shared.clone(),
+            instance,
+            crate::api::events::json,
+            rx.clone(),
+        ));
+        tokio::spawn(holds_loop(shared.clone(), rx.clone()));
         tokio::spawn(retention_loop(shared.clone(), rx.clone()));
         tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
         let scheduler = config
@@ -191,6 +203,41 @@ async fn retention_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(entries = n, "access log entries past their period removed"),
             Err(e) => tracing::warn!(error = %e, "access log prune failed; will retry"),
+        }
+        let cutoff = now - i64::from(shared.config.events_retention_days) * 86_400_000_000;
+        match shared
+            .store
+            .feed(crate::store::feed::FeedCall::Prune { before: cutoff })
+            .await
+        {
+            Ok(crate::store::feed::FeedReply::Pruned(n)) if n > 0 => {
+                tracing::info!(events = n, "partners' events past their retention removed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "event prune failed; will retry"),
+        }
+    }
+}
+
+/// How often holds that ran out are given back (with their `hold.expired` events) when no batch
+/// touches their members.
+const HOLDS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Gives back the points of holds that ran out, every [`HOLDS_EVERY`], so that their expiry is
+/// told to their partners soon whether or not their members come back.
+async fn holds_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(HOLDS_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match shared.store.expire_holds(shared.clock.now()).await {
+            Ok(0) => {}
+            Ok(_) => shared.writer.signals().committed(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not give back holds that ran out; will retry")
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod devsetup;
+pub mod events;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;

@@ -8,12 +8,25 @@ use std::time::Duration;
 /// (with no traffic, nothing else would tell that the writer recovered).
 const WRITER_FAILURE_HOLDS: Duration = Duration::from_secs(5);
 
-/// What the writer and the scheduler report, read by the health loop (wall-clock micros, 0: never).
-#[derive(Debug, Default)]
+/// What the writer and the scheduler report, read by the health loop (wall-clock micros, 0: never);
+/// and a wake-up for the readers of partners' event feeds, given whenever this daemon commits.
+#[derive(Debug)]
 pub struct Signals {
     writer_failed_at: AtomicI64,
     writer_ok_at: AtomicI64,
     clearing_failing_since: AtomicI64,
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            writer_failed_at: AtomicI64::new(0),
+            writer_ok_at: AtomicI64::new(0),
+            clearing_failing_since: AtomicI64::new(0),
+            committed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 fn now_micros() -> i64 {
@@ -24,6 +37,18 @@ impl Signals {
     /// The writer committed a batch.
     pub fn writer_ok(&self) {
         self.writer_ok_at.store(now_micros(), Ordering::Relaxed);
+        self.committed();
+    }
+
+    /// Something that may have written events committed (a batch, a clearing run, an answer):
+    /// the feeds' readers look again at once.
+    pub fn committed(&self) {
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever [`Signals::committed`] is called.
+    pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     /// A batch failed for want of the database (nothing of it applied).

@@ -6,6 +6,7 @@ pub mod codec;
 /// Version 1 of the API.
 pub mod v1 {
     tonic::include_proto!("coalition.v1");
+    include!(concat!(env!("OUT_DIR"), "/coalition.v1.serde.rs"));
 }
 
 /// The encoded file descriptor set, for the gRPC reflection service.

@@ -167,6 +167,15 @@ async fn ops_cli_lists_changes_and_suspends() {
             "0.0091",
         ],
         vec!["prices", "--partner", "freshmart"],
+        vec![
+            "webhooks",
+            "--partner",
+            "skyways",
+            "--set",
+            "https://127.0.0.1:9/hooks",
+        ],
+        vec!["webhooks", "--partner", "skyways", "--resume"],
+        vec!["webhooks"],
     ] {
         let argv: Vec<&str> = ["coalitiond", "ops"]
             .iter()
@@ -205,6 +214,26 @@ async fn ops_cli_lists_changes_and_suspends() {
         (2, "0.0091", false)
     );
     assert!(next.set_by.starts_with("operator/"), "{next:?}");
+    let hooks = t
+        .operator()
+        .await
+        .list_webhooks(v1::ListWebhooksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .webhooks;
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(
+        (hooks[0].partner.as_str(), hooks[0].url.as_str()),
+        ("skyways", "https://127.0.0.1:9/hooks")
+    );
+    assert!(hooks[0].set_by.starts_with("operator/"), "{hooks:?}");
+    let shown = coalitiond::cmd::ops::webhooks_table(&hooks);
+    assert!(shown.contains("https://127.0.0.1:9/hooks"), "{shown}");
+    // `--partner` alone says what it lacks instead of listing.
+    assert!(
+        Cli::try_parse_from(["coalitiond", "ops", "webhooks", "--partner", "skyways"]).is_err()
+    );
     let table = coalitiond::cmd::ops::limits_table(&limits);
     assert!(
         table.contains("SUSPENDED") && table.lines().count() == 4,

@@ -161,3 +161,205 @@ async fn the_node_till_plays_its_day() {
     );
     check_day(&t, "m-node", &stdout).await;
 }
+
+/// The certificate arguments of bistro's consumer.
+fn cert_args(t: &TestDaemon, dir: &Path) -> Vec<String> {
+    let mut args = till_args(t, dir, "-", "-");
+    args.truncate(8);
+    args
+}
+
+/// Runs a consumer twice: it reads part of the feed and stops, then resumes from its cursor and
+/// reads the rest — every event once, in order.
+async fn consumer_resumes(t: &TestDaemon, program: &str, script: &Path) {
+    let mut food = t.partner("bistro").await;
+    for i in 0..8 {
+        food.earn(earn_bonus(&format!("e{i}"), "m1", 10))
+            .await
+            .receipt();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cursor, out) = (dir.path().join("cursor"), dir.path().join("events.jsonl"));
+    let run = |extra: &[&str]| {
+        let o = Command::new(program)
+            .arg(script)
+            .args(cert_args(t, dir.path()))
+            .args([
+                "--cursor",
+                cursor.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .expect("the consumer runs");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        text
+    };
+    let first = run(&["--max", "5"]);
+    assert!(first.contains("resuming from sequence 1"), "{first}");
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap().trim(), "5");
+    for i in 8..10 {
+        food.earn(earn_bonus(&format!("e{i}"), "m1", 10))
+            .await
+            .receipt();
+    }
+    let second = run(&["--idle", "2"]);
+    assert!(second.contains("resuming from sequence 6"), "{second}");
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| {
+            e["sequence"]
+                .as_str()
+                .map(|s| s.parse().unwrap())
+                .or_else(|| e["sequence"].as_i64())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(events[0]["eventId"], "evt_bistro_1");
+    assert_eq!(events[0]["type"], "transaction.earned");
+}
+
+/// A receiver started with bistro's webhook secret gets its events, each verified by the
+/// Standard Webhooks library of its language.
+async fn receiver_verifies(program: &str, script: &Path) {
+    const SECRET: &str = "whsec_c2Vjb25kIHNlY3JldCBvZiB0aGUgdGVzdHMgIQ==";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let mut receiver = Command::new(program)
+        .arg(script)
+        .args(["--port", &port.to_string(), "--secret", SECRET, "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the receiver starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the receiver does not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let t = TestDaemon::start_with(Backend::Sqlite, |toml| {
+        toml.replacen(
+            "id = \"bistro\"",
+            &format!(
+                "id = \"bistro\"\nwebhook_url = \"http://127.0.0.1:{port}/coalition\"\nwebhook_secret = \"{SECRET}\""
+            ),
+            1,
+        )
+    })
+    .await;
+    let mut food = t.partner("bistro").await;
+    for i in 0..3 {
+        food.earn(earn_bonus(&format!("w{i}"), "m1", 10))
+            .await
+            .receipt();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let lines = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= 3 {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 3 delivered",
+            lines.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    for (i, l) in lines.iter().enumerate() {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(e["eventId"], format!("evt_bistro_{}", i + 1), "{l}");
+        assert_eq!(
+            e["transaction"]["receipt"]["transactionId"],
+            format!("w{i}")
+        );
+    }
+}
+
+fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("COALITION_PYTHON").unwrap_or_else(|_| "python3".into());
+    match Command::new(&python)
+        .args(["-c", &format!("import grpc, grpc_tools, {module}")])
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(python),
+        Ok(o) => {
+            unavailable("Python feed", &String::from_utf8_lossy(&o.stderr));
+            None
+        }
+        Err(e) => {
+            unavailable("Python feed", &e.to_string());
+            None
+        }
+    }
+}
+
+fn node_with(module: &str) -> bool {
+    let ok = examples()
+        .join(format!("node-till/node_modules/{module}"))
+        .exists();
+    if !ok {
+        unavailable(
+            "Node feed",
+            &format!("node_modules/{module} is missing (npm ci)"),
+        );
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_consumer_resumes_from_its_cursor() {
+    let Some(python) = python_with("grpc_status") else {
+        return;
+    };
+    let t = TestDaemon::start(Backend::Sqlite).await;
+    consumer_resumes(&t, &python, &examples().join("python-till/consumer.py")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_webhook_receiver_verifies_every_delivery() {
+    let Some(python) = python_with("standardwebhooks") else {
+        return;
+    };
+    receiver_verifies(&python, &examples().join("python-till/webhook_receiver.py")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_consumer_resumes_from_its_cursor() {
+    if !node_with("@grpc/grpc-js") {
+        return;
+    }
+    let t = TestDaemon::start(Backend::Sqlite).await;
+    consumer_resumes(&t, "node", &examples().join("node-till/consumer.js")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_webhook_receiver_verifies_every_delivery() {
+    if !node_with("standardwebhooks") {
+        return;
+    }
+    receiver_verifies("node", &examples().join("node-till/webhook_receiver.js")).await;
+}

@@ -22,7 +22,11 @@ impl From<ServiceError> for Status {
             return *status;
         }
         let mut details = ErrorDetails::new();
-        details.set_error_info(reason, DOMAIN, HashMap::new());
+        let mut metadata = HashMap::new();
+        if let ServiceError::CursorExpired { oldest, .. } = &e {
+            metadata.insert("oldest_sequence".to_string(), oldest.to_string());
+        }
+        details.set_error_info(reason, DOMAIN, metadata);
         if let ServiceError::InvalidField { field, message, .. } = &e {
             details.add_bad_request_violation(*field, message.clone());
         }

@@ -4,6 +4,7 @@
 pub mod caller;
 pub mod consent;
 pub mod error;
+pub mod events;
 pub mod finance;
 pub mod ingest;
 pub mod operator;

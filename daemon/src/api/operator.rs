@@ -2,6 +2,7 @@
 //! certificates only. Changes are stored first, then applied: they survive a restart and reach the
 //! other daemons of the database within seconds.
 
+use crate::clock::rfc3339;
 use crate::ops::limits::LimitState;
 use crate::prices::PriceVersion;
 use crate::services::error::ServiceError;
@@ -383,6 +384,47 @@ impl OperatorService for OperatorApi {
         }))
     }
 
+    async fn set_webhook(
+        &self,
+        req: Request<pb::SetWebhookRequest>,
+    ) -> Result<Response<pb::WebhookStatus>, Status> {
+        let who = caller_name(&req)?;
+        let r = req.get_ref();
+        let status = crate::services::webhooks::set(
+            &self.shared,
+            &r.partner,
+            &r.url,
+            &r.secret,
+            &format!("operator/{who}"),
+        )
+        .await?;
+        Ok(Response::new(webhook_pb(status)))
+    }
+
+    async fn list_webhooks(
+        &self,
+        _req: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        let all = crate::services::webhooks::list(&self.shared).await?;
+        Ok(Response::new(pb::ListWebhooksResponse {
+            webhooks: all.into_iter().map(webhook_pb).collect(),
+        }))
+    }
+
+    async fn resume_webhook(
+        &self,
+        req: Request<pb::PartnerRequest>,
+    ) -> Result<Response<pb::WebhookStatus>, Status> {
+        let who = caller_name(&req)?;
+        let status = crate::services::webhooks::resume(
+            &self.shared,
+            &req.get_ref().partner,
+            &format!("operator/{who}"),
+        )
+        .await?;
+        Ok(Response::new(webhook_pb(status)))
+    }
+
     async fn set_prices(
         &self,
         req: Request<pb::SetPricesRequest>,
@@ -539,4 +581,23 @@ fn caller_name<T>(req: &Request<T>) -> Result<String, ServiceError> {
         .get::<coalition_certs::Identity>()
         .map(|i| i.name.clone())
         .ok_or_else(|| ServiceError::Unauthenticated("no identity on this call".into()))
+}
+
+/// A webhook as an operator sees it, on the wire (its secret only when the call made it).
+fn webhook_pb(s: crate::services::webhooks::Status) -> pb::WebhookStatus {
+    let r = s.row;
+    pb::WebhookStatus {
+        partner: r.partner,
+        url: r.url,
+        secret: s.new_secret.unwrap_or_default(),
+        delivered_sequence: r.delivered_seq,
+        head_sequence: s.head,
+        lag_seconds: s.lag_seconds,
+        failures: r.failures,
+        failing_since: r.failing_since.map(rfc3339).unwrap_or_default(),
+        last_error: r.last_error.unwrap_or_default(),
+        paused_at: r.paused_at.map(rfc3339).unwrap_or_default(),
+        set_by: r.set_by,
+        set_at: rfc3339(r.set_at),
+    }
 }

@@ -2,7 +2,8 @@
 
 use super::caller::CallerPartner;
 use super::wire::{
-    burn_op, earn_canonical, parts_to_pb, receipt_to_pb, reverse_burn_op, reverse_earn_op,
+    burn_op, earn_canonical, hold_to_pb, parts_to_pb, receipt_to_pb, reverse_burn_op,
+    reverse_earn_op, voucher_to_pb,
 };
 use crate::clock::rfc3339;
 use crate::config::Partner;
@@ -134,39 +135,6 @@ impl PartnerApi {
     }
 }
 
-/// A voucher on the wire.
-fn voucher_to_pb(v: &crate::programme::Voucher) -> pb::Voucher {
-    pb::Voucher {
-        voucher_id: v.id.clone(),
-        partner: v.partner.clone(),
-        what: v.what.clone(),
-        issued_at: rfc3339(v.issued_at),
-        expires_at: rfc3339(v.expires_at),
-        redeemed_at: v.redeemed_at.map(rfc3339).unwrap_or_default(),
-    }
-}
-
-/// A hold as a partner sees it.
-fn hold_to_pb(v: &crate::ledger::HoldView, ledger_id: i64, member: &str) -> pb::Hold {
-    use crate::ledger::HoldState;
-    pb::Hold {
-        authorization_id: v.authorization_id.clone(),
-        ledger_id,
-        member_id: member.to_string(),
-        points: v.points,
-        state: match v.state {
-            HoldState::Held => pb::HoldState::Held,
-            HoldState::Captured => pb::HoldState::Captured,
-            HoldState::Voided => pb::HoldState::Voided,
-            HoldState::Expired => pb::HoldState::Expired,
-        } as i32,
-        captured_points: v.captured,
-        authorized_at: crate::clock::rfc3339(v.authorized_at),
-        expires_at: crate::clock::rfc3339(v.expires_at),
-        closed_by: v.closed_by.clone().unwrap_or_default(),
-    }
-}
-
 /// The answer of an authorization or a void.
 fn hold_response(receipt: &Receipt) -> Result<pb::HoldResponse, ServiceError> {
     let view = receipt.hold.as_ref().ok_or_else(ServiceError::mismatched)?;
@@ -222,6 +190,17 @@ fn parse_page_token(token: &str, member: &str) -> Result<Option<(i64, i64)>, Ser
 #[tonic::async_trait]
 impl PartnerService for PartnerApi {
     type IngestBatchStream = super::ingest::IngestStream;
+    type WatchEventsStream = super::events::EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let partner = self.caller(&req)?.id.clone();
+        Ok(Response::new(
+            super::events::watch(&self.shared, &partner, req.get_ref()).await?,
+        ))
+    }
 
     async fn submit_partner_records(
         &self,

@@ -159,3 +159,36 @@ pub fn receipt_to_pb(r: &Receipt, partner: &str) -> pb::Receipt {
         tier: r.tier.clone().unwrap_or_default(),
     }
 }
+
+/// A voucher on the wire.
+pub fn voucher_to_pb(v: &crate::programme::Voucher) -> pb::Voucher {
+    pb::Voucher {
+        voucher_id: v.id.clone(),
+        partner: v.partner.clone(),
+        what: v.what.clone(),
+        issued_at: rfc3339(v.issued_at),
+        expires_at: rfc3339(v.expires_at),
+        redeemed_at: v.redeemed_at.map(rfc3339).unwrap_or_default(),
+    }
+}
+
+/// A hold as a partner sees it.
+pub fn hold_to_pb(v: &crate::ledger::HoldView, ledger_id: i64, member: &str) -> pb::Hold {
+    use crate::ledger::HoldState;
+    pb::Hold {
+        authorization_id: v.authorization_id.clone(),
+        ledger_id,
+        member_id: member.to_string(),
+        points: v.points,
+        state: match v.state {
+            HoldState::Held => pb::HoldState::Held,
+            HoldState::Captured => pb::HoldState::Captured,
+            HoldState::Voided => pb::HoldState::Voided,
+            HoldState::Expired => pb::HoldState::Expired,
+        } as i32,
+        captured_points: v.captured,
+        authorized_at: crate::clock::rfc3339(v.authorized_at),
+        expires_at: crate::clock::rfc3339(v.expires_at),
+        closed_by: v.closed_by.clone().unwrap_or_default(),
+    }
+}

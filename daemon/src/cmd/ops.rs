@@ -85,6 +85,24 @@ pub enum OpsCommand {
         #[arg(long)]
         through: String,
     },
+    /// Partners' webhooks: where each delivers, how far behind it is, whether it fails or is
+    /// paused; `--set` a partner's (URL, and secret or a new one), `--resume` a paused one.
+    Webhooks {
+        #[command(flatten)]
+        conn: Connection,
+        /// The partner to set or resume.
+        #[arg(long, requires = "action")]
+        partner: Option<String>,
+        /// Set its webhook to this URL (a secret is made unless `--secret` gives one).
+        #[arg(long, group = "action")]
+        set: Option<String>,
+        /// The signing secret (`whsec_…`) to set with `--set`.
+        #[arg(long, requires = "set")]
+        secret: Option<String>,
+        /// Resume its paused webhook.
+        #[arg(long, group = "action")]
+        resume: bool,
+    },
     /// Price versions of every partner (or one), oldest first; `*` marks the one in force.
     Prices {
         #[command(flatten)]
@@ -319,6 +337,38 @@ pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
                 r.cycles, r.through
             );
         }
+        OpsCommand::Webhooks {
+            conn,
+            partner,
+            set,
+            secret,
+            resume,
+        } => {
+            let mut c = client(&conn).await?;
+            let shown = match (partner, set, resume) {
+                (Some(partner), Some(url), _) => vec![
+                    c.set_webhook(pb::SetWebhookRequest {
+                        partner,
+                        url,
+                        secret: secret.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner(),
+                ],
+                (Some(partner), None, true) => vec![
+                    c.resume_webhook(pb::PartnerRequest { partner })
+                        .await?
+                        .into_inner(),
+                ],
+                _ => {
+                    c.list_webhooks(pb::ListWebhooksRequest {})
+                        .await?
+                        .into_inner()
+                        .webhooks
+                }
+            };
+            print!("{}", webhooks_table(&shown));
+        }
         OpsCommand::Prices { conn, partner } => {
             let r = client(&conn)
                 .await?
@@ -378,4 +428,41 @@ pub async fn run(cmd: OpsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Webhooks as a table (a secret the daemon just made is shown once, below it).
+pub fn webhooks_table(ws: &[pb::WebhookStatus]) -> String {
+    let mut out = format!(
+        "  {:<16} {:>10} {:>10} {:>8} {:>8}  {:<8} URL\n",
+        "PARTNER", "DELIVERED", "HEAD", "LAG S", "FAILS", "STATE"
+    );
+    for w in ws {
+        let state = if !w.paused_at.is_empty() {
+            "paused"
+        } else if w.failures > 0 {
+            "failing"
+        } else {
+            "ok"
+        };
+        out.push_str(&format!(
+            "  {:<16} {:>10} {:>10} {:>8} {:>8}  {:<8} {}\n",
+            w.partner,
+            w.delivered_sequence,
+            w.head_sequence,
+            w.lag_seconds,
+            w.failures,
+            state,
+            w.url
+        ));
+        if !w.last_error.is_empty() {
+            out.push_str(&format!("      last error: {}\n", w.last_error));
+        }
+        if !w.secret.is_empty() {
+            out.push_str(&format!(
+                "      signing secret (shown once; give it to the partner): {}\n",
+                w.secret
+            ));
+        }
+    }
+    out
 }

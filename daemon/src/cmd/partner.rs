@@ -45,9 +45,120 @@ pub enum PartnerCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Your event feed (WatchEvents): the events from `--from` on, then, with `--follow`, new
+    /// ones as they commit. One line each (a table row, or with `--json` the event as JSON). A CRM
+    /// keeps the last sequence it processed and starts again from the next.
+    Events {
+        #[command(flatten)]
+        opts: crate::cmd::partner_calls::CallOptions,
+        /// The first sequence to print (0: the oldest kept).
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        /// Only these types (repeatable), e.g. `--type transaction.earned`.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Keep following the feed as new events commit.
+        #[arg(long)]
+        follow: bool,
+    },
     /// One call of the partner API.
     #[command(flatten)]
     Call(crate::cmd::partner_calls::Call),
+}
+
+/// How long `partner events` without `--follow` waits for more before it ends.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Prints a partner's events (see [`PartnerCommand::Events`]).
+async fn events(
+    opts: &crate::cmd::partner_calls::CallOptions,
+    from: i64,
+    types: Vec<String>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let (mut api, _) = client(&opts.conn).await?;
+    let mut stream = match api
+        .watch_events(pb::WatchEventsRequest {
+            from_sequence: from,
+            types,
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(status) => {
+            let refused = crate::cmd::partner_calls::refusal(&status);
+            if opts.json {
+                println!("{}", refused.json);
+            } else {
+                eprint!("{}", refused.table);
+            }
+            anyhow::bail!("the call was refused");
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        let next = if follow {
+            stream.message().await
+        } else {
+            match tokio::time::timeout(QUIET, stream.message()).await {
+                Ok(m) => m,
+                Err(_) => return Ok(()),
+            }
+        };
+        let event = match next {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(()),
+            Err(status) => {
+                let refused = crate::cmd::partner_calls::refusal(&status);
+                eprint!("{}", refused.table);
+                anyhow::bail!("the feed ended: {}", status.message());
+            }
+        };
+        let line = if opts.json {
+            serde_json::to_string(&event)?
+        } else {
+            format!(
+                "{:>8}  {}  {:<28}  {:<20}  {}",
+                event.sequence,
+                event.occurred_at,
+                event.r#type,
+                event.member_id,
+                summary(&event)
+            )
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+}
+
+/// What an event says, in a few words.
+fn summary(e: &pb::PartnerEvent) -> String {
+    use pb::partner_event::Payload as P;
+    match &e.payload {
+        Some(P::Transaction(t)) => t.receipt.as_ref().map_or(String::new(), |r| {
+            format!(
+                "{} {} points, balance {}",
+                r.transaction_id, r.points, r.balance_after
+            )
+        }),
+        Some(P::Hold(h)) => h.hold.as_ref().map_or(String::new(), |x| {
+            format!("{} {} points", x.authorization_id, x.points)
+        }),
+        Some(P::Voucher(v)) => v
+            .voucher
+            .as_ref()
+            .map_or(String::new(), |x| format!("{} {}", x.voucher_id, x.what)),
+        Some(P::StampCard(c)) => format!("{} completed by {}", c.reward, c.transaction_id),
+        Some(P::Tier(t)) => format!("{} -> {}", t.from_tier, t.to_tier),
+        Some(P::Settlement(s)) => format!("{} net {} digest {}", s.cycle, s.net, s.digest),
+        Some(P::ReconciliationBreak(b)) => {
+            format!(
+                "{} break {} {} {}",
+                b.cycle, b.break_id, b.kind, b.transaction_id
+            )
+        }
+        None => String::new(),
+    }
 }
 
 /// Makes one call with the partner's certificate: its answer, or its refusal as an answer.
@@ -219,6 +330,12 @@ fn write_row(out: &mut ResultFile, tally: &mut Tally, r: &pb::IngestResult) -> a
 pub async fn run(cmd: PartnerCommand) -> anyhow::Result<()> {
     let (conn, file, out) = match cmd {
         PartnerCommand::Ingest { conn, file, out } => (conn, file, out),
+        PartnerCommand::Events {
+            opts,
+            from,
+            types,
+            follow,
+        } => return events(&opts, from, types, follow).await,
         PartnerCommand::Call(call) => {
             let a = one_call(&call).await?;
             let text = if call.opts().json {

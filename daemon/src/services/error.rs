@@ -71,6 +71,17 @@ pub enum ServiceError {
         /// When a call would be let through.
         retry_after: std::time::Duration,
     },
+    /// A feed's cursor points at events no longer kept.
+    #[error(
+        "events before sequence {oldest} are no longer kept (they are kept {days} days): resume from \
+         {oldest}, and read what happened before from the ledger (ListMemberActivity, statements)"
+    )]
+    CursorExpired {
+        /// The oldest sequence still kept.
+        oldest: i64,
+        /// How long events are kept.
+        days: u32,
+    },
 }
 
 impl ServiceError {
@@ -127,6 +138,7 @@ impl ServiceError {
             ServiceError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             ServiceError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             ServiceError::Throttled { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
+            ServiceError::CursorExpired { .. } => (Code::FailedPrecondition, "CURSOR_EXPIRED"),
             ServiceError::ReloadRefused(_) => (Code::FailedPrecondition, "TLS_RELOAD_REFUSED"),
             ServiceError::Store(StoreError::Unavailable(_) | StoreError::Refused(_)) => {
                 (Code::Unavailable, "STORAGE_UNAVAILABLE")

@@ -3,7 +3,9 @@
 
 pub mod clearing;
 pub mod error;
+pub mod feed;
 pub mod registry;
 pub mod shared;
 pub mod validate;
+pub mod webhooks;
 pub mod writes;

@@ -257,7 +257,7 @@ mod tests {
                 id: "p".into(), name: "P".into(), kind: "k".into(),
                 earn_rate: Decimal::new(999_999_999, 6), redemption_rate: Decimal::ONE,
                 issuance_fee: Decimal::ZERO, max_bonus_points: 100, rate_per_second: 1, burst: 1,
-                account: None, liability_value: Decimal::ONE, retired_from: None, points_expire_on: None, points_taken_over: false,
+                account: None, liability_value: Decimal::ONE, retired_from: None, points_expire_on: None, points_taken_over: false, webhook: None,
             };
             let _ = bonus(n, &partner);
             if let Ok(amount) = money("f", &text, "EUR", EUR) {

@@ -8,6 +8,23 @@ use std::fmt;
 /// PostgreSQL alike.
 pub const CHECKS: &[(&str, &str)] = &[
     (
+        "each partner's feed has every event from its oldest kept to its head, one per sequence, and its head is its last event",
+        "SELECT (SELECT COUNT(*) FROM (SELECT e.partner_id FROM partner_events e GROUP BY e.partner_id \
+         HAVING COUNT(*) <> MAX(e.seq) - MIN(e.seq) + 1 \
+         OR MAX(e.seq) <> (SELECT h.last_seq FROM partner_event_heads h WHERE h.partner_id = e.partner_id)) x) \
+         + (SELECT COUNT(*) FROM partner_events e JOIN partner_event_heads h ON h.partner_id = e.partner_id \
+         WHERE e.seq > h.last_seq)",
+    ),
+    (
+        "every kept event of a transaction names one of its partner's transactions, of its kind",
+        "SELECT COUNT(*) FROM partner_events e WHERE e.event_type IN \
+         ('transaction.earned', 'transaction.burned', 'transaction.earn_reversed', 'transaction.burn_reversed') \
+         AND NOT EXISTS (SELECT 1 FROM transactions t WHERE t.partner_id = e.partner_id \
+         AND t.member_id = e.member_id AND t.kind = CASE e.event_type WHEN 'transaction.earned' THEN 'earn' \
+         WHEN 'transaction.burned' THEN 'burn' WHEN 'transaction.earn_reversed' THEN 'reverse_earn' \
+         ELSE 'reverse_burn' END AND t.accepted_at = e.at)",
+    ),
+    (
         "lot points_left = points - reversed - expired - its allocations - what holds hold of it",
         "SELECT COUNT(*) FROM lots l LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM allocations GROUP BY lot_id) a \
          ON a.lot_id = l.id LEFT JOIN (SELECT lot_id, SUM(points) AS s FROM hold_slices GROUP BY lot_id) h \

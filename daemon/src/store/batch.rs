@@ -11,7 +11,9 @@ use crate::programme::{self, Campaign, Ladder, MemberProgramme};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet, VecDeque};
 
+mod events;
 mod holds;
+use crate::events::EventType;
 use holds::Holds;
 
 /// What a backend does inside one write transaction for the shared batch logic.
@@ -79,6 +81,11 @@ pub trait LedgerTx: Send {
         &mut self,
         pseudonyms: &[String],
     ) -> Result<std::collections::HashSet<String>, StoreError>;
+    /// Of these (member, partner) pairs, those whose marketing consent the partner holds.
+    async fn marketing_consents(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> Result<HashSet<(String, String)>, StoreError>;
     /// Writes the batch's changes.
     async fn write(&mut self, writes: &Writes) -> Result<(), StoreError>;
 }
@@ -322,7 +329,7 @@ pub async fn apply(
             }
         }
     }
-    holds.release_expired(&mut ledgers, ctx.now);
+    let released = holds.release_expired(&mut ledgers, ctx.now);
     let earners: Vec<(String, String)> = requests
         .iter()
         .filter_map(|r| match &r.op {
@@ -384,8 +391,16 @@ pub async fn apply(
     let mut writes = Writes {
         cycle,
         chain: ctx.chain,
+        at: ctx.now,
         ..Writes::default()
     };
+    for k in &released {
+        if let Some(h) = holds.by_key.get(k) {
+            writes
+                .events
+                .push(events::hold(EventType::HoldExpired, h, None));
+        }
+    }
     let mut reversed: HashMap<i64, (i64, Vec<i64>)> = HashMap::new();
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
@@ -430,6 +445,11 @@ pub async fn apply(
         }
         let mut next_id = || ids.pop_front().expect("one id reserved per request");
         if let Some(answer) = holds.decide(r, &mut next_id, &mut ledgers, ctx.now) {
+            if let Ok(receipt) = &answer
+                && let Some(e) = events::of_hold_call(r, receipt)
+            {
+                writes.events.push(e);
+            }
             out.push(answer);
             continue;
         }
@@ -459,6 +479,11 @@ pub async fn apply(
                     reversed.insert(orig, (o.reversed_points, o.parts_reversed.clone()));
                 }
                 out.push(Ok(record.receipt.clone()));
+                writes.events.extend(events::of_transaction(
+                    &record,
+                    ctx,
+                    &writes.programme.vouchers,
+                ));
                 writes.new_txns.push(record.clone());
                 txns.insert(k, record);
             }
@@ -513,6 +538,20 @@ pub async fn apply(
         }
     }
     writes.programme.at = ctx.now;
+    // Tier changes, told to each partner the member transacted with in this batch and whose
+    // marketing consent it holds.
+    let changes =
+        events::tier_changes(&prog.stored, &writes.programme.states, ctx, requests, &txns);
+    if !changes.is_empty() {
+        let pairs: Vec<(String, String)> = changes
+            .iter()
+            .map(|e| (e.member.clone().unwrap_or_default(), e.partner.clone()))
+            .collect();
+        let consented = tx.marketing_consents(&pairs).await?;
+        writes.events.extend(changes.into_iter().filter(|e| {
+            consented.contains(&(e.member.clone().unwrap_or_default(), e.partner.clone()))
+        }));
+    }
     for k in &holds.dirty {
         if let Some(h) = holds.by_key.get(k) {
             writes.holds.holds.push(h.clone());

@@ -4,14 +4,16 @@
 //! [`Dialect`]; a backend's own file only opens its pools (and, for SQLite, keeps its WAL).
 
 use super::batch::{self, LedgerTx};
+use super::bulk::{in_list, insert, value_rows};
 use super::dialect::{Dialect, MAX_BINDS};
 use super::error::StoreError;
 use super::model::{PartnerOverride, Rejection, Request, TxnRecord, Writes, first_open_cycle};
 use super::seam::{BatchBackend, Store};
 use super::{
-    access, audit, chain, clearing, consent, holds, instances, lots, matrix, programme,
+    access, audit, chain, clearing, consent, feed, holds, instances, lots, matrix, programme,
     reconciliation, registry, report, responses, retention, rows,
 };
+use crate::events::{EventType, NewEvent, Payload};
 use crate::ledger::{Lot, MemberLedger, Micros, Receipt, Reversible};
 use async_trait::async_trait;
 use sqlx::{Pool, Row};
@@ -178,7 +180,10 @@ sql_impl! {
             let mut report = audit::run::<DB>(&mut tx, now).await?;
             let mut all = clearing::SharedSql::<DB>::settlements(&mut tx, None, i64::MAX).await?;
             all.reverse();
-            let mut clearing_tx = SqlClearing::<DB> { conn: &mut tx };
+            let mut clearing_tx = SqlClearing::<DB> {
+                conn: &mut tx,
+                at: now,
+            };
             let violations = clearing::verify(&mut clearing_tx, rules, &all).await?;
             report.violations.extend(violations);
             report.settlements = all.len() as i64;
@@ -207,7 +212,20 @@ sql_impl! {
             // The guard rolls back when dropped: an error, a panic or a cancelled call leaves
             // nothing open behind it.
             let mut tx = self.begin_write().await?;
-            let out = clearing::run(&mut SqlClearing::<DB> { conn: &mut tx }, plan).await?;
+            let mut run = SqlClearing::<DB> {
+                conn: &mut tx,
+                at: plan.now,
+            };
+            let out = clearing::run(&mut run, plan).await?;
+            // A cycle sealed by this run: each partner in it has its statement ready.
+            if let Some(s) = &out
+                && s.created_at == plan.now
+            {
+                let ready = settlement_events(s, EventType::StatementReady, "");
+                feed::FeedSql::<DB>::append(&mut tx, plan.now, &ready)
+                    .await
+                    .map_err(StoreError::from)?;
+            }
             tx.commit().await.map_err(StoreError::from)?;
             Ok(out)
         }
@@ -235,8 +253,46 @@ sql_impl! {
         ) -> Result<reconciliation::ReconReply, StoreError> {
             // Submissions, resolutions and finalizations of every daemon are serialised (rare
             // writes; reads of the ledger are not blocked), so a finalization sees every break.
+            use reconciliation::{Finalized, ReconCall, ReconReply};
             let mut tx = self.begin_serialized("reconciliation_breaks").await?;
+            // What a submission finds is told as the breaks that were not open before it.
+            let open_before = match &call {
+                ReconCall::Submit(s) => open_breaks(
+                    reconciliation::ReconSql::<DB>::run(
+                        &mut tx,
+                        ReconCall::List {
+                            cycle: s.cycle.clone(),
+                            partner: Some(s.partner.clone()),
+                        },
+                    )
+                    .await?,
+                ),
+                _ => Default::default(),
+            };
+            let (at, resolving) = match &call {
+                ReconCall::Submit(s) => (s.at, None),
+                ReconCall::Resolve { at, cycle, .. } => (*at, Some(cycle.clone())),
+                ReconCall::Finalize { now, .. } => (*now, None),
+                ReconCall::List { .. } => (0, None),
+            };
             let out = reconciliation::ReconSql::<DB>::run(&mut tx, call).await?;
+            let events: Vec<NewEvent> = match &out {
+                ReconReply::Reports(reports) => reports
+                    .iter()
+                    .flat_map(|r| r.breaks.iter().map(move |b| (r, b)))
+                    .filter(|(_, b)| b.resolved_at.is_empty() && !open_before.contains(&break_key(b)))
+                    .map(|(r, b)| break_event(EventType::BreakFound, &r.cycle, b))
+                    .collect(),
+                ReconReply::Resolved(Some(b)) if b.resolved_at == crate::clock::rfc3339(at) => {
+                    let cycle = resolving.unwrap_or_default();
+                    vec![break_event(EventType::BreakResolved, &cycle, b)]
+                }
+                ReconReply::Finalized(Finalized::Done(s)) if s.finalized_at == Some(at) => {
+                    settlement_events(s, EventType::SettlementFinalized, "")
+                }
+                _ => Vec::new(),
+            };
+            feed::FeedSql::<DB>::append(&mut tx, at, &events).await?;
             tx.commit().await?;
             Ok(out)
         }
@@ -307,6 +363,22 @@ sql_impl! {
             // Answers of every daemon are serialised (rare writes; reads are not blocked).
             let mut tx = self.begin_serialized("settlement_responses").await?;
             let out = responses::answer::<DB>(&mut tx, a).await?;
+            // A new answer (a repeat returns the first, unchanged, and tells nothing).
+            if out == *a {
+                let cycle = parse_cycle(&a.cycle)?;
+                if let Some(s) = clearing::SharedSql::<DB>::settlement(&mut tx, cycle).await? {
+                    let kind = if a.state == "disputed" {
+                        EventType::SettlementDisputed
+                    } else {
+                        EventType::SettlementAcknowledged
+                    };
+                    let event = settlement_events(&s, kind, &a.reason)
+                        .into_iter()
+                        .filter(|e| e.partner == a.partner)
+                        .collect::<Vec<_>>();
+                    feed::FeedSql::<DB>::append(&mut tx, a.at, &event).await?;
+                }
+            }
             tx.commit().await?;
             Ok(out)
         }
@@ -443,13 +515,72 @@ sql_impl! {
                 call,
                 ProgrammeCall::Create(_) | ProgrammeCall::End { .. } | ProgrammeCall::Redeem { .. }
             ) {
+                let at = match &call {
+                    ProgrammeCall::Redeem { now, .. } => Some(*now),
+                    _ => None,
+                };
                 let mut tx = self.begin_write().await?;
                 let out = programme::ProgrammeSql::<DB>::call(&mut tx, call).await?;
+                if let (programme::ProgrammeReply::Redeemed(Ok(v)), Some(at)) = (&out, at)
+                    && v.redeemed_at == Some(at)
+                {
+                    let event = NewEvent {
+                        partner: v.partner.clone(),
+                        event_type: EventType::VoucherRedeemed,
+                        member: Some(v.member.clone()),
+                        payload: Payload::Voucher {
+                            voucher_id: v.id.clone(),
+                            what: v.what.clone(),
+                            issued_at: v.issued_at,
+                            expires_at: v.expires_at,
+                            redeemed_at: v.redeemed_at,
+                            redemption_id: v.redeemed_by.clone(),
+                        },
+                    };
+                    feed::FeedSql::<DB>::append(&mut tx, at, &[event]).await?;
+                }
                 tx.commit().await?;
                 return Ok(out);
             }
             let mut c = self.read.acquire().await?;
             programme::ProgrammeSql::<DB>::call(&mut c, call).await
+        }
+
+        async fn feed(&self, call: feed::FeedCall) -> Result<feed::FeedReply, StoreError> {
+            use feed::FeedCall;
+            let reads = matches!(
+                call,
+                FeedCall::Page { .. } | FeedCall::Bounds { .. } | FeedCall::Webhooks
+            );
+            if reads {
+                let mut c = self.read.acquire().await?;
+                return feed::FeedSql::<DB>::call(&mut c, call).await;
+            }
+            let mut tx = self.begin_write().await?;
+            let out = feed::FeedSql::<DB>::call(&mut tx, call).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+
+        async fn expire_holds(&self, now: Micros) -> Result<u64, StoreError> {
+            let mut tx = self.begin_write().await?;
+            if DB::SHARED {
+                // Their members locked first, as batches lock them.
+                let members: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT member_id FROM holds WHERE state = 'held' AND expires_at <= $1 \
+                     ORDER BY member_id",
+                )
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                if members.is_empty() {
+                    return Ok(0);
+                }
+                DB::lock_members(&mut tx, &members).await?;
+            }
+            let n = release_expired_holds::<DB>(&mut tx, now, now).await?;
+            tx.commit().await?;
+            Ok(n)
         }
 
         async fn add_price(
@@ -565,11 +696,6 @@ impl<DB: sqlx::Database> SqlTx<'_, DB> {
         self.error = Some(e);
         s
     }
-}
-
-/// `(a, b), (c, d)…` of `n` rows of `cols` placeholders, for a statement of `DB`.
-fn value_rows<DB: sqlx::Database>(n: usize, cols: usize) -> String {
-    super::dialect::rows_of_marks::<DB>(n, cols)
 }
 
 sql_impl! {
@@ -726,8 +852,34 @@ sql_impl! {
             retention::forgotten::<DB>(&mut *self.conn, pseudonyms).await
         }
 
+        async fn marketing_consents(
+            &mut self,
+            pairs: &[(String, String)],
+        ) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+            let mut out = std::collections::HashSet::new();
+            for chunk in pairs.chunks(MAX_BINDS / 2) {
+                let sql = format!(
+                    "SELECT c.member_id, c.scope FROM (VALUES {}) AS k JOIN consents c \
+                     ON c.member_id = k.column1 AND c.scope = k.column2 \
+                     WHERE c.purpose = 'marketing' AND c.granted = TRUE",
+                    value_rows::<DB>(chunk.len(), 2)
+                );
+                let mut q = sqlx::query_as::<DB, (String, String)>(&sql);
+                for (m, p) in chunk {
+                    q = q.bind(m.clone()).bind(p.clone());
+                }
+                let r = q.fetch_all(&mut *self.conn).await;
+                out.extend(r.map_err(|e| self.fail(e))?);
+            }
+            Ok(out)
+        }
+
         async fn write(&mut self, w: &Writes) -> Result<(), StoreError> {
             let r = write::<DB>(self.conn, w).await;
+            r.map_err(|e| self.fail(e))?;
+            // The events of the batch's facts, in its transaction: they exist if and only if the
+            // facts commit. Their partners' heads, like the cycle's totals, are held to the commit.
+            let r = feed::FeedSql::<DB>::append(self.conn, w.at, &w.events).await;
             r.map_err(|e| self.fail(e))?;
             if !w.programme.is_empty() {
                 let r = programme::ProgrammeSql::<DB>::write(self.conn, &w.programme).await;
@@ -748,47 +900,6 @@ sql_impl! {
             Ok(())
         }
     }
-}
-
-/// `m, m, …`: `n` placeholders of one list.
-fn in_list<DB: sqlx::Database>(n: usize) -> String {
-    (1..=n)
-        .map(super::dialect::mark::<DB>)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A query with its bound values so far.
-type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
-
-/// Inserts `rows` with one multi-row statement (more where the rows pass the bound parameters one
-/// statement takes): `{head} VALUES (…), (…){tail}`, each row's `cols` values bound by `bind`.
-async fn insert<DB, T, F>(
-    conn: &mut DB::Connection,
-    head: &str,
-    tail: &str,
-    cols: usize,
-    rows: &[T],
-    bind: F,
-) -> Result<(), sqlx::Error>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    F: for<'q> Fn(Query<'q, DB>, &T) -> Query<'q, DB>,
-{
-    for chunk in rows.chunks(MAX_BINDS / cols) {
-        let sql = format!(
-            "{head} VALUES {}{tail}",
-            value_rows::<DB>(chunk.len(), cols)
-        );
-        let mut q = sqlx::query::<DB>(&sql);
-        for row in chunk {
-            q = bind(q, row);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// Writes a batch's rows: one multi-row statement per table.
@@ -987,6 +1098,8 @@ where
 /// row and an advisory lock).
 pub struct SqlClearing<'c, DB: sqlx::Database> {
     conn: &'c mut DB::Connection,
+    /// The run's instant (what its events are told at).
+    at: Micros,
 }
 
 sql_impl! {
@@ -1046,6 +1159,9 @@ sql_impl! {
                 }
                 DB::lock_members(self.conn, &members).await?;
             }
+            // Holds that ran out give their points back first (and each its event), so that
+            // what expired while held is swept like any expired point.
+            release_expired_holds::<DB>(self.conn, before, self.at).await?;
             clearing::SharedSql::<DB>::sweep(self.conn, before, cycle).await
         }
 
@@ -1097,4 +1213,140 @@ sql_impl! {
             clearing::SharedSql::<DB>::seal(self.conn, cycle).await
         }
     }
+}
+
+/// A settlement's event for each partner in it (not the operator), with its net position.
+fn settlement_events(s: &clearing::Stored, kind: EventType, reason: &str) -> Vec<NewEvent> {
+    s.settlement
+        .positions
+        .iter()
+        .filter(|p| p.participant != coalition_clearing::OPERATOR)
+        .map(|p| NewEvent {
+            partner: p.participant.clone(),
+            event_type: kind,
+            member: None,
+            payload: Payload::Settlement {
+                cycle: s.settlement.cycle.to_string(),
+                digest: s.settlement.digest.clone(),
+                net: p.net.to_string(),
+                reason: reason.to_string(),
+            },
+        })
+        .collect()
+}
+
+/// What tells one break from another across submissions (its number may change).
+fn break_key(
+    b: &coalition_clearing::reconcile::WorkedBreak,
+) -> (String, String, String, Option<u64>) {
+    (
+        b.kind.clone(),
+        b.transaction_id.clone(),
+        b.fields.clone(),
+        b.line,
+    )
+}
+
+/// The keys of the open breaks of a partner's stored reports.
+fn open_breaks(
+    reply: reconciliation::ReconReply,
+) -> std::collections::HashSet<(String, String, String, Option<u64>)> {
+    match reply {
+        reconciliation::ReconReply::Reports(reports) => reports
+            .iter()
+            .flat_map(|r| r.breaks.iter())
+            .filter(|b| b.resolved_at.is_empty())
+            .map(break_key)
+            .collect(),
+        _ => Default::default(),
+    }
+}
+
+/// A break's event.
+fn break_event(
+    kind: EventType,
+    cycle: &str,
+    b: &coalition_clearing::reconcile::WorkedBreak,
+) -> NewEvent {
+    NewEvent {
+        partner: b.partner.clone(),
+        event_type: kind,
+        member: None,
+        payload: Payload::Break {
+            cycle: cycle.to_string(),
+            break_id: b.id,
+            kind: b.kind.clone(),
+            transaction_id: b.transaction_id.clone(),
+            note: b.note.clone(),
+        },
+    }
+}
+
+/// A stored business date of a request already checked.
+fn parse_cycle(cycle: &str) -> Result<chrono::NaiveDate, StoreError> {
+    coalition_clearing::parse_business_date(cycle)
+        .ok_or_else(|| StoreError::Corrupt(format!("{cycle:?} is not a business date")))
+}
+
+/// Gives back the points of every hold that ran out by `before` (their members locked by the
+/// caller where daemons share the database), each with its `hold.expired` event told at `at`.
+/// Returns how many.
+async fn release_expired_holds<DB>(
+    conn: &mut DB::Connection,
+    before: Micros,
+    at: Micros,
+) -> Result<u64, StoreError>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<i64>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    Option<String>: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB> + for<'q> sqlx::Encode<'q, DB>,
+    DB::QueryResult: registry::RowsAffected,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let rows = sqlx::query(
+        "SELECT id, partner_id, partner_txn_id, member_id, points, authorized_at, expires_at \
+         FROM holds WHERE state = 'held' AND expires_at <= $1 ORDER BY id",
+    )
+    .bind(before)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let expires_at: i64 = r.try_get(6)?;
+        events.push(NewEvent {
+            partner: r.try_get(1)?,
+            event_type: EventType::HoldExpired,
+            member: Some(r.try_get(3)?),
+            payload: Payload::Hold {
+                hold: crate::ledger::HoldView {
+                    authorization_id: r.try_get(2)?,
+                    state: crate::ledger::HoldState::Expired,
+                    points: r.try_get(4)?,
+                    captured: 0,
+                    authorized_at: r.try_get(5)?,
+                    expires_at,
+                    closed_by: None,
+                },
+                ledger_id: r.try_get(0)?,
+                balance_after: None,
+                receipt: None,
+            },
+        });
+    }
+    for statement in clearing::sql::RELEASE_HOLDS {
+        sqlx::query(statement)
+            .bind(before)
+            .execute(&mut *conn)
+            .await?;
+    }
+    feed::FeedSql::<DB>::append(conn, at, &events).await?;
+    metrics::counter!("coalition_holds_total", "event" => "expired").increment(rows.len() as u64);
+    Ok(rows.len() as u64)
 }

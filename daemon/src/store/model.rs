@@ -216,6 +216,10 @@ pub struct Writes {
     /// Append the batch's link to the ledger's hash chain (`store::chain`); off only in the bench
     /// that measures what the chain costs.
     pub chain: bool,
+    /// The batch's acceptance instant.
+    pub at: Micros,
+    /// The events of the batch's facts, appended to their partners' feeds in its transaction.
+    pub events: Vec<crate::events::NewEvent>,
 }
 
 /// The issuance row of one earn (positive points) or earn reversal (negative points, refunded at

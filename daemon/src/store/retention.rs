@@ -21,6 +21,7 @@ const TABLES: &[&str] = &[
     "consent_events",
     "vouchers",
     "holds",
+    "partner_events",
 ];
 
 /// SQL, the same on both backends.

@@ -5,7 +5,7 @@
 use super::error::StoreError;
 use super::model::{PartnerOverride, Rejection, Request, TxnRecord};
 use super::{
-    access, audit, batch, chain, clearing, consent, holds, programme, reconciliation, report,
+    access, audit, batch, chain, clearing, consent, feed, holds, programme, reconciliation, report,
     responses, retention,
 };
 use crate::ledger::{MemberLedger, Micros, Receipt};
@@ -180,6 +180,12 @@ pub trait Store: Send + Sync {
         &self,
         call: programme::ProgrammeCall,
     ) -> Result<programme::ProgrammeReply, StoreError>;
+    /// Reads a partner's event feed, or reads or changes the webhooks (`store::feed`).
+    async fn feed(&self, call: feed::FeedCall) -> Result<feed::FeedReply, StoreError>;
+    /// Gives back the points of every hold that ran out by `now`, each with its `hold.expired`
+    /// event, in one write transaction (the daemon does it every few seconds, so that a hold's
+    /// expiry is told soon whether or not its member is seen again). Returns how many.
+    async fn expire_holds(&self, now: Micros) -> Result<u64, StoreError>;
     /// Records a version unless one takes effect at that instant; returns what is stored there.
     async fn add_price(
         &self,

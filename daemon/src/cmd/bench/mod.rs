@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// after an unmeasured refill of earns; members are at most 10,000 so that most have points.
     #[arg(long)]
     pub holds: bool,
+    /// The mixed earn/burn rate without and with a consumer following each partner's event feed
+    /// (WatchEvents) on one daemon, alternately, twice each; and the lag from each event's commit
+    /// to its delivery, p50 and p99.
+    #[arg(long)]
+    pub feed: bool,
     /// Before the timed phases, fill the database with a ledger of years (1,000,000 members and
     /// 10,000,000 transactions unless the two options below say otherwise), written straight
     /// into the database; the clearing scheduler is off for the run.
@@ -769,6 +774,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.holds {
         return run_holds(args).await;
     }
+    if args.feed {
+        return run_feed(args).await;
+    }
     if let Some(lines) = args.ingest {
         return run_ingest(&args, lines).await;
     }
@@ -841,6 +849,153 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             None => println!("daemon peak memory: not available on this system"),
         }
     }
+    drop(child);
+    Ok(())
+}
+
+/// Follows each partner's feed from its next event until `stop`, recording the lag of each event
+/// from its commit (`occurred_at`) to its arrival, in microseconds.
+async fn follow_feeds(
+    channels: &[(String, Channel)],
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<(Histogram<u64>, u64)>> {
+    let mut followers = Vec::new();
+    let mut seen_partners = std::collections::BTreeSet::new();
+    for (partner, channel) in channels {
+        if !seen_partners.insert(partner.clone()) {
+            continue;
+        }
+        let mut api = PartnerServiceClient::new(channel.clone());
+        // From the next event on: the last one now, plus one.
+        let head = {
+            let mut s = api
+                .watch_events(pb::WatchEventsRequest::default())
+                .await?
+                .into_inner();
+            let mut last = 0;
+            while let Ok(Ok(Some(e))) =
+                tokio::time::timeout(Duration::from_millis(300), s.message()).await
+            {
+                last = e.sequence;
+            }
+            last
+        };
+        let mut stream = api
+            .watch_events(pb::WatchEventsRequest {
+                from_sequence: head + 1,
+                types: vec![],
+            })
+            .await?
+            .into_inner();
+        let mut stop = stop.clone();
+        followers.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    m = stream.message() => match m {
+                        Ok(Some(e)) => {
+                            n += 1;
+                            if let Ok(at) = chrono::DateTime::parse_from_rfc3339(&e.occurred_at) {
+                                let lag = chrono::Utc::now().timestamp_micros() - at.timestamp_micros();
+                                let _ = hist.record(lag.max(1) as u64);
+                            }
+                        }
+                        _ => break,
+                    },
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+            (hist, n)
+        }));
+    }
+    Ok(tokio::spawn(async move {
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        let mut n = 0;
+        for f in followers {
+            if let Ok((h, k)) = f.await {
+                let _ = hist.add(h);
+                n += k;
+            }
+        }
+        (hist, n)
+    }))
+}
+
+/// `bench --feed`: the mixed rate without and with consumers following every partner's feed, on
+/// one daemon, alternately, twice each; the lag from commit to delivery.
+async fn run_feed(args: BenchArgs) -> anyhow::Result<()> {
+    let (addr, certs, child) = start_child(&args).await?;
+    let channels = partner_channels(&args, &addr, &certs).await?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    println!(
+        "bench --feed: {addr}, {} members, {} s per phase, a consumer per partner in the \"with\" phases",
+        args.members, args.seconds
+    );
+    let duration = Duration::from_secs(args.seconds);
+    drive(
+        Phase::Ledger,
+        "warm-up",
+        &channels,
+        &args,
+        Duration::from_secs(args.warmup.max(1)),
+        nonce ^ 1,
+    )
+    .await
+    .print();
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+    let mut delivered = 0;
+    for round in 0..2u64 {
+        let r = drive(
+            Phase::Ledger,
+            "without a consumer",
+            &channels,
+            &args,
+            duration,
+            nonce ^ (10 + round),
+        )
+        .await;
+        r.print();
+        without.push(r.rate());
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let followers = follow_feeds(&channels, rx).await?;
+        let r = drive(
+            Phase::Ledger,
+            "with consumers",
+            &channels,
+            &args,
+            duration,
+            nonce ^ (20 + round),
+        )
+        .await;
+        r.print();
+        with.push(r.rate());
+        // What was committed is delivered within a moment; then the consumers stop.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = stop.send(true);
+        let (h, n) = followers.await?;
+        lag.add(h)?;
+        delivered += n;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "ratio with : without consumers = {:.2} ({:.0} / {:.0} ops/s)",
+        mean(&with) / mean(&without),
+        mean(&with),
+        mean(&without)
+    );
+    let ms = |q: f64| lag.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "lag from commit to delivery: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {delivered} events",
+        ms(0.5),
+        ms(0.99),
+        lag.max() as f64 / 1000.0
+    );
     drop(child);
     Ok(())
 }

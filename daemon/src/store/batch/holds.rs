@@ -40,8 +40,14 @@ impl Holds {
             .collect()
     }
 
-    /// Releases every hold that ran out by `now`: its points go back to their lots.
-    pub fn release_expired(&mut self, ledgers: &mut HashMap<String, MemberLedger>, now: Micros) {
+    /// Releases every hold that ran out by `now`: its points go back to their lots. Returns the
+    /// holds released.
+    pub fn release_expired(
+        &mut self,
+        ledgers: &mut HashMap<String, MemberLedger>,
+        now: Micros,
+    ) -> Vec<Key> {
+        let mut released = Vec::new();
         let mut keys: Vec<&Key> = self
             .by_key
             .iter()
@@ -63,8 +69,10 @@ impl Holds {
             h.state = HoldState::Expired;
             h.closed_at = Some(h.expires_at);
             metrics::counter!("coalition_holds_total", "event" => "expired").increment(1);
-            self.dirty.insert(k);
+            self.dirty.insert(k.clone());
+            released.push(k);
         }
+        released
     }
 
     /// The answer to a request whose id the holds already know, if any: a retry gets its first

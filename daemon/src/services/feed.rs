@@ -1,0 +1,160 @@
+//! A partner's event feed as a service: where a watch may start (a cursor checked against what is
+//! kept), then every event from there on, in order and live, paced by its reader.
+
+use super::error::ServiceError;
+use super::shared::Shared;
+use crate::events::{Event, EventType};
+use crate::store::feed::{FeedCall, FeedReply};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Events read from the store at a time.
+pub const PAGE: i64 = 500;
+/// How often a follower with nothing new looks again for what another daemon committed (this
+/// daemon's own commits wake it at once).
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// The types a watch keeps (empty: all), or `UNKNOWN_EVENT_TYPE` naming the first unknown.
+pub fn types(names: &[String]) -> Result<Vec<EventType>, ServiceError> {
+    names
+        .iter()
+        .map(|n| {
+            EventType::parse(n).ok_or_else(|| {
+                ServiceError::field(
+                    "types",
+                    "UNKNOWN_EVENT_TYPE",
+                    format!(
+                        "{n:?} is no event type; use one of {}",
+                        EventType::ALL
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The oldest sequence still kept of `partner`'s feed and its last (the oldest is the next one
+/// to come when none is kept).
+async fn bounds(shared: &Shared, partner: &str) -> Result<(i64, i64), ServiceError> {
+    match shared
+        .store
+        .feed(FeedCall::Bounds {
+            partner: partner.to_string(),
+        })
+        .await?
+    {
+        FeedReply::Bounds(oldest, last) => Ok((oldest.unwrap_or(last + 1), last)),
+        _ => Err(ServiceError::mismatched()),
+    }
+}
+
+/// Where a watch of `partner` from `from` starts: `from` itself (0 or 1: the oldest kept), or
+/// `CURSOR_EXPIRED` when events from there are no longer kept, `CURSOR_AHEAD` when `from` is
+/// beyond the next event.
+pub async fn start(shared: &Shared, partner: &str, from: i64) -> Result<i64, ServiceError> {
+    let (oldest, last) = bounds(shared, partner).await?;
+    if from < 0 {
+        return Err(ServiceError::field(
+            "from_sequence",
+            "CURSOR_AHEAD",
+            "a sequence number is 0 (from the oldest kept) or more",
+        ));
+    }
+    let from = if from <= 1 { oldest.max(1) } else { from };
+    if from < oldest {
+        return Err(ServiceError::CursorExpired {
+            oldest,
+            days: shared.config.events_retention_days,
+        });
+    }
+    if from > last + 1 {
+        return Err(ServiceError::field(
+            "from_sequence",
+            "CURSOR_AHEAD",
+            format!(
+                "the feed's last event is {last}: resume from at most {}",
+                last + 1
+            ),
+        ));
+    }
+    Ok(from)
+}
+
+/// Follows `partner`'s feed from `from` into `out` until `out` closes: pages of events in order,
+/// then waits for this daemon's next commit, or [`POLL`] for another daemon's. The reader paces
+/// it (a full `out` waits), and nothing is dropped; if retention removes events this reader has
+/// not reached, it is told so (`CURSOR_EXPIRED`) and the stream ends.
+pub async fn follow(
+    shared: Shared,
+    partner: String,
+    mut from: i64,
+    types: Vec<EventType>,
+    out: mpsc::Sender<Result<Event, ServiceError>>,
+) {
+    let mut commits = shared.writer.signals().watch_commits();
+    loop {
+        // What is committed now: every event up to `last` is visible (the head moves in the
+        // transaction that inserts them), so the reader may skip to `last` past filtered ones.
+        let last = match bounds(&shared, &partner).await {
+            Ok((oldest, _)) if oldest > from => {
+                // Retention removed events this reader had not reached.
+                let _ = out
+                    .send(Err(ServiceError::CursorExpired {
+                        oldest,
+                        days: shared.config.events_retention_days,
+                    }))
+                    .await;
+                return;
+            }
+            Ok((_, last)) => last,
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        };
+        if from <= last {
+            let page = match shared
+                .store
+                .feed(FeedCall::Page {
+                    partner: partner.clone(),
+                    from,
+                    to: last,
+                    types: types.clone(),
+                    limit: PAGE,
+                })
+                .await
+            {
+                Ok(FeedReply::Events(page)) => page,
+                Ok(_) => {
+                    let _ = out.send(Err(ServiceError::mismatched())).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = out.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let full = page.len() as i64 == PAGE;
+            let mut next = last + 1;
+            for e in page {
+                next = e.seq + 1;
+                if out.send(Ok(e)).await.is_err() {
+                    return; // the reader went away
+                }
+            }
+            from = if full { next } else { last + 1 };
+            if full {
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = commits.changed() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = out.closed() => return,
+        }
+    }
+}
