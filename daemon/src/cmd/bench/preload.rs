@@ -240,6 +240,7 @@ async fn generate_postgres(url: &str, n: &Numbers) -> anyhow::Result<()> {
     }
     tx.commit().await?;
     sqlx::query("VACUUM ANALYZE").execute(&mut c).await?;
+    c.close().await?;
     Ok(())
 }
 
@@ -265,12 +266,27 @@ pub async fn preload(url: &str, shape: Shape, cache: &Path) -> anyhow::Result<()
                 .fetch_optional(&mut a)
                 .await?;
         if cached.is_none() {
-            sqlx::query(&format!("CREATE DATABASE {name}"))
+            // Generated under another name and renamed once complete, so that a run cut short
+            // (or a full disk) never leaves a template that looks cached and holds nothing.
+            let partial = format!("{name}_partial");
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {partial} WITH (FORCE)"))
                 .execute(&mut a)
                 .await?;
-            let template = format!("{server}/{name}");
+            sqlx::query(&format!("CREATE DATABASE {partial}"))
+                .execute(&mut a)
+                .await?;
+            let template = format!("{server}/{partial}");
             crate::store::migrate(&template).await?;
             generate_postgres(&template, &n).await?;
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&partial)
+            .execute(&mut a)
+            .await?;
+            sqlx::query(&format!("ALTER DATABASE {partial} RENAME TO {name}"))
+                .execute(&mut a)
+                .await?;
             generated = true;
         }
         sqlx::query(&format!("DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)"))
