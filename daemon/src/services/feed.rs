@@ -10,6 +10,9 @@ use tokio::sync::mpsc;
 
 /// Events read from the store at a time.
 pub const PAGE: i64 = 500;
+/// The least time between two reads of one follower: what commits meanwhile is read in one page
+/// (the lag from commit to delivery grows by at most this much).
+pub const GATHER: Duration = Duration::from_millis(20);
 /// How often a follower with nothing new looks again for what another daemon committed (this
 /// daemon's own commits wake it at once).
 pub const POLL: Duration = Duration::from_millis(200);
@@ -87,7 +90,9 @@ pub async fn start(shared: &Shared, partner: &str, from: i64) -> Result<i64, Ser
 /// Follows `partner`'s feed from `from` into `out` until `out` closes: pages of events in order,
 /// then waits for this daemon's next commit, or [`POLL`] for another daemon's. The reader paces
 /// it (a full `out` waits), and nothing is dropped; if retention removes events this reader has
-/// not reached, it is told so (`CURSOR_EXPIRED`) and the stream ends.
+/// not reached, it is told so (`CURSOR_EXPIRED`) and the stream ends. Reads are at least
+/// [`GATHER`] apart, so that a busy writer's commits are read a page at a time, not one read per
+/// commit per follower.
 pub async fn follow(
     shared: Shared,
     partner: String,
@@ -97,47 +102,45 @@ pub async fn follow(
 ) {
     let mut commits = shared.writer.signals().watch_commits();
     loop {
-        // What is committed now: every event up to `last` is visible (the head moves in the
-        // transaction that inserts them), so the reader may skip to `last` past filtered ones.
-        let last = match bounds(&shared, &partner).await {
-            Ok((oldest, _)) if oldest > from => {
-                // Retention removed events this reader had not reached.
-                let _ = out
-                    .send(Err(ServiceError::CursorExpired {
-                        oldest,
-                        days: shared.config.events_retention_days,
-                    }))
-                    .await;
+        let read_at = tokio::time::Instant::now();
+        // The bounds and the page in one read: every event up to `last` is visible (the head
+        // moves in the transaction that inserts them), so the reader may skip to `last` past
+        // filtered ones.
+        let (oldest, last, page) = match shared
+            .store
+            .feed(FeedCall::Page {
+                partner: partner.clone(),
+                from,
+                types: types.clone(),
+                limit: PAGE,
+            })
+            .await
+        {
+            Ok(FeedReply::Page {
+                oldest,
+                last,
+                events,
+            }) => (oldest.unwrap_or(last + 1), last, events),
+            Ok(_) => {
+                let _ = out.send(Err(ServiceError::mismatched())).await;
                 return;
             }
-            Ok((_, last)) => last,
             Err(e) => {
-                let _ = out.send(Err(e)).await;
+                let _ = out.send(Err(e.into())).await;
                 return;
             }
         };
+        if oldest > from {
+            // Retention removed events this reader had not reached.
+            let _ = out
+                .send(Err(ServiceError::CursorExpired {
+                    oldest,
+                    days: shared.config.events_retention_days,
+                }))
+                .await;
+            return;
+        }
         if from <= last {
-            let page = match shared
-                .store
-                .feed(FeedCall::Page {
-                    partner: partner.clone(),
-                    from,
-                    to: last,
-                    types: types.clone(),
-                    limit: PAGE,
-                })
-                .await
-            {
-                Ok(FeedReply::Events(page)) => page,
-                Ok(_) => {
-                    let _ = out.send(Err(ServiceError::mismatched())).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = out.send(Err(e.into())).await;
-                    return;
-                }
-            };
             let full = page.len() as i64 == PAGE;
             let mut next = last + 1;
             for e in page {
@@ -156,5 +159,6 @@ pub async fn follow(
             _ = tokio::time::sleep(POLL) => {}
             _ = out.closed() => return,
         }
+        tokio::time::sleep_until(read_at + GATHER).await;
     }
 }

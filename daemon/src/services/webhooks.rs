@@ -204,33 +204,19 @@ async fn waiting(
     row: &WebhookRow,
     limit: i64,
 ) -> Result<(i64, Vec<Event>), crate::store::StoreError> {
-    let head = match shared
-        .store
-        .feed(FeedCall::Bounds {
-            partner: row.partner.clone(),
-        })
-        .await?
-    {
-        FeedReply::Bounds(_, last) => last,
-        _ => return Ok((0, Vec::new())),
-    };
-    if head <= row.delivered_seq {
-        return Ok((head, Vec::new()));
-    }
-    match shared
+    if let FeedReply::Page { last, events, .. } = shared
         .store
         .feed(FeedCall::Page {
             partner: row.partner.clone(),
             from: row.delivered_seq + 1,
-            to: head,
             types: Vec::new(),
             limit,
         })
         .await?
     {
-        FeedReply::Events(events) => Ok((head, events)),
-        _ => Ok((head, Vec::new())),
+        return Ok((last, events));
     }
+    Ok((0, Vec::new()))
 }
 
 /// One partner's deliveries: while this daemon holds the lease, every event after the last

@@ -40,14 +40,13 @@ pub struct WebhookRow {
 /// A read or a change of the feed.
 #[derive(Debug, Clone)]
 pub enum FeedCall {
-    /// Up to `limit` events of `partner` from sequence `from` on, of these types (all if empty).
+    /// The feed's bounds now, and up to `limit` events of `partner` from sequence `from` up to
+    /// its last, of these types (all if empty): one read of one connection per page.
     Page {
         /// The partner.
         partner: String,
         /// The first sequence wanted.
         from: i64,
-        /// The last sequence wanted.
-        to: i64,
         /// Only these types (empty: all).
         types: Vec<EventType>,
         /// At most this many.
@@ -123,8 +122,16 @@ pub enum FeedCall {
 /// The answer to a [`FeedCall`].
 #[derive(Debug, Clone)]
 pub enum FeedReply {
-    /// Events, by sequence.
-    Events(Vec<Event>),
+    /// A page: the oldest sequence kept (none if none is), the last, and the events asked for
+    /// (by sequence, none beyond `last`).
+    Page {
+        /// The oldest sequence kept.
+        oldest: Option<i64>,
+        /// The feed's last sequence when the page was read.
+        last: i64,
+        /// The events.
+        events: Vec<Event>,
+    },
     /// (oldest kept, last).
     Bounds(Option<i64>, i64),
     /// Rows removed.
@@ -213,6 +220,87 @@ where
         Ok(())
     }
 
+    /// The oldest sequence kept of `partner`'s feed (none if none is) and its last, in one query.
+    async fn bounds(
+        conn: &mut DB::Connection,
+        partner: &str,
+    ) -> Result<(Option<i64>, i64), StoreError> {
+        use sqlx::Row;
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(seq) FROM partner_events WHERE partner_id = $1), \
+             (SELECT last_seq FROM partner_event_heads WHERE partner_id = $2)",
+        )
+        .bind(partner.to_string())
+        .bind(partner.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+        let oldest: Option<i64> = row.try_get(0)?;
+        let last: Option<i64> = row.try_get(1)?;
+        Ok((oldest, last.unwrap_or(0)))
+    }
+
+    /// Up to `limit` events of `partner` with sequences from `from` to `to`, of these types (all
+    /// if empty), by sequence.
+    async fn events(
+        conn: &mut DB::Connection,
+        partner: &str,
+        from: i64,
+        to: i64,
+        types: &[EventType],
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        use sqlx::Row;
+        let filter = if types.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..types.len())
+                .map(|i| super::dialect::mark::<DB>(4 + i))
+                .collect();
+            format!(" AND event_type IN ({})", marks.join(", "))
+        };
+        let sql = format!(
+            "SELECT seq, event_type, at, member_id, payload FROM partner_events \
+             WHERE partner_id = {} AND seq >= {} AND seq <= {}{filter} ORDER BY seq LIMIT {}",
+            super::dialect::mark::<DB>(1),
+            super::dialect::mark::<DB>(2),
+            super::dialect::mark::<DB>(3),
+            limit.clamp(1, 10_000),
+        );
+        // Placeholders in order (SQLite's `?` are taken in order): the list comes last.
+        let mut q = sqlx::query::<DB>(&sql)
+            .bind(partner.to_string())
+            .bind(from)
+            .bind(to);
+        for t in types {
+            q = q.bind(t.as_str().to_string());
+        }
+        let rows = q.fetch_all(&mut *conn).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let kind: String = r.try_get(1)?;
+            let member: Option<String> = r.try_get(3)?;
+            let text: String = r.try_get(4)?;
+            let event_type = EventType::parse(&kind).ok_or_else(|| {
+                StoreError::Corrupt(format!("partner_events.event_type holds {kind:?}"))
+            })?;
+            let payload: Payload = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("partner_events.payload: {e}")))?;
+            let payload = match &member {
+                Some(m) => payload.with_member(m),
+                None => payload,
+            };
+            out.push(Event {
+                partner: partner.to_string(),
+                seq: r.try_get(0)?,
+                event_type,
+                at: r.try_get(2)?,
+                member,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
     /// Answers a feed call in the caller's connection or transaction.
     pub async fn call(conn: &mut DB::Connection, call: FeedCall) -> Result<FeedReply, StoreError> {
         use super::registry::RowsAffected;
@@ -221,73 +309,24 @@ where
             FeedCall::Page {
                 partner,
                 from,
-                to,
                 types,
                 limit,
             } => {
-                let filter = if types.is_empty() {
-                    String::new()
+                let (oldest, last) = Self::bounds(conn, &partner).await?;
+                let events = if from <= last {
+                    Self::events(conn, &partner, from, last, &types, limit).await?
                 } else {
-                    let marks: Vec<String> = (0..types.len())
-                        .map(|i| super::dialect::mark::<DB>(4 + i))
-                        .collect();
-                    format!(" AND event_type IN ({})", marks.join(", "))
+                    Vec::new()
                 };
-                let sql = format!(
-                    "SELECT seq, event_type, at, member_id, payload FROM partner_events \
-                     WHERE partner_id = {} AND seq >= {} AND seq <= {}{filter} ORDER BY seq LIMIT {}",
-                    super::dialect::mark::<DB>(1),
-                    super::dialect::mark::<DB>(2),
-                    super::dialect::mark::<DB>(3),
-                    limit.clamp(1, 10_000),
-                );
-                // Placeholders in order (SQLite's `?` are taken in order): the list comes last.
-                let mut q = sqlx::query::<DB>(&sql)
-                    .bind(partner.clone())
-                    .bind(from)
-                    .bind(to);
-                for t in &types {
-                    q = q.bind(t.as_str().to_string());
+                FeedReply::Page {
+                    oldest,
+                    last,
+                    events,
                 }
-                let rows = q.fetch_all(&mut *conn).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let kind: String = r.try_get(1)?;
-                    let member: Option<String> = r.try_get(3)?;
-                    let text: String = r.try_get(4)?;
-                    let event_type = EventType::parse(&kind).ok_or_else(|| {
-                        StoreError::Corrupt(format!("partner_events.event_type holds {kind:?}"))
-                    })?;
-                    let payload: Payload = serde_json::from_str(&text)
-                        .map_err(|e| StoreError::Corrupt(format!("partner_events.payload: {e}")))?;
-                    let payload = match &member {
-                        Some(m) => payload.with_member(m),
-                        None => payload,
-                    };
-                    out.push(Event {
-                        partner: partner.clone(),
-                        seq: r.try_get(0)?,
-                        event_type,
-                        at: r.try_get(2)?,
-                        member,
-                        payload,
-                    });
-                }
-                FeedReply::Events(out)
             }
             FeedCall::Bounds { partner } => {
-                let oldest: Option<i64> =
-                    sqlx::query_scalar("SELECT MIN(seq) FROM partner_events WHERE partner_id = $1")
-                        .bind(partner.clone())
-                        .fetch_one(&mut *conn)
-                        .await?;
-                let last: Option<i64> = sqlx::query_scalar(
-                    "SELECT last_seq FROM partner_event_heads WHERE partner_id = $1",
-                )
-                .bind(partner)
-                .fetch_optional(&mut *conn)
-                .await?;
-                FeedReply::Bounds(oldest, last.unwrap_or(0))
+                let (oldest, last) = Self::bounds(conn, &partner).await?;
+                FeedReply::Bounds(oldest, last)
             }
             FeedCall::Prune { before } => {
                 let r = sqlx::query("DELETE FROM partner_events WHERE at < $1")
