@@ -52,6 +52,18 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!((b.points, b.held_points), (1_000, 0));
+    let m = shop
+        .get_member(v1::GetMemberRequest {
+            member_id: "m1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (m.held_points, m.available_points),
+        (0, 1_000),
+        "GetMember agrees with the balance before any release"
+    );
     let read = shop
         .get_transaction(get.clone())
         .await
