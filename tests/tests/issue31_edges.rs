@@ -74,6 +74,30 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
         v1::HoldState::Expired as i32,
         "a hold past its expiry reads expired before any release"
     );
+    // The liability report before the release: the same figures as after it (below).
+    let liability = |rep: v1::LiabilityReport| -> Vec<(String, String, i64, i64, i64, i64, i64)> {
+        rep.rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.issuer,
+                    r.month,
+                    r.issued,
+                    r.redeemed,
+                    r.reversed,
+                    r.expired,
+                    r.outstanding,
+                )
+            })
+            .collect()
+    };
+    let mut fin = t.finance().await;
+    let before = liability(
+        fin.get_liability_report(v1::LiabilityReportRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
     // Still stored as held (nothing released it): the view, not the row, says expired.
     assert_eq!(
         t.query_i64("SELECT COUNT(*) FROM holds WHERE state = 'held'")
@@ -92,6 +116,22 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let read = shop.get_transaction(get).await.unwrap().into_inner();
     assert_eq!(state(read), v1::HoldState::Expired as i32);
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM holds WHERE state = 'held'")
+            .await,
+        0,
+        "the refused capture released it"
+    );
+    let after = liability(
+        fin.get_liability_report(v1::LiabilityReportRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(
+        before, after,
+        "the liability report agrees before and after the release"
+    );
     t.assert_invariants().await;
 }
 
