@@ -934,11 +934,11 @@ async fn run_feed(args: BenchArgs) -> anyhow::Result<()> {
     let channels = partner_channels(&args, &addr, &certs).await?;
     // Each consumer on a connection of its own, as a partner's CRM follows from its own system
     // (not multiplexed with the till's calls).
-    let mut consumer_channels = Vec::new();
-    for partner in &args.partners {
-        let pem = ClientPem::from_dir(&certs, &format!("partner-{partner}"))?;
-        consumer_channels.push((partner.clone(), connect(&addr, &pem).await?));
-    }
+    let one_each = BenchArgs {
+        connections: args.partners.len(),
+        ..args.clone()
+    };
+    let consumer_channels = partner_channels(&one_each, &addr, &certs).await?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -965,33 +965,30 @@ async fn run_feed(args: BenchArgs) -> anyhow::Result<()> {
     // Without, with, with, without: the rate drifts as the file grows, and this order gives both
     // sides the same mean position in the run.
     for (round, consumers) in [false, true, true, false].into_iter().enumerate() {
-        let seed = nonce ^ (10 + round as u64);
-        if !consumers {
-            let r = drive(
-                Phase::Ledger,
-                "without a consumer",
-                &channels,
-                &args,
-                duration,
-                seed,
-            )
-            .await;
-            r.print();
-            without.push(r.rate());
-            continue;
-        }
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let followers = follow_feeds(&consumer_channels, rx).await?;
+        let followers = if consumers {
+            let (stop, rx) = tokio::sync::watch::channel(false);
+            Some((stop, follow_feeds(&consumer_channels, rx).await?))
+        } else {
+            None
+        };
         let r = drive(
             Phase::Ledger,
-            "with consumers",
+            if consumers {
+                "with consumers"
+            } else {
+                "without a consumer"
+            },
             &channels,
             &args,
             duration,
-            seed,
+            nonce ^ (10 + round as u64),
         )
         .await;
         r.print();
+        let Some((stop, followers)) = followers else {
+            without.push(r.rate());
+            continue;
+        };
         with.push(r.rate());
         // What was committed is delivered within a moment; then the consumers stop.
         tokio::time::sleep(Duration::from_secs(2)).await;
