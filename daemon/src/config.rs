@@ -177,6 +177,10 @@ struct RawLimits {
     /// Bench hook (undocumented on purpose): commit batches without their hash-chain links, to
     /// measure what the chain costs. A ledger written so fails `audit --verify-chain`.
     bench_unchained: Option<bool>,
+    /// Test hook (undocumented on purpose): this daemon does not give expired holds back on its
+    /// own round (a batch, the clearing or a look at the metrics or the feed still does), so
+    /// that a test can watch a hold read expired before anything has released it.
+    holds_round_off: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,6 +517,8 @@ pub struct Config {
     pub panic_on_member: Option<&'static str>,
     /// Bench hook: batches commit without their hash-chain links (`limits.bench_unchained`).
     pub bench_unchained: bool,
+    /// Test hook: no round gives expired holds back on this daemon (`limits.holds_round_off`).
+    pub holds_round_off: bool,
     /// Clearing settings.
     pub clearing: ClearingConfig,
     /// Days after a member's last transaction before its id is replaced by a pseudonym
@@ -1066,6 +1072,7 @@ impl Config {
                 .pause_before_commit_ms
                 .map(std::time::Duration::from_millis),
             bench_unchained: raw.limits.bench_unchained.unwrap_or(false),
+            holds_round_off: raw.limits.holds_round_off.unwrap_or(false),
             // Leaked once per config load: a test hook, never set in production.
             panic_on_member: raw
                 .limits

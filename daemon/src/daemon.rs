@@ -92,7 +92,20 @@ impl Daemon {
         };
         let (shutdown, rx) = watch::channel(false);
         let metrics_addr = match config.metrics_listen {
-            Some(addr) => Some(crate::metrics::serve(addr, rx.clone()).await?),
+            Some(addr) => {
+                // A look at the metrics first gives back the holds that ran out, so the
+                // expired-holds counter agrees with the balances from the instant of expiry.
+                let due = shared.clone();
+                let before = move || {
+                    let shared = due.clone();
+                    async move {
+                        if let Err(e) = crate::services::holds::release_due(&shared).await {
+                            tracing::warn!(error = %e, "could not give back holds that ran out");
+                        }
+                    }
+                };
+                Some(crate::metrics::serve(addr, before, rx.clone()).await?)
+            }
             None => None,
         };
         tokio::spawn(crate::ops::refresh_loop(
@@ -122,7 +135,9 @@ impl Daemon {
             crate::api::events::json,
             rx.clone(),
         ));
-        tokio::spawn(holds_loop(shared.clone(), rx.clone()));
+        if !config.holds_round_off {
+            tokio::spawn(holds_loop(shared.clone(), rx.clone()));
+        }
         tokio::spawn(retention_loop(shared.clone(), rx.clone()));
         tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
         let scheduler = config
@@ -219,25 +234,22 @@ async fn retention_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// How often holds that ran out are given back (with their `hold.expired` events) when no batch
-/// touches their members.
-const HOLDS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Gives back the points of holds that ran out, every [`HOLDS_EVERY`], so that their expiry is
-/// told to their partners soon whether or not their members come back.
+/// Gives back each hold at its expiry (with its `hold.expired` event and the metric), whether or
+/// not its member comes back: sleeps until the soonest expiry, looking again at least every
+/// [`crate::services::holds::LOOK_EVERY`].
 async fn holds_loop(shared: Shared, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(HOLDS_EVERY);
+    use crate::services::holds;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        match shared.store.expire_holds(shared.clock.now()).await {
-            Ok(0) => {}
-            Ok(_) => shared.writer.signals().committed(),
+        let pause = match holds::release_due(&shared).await {
+            Ok(soonest) => holds::until(soonest, shared.clock.now()),
             Err(e) => {
-                tracing::warn!(error = %e, "could not give back holds that ran out; will retry")
+                tracing::warn!(error = %e, "could not give back holds that ran out; will retry");
+                holds::LOOK_EVERY
             }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -24,11 +24,17 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Serves `/metrics` on `addr` until `stop`; returns the bound address.
-pub async fn serve(
+/// Serves `/metrics` on `addr` until `stop`; returns the bound address. `before` runs before each
+/// rendering, so that a counter of something due (holds that ran out) is written before it is read.
+pub async fn serve<B, F>(
     addr: SocketAddr,
+    before: B,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<SocketAddr>
+where
+    B: Fn() -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let handle = handle();
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr} (config key `metrics_listen`): {e}")
@@ -37,6 +43,7 @@ pub async fn serve(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {
+            before().await;
             (
                 [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 handle.render(),

@@ -5,6 +5,7 @@
 
 use coalition_tests::*;
 use coalitiond::cmd::{Cli, run};
+use std::time::Duration;
 use tonic::Code;
 
 const SECOND: i64 = 1_000_000;
@@ -13,15 +14,56 @@ fn no_scheduler(toml: String) -> String {
     toml.replace("scheduler = true", "scheduler = false")
 }
 
+/// No scheduler, and no round giving holds back: only what reads or counts a hold moves it.
+fn no_rounds(toml: String) -> String {
+    no_scheduler(toml).replace("queue_depth = 16384", "queue_depth = 16384\nholds_round_off = true")
+}
+
+/// The metrics are one recorder per process: the tests that count expired holds take turns.
+static COUNTING_HOLDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `coalition_holds_total{event="expired"}` as this process counts it.
+async fn expired_holds_counted(t: &TestDaemon) -> u64 {
+    let text = t.metrics_text().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("coalition_holds_total{event=\"expired\"} "))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// Every `hold.expired` event of `partner`'s feed from `from`, until none comes for a while.
+async fn expired_events(c: &mut PartnerClient, from: i64, wait: Duration) -> Vec<v1::PartnerEvent> {
+    let mut stream = c
+        .watch_events(v1::WatchEventsRequest {
+            from_sequence: from,
+            types: vec!["hold.expired".into()],
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(wait, stream.message()).await {
+        out.push(e);
+    }
+    out
+}
+
+fn rfc3339_micros(at: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .expect("RFC 3339")
+        .timestamp_micros()
+}
+
 backends!(
     an_expired_hold_reads_expired_before_any_release,
+    a_hold_is_given_back_and_told_at_its_expiry,
     a_partial_return_keeps_the_stamp_only_while_the_purchase_meets_the_minimum,
     reconciliation_files_at_their_edges_are_refused_whole,
     the_ingest_result_file_neutralises_formula_cells,
 );
 
 async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
-    let t = TestDaemon::start_with(b, no_scheduler).await;
+    let _turn = COUNTING_HOLDS.lock().await;
+    let t = TestDaemon::start_with(b, no_rounds).await;
     let mut shop = t.partner("freshmart").await;
     shop.earn(earn_bonus("e1", "m1", 1_000)).await.receipt();
     shop.authorize_burn(v1::AuthorizeBurnRequest {
@@ -104,6 +146,26 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
             .await,
         1
     );
+    // A look at the metrics counts it, once: the hold is given back (with its event) before the
+    // counter is read.
+    let counted = expired_holds_counted(&t).await;
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM holds WHERE state = 'held'")
+            .await,
+        0,
+        "the look at the metrics gave it back"
+    );
+    let told = expired_events(&mut shop, 0, Duration::from_millis(800)).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].member_id, "m1");
+    let Some(v1::partner_event::Payload::Hold(h)) = &told[0].payload else {
+        panic!("{told:?}")
+    };
+    let h = h.hold.clone().unwrap();
+    assert_eq!(
+        (h.authorization_id.as_str(), h.state, h.points),
+        ("h1", v1::HoldState::Expired as i32, 500)
+    );
     // A capture is refused as expired, and releasing it stores the same state.
     let e = shop
         .capture_burn(v1::CaptureBurnRequest {
@@ -116,11 +178,13 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let read = shop.get_transaction(get).await.unwrap().into_inner();
     assert_eq!(state(read), v1::HoldState::Expired as i32);
+    // Counted once and told once, however many looked or tried.
+    assert_eq!(expired_holds_counted(&t).await, counted);
     assert_eq!(
-        t.query_i64("SELECT COUNT(*) FROM holds WHERE state = 'held'")
-            .await,
-        0,
-        "the refused capture released it"
+        expired_events(&mut shop, 0, Duration::from_millis(800))
+            .await
+            .len(),
+        1
     );
     let after = liability(
         fin.get_liability_report(v1::LiabilityReportRequest::default())
@@ -132,6 +196,67 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
         before, after,
         "the liability report agrees before and after the release"
     );
+    t.assert_invariants().await;
+}
+
+/// With the daemon's round on and nothing else happening, a hold is given back at its instant:
+/// its `hold.expired` event reaches a follower and the metric counts it within a second of its
+/// `expires_at` (the round used to look every 5 s), once.
+async fn a_hold_is_given_back_and_told_at_its_expiry(b: Backend) {
+    let _turn = COUNTING_HOLDS.lock().await;
+    let t = TestDaemon::start_with(b, no_scheduler).await;
+    let mut shop = t.partner("freshmart").await;
+    shop.earn(earn_bonus("e1", "m1", 1_000)).await.receipt();
+    let before = expired_holds_counted(&t).await;
+    let mut follower = t.partner("freshmart").await;
+    let mut stream = follower
+        .watch_events(v1::WatchEventsRequest {
+            from_sequence: 0,
+            types: vec!["hold.expired".into()],
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    // Several short holds, authorized at different moments of the round.
+    let mut expiries = Vec::new();
+    for i in 0..3 {
+        let r = shop
+            .authorize_burn(v1::AuthorizeBurnRequest {
+                transaction_id: format!("h{i}"),
+                member_id: "m1".into(),
+                points: 100,
+                hold_seconds: 1 + i,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        expiries.push(rfc3339_micros(&r.hold.unwrap().expires_at));
+        tokio::time::sleep(Duration::from_millis(330)).await;
+    }
+    for (i, expires_at) in expiries.iter().enumerate() {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the hold is told within 10 s")
+            .unwrap()
+            .unwrap();
+        let Some(v1::partner_event::Payload::Hold(h)) = &e.payload else {
+            panic!("{e:?}")
+        };
+        assert_eq!(h.hold.as_ref().unwrap().authorization_id, format!("h{i}"));
+        let late = rfc3339_micros(&e.occurred_at) - expires_at;
+        assert!(
+            (0..1_000_000).contains(&late),
+            "h{i} given back {late} µs after its expiry"
+        );
+    }
+    assert_eq!(expired_holds_counted(&t).await, before + 3);
+    // Nothing more: each counted and told once.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), stream.message())
+            .await
+            .is_err()
+    );
+    assert_eq!(expired_holds_counted(&t).await, before + 3);
     t.assert_invariants().await;
 }
 

@@ -59,6 +59,9 @@ async fn bounds(shared: &Shared, partner: &str) -> Result<(i64, i64), ServiceErr
 /// `CURSOR_EXPIRED` when events from there are no longer kept, `CURSOR_AHEAD` when `from` is
 /// beyond the next event.
 pub async fn start(shared: &Shared, partner: &str, from: i64) -> Result<i64, ServiceError> {
+    // Holds that ran out are told before the watch begins, whether or not a round has run
+    // (the round gives each back at its instant while the watch follows).
+    super::holds::release_due(shared).await?;
     let (oldest, last) = bounds(shared, partner).await?;
     if from < 0 {
         return Err(ServiceError::field(

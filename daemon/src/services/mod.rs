@@ -4,6 +4,7 @@
 pub mod clearing;
 pub mod error;
 pub mod feed;
+pub mod holds;
 pub mod registry;
 pub mod shared;
 pub mod validate;

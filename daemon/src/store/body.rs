@@ -562,6 +562,14 @@ sql_impl! {
             Ok(out)
         }
 
+        async fn soonest_hold_expiry(&self) -> Result<Option<Micros>, StoreError> {
+            Ok(sqlx::query_scalar::<DB, Option<i64>>(
+                "SELECT MIN(expires_at) FROM holds WHERE state = 'held'",
+            )
+            .fetch_one(&self.read)
+            .await?)
+        }
+
         async fn expire_holds(&self, now: Micros) -> Result<u64, StoreError> {
             let mut tx = self.begin_write().await?;
             if DB::SHARED {

@@ -182,9 +182,11 @@ pub trait Store: Send + Sync {
     ) -> Result<programme::ProgrammeReply, StoreError>;
     /// Reads a partner's event feed, or reads or changes the webhooks (`store::feed`).
     async fn feed(&self, call: feed::FeedCall) -> Result<feed::FeedReply, StoreError>;
+    /// When the soonest hold still held runs out, if any hold is held (one index entry read).
+    async fn soonest_hold_expiry(&self) -> Result<Option<Micros>, StoreError>;
     /// Gives back the points of every hold that ran out by `now`, each with its `hold.expired`
-    /// event, in one write transaction (the daemon does it every few seconds, so that a hold's
-    /// expiry is told soon whether or not its member is seen again). Returns how many.
+    /// event, in one write transaction (the daemon does it at each hold's expiry, so that the
+    /// expiry is told at once whether or not its member is seen again). Returns how many.
     async fn expire_holds(&self, now: Micros) -> Result<u64, StoreError>;
     /// Records a version unless one takes effect at that instant; returns what is stored there.
     async fn add_price(
