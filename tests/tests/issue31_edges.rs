@@ -1,9 +1,11 @@
 //! Issue 31, points 3, 6 and 8, on both backends: a hold past its expiry reads expired before
-//! anything releases it; a partial return keeps a stamp only while the purchase net of its
+//! anything releases it, and is given back (counted, told) at its instant, once, over three
+//! daemons too; a partial return keeps a stamp only while the purchase net of its
 //! returns meets the card's minimum; reconciliation files at their edges and the ingest result
 //! CSV.
 
 use coalition_tests::*;
+use coalitiond::client::connect;
 use coalitiond::cmd::{Cli, run};
 use std::time::Duration;
 use tonic::Code;
@@ -16,7 +18,10 @@ fn no_scheduler(toml: String) -> String {
 
 /// No scheduler, and no round giving holds back: only what reads or counts a hold moves it.
 fn no_rounds(toml: String) -> String {
-    no_scheduler(toml).replace("queue_depth = 16384", "queue_depth = 16384\nholds_round_off = true")
+    no_scheduler(toml).replace(
+        "queue_depth = 16384",
+        "queue_depth = 16384\nholds_round_off = true",
+    )
 }
 
 /// The metrics are one recorder per process: the tests that count expired holds take turns.
@@ -257,6 +262,57 @@ async fn a_hold_is_given_back_and_told_at_its_expiry(b: Backend) {
             .is_err()
     );
     assert_eq!(expired_holds_counted(&t).await, before + 3);
+    t.assert_invariants().await;
+}
+
+/// Three daemons on one PostgreSQL database, each with its round: every hold, authorized on any
+/// of them, is given back once — counted once (the metric is one recorder for the three daemons
+/// of this process) and told once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_give_each_hold_back_once() {
+    let _turn = COUNTING_HOLDS.lock().await;
+    let t = TestDaemon::start_with(Backend::Postgres, no_scheduler).await;
+    let others = [t.start_another().await, t.start_another().await];
+    let mut addrs = vec![t.addr.clone()];
+    addrs.extend(others.iter().map(|d| d.addr.to_string()));
+    let before = expired_holds_counted(&t).await;
+    let mut shop = t.partner("freshmart").await;
+    shop.earn(earn_bonus("e1", "m1", 1_000)).await.receipt();
+    shop.earn(earn_bonus("e2", "m2", 1_000)).await.receipt();
+    for i in 0..6 {
+        let mut c = PartnerClient::new(
+            connect(&addrs[i % 3], &t.partner_pem("freshmart"))
+                .await
+                .expect("connect"),
+        );
+        c.authorize_burn(v1::AuthorizeBurnRequest {
+            transaction_id: format!("h{i}"),
+            member_id: format!("m{}", 1 + i % 2),
+            points: 100,
+            hold_seconds: 1 + (i as i64 % 2),
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(expired_holds_counted(&t).await, before + 6);
+    let told = expired_events(&mut shop, 0, Duration::from_millis(800)).await;
+    let mut ids: Vec<String> = told
+        .iter()
+        .map(|e| match &e.payload {
+            Some(v1::partner_event::Payload::Hold(h)) => {
+                h.hold.as_ref().unwrap().authorization_id.clone()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..6).map(|i| format!("h{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM holds WHERE state = 'expired'")
+            .await,
+        6
+    );
     t.assert_invariants().await;
 }
 
