@@ -8,14 +8,23 @@ use std::time::Duration;
 /// (with no traffic, nothing else would tell that the writer recovered).
 const WRITER_FAILURE_HOLDS: Duration = Duration::from_secs(5);
 
+/// Batches' events kept for followers that fall behind the tail before they read the database.
+const TAIL_BATCHES: usize = 1024;
+
+/// A committed batch's events, numbered, in each partner's order.
+pub type Told = std::sync::Arc<Vec<crate::events::Event>>;
+
 /// What the writer and the scheduler report, read by the health loop (wall-clock micros, 0: never);
-/// and a wake-up for the readers of partners' event feeds, given whenever this daemon commits.
+/// and for the readers of partners' event feeds, a wake-up whenever this daemon commits and the
+/// tail of the writer's batches' events (so a follower in step reads nothing from the database).
 #[derive(Debug)]
 pub struct Signals {
     writer_failed_at: AtomicI64,
     writer_ok_at: AtomicI64,
     clearing_failing_since: AtomicI64,
     committed: tokio::sync::watch::Sender<u64>,
+    committed_aside: tokio::sync::watch::Sender<u64>,
+    tail: tokio::sync::broadcast::Sender<Told>,
 }
 
 impl Default for Signals {
@@ -25,6 +34,8 @@ impl Default for Signals {
             writer_ok_at: AtomicI64::new(0),
             clearing_failing_since: AtomicI64::new(0),
             committed: tokio::sync::watch::Sender::new(0),
+            committed_aside: tokio::sync::watch::Sender::new(0),
+            tail: tokio::sync::broadcast::Sender::new(TAIL_BATCHES),
         }
     }
 }
@@ -34,21 +45,46 @@ fn now_micros() -> i64 {
 }
 
 impl Signals {
-    /// The writer committed a batch.
+    /// The writer committed a batch (its events, if anyone follows, went to [`Signals::tell`]
+    /// first).
     pub fn writer_ok(&self) {
         self.writer_ok_at.store(now_micros(), Ordering::Relaxed);
-        self.committed();
-    }
-
-    /// Something that may have written events committed (a batch, a clearing run, an answer):
-    /// the feeds' readers look again at once.
-    pub fn committed(&self) {
         self.committed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// A receiver that changes whenever [`Signals::committed`] is called.
+    /// Something outside the writer that may have written events committed (holds given back,
+    /// a clearing run, an answer): the feeds' readers look in the database at once.
+    pub fn committed(&self) {
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+        self.committed_aside.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever this daemon commits anything.
     pub fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+
+    /// A receiver that changes whenever [`Signals::committed`] is called (commits whose events
+    /// are not on the tail).
+    pub fn watch_commits_aside(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed_aside.subscribe()
+    }
+
+    /// Whether any follower listens to the tail (the writer keeps batches' events only then).
+    pub fn tail_followed(&self) -> bool {
+        self.tail.receiver_count() > 0
+    }
+
+    /// Hands a committed batch's events to the tail's followers.
+    pub fn tell(&self, told: Vec<crate::events::Event>) {
+        if !told.is_empty() {
+            let _ = self.tail.send(std::sync::Arc::new(told));
+        }
+    }
+
+    /// Follows the tail: every batch's events from now on, until it lags [`TAIL_BATCHES`] behind.
+    pub fn follow_tail(&self) -> tokio::sync::broadcast::Receiver<Told> {
+        self.tail.subscribe()
     }
 
     /// A batch failed for want of the database (nothing of it applied).

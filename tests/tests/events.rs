@@ -85,6 +85,7 @@ backends!(
     a_batch_that_fails_to_commit_tells_nothing,
     events_past_retention_are_gone_and_an_older_cursor_is_refused,
     a_forgotten_members_events_name_its_pseudonym,
+    live_followers_get_every_event_once_in_order_whatever_commits_it,
 );
 
 async fn each_fact_tells_its_event_and_nothing_else(b: Backend) {
@@ -583,4 +584,136 @@ async fn two_daemons_on_one_postgresql_database_tell_the_same_feeds() {
         assert_eq!(here, there, "{p}: the same feed from either daemon");
     }
     second.shutdown().await.unwrap();
+}
+
+/// Collects `partner`'s events from `from` (of `types`) as they come, live.
+fn collect_live(
+    mut client: PartnerClient,
+    from: i64,
+    types: &[&str],
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<v1::PartnerEvent>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let theirs = got.clone();
+    let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    let task = tokio::spawn(async move {
+        let mut stream = client
+            .watch_events(v1::WatchEventsRequest {
+                from_sequence: from,
+                types,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        while let Ok(Some(e)) = stream.message().await {
+            theirs.lock().unwrap().push(e);
+        }
+    });
+    (got, task)
+}
+
+/// Followers watching before the traffic (one of every type, one filtered, one per daemon on
+/// PostgreSQL) get what a replay from the start gets, once each and in order, whether a batch of
+/// the writer (its events handed over after its commit), a hold given back by the round, or
+/// another daemon committed it, with writes from concurrent lanes interleaved.
+async fn live_followers_get_every_event_once_in_order_whatever_commits_it(b: Backend) {
+    let t = TestDaemon::start_with(b, programme).await;
+    let second = match b {
+        Backend::Postgres => Some(t.start_another().await),
+        Backend::Sqlite => None,
+    };
+    let mut addrs = vec![t.addr.clone()];
+    addrs.extend(second.iter().map(|d| d.addr.to_string()));
+    let client = |addr: String| {
+        let pem = t.partner_pem("skyways");
+        async move { PartnerClient::new(coalitiond::client::connect(&addr, &pem).await.unwrap()) }
+    };
+    let mut all = Vec::new();
+    for addr in &addrs {
+        all.push(collect_live(client(addr.clone()).await, 0, &[]));
+    }
+    let filtered = collect_live(
+        client(t.addr.clone()).await,
+        0,
+        &["hold.expired", "transaction.burned"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut calls = Vec::new();
+    for i in 0..80usize {
+        let mut c = client(addrs[i % addrs.len()].clone()).await;
+        calls.push(tokio::spawn(async move {
+            let m = format!("m{}", i % 9);
+            c.earn(earn_bonus(&format!("e{i}"), &m, 50)).await.unwrap();
+            match i % 4 {
+                0 => {
+                    c.burn(burn(&format!("b{i}"), &m, 20)).await.unwrap();
+                }
+                1 => {
+                    // Runs out within two seconds: given back by a round, not a batch.
+                    c.authorize_burn(hold(&format!("h{i}"), &m, 10, 1 + (i as i64 % 2)))
+                        .await
+                        .unwrap();
+                }
+                2 => {
+                    c.authorize_burn(hold(&format!("h{i}"), &m, 10, 600))
+                        .await
+                        .unwrap();
+                    c.void_burn(v1::VoidBurnRequest {
+                        transaction_id: format!("v{i}"),
+                        authorization_id: format!("h{i}"),
+                    })
+                    .await
+                    .unwrap();
+                }
+                _ => {}
+            }
+        }));
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    // Every short hold runs out and is given back.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let head = t
+        .query_i64("SELECT last_seq FROM partner_event_heads WHERE partner_id = 'skyways'")
+        .await;
+    let replay = feed_from(&mut client(t.addr.clone()).await, 0, &[]).await;
+    assert_eq!(replay.len() as i64, head);
+    numbered("skyways", &replay);
+    let expired = replay.iter().filter(|e| e.r#type == "hold.expired").count();
+    assert_eq!(expired, 20, "every short hold told once");
+    let kept: Vec<v1::PartnerEvent> = replay
+        .iter()
+        .filter(|e| e.r#type == "hold.expired" || e.r#type == "transaction.burned")
+        .cloned()
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let wanted = all
+        .iter()
+        .map(|(got, _)| (got, replay.len()))
+        .chain(std::iter::once((&filtered.0, kept.len())));
+    for (got, want) in wanted {
+        while got.lock().unwrap().len() < want && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (i, (got, _)) in all.iter().enumerate() {
+        assert_eq!(
+            *got.lock().unwrap(),
+            replay,
+            "the live follower of daemon {i} got what the replay gets"
+        );
+    }
+    assert_eq!(*filtered.0.lock().unwrap(), kept, "the filtered follower");
+    for (_, task) in all.into_iter().chain(std::iter::once(filtered)) {
+        task.abort();
+    }
+    if let Some(d) = second {
+        d.shutdown().await.unwrap();
+    }
 }

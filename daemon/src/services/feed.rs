@@ -90,12 +90,15 @@ pub async fn start(shared: &Shared, partner: &str, from: i64) -> Result<i64, Ser
     Ok(from)
 }
 
-/// Follows `partner`'s feed from `from` into `out` until `out` closes: pages of events in order,
-/// then waits for this daemon's next commit, or [`POLL`] for another daemon's. The reader paces
-/// it (a full `out` waits), and nothing is dropped; if retention removes events this reader has
-/// not reached, it is told so (`CURSOR_EXPIRED`) and the stream ends. Reads are at least
-/// [`GATHER`] apart, so that a busy writer's commits are read a page at a time, not one read per
-/// commit per follower.
+/// Follows `partner`'s feed from `from` into `out` until `out` closes: pages of events read from
+/// the store until it has caught up, then the events of this daemon's batches as the writer hands
+/// them over after each commit (the tail), reading nothing while they follow on without a gap.
+/// It reads the store again when the tail skips a number (another lane or daemon, holds given
+/// back, a clearing run wrote in between), when it lags, when something outside the writer
+/// committed, and at least every [`POLL`] (another daemon's events). The reader paces it (a full
+/// `out` waits), and nothing is dropped; if retention removes events this reader has not reached,
+/// it is told so (`CURSOR_EXPIRED`) and the stream ends. Reads are at least [`GATHER`] apart, so
+/// that a busy writer's commits are read a page at a time, not one read per commit per follower.
 pub async fn follow(
     shared: Shared,
     partner: String,
@@ -103,7 +106,10 @@ pub async fn follow(
     types: Vec<EventType>,
     out: mpsc::Sender<Result<Event, ServiceError>>,
 ) {
-    let mut commits = shared.writer.signals().watch_commits();
+    let signals = shared.writer.signals();
+    let mut aside = signals.watch_commits_aside();
+    // Followed before the first read: whatever commits after it is on the tail or in the read.
+    let mut tail = signals.follow_tail();
     loop {
         let read_at = tokio::time::Instant::now();
         // The bounds and the page in one read: every event up to `last` is visible (the head
@@ -157,11 +163,63 @@ pub async fn follow(
                 continue;
             }
         }
-        tokio::select! {
-            _ = commits.changed() => {}
-            _ = tokio::time::sleep(POLL) => {}
-            _ = out.closed() => return,
+        // In step: follow the tail until the store must be read again.
+        let poll_at = tokio::time::Instant::now() + POLL;
+        loop {
+            tokio::select! {
+                told = tail.recv() => match told {
+                    Ok(told) => match step(&told, &partner, &mut from, &types, &out).await {
+                        Step::InStep => continue,
+                        Step::Gap => break,
+                        Step::Gone => return,
+                    },
+                    // Lagged behind the tail, or the writer stopped: the store has it all.
+                    Err(_) => {
+                        tail = tail.resubscribe();
+                        break;
+                    }
+                },
+                _ = aside.changed() => break,
+                _ = tokio::time::sleep_until(poll_at) => break,
+                _ = out.closed() => return,
+            }
         }
         tokio::time::sleep_until(read_at + GATHER).await;
     }
+}
+
+/// What a batch on the tail did to a follower.
+enum Step {
+    /// Its events (if any were the partner's) followed on from the cursor and were sent.
+    InStep,
+    /// It skipped a number: the store has what came between.
+    Gap,
+    /// The reader went away.
+    Gone,
+}
+
+/// Sends the events of `told` that are `partner`'s and follow on from `from` (those before it
+/// were read already), keeping those of `types`.
+async fn step(
+    told: &[Event],
+    partner: &str,
+    from: &mut i64,
+    types: &[EventType],
+    out: &mpsc::Sender<Result<Event, ServiceError>>,
+) -> Step {
+    for e in told {
+        if e.partner != partner || e.seq < *from {
+            continue;
+        }
+        if e.seq > *from {
+            return Step::Gap;
+        }
+        *from += 1;
+        if (types.is_empty() || types.contains(&e.event_type))
+            && out.send(Ok(e.clone())).await.is_err()
+        {
+            return Step::Gone;
+        }
+    }
+    Step::InStep
 }

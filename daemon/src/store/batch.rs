@@ -121,6 +121,8 @@ pub struct Context {
     pub member_key: Option<crate::privacy::MemberKey>,
     /// Append each batch's link to the ledger's hash chain (always, but in the bench measuring it).
     pub chain: bool,
+    /// Keep the batch's events, numbered, for the feed's followers (someone follows the tail).
+    pub tell: bool,
 }
 
 /// The programme as one batch sees it: the campaigns in force at its instant and the state of the

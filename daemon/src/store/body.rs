@@ -7,14 +7,14 @@ use super::batch::{self, LedgerTx};
 use super::bulk::{in_list, insert, value_rows};
 use super::dialect::{Dialect, MAX_BINDS};
 use super::error::StoreError;
-use super::model::{PartnerOverride, Rejection, Request, TxnRecord, Writes, first_open_cycle};
-use super::seam::{BatchBackend, Store};
+use super::model::{PartnerOverride, Request, TxnRecord, Writes, first_open_cycle};
+use super::seam::{Applied, BatchBackend, Store};
 use super::{
     access, audit, chain, clearing, consent, feed, holds, instances, lots, matrix, programme,
     reconciliation, registry, report, responses, retention, rows,
 };
 use crate::events::{EventType, NewEvent, Payload};
-use crate::ledger::{Lot, MemberLedger, Micros, Receipt, Reversible};
+use crate::ledger::{Lot, MemberLedger, Micros, Reversible};
 use async_trait::async_trait;
 use sqlx::{Pool, Row};
 use std::time::Duration;
@@ -588,6 +588,7 @@ sql_impl! {
             }
             let n = release_expired_holds::<DB>(&mut tx, now, now).await?;
             tx.commit().await?;
+            metrics::counter!("coalition_holds_total", "event" => "expired").increment(n);
             Ok(n)
         }
 
@@ -635,7 +636,7 @@ sql_impl! {
             &self,
             requests: &[Request],
             ctx: &batch::Context,
-        ) -> Result<Vec<Result<Receipt, Rejection>>, AttemptError> {
+        ) -> Result<Applied, AttemptError> {
             // The guard rolls back when dropped (an error, a panic): nothing half-done is
             // committed. SQLite takes the file's write lock at once (`BEGIN IMMEDIATE`).
             let mut tx = self.pool.begin_with(DB::BEGIN_WRITE).await?;
@@ -643,9 +644,17 @@ sql_impl! {
                 let mut ledger = SqlTx::<DB> {
                     conn: &mut tx,
                     error: None,
+                    told: ctx.tell.then(Vec::new),
+                    expired_holds: 0,
                 };
                 match batch::apply(&mut ledger, requests, ctx).await {
-                    Ok(out) => out,
+                    Ok(answers) => (
+                        Applied {
+                            answers,
+                            told: ledger.told.take().unwrap_or_default(),
+                        },
+                        ledger.expired_holds,
+                    ),
                     Err(e) => {
                         return Err(match ledger.error.take() {
                             Some(sql) => AttemptError::Sql(sql),
@@ -660,7 +669,12 @@ sql_impl! {
             let decided = std::time::Instant::now();
             tx.commit().await?;
             tracing::trace!(commit_micros = decided.elapsed().as_micros() as u64, "commit");
-            Ok(out)
+            let (applied, expired_holds) = out;
+            if expired_holds > 0 {
+                metrics::counter!("coalition_holds_total", "event" => "expired")
+                    .increment(expired_holds);
+            }
+            Ok(applied)
         }
     }
 }
@@ -672,7 +686,7 @@ sql_impl! {
             &mut self,
             requests: &[Request],
             ctx: &batch::Context,
-        ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
+        ) -> Result<Applied, StoreError> {
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -695,6 +709,10 @@ sql_impl! {
 pub struct SqlTx<'c, DB: sqlx::Database> {
     conn: &'c mut DB::Connection,
     error: Option<sqlx::Error>,
+    /// The batch's events as the feed reads them, when the writer hands them to followers.
+    told: Option<Vec<crate::events::Event>>,
+    /// Holds the batch gave back (counted once it commits).
+    expired_holds: u64,
 }
 
 impl<DB: sqlx::Database> SqlTx<'_, DB> {
@@ -887,7 +905,13 @@ sql_impl! {
             r.map_err(|e| self.fail(e))?;
             // The events of the batch's facts, in its transaction: they exist if and only if the
             // facts commit. Their partners' heads, like the cycle's totals, are held to the commit.
-            let r = feed::FeedSql::<DB>::append(self.conn, w.at, &w.events).await;
+            self.expired_holds += w
+                .events
+                .iter()
+                .filter(|e| e.event_type == crate::events::EventType::HoldExpired)
+                .count() as u64;
+            let r = feed::FeedSql::<DB>::append_telling(self.conn, w.at, &w.events, self.told.as_mut())
+                .await;
             r.map_err(|e| self.fail(e))?;
             if !w.programme.is_empty() {
                 let r = programme::ProgrammeSql::<DB>::write(self.conn, &w.programme).await;
@@ -1169,7 +1193,9 @@ sql_impl! {
             }
             // Holds that ran out give their points back first (and each its event), so that
             // what expired while held is swept like any expired point.
-            release_expired_holds::<DB>(self.conn, before, self.at).await?;
+            let released = release_expired_holds::<DB>(self.conn, before, self.at).await?;
+            // Counted with the run's release (a run that fails after it counts them again).
+            metrics::counter!("coalition_holds_total", "event" => "expired").increment(released);
             clearing::SharedSql::<DB>::sweep(self.conn, before, cycle).await
         }
 
@@ -1355,6 +1381,5 @@ where
             .await?;
     }
     feed::FeedSql::<DB>::append(conn, at, &events).await?;
-    metrics::counter!("coalition_holds_total", "event" => "expired").increment(rows.len() as u64);
     Ok(rows.len() as u64)
 }

@@ -168,6 +168,17 @@ where
         at: Micros,
         events: &[NewEvent],
     ) -> Result<(), sqlx::Error> {
+        Self::append_telling(conn, at, events, None).await
+    }
+
+    /// [`Self::append`], and into `told` each event as a read of the feed would give it back
+    /// (numbered), for the writer to hand to the feed's followers once the transaction commits.
+    pub async fn append_telling(
+        conn: &mut DB::Connection,
+        at: Micros,
+        events: &[NewEvent],
+        mut told: Option<&mut Vec<Event>>,
+    ) -> Result<(), sqlx::Error> {
         if events.is_empty() {
             return Ok(());
         }
@@ -189,11 +200,26 @@ where
             .fetch_one(&mut *conn)
             .await?;
             for (i, e) in evs.into_iter().enumerate() {
-                let payload = serde_json::to_string(&e.payload.clone().without_member())
+                let stored = e.payload.clone().without_member();
+                let payload = serde_json::to_string(&stored)
                     .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
+                let seq = last - n + 1 + i as i64;
+                if let Some(told) = told.as_deref_mut() {
+                    told.push(Event {
+                        partner: partner.to_string(),
+                        seq,
+                        event_type: e.event_type,
+                        at,
+                        member: e.member.clone(),
+                        payload: match &e.member {
+                            Some(m) => stored.with_member(m),
+                            None => stored,
+                        },
+                    });
+                }
                 rows.push((
                     partner.to_string(),
-                    last - n + 1 + i as i64,
+                    seq,
                     e.event_type.as_str(),
                     e.member.clone(),
                     payload,

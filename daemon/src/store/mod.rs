@@ -38,4 +38,4 @@ pub use model::{
     BreakageFact, IssuanceRow, Op, PartnerOverride, Rejection, Request, TxnRecord, Writes,
 };
 pub use open::{migrate, open};
-pub use seam::{BatchBackend, OpenBackend, Store};
+pub use seam::{Applied, BatchBackend, OpenBackend, Store};

@@ -11,6 +11,16 @@ use super::{
 use crate::ledger::{MemberLedger, Micros, Receipt};
 use async_trait::async_trait;
 
+/// What a committed batch gives back: one answer per request, and (when `ctx.tell`) its events
+/// as the feed reads them, in each partner's order.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// One per request, in order.
+    pub answers: Vec<Result<Receipt, Rejection>>,
+    /// The events the batch committed, numbered.
+    pub told: Vec<crate::events::Event>,
+}
+
 /// A backend that applies batches (owned by the writer task).
 #[async_trait]
 pub trait BatchBackend: Send {
@@ -20,7 +30,7 @@ pub trait BatchBackend: Send {
         &mut self,
         requests: &[Request],
         ctx: &batch::Context,
-    ) -> Result<Vec<Result<Receipt, Rejection>>, StoreError>;
+    ) -> Result<Applied, StoreError>;
 
     /// Makes the backend usable again after a batch panicked half-way (its transaction guard was
     /// dropped, so nothing of the batch is applied).

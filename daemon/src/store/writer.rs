@@ -13,7 +13,7 @@
 use super::batch;
 use super::error::StoreError;
 use super::model::{Rejection, Request};
-use super::seam::{BatchBackend, OpenBackend};
+use super::seam::{Applied, BatchBackend, OpenBackend};
 use crate::clock::Clock;
 use crate::ledger::{Micros, Receipt};
 use futures::FutureExt;
@@ -27,7 +27,7 @@ async fn apply_guarded(
     backend: &mut Box<dyn BatchBackend>,
     requests: &[Request],
     ctx: &batch::Context,
-) -> Result<Vec<Result<Receipt, Rejection>>, StoreError> {
+) -> Result<Applied, StoreError> {
     match AssertUnwindSafe(backend.apply_batch(requests, ctx))
         .catch_unwind()
         .await
@@ -163,6 +163,7 @@ async fn run(
             stamp_rules: config.stamp_rules.clone(),
             member_key: config.member_key.clone(),
             chain: config.chain,
+            tell: signals.tail_followed(),
         };
         let started = std::time::Instant::now();
         let result = apply_guarded(&mut backend, &requests, &ctx).await;
@@ -175,6 +176,10 @@ async fn run(
             ok = result.is_ok(),
             "batch"
         );
+        let result = result.map(|applied| {
+            signals.tell(applied.told);
+            applied.answers
+        });
         match &result {
             Ok(_) => signals.writer_ok(),
             Err(StoreError::Refused(_)) => {}
@@ -198,7 +203,10 @@ async fn run(
                     };
                     let answer =
                         apply_guarded(&mut backend, std::slice::from_ref(&job.request), &ctx).await;
-                    let answer = answer.and_then(|mut a| {
+                    let answer = answer.and_then(|applied| {
+                        signals.tell(applied.told);
+                        signals.writer_ok();
+                        let mut a = applied.answers;
                         a.pop().ok_or_else(|| {
                             StoreError::Unavailable("the batch gave no answer".into())
                         })

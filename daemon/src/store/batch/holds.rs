@@ -68,7 +68,8 @@ impl Holds {
             h.slices.clear();
             h.state = HoldState::Expired;
             h.closed_at = Some(h.expires_at);
-            metrics::counter!("coalition_holds_total", "event" => "expired").increment(1);
+            // Counted once its batch commits (from its `hold.expired` event), not here: a batch
+            // run again after a lost race decides it again.
             self.dirty.insert(k.clone());
             released.push(k);
         }
