@@ -169,9 +169,9 @@ pub async fn follow(
             tokio::select! {
                 told = tail.recv() => match told {
                     Ok(told) => match step(&told, &partner, &mut from, &types, &out).await {
-                        Step::InStep => continue,
-                        Step::Gap => break,
-                        Step::Gone => return,
+                        Tailed::Followed => continue,
+                        Tailed::Gap => break,
+                        Tailed::Gone => return,
                     },
                     // Lagged behind the tail, or the writer stopped: the store has it all.
                     Err(_) => {
@@ -189,9 +189,9 @@ pub async fn follow(
 }
 
 /// What a batch on the tail did to a follower.
-enum Step {
+enum Tailed {
     /// Its events (if any were the partner's) followed on from the cursor and were sent.
-    InStep,
+    Followed,
     /// It skipped a number: the store has what came between.
     Gap,
     /// The reader went away.
@@ -206,20 +206,20 @@ async fn step(
     from: &mut i64,
     types: &[EventType],
     out: &mpsc::Sender<Result<Event, ServiceError>>,
-) -> Step {
+) -> Tailed {
     for e in told {
         if e.partner != partner || e.seq < *from {
             continue;
         }
         if e.seq > *from {
-            return Step::Gap;
+            return Tailed::Gap;
         }
         *from += 1;
         if (types.is_empty() || types.contains(&e.event_type))
             && out.send(Ok(e.clone())).await.is_err()
         {
-            return Step::Gone;
+            return Tailed::Gone;
         }
     }
-    Step::InStep
+    Tailed::Followed
 }
