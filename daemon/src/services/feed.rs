@@ -93,9 +93,10 @@ pub async fn start(shared: &Shared, partner: &str, from: i64) -> Result<i64, Ser
 /// Follows `partner`'s feed from `from` into `out` until `out` closes: pages of events read from
 /// the store until it has caught up, then the events of this daemon's batches as the writer hands
 /// them over after each commit (the tail), reading nothing while they follow on without a gap.
-/// It reads the store again when the tail skips a number (another lane or daemon, holds given
-/// back, a clearing run wrote in between), when it lags, when something outside the writer
-/// committed, and at least every [`POLL`] (another daemon's events). The reader paces it (a full
+/// It reads the store again when the tail skips a number for [`GATHER`] (another daemon, holds
+/// given back, a clearing run wrote in between; another lane's events come on the tail within
+/// it), when it lags, when something outside the writer committed, and at least every [`POLL`]
+/// (another daemon's events). The reader paces it (a full
 /// `out` waits), and nothing is dropped; if retention removes events this reader has not reached,
 /// it is told so (`CURSOR_EXPIRED`) and the stream ends. Reads are at least [`GATHER`] apart, so
 /// that a busy writer's commits are read a page at a time, not one read per commit per follower.
@@ -110,6 +111,8 @@ pub async fn follow(
     let mut aside = signals.watch_commits_aside();
     // Followed before the first read: whatever commits after it is on the tail or in the read.
     let mut tail = signals.follow_tail();
+    // Events of the tail beyond the cursor, waiting for those before them.
+    let mut ahead: std::collections::BTreeMap<i64, Event> = std::collections::BTreeMap::new();
     loop {
         let read_at = tokio::time::Instant::now();
         // The bounds and the page in one read: every event up to `last` is visible (the head
@@ -163,16 +166,35 @@ pub async fn follow(
                 continue;
             }
         }
-        // In step: follow the tail until the store must be read again.
+        // In step: follow the tail until the store must be read again. Lanes commit in one
+        // numbering but hand their events over in their own order: what comes early waits in
+        // `ahead` for at most GATHER, then the store fills the gap (another daemon's events).
+        ahead.retain(|seq, _| *seq >= from);
         let poll_at = tokio::time::Instant::now() + POLL;
+        let mut gap_since = None;
         loop {
+            let wake =
+                gap_since.map_or(poll_at, |t: tokio::time::Instant| (t + GATHER).min(poll_at));
             tokio::select! {
                 told = tail.recv() => match told {
-                    Ok(told) => match step(&told, &partner, &mut from, &types, &out).await {
-                        Tailed::Followed => continue,
-                        Tailed::Gap => break,
-                        Tailed::Gone => return,
-                    },
+                    Ok(told) => {
+                        for e in told.iter().filter(|e| e.partner == partner && e.seq >= from) {
+                            ahead.insert(e.seq, e.clone());
+                        }
+                        while let Some(e) = ahead.remove(&from) {
+                            from += 1;
+                            if (types.is_empty() || types.contains(&e.event_type))
+                                && out.send(Ok(e)).await.is_err()
+                            {
+                                return; // the reader went away
+                            }
+                        }
+                        gap_since = match (ahead.is_empty(), gap_since) {
+                            (true, _) => None,
+                            (false, None) => Some(tokio::time::Instant::now()),
+                            (false, since) => since,
+                        };
+                    }
                     // Lagged behind the tail, or the writer stopped: the store has it all.
                     Err(_) => {
                         tail = tail.resubscribe();
@@ -180,46 +202,10 @@ pub async fn follow(
                     }
                 },
                 _ = aside.changed() => break,
-                _ = tokio::time::sleep_until(poll_at) => break,
+                _ = tokio::time::sleep_until(wake) => break,
                 _ = out.closed() => return,
             }
         }
         tokio::time::sleep_until(read_at + GATHER).await;
     }
-}
-
-/// What a batch on the tail did to a follower.
-enum Tailed {
-    /// Its events (if any were the partner's) followed on from the cursor and were sent.
-    Followed,
-    /// It skipped a number: the store has what came between.
-    Gap,
-    /// The reader went away.
-    Gone,
-}
-
-/// Sends the events of `told` that are `partner`'s and follow on from `from` (those before it
-/// were read already), keeping those of `types`.
-async fn step(
-    told: &[Event],
-    partner: &str,
-    from: &mut i64,
-    types: &[EventType],
-    out: &mpsc::Sender<Result<Event, ServiceError>>,
-) -> Tailed {
-    for e in told {
-        if e.partner != partner || e.seq < *from {
-            continue;
-        }
-        if e.seq > *from {
-            return Tailed::Gap;
-        }
-        *from += 1;
-        if (types.is_empty() || types.contains(&e.event_type))
-            && out.send(Ok(e.clone())).await.is_err()
-        {
-            return Tailed::Gone;
-        }
-    }
-    Tailed::Followed
 }

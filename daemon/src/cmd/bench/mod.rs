@@ -70,10 +70,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub holds: bool,
     /// The mixed earn/burn rate without and with a consumer following each partner's event feed
-    /// (WatchEvents) on one daemon, twice each (without, with, with, without); and the lag from each event's commit
-    /// to its delivery, p50 and p99.
+    /// (WatchEvents) on one daemon, in `--feed-rounds` rounds of four phases (without, with, with,
+    /// without); and the lag from each event's commit to its delivery, p50 and p99.
     #[arg(long)]
     pub feed: bool,
+    /// Rounds of `--feed`'s four phases: a fresh file's rate drifts as it grows, and each round
+    /// cancels the drift that is linear over it.
+    #[arg(long, default_value_t = 3)]
+    pub feed_rounds: usize,
     /// Before the timed phases, fill the database with a ledger of years (1,000,000 members and
     /// 10,000,000 transactions unless the two options below say otherwise), written straight
     /// into the database; the clearing scheduler is off for the run.
@@ -962,9 +966,15 @@ async fn run_feed(args: BenchArgs) -> anyhow::Result<()> {
     let (mut without, mut with) = (Vec::new(), Vec::new());
     let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
     let mut delivered = 0;
-    // Without, with, with, without: the rate drifts as the file grows, and this order gives both
-    // sides the same mean position in the run.
-    for (round, consumers) in [false, true, true, false].into_iter().enumerate() {
+    // Rounds of without, with, with, without: the rate drifts as the file grows, and this order
+    // gives both sides the same mean position in each round.
+    let order = [false, true, true, false];
+    let phases = order
+        .iter()
+        .copied()
+        .cycle()
+        .take(4 * args.feed_rounds.max(1));
+    for (round, consumers) in phases.enumerate() {
         let followers = if consumers {
             let (stop, rx) = tokio::sync::watch::channel(false);
             Some((stop, follow_feeds(&consumer_channels, rx).await?))
@@ -987,6 +997,14 @@ async fn run_feed(args: BenchArgs) -> anyhow::Result<()> {
         r.print();
         let Some((stop, followers)) = followers else {
             without.push(r.rate());
+            if round % 4 == 3 {
+                let k = without.len();
+                println!(
+                    "round {}: with : without = {:.2}",
+                    round / 4 + 1,
+                    (with[k - 2] + with[k - 1]) / (without[k - 2] + without[k - 1])
+                );
+            }
             continue;
         };
         with.push(r.rate());
