@@ -183,6 +183,7 @@ sql_impl! {
             let mut clearing_tx = SqlClearing::<DB> {
                 conn: &mut tx,
                 at: now,
+                expired_holds: 0,
             };
             let violations = clearing::verify(&mut clearing_tx, rules, &all).await?;
             report.violations.extend(violations);
@@ -215,8 +216,10 @@ sql_impl! {
             let mut run = SqlClearing::<DB> {
                 conn: &mut tx,
                 at: plan.now,
+                expired_holds: 0,
             };
             let out = clearing::run(&mut run, plan).await?;
+            let expired_holds = run.expired_holds;
             // A cycle sealed by this run: each partner in it has its statement ready.
             if let Some(s) = &out
                 && s.created_at == plan.now
@@ -227,6 +230,10 @@ sql_impl! {
                     .map_err(StoreError::from)?;
             }
             tx.commit().await.map_err(StoreError::from)?;
+            if expired_holds > 0 {
+                metrics::counter!("coalition_holds_total", "event" => "expired")
+                    .increment(expired_holds);
+            }
             Ok(out)
         }
 
@@ -1132,6 +1139,8 @@ pub struct SqlClearing<'c, DB: sqlx::Database> {
     conn: &'c mut DB::Connection,
     /// The run's instant (what its events are told at).
     at: Micros,
+    /// Holds the run gave back (counted once it commits).
+    expired_holds: u64,
 }
 
 sql_impl! {
@@ -1193,9 +1202,7 @@ sql_impl! {
             }
             // Holds that ran out give their points back first (and each its event), so that
             // what expired while held is swept like any expired point.
-            let released = release_expired_holds::<DB>(self.conn, before, self.at).await?;
-            // Counted with the run's release (a run that fails after it counts them again).
-            metrics::counter!("coalition_holds_total", "event" => "expired").increment(released);
+            self.expired_holds += release_expired_holds::<DB>(self.conn, before, self.at).await?;
             clearing::SharedSql::<DB>::sweep(self.conn, before, cycle).await
         }
 

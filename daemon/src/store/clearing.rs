@@ -617,8 +617,8 @@ where
                     .execute(&mut *conn)
                     .await?;
             }
-            metrics::counter!("coalition_holds_total", "event" => "expired")
-                .increment(released as u64);
+            // None are left here in a clearing run (its transaction gave them back, and counts
+            // them, just before); kept so that the sweep alone never leaves a hold held.
         }
         sqlx::query(sql::SWEEP_FACTS)
             .bind(before)
