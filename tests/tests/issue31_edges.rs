@@ -35,21 +35,47 @@ async fn expired_holds_counted(t: &TestDaemon) -> u64 {
         .map_or(0, |v| v.trim().parse().expect("a count"))
 }
 
-/// Every `hold.expired` event of `partner`'s feed from `from`, until none comes for a while.
+/// A watch of the partner's `hold.expired` events from `from`.
+async fn watch_expired(c: &mut PartnerClient, from: i64) -> tonic::Streaming<v1::PartnerEvent> {
+    c.watch_events(v1::WatchEventsRequest {
+        from_sequence: from,
+        types: vec!["hold.expired".into()],
+    })
+    .await
+    .expect("watch")
+    .into_inner()
+}
+
+/// Every `hold.expired` event of the partner's feed from `from`, until none comes for a while.
 async fn expired_events(c: &mut PartnerClient, from: i64, wait: Duration) -> Vec<v1::PartnerEvent> {
-    let mut stream = c
-        .watch_events(v1::WatchEventsRequest {
-            from_sequence: from,
-            types: vec!["hold.expired".into()],
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch_expired(c, from).await;
     let mut out = Vec::new();
     while let Ok(Ok(Some(e))) = tokio::time::timeout(wait, stream.message()).await {
         out.push(e);
     }
     out
+}
+
+/// The liability report's rows, every figure of each.
+async fn liability(fin: &mut FinanceClient) -> Vec<(String, String, i64, i64, i64, i64, i64)> {
+    fin.get_liability_report(v1::LiabilityReportRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.issuer,
+                r.month,
+                r.issued,
+                r.redeemed,
+                r.reversed,
+                r.expired,
+                r.outstanding,
+            )
+        })
+        .collect()
 }
 
 fn rfc3339_micros(at: &str) -> i64 {
@@ -122,29 +148,8 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
         "a hold past its expiry reads expired before any release"
     );
     // The liability report before the release: the same figures as after it (below).
-    let liability = |rep: v1::LiabilityReport| -> Vec<(String, String, i64, i64, i64, i64, i64)> {
-        rep.rows
-            .into_iter()
-            .map(|r| {
-                (
-                    r.issuer,
-                    r.month,
-                    r.issued,
-                    r.redeemed,
-                    r.reversed,
-                    r.expired,
-                    r.outstanding,
-                )
-            })
-            .collect()
-    };
     let mut fin = t.finance().await;
-    let before = liability(
-        fin.get_liability_report(v1::LiabilityReportRequest::default())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let before = liability(&mut fin).await;
     // Still stored as held (nothing released it): the view, not the row, says expired.
     assert_eq!(
         t.query_i64("SELECT COUNT(*) FROM holds WHERE state = 'held'")
@@ -191,12 +196,7 @@ async fn an_expired_hold_reads_expired_before_any_release(b: Backend) {
             .len(),
         1
     );
-    let after = liability(
-        fin.get_liability_report(v1::LiabilityReportRequest::default())
-            .await
-            .unwrap()
-            .into_inner(),
-    );
+    let after = liability(&mut fin).await;
     assert_eq!(
         before, after,
         "the liability report agrees before and after the release"
@@ -213,15 +213,7 @@ async fn a_hold_is_given_back_and_told_at_its_expiry(b: Backend) {
     let mut shop = t.partner("freshmart").await;
     shop.earn(earn_bonus("e1", "m1", 1_000)).await.receipt();
     let before = expired_holds_counted(&t).await;
-    let mut follower = t.partner("freshmart").await;
-    let mut stream = follower
-        .watch_events(v1::WatchEventsRequest {
-            from_sequence: 0,
-            types: vec!["hold.expired".into()],
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch_expired(&mut t.partner("freshmart").await, 0).await;
     // Several short holds, authorized at different moments of the round.
     let mut expiries = Vec::new();
     for i in 0..3 {
