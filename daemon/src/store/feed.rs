@@ -148,6 +148,30 @@ const WEBHOOK_COLUMNS: &str = "partner_id, url, secret, set_at, set_by, delivere
 /// The feed's SQL, generic over the sqlx database.
 pub struct FeedSql<DB>(std::marker::PhantomData<DB>);
 
+/// An event as a read of the feed gives it: its stored payload (without member ids) with its
+/// member's id put back.
+fn as_read(
+    partner: &str,
+    seq: i64,
+    event_type: EventType,
+    at: Micros,
+    member: Option<String>,
+    stored: Payload,
+) -> Event {
+    let payload = match &member {
+        Some(m) => stored.with_member(m),
+        None => stored,
+    };
+    Event {
+        partner: partner.to_string(),
+        seq,
+        event_type,
+        at,
+        member,
+        payload,
+    }
+}
+
 impl<DB> FeedSql<DB>
 where
     DB: Dialect,
@@ -205,17 +229,14 @@ where
                     .map_err(|err| sqlx::Error::Encode(Box::new(err)))?;
                 let seq = last - n + 1 + i as i64;
                 if let Some(told) = told.as_deref_mut() {
-                    told.push(Event {
-                        partner: partner.to_string(),
+                    told.push(as_read(
+                        partner,
                         seq,
-                        event_type: e.event_type,
+                        e.event_type,
                         at,
-                        member: e.member.clone(),
-                        payload: match &e.member {
-                            Some(m) => stored.with_member(m),
-                            None => stored,
-                        },
-                    });
+                        e.member.clone(),
+                        stored,
+                    ));
                 }
                 rows.push((
                     partner.to_string(),
@@ -311,18 +332,14 @@ where
             })?;
             let payload: Payload = serde_json::from_str(&text)
                 .map_err(|e| StoreError::Corrupt(format!("partner_events.payload: {e}")))?;
-            let payload = match &member {
-                Some(m) => payload.with_member(m),
-                None => payload,
-            };
-            out.push(Event {
-                partner: partner.to_string(),
-                seq: r.try_get(0)?,
+            out.push(as_read(
+                partner,
+                r.try_get(0)?,
                 event_type,
-                at: r.try_get(2)?,
+                r.try_get(2)?,
                 member,
                 payload,
-            });
+            ));
         }
         Ok(out)
     }
