@@ -8,6 +8,10 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Before any thread or connection: SQLite's allocations through mimalloc too.
+    if !coalitiond::store::sqlite_alloc::use_daemon_allocator() {
+        eprintln!("warning: SQLite keeps its own allocator (it had started before main)");
+    }
     let cli = coalitiond::cmd::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -30,6 +30,7 @@ pub mod retention;
 pub mod rows;
 pub mod seam;
 pub mod sqlite;
+pub mod sqlite_alloc;
 pub mod writer;
 
 pub use batch::LedgerTx;
