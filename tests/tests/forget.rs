@@ -88,6 +88,51 @@ fn forgotten(e: &tonic::Status) -> bool {
     e.code() == Code::FailedPrecondition && reason(e) == "MEMBER_FORGOTTEN"
 }
 
+/// The forget tests' daemon with no round giving holds back: a hold past its expiry stays held
+/// in the store until something reads or counts it.
+fn config_no_rounds(toml: String) -> String {
+    config(toml).replace(
+        "queue_depth = 16384",
+        "queue_depth = 16384\nholds_round_off = true",
+    )
+}
+
+backends!(a_member_forgotten_after_a_hold_ran_out_forfeits_its_points_too);
+
+/// A hold past its `expires_at` that no round has given back yet holds the member's points again
+/// (every view says so); a forget at that moment forfeits them with the rest. (Found at
+/// midnight: the test below forfeited 320 of 350 when its hold ran out after the day's end, so
+/// that the day's clearing had not given it back.)
+async fn a_member_forgotten_after_a_hold_ran_out_forfeits_its_points_too(b: Backend) {
+    let old = format!("hold-{b:?}-9191");
+    let t = TestDaemon::start_with(b, config_no_rounds).await;
+    let mut air = t.partner("skyways").await;
+    air.earn(earn_bonus("e1", &old, 300)).await.receipt();
+    air.authorize_burn(v1::AuthorizeBurnRequest {
+        transaction_id: "h1".into(),
+        member_id: old.clone(),
+        points: 30,
+        hold_seconds: 60,
+    })
+    .await
+    .unwrap();
+    t.advance_to(chrono::Utc::now().timestamp_micros() + 120_000_000);
+    let f = t
+        .operator()
+        .await
+        .forget_member(v1::ForgetMemberRequest {
+            member_id: old.clone(),
+            reason: "ticket 31: forgotten with a hold run out".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(f.newly_forgotten);
+    assert_eq!(f.points_forfeited, 300, "the 30 of the run-out hold are forfeited too");
+    let audit = t.audit().await;
+    assert!(audit.ok(), "{audit}");
+}
+
 backends!(a_forgotten_member_leaves_no_trace_and_the_books_stay_exact);
 
 async fn a_forgotten_member_leaves_no_trace_and_the_books_stay_exact(b: Backend) {

@@ -379,13 +379,7 @@ where
     ) -> Result<HoldsReply, StoreError> {
         Ok(match call {
             HoldsCall::Of { member, now } => {
-                let row = sqlx::query(
-                    "SELECT CAST(COALESCE(SUM(CASE WHEN h.expires_at > $2 THEN s.points ELSE 0 END), 0) AS BIGINT), \
-                     CAST(COALESCE(SUM(CASE WHEN h.expires_at <= $2 AND (l.expires_at IS NULL OR l.expires_at > $2) \
-                     THEN s.points ELSE 0 END), 0) AS BIGINT) \
-                     FROM holds h JOIN hold_slices s ON s.hold_id = h.id JOIN lots l ON l.id = s.lot_id \
-                     WHERE h.member_id = $1 AND h.state = 'held'",
-                )
+                let row = sqlx::query(MEMBER_HELD)
                 .bind(member)
                 .bind(now)
                 .fetch_one(&mut *conn)
@@ -399,3 +393,12 @@ where
         })
     }
 }
+
+/// A member's points in holds still held, as of $2: (those in holds that still run, those of
+/// holds past their `expires_at` not yet given back whose lots still run — the member's again).
+/// Every view of a member and the forget read them so.
+pub const MEMBER_HELD: &str = "SELECT CAST(COALESCE(SUM(CASE WHEN h.expires_at > $2 THEN s.points ELSE 0 END), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN h.expires_at <= $2 AND (l.expires_at IS NULL OR l.expires_at > $2) \
+     THEN s.points ELSE 0 END), 0) AS BIGINT) \
+     FROM holds h JOIN hold_slices s ON s.hold_id = h.id JOIN lots l ON l.id = s.lot_id \
+     WHERE h.member_id = $1 AND h.state = 'held'";

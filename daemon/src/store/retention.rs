@@ -182,17 +182,18 @@ where
     .bind(f.now)
     .fetch_one(&mut *conn)
     .await?;
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT CAST(SUM(points) AS BIGINT) FROM holds WHERE member_id = $1 AND state = 'held' \
-         AND expires_at > $2",
-    )
-    .bind(f.member.clone())
-    .bind(f.now)
-    .fetch_one(&mut *conn)
-    .await?;
+    // Held points count as every view counts them: a hold past its expires_at that the daemon
+    // has not yet given back holds the member's points again (those of its lots still running).
+    let held = sqlx::query(super::holds::MEMBER_HELD)
+        .bind(f.member.clone())
+        .bind(f.now)
+        .fetch_one(&mut *conn)
+        .await?;
+    let (running, given_back): (i64, i64) = (held.try_get(0)?, held.try_get(1)?);
     let forfeited = in_lots
         .unwrap_or(0)
-        .checked_add(held.unwrap_or(0))
+        .checked_add(running)
+        .and_then(|p| p.checked_add(given_back))
         .ok_or_else(|| StoreError::Corrupt("a member's points overflow".into()))?;
     // Every lot (one with its points in a hold too: they come back to it expired), and every
     // hold still held, runs out now.
