@@ -380,10 +380,10 @@ where
         Ok(match call {
             HoldsCall::Of { member, now } => {
                 let row = sqlx::query(MEMBER_HELD)
-                .bind(member)
-                .bind(now)
-                .fetch_one(&mut *conn)
-                .await?;
+                    .bind(member)
+                    .bind(now)
+                    .fetch_one(&mut *conn)
+                    .await?;
                 HoldsReply::Of(row.try_get(0)?, row.try_get(1)?)
             }
             HoldsCall::One { partner, id } => {

@@ -43,8 +43,8 @@ unsafe extern "C" fn realloc(p: *mut c_void, n: c_int) -> *mut c_void {
     };
     // SAFETY: p came from `malloc` or `realloc`; on failure the old block is left as it was.
     unsafe {
-        let q = libmimalloc_sys::mi_realloc(p.cast::<u8>().sub(HEADER).cast(), n + HEADER)
-            .cast::<u8>();
+        let q =
+            libmimalloc_sys::mi_realloc(p.cast::<u8>().sub(HEADER).cast(), n + HEADER).cast::<u8>();
         if q.is_null() {
             return std::ptr::null_mut();
         }
