@@ -24,6 +24,11 @@ pub struct Daemon {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     writer: tokio::task::JoinHandle<Result<(), store::StoreError>>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
+    /// The background loops (overrides, announcements, webhooks, holds, retention, TLS reload):
+    /// each ends at the shutdown signal, after the database work it is doing — the
+    /// announcements' loop removes this daemon's row then, so that its peers stop sharing a
+    /// partner's limit with it the moment it stops, not when its heartbeat ages out.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -108,38 +113,39 @@ impl Daemon {
             }
             None => None,
         };
-        tokio::spawn(crate::ops::refresh_loop(
+        let mut background = Vec::new();
+        background.push(tokio::spawn(crate::ops::refresh_loop(
             shared.store.clone(),
             shared.limits.clone(),
             shared.prices.clone(),
             rx.clone(),
-        ));
+        )));
         // Know the other daemons of the database before serving: limits are shared from the
         // first call on.
         let shared_database = !config.database_url.starts_with("sqlite:");
         let instance = crate::ops::join(&*shared.store, &shared.limits, shared_database).await;
-        tokio::spawn(crate::ops::instances_loop(
+        background.push(tokio::spawn(crate::ops::instances_loop(
             shared.store.clone(),
             shared.limits.clone(),
             instance.clone(),
             rx.clone(),
-        ));
+        )));
         // Partners' webhooks: the config's brought in, then delivered (one daemon per partner
         // at a time), events rendered in the API's JSON.
         crate::services::webhooks::sync(&shared)
             .await
             .map_err(|e| anyhow::anyhow!("webhooks of the config: {e}"))?;
-        tokio::spawn(crate::services::webhooks::run(
+        background.push(tokio::spawn(crate::services::webhooks::run(
             shared.clone(),
             instance,
             crate::api::events::json,
             rx.clone(),
-        ));
+        )));
         if !config.holds_round_off {
-            tokio::spawn(holds_loop(shared.clone(), rx.clone()));
+            background.push(tokio::spawn(holds_loop(shared.clone(), rx.clone())));
         }
-        tokio::spawn(retention_loop(shared.clone(), rx.clone()));
-        tokio::spawn(reload_on_sighup(tls.clone(), rx.clone()));
+        background.push(tokio::spawn(retention_loop(shared.clone(), rx.clone())));
+        background.push(tokio::spawn(reload_on_sighup(tls.clone(), rx.clone())));
         let scheduler = config
             .clearing
             .scheduler
@@ -155,6 +161,7 @@ impl Daemon {
             server,
             writer: writer_task,
             scheduler,
+            background,
         })
     }
 
@@ -163,6 +170,11 @@ impl Daemon {
         let _ = self.shutdown.send(true);
         if let Some(s) = self.scheduler {
             s.await?;
+        }
+        // Before the writer: the loops hold writer handles, and their last database work
+        // (this daemon's announcement removed) is done before `shutdown` returns.
+        for task in self.background {
+            task.await?;
         }
         let served = self.server.await?;
         // The server dropped the last writer handles: the writer drains its queue and ends.

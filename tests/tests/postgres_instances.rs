@@ -360,3 +360,44 @@ async fn daemons_started_together_share_the_limit_from_their_first_second() {
     second.shutdown().await.unwrap();
     fourth.shutdown().await.unwrap();
 }
+
+/// A daemon stopped in order has left the database's daemons when its `shutdown` returns: its
+/// peers stop sharing a partner's limit with it at once, not when its heartbeat ages out. Its
+/// announcement used to be removed by a task that nothing waited for: a process that ended right
+/// after `shutdown` could stay counted for three more seconds, and a test daemon's removal ran
+/// into the test's `DROP DATABASE`. Here the table is held locked while the daemon stops, so that
+/// its removal cannot have finished early by luck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stopped_in_order_has_left_when_its_shutdown_returns() {
+    if !postgres_available("a_daemon_stopped_in_order_has_left_when_its_shutdown_returns").await {
+        return;
+    }
+    let t = TestDaemon::start(Backend::Postgres).await;
+    let second = t.start_another().await;
+    daemons_are(&t, 2).await;
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM daemon_instances").await,
+        2
+    );
+    // Writes to the table wait (reads do not) until the lock is let go, 1.5 s from now.
+    let mut lock = sqlx::PgConnection::connect(&t.config.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE daemon_instances IN EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    });
+    second.shutdown().await.unwrap();
+    assert_eq!(
+        t.query_i64("SELECT COUNT(*) FROM daemon_instances").await,
+        1,
+        "the stopped daemon left before its shutdown returned"
+    );
+    release.await.unwrap();
+    daemons_are(&t, 1).await;
+}
