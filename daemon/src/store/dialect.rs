@@ -168,13 +168,28 @@ impl Dialect for sqlx::Sqlite {
 
     async fn scrub(conn: &mut Self::Connection) -> Result<bool, sqlx::Error> {
         // The WAL still holds the pages as they were: copy the new ones into the file and empty
-        // it. Readers in the middle of a read can hold this up.
-        let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(busy == 0)
+        // it. Readers in the middle of a read hold this up (the busy timeout waits for them);
+        // another checkpoint running at that instant (the daemon's checkpointer, four times a
+        // second, or the writer's after a large commit) makes it give up at once, not wait:
+        // try again until `SCRUB_WITHIN` has passed.
+        let started = std::time::Instant::now();
+        loop {
+            let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut *conn)
+                .await?;
+            if busy == 0 {
+                return Ok(true);
+            }
+            if started.elapsed() >= SCRUB_WITHIN {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 }
+
+/// How long a forget keeps trying to empty SQLite's WAL while other checkpoints run.
+const SCRUB_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The class of the advisory locks that serialise a member's state across daemons ("MEMB").
 const MEMBER_LOCK_CLASS: i32 = 0x4d45_4d42;
