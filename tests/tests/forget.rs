@@ -676,3 +676,67 @@ async fn forgets_beside_a_checkpoint_in_progress_still_empty_the_wal() {
     let audit = t.audit().await;
     assert!(audit.ok(), "{audit}");
 }
+
+/// A read that outlasts the busy timeout holds the forget's emptying of the WAL up: the forget
+/// still answers (the member is forgotten in every table) and warns; the same forget run again
+/// answers as before and empties the WAL. (A repeat used to skip it, so the old pages stayed in
+/// the WAL until new frames happened to overwrite them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_held_up_by_a_long_read_empties_the_wal_when_run_again() {
+    use sqlx::Connection;
+    logs();
+    let old = "long-read-forget-3e8b1d";
+    let t = TestDaemon::start_with(Backend::Sqlite, config).await;
+    let mut air = t.partner("skyways").await;
+    for k in 0..5 {
+        air.earn(earn_bonus(&format!("l{k}"), old, 10))
+            .await
+            .receipt();
+    }
+    let in_file = || {
+        let mut n = 0;
+        for name in ["coalition.db", "coalition.db-wal"] {
+            if let Ok(bytes) = std::fs::read(t.dir.path().join(name)) {
+                n += bytes
+                    .windows(old.len())
+                    .filter(|w| *w == old.as_bytes())
+                    .count();
+            }
+        }
+        n
+    };
+    // A reader in the middle of a long read: its snapshot is older than the forget.
+    let mut reader = sqlx::SqliteConnection::connect(&t.config.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM members")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    let forget = || v1::ForgetMemberRequest {
+        member_id: old.into(),
+        reason: "request".into(),
+    };
+    let mut ops = t.operator().await;
+    let first = ops.forget_member(forget()).await.unwrap().into_inner();
+    assert!(first.newly_forgotten);
+    assert!(
+        in_file() > 0,
+        "control: the WAL kept the old pages while the read lasted"
+    );
+    assert!(
+        logged().contains("the WAL could not be emptied after a forget"),
+        "the operator is told"
+    );
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    reader.close().await.unwrap();
+    let again = ops.forget_member(forget()).await.unwrap().into_inner();
+    assert!(!again.newly_forgotten);
+    assert_eq!(
+        (again.pseudonym.as_str(), again.points_forfeited),
+        (first.pseudonym.as_str(), first.points_forfeited),
+        "a repeat answers as the first"
+    );
+    assert_eq!(in_file(), 0, "the repeat emptied the WAL");
+}

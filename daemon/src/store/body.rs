@@ -351,14 +351,14 @@ sql_impl! {
             DB::hold_out_writers(&mut tx).await?;
             let out = retention::forget::<DB>(&mut tx, f).await?;
             tx.commit().await?;
-            // What the database keeps of the old bytes outside its tables goes too.
-            if out.newly {
-                let mut c = self.write.acquire().await?;
-                if !DB::scrub(&mut c).await? {
-                    tracing::warn!(
-                        "the WAL could not be emptied after a forget (readers busy); later checkpoints will"
-                    );
-                }
+            // What the database keeps of the old bytes outside its tables goes too: on a repeat
+            // as well, so that a forget whose emptying a long read held up can be run again.
+            let mut c = self.write.acquire().await?;
+            if !DB::scrub(&mut c).await? {
+                tracing::warn!(
+                    "the WAL could not be emptied after a forget (a long read held it up): it may \
+                     still hold the member's old pages; run the same ForgetMember again to empty it"
+                );
             }
             Ok(out)
         }
