@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// How long a shutdown waits for the background loops to finish what they are doing.
+const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running daemon.
 pub struct Daemon {
     /// Where it listens (the real port when the config asked for port 0).
@@ -172,9 +175,26 @@ impl Daemon {
             s.await?;
         }
         // Before the writer: the loops hold writer handles, and their last database work
-        // (this daemon's announcement removed) is done before `shutdown` returns.
-        for task in self.background {
-            task.await?;
+        // (this daemon's announcement removed) is done before `shutdown` returns. Bounded: a
+        // loop in the middle of a long run (retention's scan of a large ledger) is cut off after
+        // `BACKGROUND_GRACE`, its transaction rolled back, and runs again after the restart.
+        let aborts: Vec<_> = self.background.iter().map(|t| t.abort_handle()).collect();
+        let all = futures::future::join_all(self.background);
+        match tokio::time::timeout(BACKGROUND_GRACE, all).await {
+            Ok(done) => {
+                for r in done {
+                    r?;
+                }
+            }
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = BACKGROUND_GRACE.as_secs(),
+                    "a background task was still running at shutdown; it was stopped and will run again after the restart"
+                );
+                for a in aborts {
+                    a.abort();
+                }
+            }
         }
         let served = self.server.await?;
         // The server dropped the last writer handles: the writer drains its queue and ends.
