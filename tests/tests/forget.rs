@@ -740,3 +740,93 @@ async fn a_forget_held_up_by_a_long_read_empties_the_wal_when_run_again() {
     );
     assert_eq!(in_file(), 0, "the repeat emptied the WAL");
 }
+
+/// Two daemons on one PostgreSQL database: a member is forgotten through one while the other
+/// serves a stream of that member's earns and burns. Every call is either applied before the
+/// forget (and then forgotten with the rest) or refused with MEMBER_FORGOTTEN; once the forget has
+/// answered, every call naming the id on either daemon is refused; the id is in no row; the
+/// audit holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_through_one_daemon_while_another_serves_the_member() {
+    if !postgres_available("a_forget_through_one_daemon_while_another_serves_the_member").await {
+        return;
+    }
+    let old = "two-daemons-forget-8c4e2a";
+    let t = TestDaemon::start_with(Backend::Postgres, config).await;
+    let second = t.start_another().await;
+    let pem = t.partner_pem("skyways");
+    let mut on_second = PartnerClient::new(
+        coalitiond::client::connect(&second.addr.to_string(), &pem)
+            .await
+            .unwrap(),
+    );
+    on_second
+        .earn(earn_bonus("seed", old, 1000))
+        .await
+        .receipt();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The member's traffic on the second daemon, eight calls at a time, until told to stop.
+    let mut streams = Vec::new();
+    for s in 0..8 {
+        let mut c = on_second.clone();
+        let stop = stop.clone();
+        streams.push(tokio::spawn(async move {
+            let (mut applied, mut refused) = (0u32, 0u32);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = if n % 3 == 2 {
+                    c.burn(burn(&format!("b{s}-{n}"), old, 1)).await.map(|_| ())
+                } else {
+                    c.earn(earn_bonus(&format!("e{s}-{n}"), old, 2))
+                        .await
+                        .map(|_| ())
+                };
+                match r {
+                    Ok(()) => applied += 1,
+                    Err(e) if forgotten(&e) => refused += 1,
+                    Err(e) => panic!("call {s}-{n}: {e:?}"),
+                }
+                n += 1;
+            }
+            (applied, refused)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let f = t
+        .operator()
+        .await
+        .forget_member(v1::ForgetMemberRequest {
+            member_id: old.into(),
+            reason: "request".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(f.newly_forgotten);
+    // After the answer, on both daemons: refused.
+    let mut on_first = t.partner("skyways").await;
+    for c in [&mut on_first, &mut on_second] {
+        let e = c.earn(earn_bonus("after", old, 1)).await.unwrap_err();
+        assert!(forgotten(&e), "{e:?}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut applied, mut refused) = (0, 0);
+    for s in streams {
+        let (a, r) = s.await.unwrap();
+        applied += a;
+        refused += r;
+    }
+    eprintln!("the member's calls: {applied} applied before the forget, {refused} refused after");
+    assert!(
+        applied > 0 && refused > 0,
+        "{applied} applied, {refused} refused"
+    );
+    assert!(
+        !stored_anywhere(&t, old),
+        "the id is in a row after the forget"
+    );
+    second.shutdown().await.unwrap();
+    let audit = t.audit().await;
+    assert!(audit.ok(), "{audit}");
+}
