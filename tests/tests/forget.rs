@@ -765,11 +765,14 @@ async fn a_forget_through_one_daemon_while_another_serves_the_member() {
         .await
         .receipt();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Calls answered so far, whatever the answer.
+    let answered = Arc::new(std::sync::atomic::AtomicU32::new(0));
     // The member's traffic on the second daemon, eight calls at a time, until told to stop.
     let mut streams = Vec::new();
     for s in 0..8 {
         let mut c = on_second.clone();
         let stop = stop.clone();
+        let answered = answered.clone();
         streams.push(tokio::spawn(async move {
             let (mut applied, mut refused) = (0u32, 0u32);
             let mut n = 0;
@@ -786,12 +789,23 @@ async fn a_forget_through_one_daemon_while_another_serves_the_member() {
                     Err(e) if forgotten(&e) => refused += 1,
                     Err(e) => panic!("call {s}-{n}: {e:?}"),
                 }
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 n += 1;
             }
             (applied, refused)
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let answered_at_least = |n: u32| {
+        let answered = answered.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while answered.load(std::sync::atomic::Ordering::Relaxed) < n {
+                assert!(std::time::Instant::now() < deadline, "the traffic flows");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    answered_at_least(40).await;
     let f = t
         .operator()
         .await
@@ -809,7 +823,8 @@ async fn a_forget_through_one_daemon_while_another_serves_the_member() {
         let e = c.earn(earn_bonus("after", old, 1)).await.unwrap_err();
         assert!(forgotten(&e), "{e:?}");
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let so_far = answered.load(std::sync::atomic::Ordering::Relaxed);
+    answered_at_least(so_far + 40).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut applied, mut refused) = (0, 0);
     for s in streams {
