@@ -4,7 +4,7 @@
 use crate::api::caller::CallerPartner;
 use crate::config::Config;
 use crate::services::error::ServiceError;
-use coalition_certs::{Identity, Role, identity_from_der};
+use coalition_certs::{Identity, Role};
 use std::sync::Arc;
 use tonic::{Request, Status};
 
@@ -94,7 +94,7 @@ impl RequireRole {
         let leaf = certs.first().ok_or_else(|| {
             ServiceError::Unauthenticated("no client certificate on this connection".into())
         })?;
-        identity_from_der(&self.config.coalition, leaf)
+        crate::server::peer::identity_of(&self.config.coalition, leaf)
             .map_err(|e| ServiceError::Unauthenticated(format!("client certificate: {e}")))
     }
 }

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod health;
 pub mod identity;
 pub mod observe;
+pub mod peer;
 pub mod tls;
 
 use crate::api::finance::FinanceApi;

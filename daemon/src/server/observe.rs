@@ -2,7 +2,7 @@
 //! client certificate once (into the request extensions, for the interceptors and handlers), and
 //! records per-caller, per-method counts and latency (metrics) and a log line.
 
-use coalition_certs::{Identity, identity_from_der};
+use coalition_certs::Identity;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,7 +79,7 @@ where
             .and_then(|certs| {
                 certs
                     .first()
-                    .and_then(|c| identity_from_der(&self.coalition, c).ok())
+                    .and_then(|c| crate::server::peer::identity_of(&self.coalition, c).ok())
             });
         let label = caller
             .as_ref()
