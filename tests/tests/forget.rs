@@ -84,6 +84,25 @@ fn stored_anywhere(t: &TestDaemon, needle: &str) -> bool {
     }
 }
 
+/// How many times `needle` is in the bytes of the SQLite file, its WAL and its journal, each file
+/// that holds it named on stderr.
+fn copies_in_file(t: &TestDaemon, needle: &str) -> usize {
+    let mut n = 0;
+    for name in ["coalition.db", "coalition.db-wal", "coalition.db-journal"] {
+        if let Ok(bytes) = std::fs::read(t.dir.path().join(name)) {
+            let here = bytes
+                .windows(needle.len())
+                .filter(|w| *w == needle.as_bytes())
+                .count();
+            if here > 0 {
+                eprintln!("{here} × {needle} in {name} ({} bytes)", bytes.len());
+            }
+            n += here;
+        }
+    }
+    n
+}
+
 fn forgotten(e: &tonic::Status) -> bool {
     e.code() == Code::FailedPrecondition && reason(e) == "MEMBER_FORGOTTEN"
 }
@@ -480,22 +499,7 @@ async fn a_forgotten_id_is_in_no_byte_of_the_sqlite_file_its_wal_or_the_log() {
         .into_inner();
     assert!(f.newly_forgotten);
     // At once, while the daemon runs: in no byte of the file or its WAL.
-    let count = |t: &TestDaemon| {
-        let mut n = 0;
-        for name in ["coalition.db", "coalition.db-wal", "coalition.db-journal"] {
-            if let Ok(bytes) = std::fs::read(t.dir.path().join(name)) {
-                let here = bytes
-                    .windows(old.len())
-                    .filter(|w| *w == old.as_bytes())
-                    .count();
-                if here > 0 {
-                    eprintln!("{here} × the id in {name} ({} bytes)", bytes.len());
-                }
-                n += here;
-            }
-        }
-        n
-    };
+    let count = |t: &TestDaemon| copies_in_file(t, old);
     let found = count(&t);
     assert_eq!(
         found,
@@ -638,18 +642,7 @@ async fn forgets_beside_a_checkpoint_in_progress_still_empty_the_wal() {
             busy
         })
     };
-    let in_file = |needle: &str| {
-        let mut n = 0;
-        for name in ["coalition.db", "coalition.db-wal"] {
-            if let Ok(bytes) = std::fs::read(t.dir.path().join(name)) {
-                n += bytes
-                    .windows(needle.len())
-                    .filter(|w| *w == needle.as_bytes())
-                    .count();
-            }
-        }
-        n
-    };
+    let in_file = |needle: &str| copies_in_file(&t, needle);
     let mut ops = t.operator().await;
     let mut left = Vec::new();
     for m in &members {
@@ -693,18 +686,7 @@ async fn a_forget_held_up_by_a_long_read_empties_the_wal_when_run_again() {
             .await
             .receipt();
     }
-    let in_file = || {
-        let mut n = 0;
-        for name in ["coalition.db", "coalition.db-wal"] {
-            if let Ok(bytes) = std::fs::read(t.dir.path().join(name)) {
-                n += bytes
-                    .windows(old.len())
-                    .filter(|w| *w == old.as_bytes())
-                    .count();
-            }
-        }
-        n
-    };
+    let in_file = || copies_in_file(&t, old);
     // A reader in the middle of a long read: its snapshot is older than the forget.
     let mut reader = sqlx::SqliteConnection::connect(&t.config.database_url)
         .await

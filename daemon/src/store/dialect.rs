@@ -168,21 +168,20 @@ impl Dialect for sqlx::Sqlite {
 
     async fn scrub(conn: &mut Self::Connection) -> Result<bool, sqlx::Error> {
         // The WAL still holds the pages as they were: copy the new ones into the file and empty
-        // it. Readers in the middle of a read hold this up (the busy timeout waits for them,
-        // writers held out meanwhile: that wait is not repeated); another checkpoint running at
-        // that instant (the daemon's checkpointer, four times a second, or the writer's after a
-        // large commit) makes it give up at once: that is tried again, for `SCRUB_WITHIN`.
+        // it. Readers in the middle of a read and the writer's batches hold this up (the busy
+        // timeout waits for them); another checkpoint running at that instant (the daemon's
+        // checkpointer, four times a second, or the writer's after a large commit) makes it
+        // give up at once. Either way it is tried again until `SCRUB_WITHIN` has passed (a read
+        // longer than the busy timeout ends it after one wait).
         let started = std::time::Instant::now();
         loop {
-            let attempt = std::time::Instant::now();
             let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&mut *conn)
                 .await?;
             if busy == 0 {
                 return Ok(true);
             }
-            let waited_for_readers = attempt.elapsed() >= std::time::Duration::from_millis(500);
-            if waited_for_readers || started.elapsed() >= SCRUB_WITHIN {
+            if started.elapsed() >= SCRUB_WITHIN {
                 return Ok(false);
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;

@@ -174,6 +174,21 @@ where
             newly: false,
         });
     }
+    // The forget takes effect after every call of the member applied before it: a batch decided
+    // while the forget waited for its lock (on another daemon, or this one's writer) may carry a
+    // later instant than the request's, and nothing of the member may come after its forget.
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(at) FROM (SELECT MAX(accepted_at) AS at FROM transactions \
+         WHERE member_id = $1 AND kind IN ('earn', 'burn') \
+         UNION ALL SELECT MAX(authorized_at) FROM holds WHERE member_id = $1) m",
+    )
+    .bind(f.member.clone())
+    .fetch_one(&mut *conn)
+    .await?;
+    let f = &Forget {
+        now: last.map_or(f.now, |l| l.max(f.now)),
+        ..f.clone()
+    };
     let in_lots: Option<i64> = sqlx::query_scalar(
         "SELECT CAST(SUM(points_left) AS BIGINT) FROM lots WHERE member_id = $1 AND points_left > 0 \
          AND (expires_at IS NULL OR expires_at > $2)",
