@@ -1,5 +1,5 @@
 //! The identity a client certificate names, read once per certificate: every call of a
-//! connection presents the same leaf, and parsing it (x509) on each call, twice, was a tenth of
+//! connection presents the same leaf, and parsing it (x509) on each call was a tenth of
 //! the daemon's CPU on a no-op call.
 
 use coalition_certs::{CertError, Identity, identity_from_der};
