@@ -73,14 +73,7 @@ fn stored_anywhere(t: &TestDaemon, needle: &str) -> bool {
         );
         String::from_utf8_lossy(&out.stdout).contains(needle)
     } else {
-        let file = t.dir.path().join("coalition.db");
-        let mut bytes = std::fs::read(&file).unwrap();
-        for extra in ["coalition.db-wal", "coalition.db-journal"] {
-            if let Ok(b) = std::fs::read(t.dir.path().join(extra)) {
-                bytes.extend(b);
-            }
-        }
-        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        copies_in_file(t, needle) > 0
     }
 }
 
